@@ -1,0 +1,117 @@
+"""The Python API: analyze, select, apply_plan, compress. The CLI only parses and calls these."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from torch import fx, nn
+
+from structprune.capture import capture
+from structprune.criteria import ScoringContext, get_criterion
+from structprune.errors import VerificationError
+from structprune.graph.build import build_channel_graph
+from structprune.graph.channel_graph import ChannelGraph
+from structprune.report.metrics import count_macs, count_params
+from structprune.report.report import GroupRow, Report
+from structprune.rewrite import rewrite_model
+from structprune.rules import DEFAULT_RULES
+from structprune.scoring import group_views
+from structprune.select import Plan, check_ratio, select_plan
+from structprune.verify import Verdict, verify_rewrite
+
+
+@dataclass(frozen=True, eq=False)
+class CompressResult:
+    """The pruned model, the plan that made it, the report, and the analysis it came from."""
+
+    model: nn.Module
+    plan: Plan
+    report: Report
+    graph: ChannelGraph
+
+
+def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_RULES) -> ChannelGraph:
+    """Capture the model and find every group of coupled channels.
+
+    >>> import torch
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    >>> cg = analyze(net, torch.randn(1, 3, 8, 8))
+    >>> [(g.id, g.size) for g in cg.prunable]
+    [('0.weight:0', 8)]
+    """
+    modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
+    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules)
+
+
+def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio: float = 0.5,
+           criterion: Any = "l2", ignore: Iterable[str] = (), round_to: int = 1,
+           global_pruning: bool = False, max_group_ratio: float = 0.9, seed: int = 0, data: Any = None) -> Plan:
+    """Score the prunable groups with `criterion` and choose the channels to keep."""
+    check_ratio(ratio)
+    crit = get_criterion(criterion)
+    if getattr(crit, "needs_data", False) and data is None:
+        raise ValueError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader or --data SPEC)")
+    ctx = ScoringContext(model, example_inputs, data, seed)
+    scores = crit.score(group_views(graph, model), ctx)
+    meta = {"criterion": crit.name, "seed": seed}
+    return select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
+                       ignore=ignore, max_group_ratio=max_group_ratio, meta=meta)
+
+
+def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
+               verify: bool = True) -> nn.Module:
+    """Apply a saved plan (no scoring) and verify the result; raises VerificationError on failure.
+
+    >>> import torch
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> plan = Plan({"0.weight:0": (0, 1, 2)}, {"0.weight:0": 8})
+    >>> apply_plan(net, torch.randn(2, 4), plan)[0].out_features
+    3
+    """
+    graph = graph or analyze(model, example_inputs)
+    pruned = rewrite_model(model, graph, plan)
+    if verify:
+        _raise_if_failed(verify_rewrite(model, pruned, example_inputs, graph, plan))
+    return pruned
+
+
+def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
+             ignore: Iterable[str] = (), round_to: int = 1, global_pruning: bool = False,
+             max_group_ratio: float = 0.9, seed: int = 0, data: Any = None,
+             rules: Mapping = DEFAULT_RULES) -> CompressResult:
+    """Analyze, score, select, rewrite and verify. The caller's model is never modified.
+
+    >>> import torch, models_zoo
+    >>> net = models_zoo.create("resnet20").eval()
+    >>> result = compress(net, torch.randn(1, 3, 32, 32), ratio=0.5)
+    >>> result.report.verification["ok"], result.report.params_after < result.report.params_before
+    (True, True)
+    """
+    check_ratio(ratio)
+    get_criterion(criterion)
+    graph = analyze(model, example_inputs, rules=rules)
+    plan = select(model, example_inputs, graph, ratio=ratio, criterion=criterion, ignore=ignore,
+                  round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
+                  seed=seed, data=data)
+    pruned = rewrite_model(model, graph, plan)
+    verdict = verify_rewrite(model, pruned, example_inputs, graph, plan)
+    _raise_if_failed(verdict)
+    return CompressResult(pruned, plan, build_report(model, pruned, example_inputs, graph, plan, verdict), graph)
+
+
+def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
+    rows = tuple(
+        GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable, g.exact,
+                 "; ".join(sorted({str(r) for r in g.reasons})) or ", ".join(g.inexact_ops))
+        for g in graph.groups
+    )
+    return Report(count_params(model), count_params(pruned), count_macs(model, example_inputs),
+                  count_macs(pruned, example_inputs), rows, verdict.to_json(), dict(plan.meta))
+
+
+def _raise_if_failed(verdict: Verdict) -> None:
+    if not verdict.ok:
+        raise VerificationError(
+            "the pruned model failed verification and is not returned: " + "; ".join(verdict.failures())
+        )

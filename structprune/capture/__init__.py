@@ -1,0 +1,4 @@
+"""Capture: one front end, torch.export, turning a model into an fx graph with shapes and FQNs."""
+from structprune.capture.export import Captured, capture, normalize_inputs
+
+__all__ = ["Captured", "capture", "normalize_inputs"]

@@ -1,0 +1,31 @@
+"""Errors structprune raises: each names the stage, and the node or module where it can."""
+from __future__ import annotations
+
+
+class StructpruneError(Exception):
+    """Base class; `stage` says which pipeline stage failed."""
+
+    stage = "structprune"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"[{self.stage}] {message}")
+
+
+class CaptureError(StructpruneError):
+    stage = "capture"
+
+
+class AnalysisError(StructpruneError):
+    stage = "analyze"
+
+
+class PlanError(StructpruneError, ValueError):
+    stage = "select"
+
+
+class RewriteError(StructpruneError):
+    stage = "rewrite"
+
+
+class VerificationError(StructpruneError):
+    stage = "verify"

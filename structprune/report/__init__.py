@@ -1,0 +1,1 @@
+"""Reports: metrics (params, MACs), tables, JSON/Markdown/PNG writers."""

@@ -1,0 +1,78 @@
+"""The channel rule table: normalised op key -> rule(ctx, node).
+
+Tables are values. Extend without mutating the default:
+
+>>> from structprune.rules import DEFAULT_RULES, rule_elementwise
+>>> my_rules = DEFAULT_RULES | {"mylib.fused_act": rule_elementwise}
+>>> "aten.conv2d" in my_rules and "mylib.fused_act" in my_rules
+True
+
+An op whose key is not in the table is handled by `rule_unsupported`: it blocks every channel it touches
+and names the op. Nothing is guessed to be element-wise.
+"""
+from __future__ import annotations
+
+from functools import partial
+from types import MappingProxyType
+from typing import Callable
+
+from structprune.rules import attention, elementwise, layers, norms, reduce, shape
+from structprune.rules.context import RuleContext
+from structprune.rules.elementwise import rule_elementwise
+from structprune.rules.fallback import op_key, rule_unsupported
+
+Rule = Callable[[RuleContext, object], None]
+
+
+def _aten(names, rule_for) -> dict[str, Rule]:
+    return {f"aten.{name}": rule_for(name) for name in names}
+
+
+def _named(fn):
+    return lambda name: partial(fn, op=name)
+
+
+def _same(fn):
+    return lambda name: fn
+
+
+_TABLE: dict[str, Rule] = {}
+_TABLE |= _aten(elementwise.ELEMENTWISE_OPS, _same(rule_elementwise))
+_TABLE |= _aten(
+    ("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
+     "reshape_as", "_reshape_alias", "view_copy", "squeeze_copy", "unsqueeze_copy"),
+    _same(shape.rule_reshape),
+)
+_TABLE |= _aten(("permute", "permute_copy", "movedim"), _same(shape.rule_permute))
+_TABLE |= _aten(("transpose", "t", "swapaxes", "swapdims", "transpose_copy"), _same(shape.rule_transpose))
+_TABLE |= _aten(("expand", "expand_as", "broadcast_to", "expand_copy"), _same(shape.rule_expand))
+_TABLE |= _aten(("cat", "concat", "concatenate"), _same(shape.rule_cat))
+_TABLE |= _aten(("split", "split_with_sizes", "chunk", "unbind", "tensor_split"), _same(shape.rule_split))
+_TABLE |= _aten(("slice", "slice_copy", "narrow"), _same(shape.rule_slice))
+_TABLE |= _aten(("select", "select_copy"), _same(shape.rule_select))
+_TABLE |= _aten(("repeat",), _same(shape.rule_repeat))
+_TABLE |= _aten(("flip",), _same(shape.rule_flip))
+_TABLE |= _aten(("roll",), _same(shape.rule_roll))
+_TABLE |= _aten(("channel_shuffle", "native_channel_shuffle"), _same(shape.rule_channel_shuffle))
+_TABLE |= _aten(("constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
+                 "replication_pad2d"), _same(shape.rule_pad))
+_TABLE["getitem"] = shape.rule_getitem
+_TABLE |= _aten(("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
+                 "conv_transpose2d", "conv_transpose3d"), _named(layers.rule_conv))
+_TABLE |= _aten(("linear",), _same(layers.rule_linear))
+_TABLE |= _aten(("embedding",), _same(layers.rule_embedding))
+_TABLE |= _aten(("prelu", "_prelu_kernel"), _same(layers.rule_prelu))
+_TABLE |= _aten(("mm", "bmm", "matmul", "addmm", "baddbmm"), _named(attention.rule_matmul))
+_TABLE |= _aten(("scaled_dot_product_attention",), _same(attention.rule_sdpa))
+_TABLE |= _aten(("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+                 "native_batch_norm", "instance_norm", "cudnn_batch_norm"), _same(norms.rule_batch_norm))
+_TABLE |= _aten(("layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm"), _same(norms.rule_layer_norm))
+_TABLE |= _aten(("group_norm",), _same(norms.rule_group_norm))
+_TABLE |= _aten(("native_group_norm",), _same(norms.rule_native_group_norm))
+_TABLE |= _aten(reduce.REDUCTION_OPS, _named(reduce.rule_reduction))
+_TABLE |= _aten(reduce.SOFTMAX_OPS, _named(reduce.rule_softmax))
+_TABLE |= _aten(reduce.SPATIAL_OPS, _named(reduce.rule_spatial))
+
+DEFAULT_RULES: MappingProxyType = MappingProxyType(_TABLE)
+
+__all__ = ["DEFAULT_RULES", "Rule", "RuleContext", "op_key", "rule_elementwise", "rule_unsupported"]

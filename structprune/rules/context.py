@@ -1,0 +1,173 @@
+"""The context a channel rule works in: abstract values of its inputs, parameter axes, ties, blocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx
+
+from structprune.capture import Captured
+from structprune.graph.abstract import Abstract, channel_vector, data_value, make_with_chan
+from structprune.graph.reasons import Reason, ReasonKind
+from structprune.graph.unify import IdSpace
+
+ROLE_IN, ROLE_OUT, ROLE_ELEM = "in", "out", "elem"
+
+
+@dataclass(frozen=True, eq=False)
+class StateMap:
+    """Ids of one parameter/buffer: `ids` broadcasts to the tensor's shape (size 1 on axes it does
+    not cover). `role` says how masking treats it: 'in' = consumer input axis (zeroed to mask)."""
+
+    fqn: str
+    ids: np.ndarray
+    role: str
+    axis: int | None = None  # the axis a per-axis map covers; None for a joint map
+
+
+class RuleContext:
+    """Everything a rule may touch. Rules read `value(arg)`, create parameter axes with
+    `state_axis`, record ties with `union`, and publish their output with `set`."""
+
+    def __init__(self, captured: Captured, space: IdSpace) -> None:
+        self.captured = captured
+        self.space = space
+        self.values: dict[str, object] = {}
+        self.state_maps: dict[str, list[StateMap]] = {}
+        self._axis_ids: dict[tuple[str, int], np.ndarray] = {}
+        self.grids: list[np.ndarray] = []  # id arrays of channel dims split into grids (see build)
+        self.node: fx.Node | None = None
+
+    # ---- graph facts -------------------------------------------------------------------------
+    @staticmethod
+    def shape(node: fx.Node) -> tuple[int, ...] | None:
+        val = node.meta.get("val") if isinstance(node, fx.Node) else None
+        if isinstance(val, torch.Tensor):
+            return tuple(int(s) for s in val.shape)
+        return None
+
+    def fqn(self, arg) -> str | None:
+        """The parameter/buffer FQN a placeholder stands for, else None."""
+        if isinstance(arg, fx.Node) and arg.op == "placeholder":
+            return self.captured.state_fqn.get(arg.name)
+        return None
+
+    def reason(self, kind: ReasonKind, detail: str = "") -> Reason:
+        return Reason(kind, detail, self.node.name if self.node is not None else "")
+
+    # ---- values --------------------------------------------------------------------------------
+    def value(self, arg) -> Abstract | None:
+        """The abstract value of a graph input to the current node (None if not a tensor)."""
+        if not isinstance(arg, fx.Node):
+            return None
+        if arg.name not in self.values and arg.op == "placeholder":
+            self.values[arg.name] = self._placeholder_value(arg)
+        val = self.values.get(arg.name)
+        return val if isinstance(val, Abstract) else None
+
+    def raw(self, arg):
+        """The stored value (an Abstract, a tuple of them for multi-output ops, or None)."""
+        return self.values.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    def set(self, node: fx.Node, value) -> None:
+        self.values[node.name] = value
+
+    def fresh_data(self, shape: tuple[int, ...]) -> Abstract:
+        """A value with no channel dims and a new id of its own."""
+        return data_value(shape, int(self.space.fresh(1)[0]))
+
+    def _placeholder_value(self, node: fx.Node) -> Abstract | None:
+        shape = self.shape(node)
+        if shape is None:
+            return None
+        fqn = self.captured.state_fqn.get(node.name)
+        if fqn is not None and node.meta["val"].is_floating_point():
+            return self._state_value(node, fqn, shape)
+        if fqn is not None:  # integer/bool buffers (position ids, masks) are data, never channels
+            return self.fresh_data(shape)
+        kind = ReasonKind.MODEL_INPUT if node.name in self.captured.user_inputs else ReasonKind.TENSOR_CONSTANT
+        return data_value(shape, self.space.reason_id(Reason(kind, node.name)))
+
+    def _state_value(self, node: fx.Node, fqn: str, shape: tuple[int, ...]) -> Abstract:
+        big = [d for d, s in enumerate(shape) if s > 1]
+        if not big:
+            return self.fresh_data(shape)
+        if len(big) == 1:
+            ids = self.state_axis(node, big[0], ROLE_ELEM)
+            return make_with_chan(channel_vector(ids, len(shape), big[0]), _flags(len(shape), big), shape)
+        sub = tuple(s if d in big else 1 for d, s in enumerate(shape))
+        ids = self.space.fresh(int(np.prod(sub))).reshape(sub)
+        self.state_maps.setdefault(fqn, []).append(StateMap(fqn, ids, ROLE_ELEM, None))
+        return make_with_chan(ids, _flags(len(shape), big), shape)
+
+    # ---- parameter axes --------------------------------------------------------------------------
+    def state_axis(self, arg, axis: int, role: str) -> np.ndarray | None:
+        """1-D ids of one axis of the parameter/buffer behind `arg` (created once per axis)."""
+        fqn = self.fqn(arg)
+        shape = self.shape(arg)
+        if fqn is None or shape is None:
+            return None
+        axis %= len(shape)
+        key = (fqn, axis)
+        if key not in self._axis_ids:
+            ids = self.space.fresh(shape[axis])
+            self._axis_ids[key] = ids
+            self.state_maps.setdefault(fqn, []).append(
+                StateMap(fqn, channel_vector(ids, len(shape), axis), role, axis)
+            )
+        return self._axis_ids[key]
+
+    def axis_ids(self, fqn: str, axis: int) -> np.ndarray | None:
+        """Ids of an axis some rule already created (None if no rule touched it)."""
+        return self._axis_ids.get((fqn, axis))
+
+    # ---- ties ---------------------------------------------------------------------------------------
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.space.union(a, b)
+
+    def block(self, ids: np.ndarray, kind: ReasonKind, detail: str = "") -> None:
+        self.space.block(ids, self.reason(kind, detail))
+
+    def flag_inexact(self, ids: np.ndarray, op: str) -> None:
+        self.space.flag_inexact(ids, op)
+
+    def tie_dim(self, av: Abstract, dim: int, vec: np.ndarray, op: str) -> None:
+        """Tie dim `dim` of value `av` with the 1-D id vector `vec` (a weight axis, say)."""
+        dim = av.dim(dim)
+        if av.chan[dim]:
+            self.union(av.ids, channel_vector(vec, av.ndim, dim))
+        elif av.is_data:
+            self.union(vec, av.ids.ravel()[:1])
+        else:
+            self.block(vec, ReasonKind.DATA_DIMENSION, f"{op} consumes dim {dim}, which is not a channel dim")
+
+    def union_fibres(self, av: Abstract, dims) -> None:
+        """Tie all ids along `dims` together, for each position of the other dims."""
+        for d in dims:
+            if av.ids.shape[d] > 1:
+                self.union(av.ids, av.ids.take([0], axis=d))
+
+
+def _flags(ndim: int, dims) -> tuple[bool, ...]:
+    return tuple(d in dims for d in range(ndim))
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """Every tensor-valued fx.Node among the node's args and kwargs, in order."""
+    found: list[fx.Node] = []
+
+    def visit(a):
+        if isinstance(a, fx.Node):
+            if isinstance(a.meta.get("val"), torch.Tensor):
+                found.append(a)
+        elif isinstance(a, (list, tuple)):
+            for x in a:
+                visit(x)
+        elif isinstance(a, dict):
+            for x in a.values():
+                visit(x)
+
+    visit(node.args)
+    visit(node.kwargs)
+    return found

@@ -1,0 +1,41 @@
+"""The rule for ops without a rule: block every channel the op touches, naming the op."""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from structprune.graph.reasons import Reason, ReasonKind
+from structprune.rules.context import RuleContext, tensor_inputs
+
+
+def op_key(target) -> str:
+    """Normalised op key: 'aten.conv2d' for torch.ops.aten.conv2d.default, 'getitem' for getitem."""
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:
+        return f"{packet._qualified_op_name.replace('::', '.')}"
+    return getattr(target, "__name__", str(target))
+
+
+def rule_unsupported(ctx: RuleContext, node: fx.Node, why: str = "") -> None:
+    """Block all inputs' channels; outputs carry the block onward as a data value."""
+    detail = op_key(node.target) + (f" ({why})" if why else "")
+    reason = Reason(ReasonKind.UNSUPPORTED_OP, detail, node.name)
+    rid = ctx.space.reason_id(reason)
+    for arg in tensor_inputs(node):
+        value = ctx.value(arg)
+        if value is not None:
+            ctx.union(value.ids, rid)
+    ctx.set(node, _blocked_outputs(ctx, node, rid))
+
+
+def _blocked_outputs(ctx: RuleContext, node: fx.Node, rid: int):
+    from structprune.graph.abstract import data_value
+
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return data_value(tuple(val.shape), rid)
+    if isinstance(val, (list, tuple)):
+        return tuple(
+            data_value(tuple(v.shape), rid) if isinstance(v, torch.Tensor) else None for v in val
+        )
+    return None

@@ -1,0 +1,100 @@
+"""Reductions, softmax-like ops, pooling and resampling.
+
+Reducing over a channel dim (mean over C in a hand-written LayerNorm, say) is allowed but flags those
+channels inexact. Pooling and resampling act on spatial dims; if one of those carries channels, the op
+would mix them, so they are blocked.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import fx
+
+from structprune.graph.abstract import make_with_chan, representative
+from structprune.graph.reasons import ReasonKind
+from structprune.rules.context import RuleContext
+
+
+def _reduced_dims(node: fx.Node, ndim: int) -> list[int]:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None or dims == [] or dims == ():
+        return list(range(ndim))
+    if isinstance(dims, int):
+        dims = [dims]
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
+        return list(range(ndim))  # e.g. linalg_vector_norm(x, ord, dim): dim is the 3rd arg
+    return [d % ndim for d in dims]
+
+
+def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
+    x = ctx.value(node.args[0])
+    val = node.meta.get("val")
+    first = val[0] if isinstance(val, (list, tuple)) else val
+    if x is None or not isinstance(first, torch.Tensor):
+        ctx.set(node, None)
+        return
+    dims = _dims_for(node, x.ndim, op)
+    chan_reduced = [d for d in dims if x.chan[d]]
+    if chan_reduced:
+        ctx.flag_inexact(x.ids, op)
+        ctx.union_fibres(x, chan_reduced)
+    out_shape = tuple(first.shape)
+    keepdim = len(out_shape) == x.ndim
+    ids = representative(x, set(dims))
+    chan = tuple(False if d in dims else c for d, c in enumerate(x.chan))
+    if not keepdim:
+        ids = ids.reshape([s for d, s in enumerate(ids.shape) if d not in dims])
+        chan = tuple(c for d, c in enumerate(chan) if d not in dims)
+    out = make_with_chan(ids, chan, out_shape) if any(chan) else ctx.fresh_data(out_shape)
+    ctx.set(node, (out, out) if isinstance(val, (list, tuple)) else out)
+
+
+def _dims_for(node: fx.Node, ndim: int, op: str) -> list[int]:
+    if op in ("linalg_vector_norm", "norm"):
+        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        return list(range(ndim)) if dims is None else [d % ndim for d in ([dims] if isinstance(dims, int) else dims)]
+    return _reduced_dims(node, ndim)
+
+
+def rule_softmax(ctx: RuleContext, node: fx.Node, op: str) -> None:
+    """softmax / log_softmax / cumsum(x, dim): shape-preserving, mixes along `dim`."""
+    x = ctx.value(node.args[0])
+    if x is not None and x.chan[node.args[1] % x.ndim]:
+        ctx.flag_inexact(x.ids, op)
+    ctx.set(node, x)
+
+
+def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
+    """Pooling / interpolation over the trailing k spatial dims (k from the op name: 1d/2d/3d)."""
+    x = ctx.value(node.args[0])
+    val = node.meta.get("val")
+    first = val[0] if isinstance(val, (list, tuple)) else val
+    if x is None or not isinstance(first, torch.Tensor):
+        ctx.set(node, None)
+        return
+    match = re.search(r"([123])d", op)
+    k = int(match.group(1)) if match else x.ndim - 2
+    spatial = list(range(x.ndim - k, x.ndim))
+    if any(x.chan[d] for d in spatial):
+        ctx.block(x.ids, ReasonKind.UNSUPPORTED_OP, f"{op} over a channel dim")
+        out = ctx.fresh_data(tuple(first.shape))
+    else:
+        out = make_with_chan(x.ids, x.chan, tuple(first.shape))
+    ctx.set(node, (out, ctx.fresh_data(tuple(val[1].shape))) if isinstance(val, (list, tuple)) else out)
+
+
+REDUCTION_OPS = (
+    "mean", "sum", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean", "std_mean",
+    "logsumexp", "linalg_vector_norm", "norm", "argmax", "argmin", "any", "all", "nansum", "nanmean",
+)
+SOFTMAX_OPS = ("softmax", "_softmax", "log_softmax", "_log_softmax", "cumsum", "cumprod", "logcumsumexp")
+SPATIAL_OPS = (
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d",
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+    "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d", "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "_upsample_bilinear2d_aa",
+)

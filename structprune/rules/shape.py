@@ -1,0 +1,274 @@
+"""Data-movement ops: views, permutes, cat/split/slice/select on any dim. Each moves ids exactly as the
+op moves elements, so offsets (cat, split), blocks (flatten, heads) and permutations (channel shuffle)
+all fall out of running the op on the id array."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from torch import fx
+
+from structprune.graph.abstract import Abstract, expand_to, make, make_with_chan
+from structprune.graph.reasons import ReasonKind
+from structprune.rules.context import RuleContext
+from structprune.rules.elementwise import broadcast_union
+
+MAX_RESHAPE_IDS = 20_000_000
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def rule_reshape(ctx: RuleContext, node: fx.Node) -> None:
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze: shapes from the graph's metadata."""
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    segments = reshape_segments(src.shape, out_shape)
+    chan_in = {d for seg_in, _ in segments if any(src.chan[i] for i in seg_in) for d in seg_in}
+    chan_out = {d for seg_in, seg_out in segments if set(seg_in) & chan_in for d in seg_out}
+    size = int(np.prod([src.shape[d] for d in chan_in])) if chan_in else 1
+    if size > MAX_RESHAPE_IDS:
+        ctx.block(src.ids, ReasonKind.TOO_LARGE, f"{size} ids")
+        ctx.set(node, ctx.fresh_data(out_shape))
+        return
+    ids = expand_to(src, chan_in)
+    target = tuple(s if d in chan_out else 1 for d, s in enumerate(out_shape))
+    out = make(ids.reshape(target), out_shape)
+    if sum(out.chan) >= 2:
+        ctx.grids.append(out.ids)  # a channel dim split into a grid: must be pruned as a sub-grid
+    ctx.set(node, out)
+
+
+def reshape_segments(shape_in, shape_out) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of input dims with runs of output dims that cover the same elements."""
+    segments, i, j = [], 0, 0
+    while i < len(shape_in) or j < len(shape_out):
+        seg_in, seg_out, p_in, p_out = [], [], 1, 1
+        if i < len(shape_in):
+            seg_in.append(i); p_in *= shape_in[i]; i += 1
+        if j < len(shape_out):
+            seg_out.append(j); p_out *= shape_out[j]; j += 1
+        while p_in != p_out:
+            if p_in < p_out and i < len(shape_in):
+                seg_in.append(i); p_in *= shape_in[i]; i += 1
+            elif j < len(shape_out):
+                seg_out.append(j); p_out *= shape_out[j]; j += 1
+            else:
+                break
+        segments.append((seg_in, seg_out))
+    return segments
+
+
+def rule_permute(ctx: RuleContext, node: fx.Node) -> None:
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    perm = [d % src.ndim for d in node.args[1]]
+    _set_permuted(ctx, node, src, perm)
+
+
+def rule_transpose(ctx: RuleContext, node: fx.Node) -> None:
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    perm = list(range(src.ndim))
+    if len(node.args) >= 3:
+        a, b = node.args[1] % src.ndim, node.args[2] % src.ndim
+    else:  # aten.t
+        a, b = 0, src.ndim - 1
+    perm[a], perm[b] = perm[b], perm[a]
+    _set_permuted(ctx, node, src, perm)
+
+
+def _set_permuted(ctx, node, src: Abstract, perm) -> None:
+    ids = np.transpose(src.ids, perm)
+    ctx.set(node, make_with_chan(ids, tuple(src.chan[p] for p in perm), tuple(src.shape[p] for p in perm)))
+
+
+def rule_expand(ctx: RuleContext, node: fx.Node) -> None:
+    """expand / broadcast_to: new and stretched dims are data dims (copies of one channel)."""
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    pad = len(out_shape) - src.ndim
+    ids = src.ids.reshape((1,) * pad + src.ids.shape)
+    chan = (False,) * pad + tuple(c and src.shape[d] == out_shape[pad + d] for d, c in enumerate(src.chan))
+    ctx.set(node, make_with_chan(ids, chan, out_shape))
+
+
+def rule_repeat(ctx: RuleContext, node: fx.Node) -> None:
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    reps = list(node.args[1])
+    pad = len(reps) - src.ndim
+    ids = src.ids.reshape((1,) * pad + src.ids.shape)
+    chan = (False,) * pad + src.chan
+    tiled = np.tile(ids, [r if chan[d] else 1 for d, r in enumerate(reps)])
+    ctx.set(node, make_with_chan(tiled, chan, out_shape))
+
+
+def rule_cat(ctx: RuleContext, node: fx.Node) -> None:
+    tensors = [ctx.value(t) for t in node.args[0]]
+    out_shape = ctx.shape(node)
+    tensors = [t for t in tensors if t is not None and t.ndim == len(out_shape)]
+    dim = _arg(node, 1, "dim", 0) % len(out_shape)
+    if not any(t.chan[dim] for t in tensors):
+        merged = broadcast_union(ctx, tensors, _with_dim(out_shape, dim, 1))
+        ctx.set(node, make_with_chan(merged.ids, merged.chan, out_shape))
+        return
+    wide = {d for d in range(len(out_shape)) if any(t.chan[d] for t in tensors)} | {dim}
+    parts = []
+    for t in tensors:
+        target = tuple(t.shape[d] if d in wide else 1 for d in range(t.ndim))
+        parts.append(np.broadcast_to(t.ids, target))
+    ids = np.concatenate(parts, axis=dim)
+    ctx.set(node, make_with_chan(ids, tuple(d in wide for d in range(len(out_shape))), out_shape))
+
+
+def _with_dim(shape, dim, size):
+    return tuple(size if d == dim else s for d, s in enumerate(shape))
+
+
+def rule_split(ctx: RuleContext, node: fx.Node) -> None:
+    """split / split_with_sizes / chunk / unbind / tensor_split -> a tuple, read by getitem."""
+    src = ctx.value(node.args[0])
+    outs = node.meta.get("val")
+    if src is None or not isinstance(outs, (list, tuple)):
+        ctx.set(node, None)
+        return
+    name = _op_name(node)
+    dim = _arg(node, 1, "dim", 0) if name == "unbind" else _arg(node, 2, "dim", 0)
+    dim %= src.ndim
+    sizes = [int(o.shape[dim]) if name != "unbind" else 1 for o in outs]
+    _constrain_split(ctx, src, dim, sizes, name)
+    results, start = [], 0
+    for out, size in zip(outs, sizes):
+        ids = src.ids
+        if src.chan[dim]:
+            ids = ids[(slice(None),) * dim + (slice(start, start + size),)]
+        start += size
+        chan = src.chan
+        if name == "unbind":
+            ids, chan = np.take(ids, 0, axis=dim), chan[:dim] + chan[dim + 1:]
+        results.append(make_with_chan(ids, chan, tuple(int(s) for s in out.shape)))
+    ctx.set(node, tuple(results))
+
+
+def _constrain_split(ctx: RuleContext, src: Abstract, dim: int, sizes: list[int], name: str) -> None:
+    """chunk recomputes its pieces at run time: tie local indices so every piece keeps the same
+    count. Other splits along the only channel dim carry literal sizes from the model's code."""
+    if not src.chan[dim] or len(sizes) < 2:
+        return
+    if name == "chunk" and len(set(sizes)) == 1:
+        moved = np.moveaxis(src.ids, dim, -1)
+        pieces = moved.reshape(moved.shape[:-1] + (len(sizes), sizes[0]))
+        ctx.union(pieces, pieces[..., :1, :])
+    elif sum(src.chan) == 1:
+        ctx.block(src.ids, ReasonKind.FIXED_SIZE, f"{name} along a channel dim uses sizes fixed in the code")
+
+
+def _fixed_index_block(ctx: RuleContext, src: Abstract, dim: int, op: str) -> None:
+    """A literal slice/select along the only channel dim would go stale after pruning."""
+    if src.chan[dim] and sum(src.chan) == 1:
+        ctx.block(src.ids, ReasonKind.FIXED_SIZE, f"{op} along a channel dim uses indices fixed in the code")
+
+
+def rule_slice(ctx: RuleContext, node: fx.Node) -> None:
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    dim = _arg(node, 1, "dim", 0) % src.ndim
+    start, end, step = _arg(node, 2, "start"), _arg(node, 3, "end"), _arg(node, 4, "step", 1)
+    ids = src.ids
+    if src.chan[dim]:
+        size = src.shape[dim]
+        start, end, step = slice(start, end, step).indices(size)
+        if (start, end, step) != (0, size, 1):
+            _fixed_index_block(ctx, src, dim, "slice")
+        ids = ids[(slice(None),) * dim + (slice(start, end, step),)]
+    ctx.set(node, make_with_chan(ids, src.chan, out_shape))
+
+
+def rule_select(ctx: RuleContext, node: fx.Node) -> None:
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    dim, index = node.args[1] % src.ndim, node.args[2]
+    _fixed_index_block(ctx, src, dim, "select")
+    ids = np.take(src.ids, index if src.chan[dim] else 0, axis=dim)
+    ctx.set(node, make_with_chan(ids, src.chan[:dim] + src.chan[dim + 1:], out_shape))
+
+
+def rule_flip(ctx: RuleContext, node: fx.Node) -> None:
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    dims = [d % src.ndim for d in node.args[1]]
+    ctx.set(node, make_with_chan(np.flip(src.ids, [d for d in dims if src.chan[d]]), src.chan, src.shape))
+
+
+def rule_roll(ctx: RuleContext, node: fx.Node) -> None:
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    shifts, dims = list(node.args[1]), [d % src.ndim for d in _arg(node, 2, "dims", [])]
+    ids = src.ids
+    for s, d in zip(shifts, dims):
+        if src.chan[d]:
+            ids = np.roll(ids, s, axis=d)
+    ctx.set(node, make_with_chan(ids, src.chan, src.shape))
+
+
+def rule_channel_shuffle(ctx: RuleContext, node: fx.Node) -> None:
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    groups = node.args[1]
+    ids = expand_to(src, {1})
+    c = src.shape[1]
+    moved = np.moveaxis(ids, 1, -1)
+    shuffled = moved.reshape(moved.shape[:-1] + (groups, c // groups)).swapaxes(-1, -2).reshape(moved.shape)
+    ctx.set(node, make(np.moveaxis(shuffled, -1, 1), src.shape))
+
+
+def rule_pad(ctx: RuleContext, node: fx.Node) -> None:
+    """constant_pad_nd / pad: padding a channel dim would add channels, so it blocks them."""
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    padded = [d for d in range(src.ndim) if src.shape[d] != out_shape[d]]
+    if any(src.chan[d] for d in padded):
+        ctx.block(src.ids, ReasonKind.UNSUPPORTED_OP, "padding along a channel dim")
+        ctx.set(node, ctx.fresh_data(out_shape))
+        return
+    ctx.set(node, make_with_chan(src.ids, src.chan, out_shape))
+
+
+def rule_getitem(ctx: RuleContext, node: fx.Node) -> None:
+    container = ctx.raw(node.args[0])
+    index = node.args[1]
+    ctx.set(node, container[index] if isinstance(container, tuple) and isinstance(index, int) else None)
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if target is operator.getitem:
+        return "getitem"
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet, "__name__", str(target)).split(".")[-1]

@@ -1,0 +1,24 @@
+"""Bridge from the channel graph and the model's tensors to what criteria see (GroupView)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from torch import nn
+
+from structprune.criteria.base import GroupView, MemberSlice
+from structprune.graph.channel_graph import ChannelGraph, ChannelGroup
+
+
+def group_views(graph: ChannelGraph, model: nn.Module, groups: Iterable[ChannelGroup] | None = None) -> list[GroupView]:
+    """One GroupView per group: each member's tensor with its axis first, flattened to 2-D."""
+    params = dict(model.named_parameters())
+    state = params | dict(model.named_buffers())
+    views = []
+    for group in graph.prunable if groups is None else groups:
+        members = tuple(
+            MemberSlice(m.fqn, m.role, state[m.fqn].detach().movedim(m.axis, 0).reshape(len(m.positions), -1),
+                        m.positions, m.fqn in params)
+            for m in group.members if m.fqn in state
+        )
+        views.append(GroupView(group.id, group.size, members))
+    return views

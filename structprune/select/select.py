@@ -1,0 +1,74 @@
+"""select_plan: scores per group -> Plan. Uniform ratio per group, or one global ratio over
+per-group-normalised scores with a cap per group; round_to; at least one channel kept; ignore globs."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from structprune.errors import PlanError
+from structprune.select.plan import Plan
+
+
+def check_ratio(ratio: float) -> float:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise PlanError(f"ratio must be a number in [0, 1) (the fraction of channels to remove), got {ratio!r}")
+    return float(ratio)
+
+
+def is_ignored(member_fqns: Iterable[str], ignore: Iterable[str]) -> bool:
+    """True if any member FQN matches any glob (a glob 'layer4' also matches 'layer4.*')."""
+    patterns = [p for g in ignore for p in (g, f"{g}.*")]
+    return any(fnmatch.fnmatchcase(f, p) for f in member_fqns for p in patterns)
+
+
+def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, global_pruning: bool = False,
+                round_to: int = 1, ignore: Iterable[str] = (), max_group_ratio: float = 0.9,
+                meta: Mapping | None = None) -> Plan:
+    """Choose kept channels for every prunable group (others keep everything)."""
+    ratio = check_ratio(ratio)
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
+    ignore = tuple(ignore)
+    active = [g for g in groups if g.prunable and not is_ignored(g.member_fqns(), ignore)]
+    counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
+    keep = {g.id: tuple(range(g.size)) for g in groups}
+    for g in active:
+        n_keep = _rounded(counts[g.id], g.size, round_to)
+        keep[g.id] = tuple(sorted(np.argsort(-scores[g.id], kind="stable")[:n_keep].tolist()))
+    info = {"ratio": ratio, "global": global_pruning, "round_to": round_to, "ignore": list(ignore),
+            "ignored_groups": [g.id for g in groups if g.prunable and g not in active]}
+    return Plan(keep, {g.id: g.size for g in groups}, {**info, **(meta or {})})
+
+
+def _uniform_counts(groups, scores, ratio, cap) -> dict[str, int]:
+    return {g.id: g.size - min(int(g.size * ratio), g.size - 1) for g in groups}
+
+
+def _global_counts(groups, scores, ratio, cap) -> dict[str, int]:
+    """Prune the globally lowest normalised scores (score / group mean) until `ratio` of all prunable
+    channels are gone, never more than `cap` of one group and never its last channel."""
+    entries = []
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        norm = s / (s.mean() + 1e-12) if s.size else s
+        entries += [(v, g.id) for v in norm.tolist()]
+    limit = {g.id: min(int(math.floor(g.size * cap)), g.size - 1) for g in groups}
+    pruned = {g.id: 0 for g in groups}
+    target = int(sum(g.size for g in groups) * ratio)
+    done = 0
+    for _, gid in sorted(entries, key=lambda e: e[0]):
+        if done >= target:
+            break
+        if pruned[gid] < limit[gid]:
+            pruned[gid] += 1
+            done += 1
+    return {g.id: g.size - pruned[g.id] for g in groups}
+
+
+def _rounded(n_keep: int, size: int, round_to: int) -> int:
+    if round_to > 1 and size >= round_to:
+        n_keep = max(round_to, int(round(n_keep / round_to)) * round_to)
+    return int(min(max(n_keep, 1), size))

@@ -1,0 +1,153 @@
+"""Verify a rewrite. Checks: the pruned model re-captures and runs with the original output shapes;
+every pruned tensor has the size the plan implies; masking equivalence — the dense model with dropped
+channels zeroed on the consumer side gives the pruned model's output — on every group where that is
+exact (groups mixed by a normalisation are checked by shapes only)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from structprune.capture import capture, normalize_inputs
+from structprune.graph.channel_graph import ChannelGraph
+from structprune.rewrite import component_keep, kept_indices, rewrite_model
+from structprune.rules.context import ROLE_IN
+from structprune.select.plan import Plan
+
+RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """All checks of one rewrite; `ok` only if every check passed."""
+
+    checks: tuple[Check, ...]
+    masking_error: float | None
+    exact_groups: tuple[str, ...]
+    inexact_groups: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "checks": [c.__dict__ for c in self.checks], "masking_error": self.masking_error,
+                "exact_groups": list(self.exact_groups), "inexact_groups": list(self.inexact_groups)}
+
+
+def run_model(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    """Eval-mode outputs as a flat list of tensors (training mode restored afterwards)."""
+    args, kwargs = normalize_inputs(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, graph: ChannelGraph,
+                   plan: Plan) -> Verdict:
+    """Run every check; never raises for a failed check (the caller decides)."""
+    pruned_groups = set(plan.pruned_groups())
+    exact = tuple(g.id for g in graph.groups if g.id in pruned_groups and g.exact)
+    inexact = tuple(sorted(pruned_groups - set(exact)))
+    checks = [_check_capture(pruned, example_inputs)]
+    dense_out = run_model(model, example_inputs)
+    checks.append(_check_outputs(dense_out, pruned, example_inputs))
+    checks.append(_check_sizes(model, pruned, graph, plan))
+    error = None
+    if exact and all(c.ok for c in checks[1:]):
+        check, error = _check_masking(model, pruned, example_inputs, graph, plan, exact)
+        checks.append(check)
+    return Verdict(tuple(checks), error, exact, inexact)
+
+
+def _check_capture(pruned: nn.Module, example_inputs: Any) -> Check:
+    try:
+        capture(pruned, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        return Check("recapture", False, str(exc).splitlines()[0][:300])
+    return Check("recapture", True)
+
+
+def _check_outputs(dense_out, pruned: nn.Module, example_inputs: Any) -> Check:
+    try:
+        pruned_out = run_model(pruned, example_inputs)
+    except Exception as exc:  # noqa: BLE001
+        return Check("runs", False, f"pruned model failed to run: {str(exc).splitlines()[0][:300]}")
+    want = [tuple(t.shape) for t in dense_out]
+    got = [tuple(t.shape) for t in pruned_out]
+    if want != got:
+        return Check("output_shapes", False, f"expected {want}, got {got}")
+    if not all(bool(torch.isfinite(t).all()) for t in pruned_out if t.is_floating_point()):
+        return Check("output_shapes", False, "pruned model produced non-finite values")
+    return Check("output_shapes", True, f"{got}")
+
+
+def _check_sizes(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan) -> Check:
+    indices = kept_indices(graph, component_keep(graph, plan))
+    dense_state, pruned_state = model.state_dict(), pruned.state_dict()
+    for fqn, tensor in dense_state.items():
+        expected = list(tensor.shape)
+        for axis, idx in indices.get(fqn, {}).items():
+            expected[axis] = len(idx)
+        if fqn not in pruned_state or list(pruned_state[fqn].shape) != expected:
+            got = list(pruned_state[fqn].shape) if fqn in pruned_state else "missing"
+            return Check("sizes", False, f"'{fqn}': expected shape {expected}, got {got}")
+    return Check("sizes", True, f"{len(indices)} tensors sliced")
+
+
+def _check_masking(model, pruned, example_inputs, graph, plan, exact) -> tuple[Check, float]:
+    error = _masking_error(model, pruned, example_inputs, graph, plan, exact)
+    if error <= RTOL:
+        return Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups"), error
+    culprits = [g for g in exact[:20] if _masking_error(model, None, example_inputs, graph, plan, (g,)) > RTOL]
+    names = ", ".join(culprits) or "the combination of groups"
+    return Check("masking_equivalence", False,
+                 f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error
+
+
+def _masking_error(model, pruned, example_inputs, graph, plan, exact) -> float:
+    restricted = Plan({g: (plan.keep[g] if g in exact else tuple(range(plan.sizes[g]))) for g in plan.keep},
+                      plan.sizes, plan.meta)
+    candidate = pruned if (pruned is not None and restricted == plan) else rewrite_model(model, graph, restricted)
+    reference = _masked_dense(model, graph, restricted, exact)
+    ref_out, out = run_model(reference, example_inputs), run_model(candidate, example_inputs)
+    worst = 0.0
+    for r, o in zip(ref_out, out):
+        if r.is_floating_point():
+            scale = 1.0 + float(r.abs().max()) if r.numel() else 1.0
+            worst = max(worst, float((r - o).abs().max()) / scale if r.numel() else 0.0)
+    return worst
+
+
+def _masked_dense(model: nn.Module, graph: ChannelGraph, plan: Plan, exact) -> nn.Module:
+    """A dense copy whose consumer-side weights of dropped channels are zero."""
+    masked = copy.deepcopy(model)
+    state = dict(masked.named_parameters()) | dict(masked.named_buffers())
+    with torch.no_grad():
+        for group in (graph.group(g) for g in exact):
+            dropped = np.setdiff1d(np.arange(group.size), np.asarray(plan.keep[group.id]))
+            for member in group.members:
+                rows = np.flatnonzero(np.isin(member.positions, dropped))
+                if member.role == ROLE_IN and rows.size and member.fqn in state:
+                    state[member.fqn].index_fill_(member.axis, torch.as_tensor(rows), 0.0)
+    return masked

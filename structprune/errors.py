@@ -29,3 +29,9 @@ class RewriteError(StructpruneError):
 
 class VerificationError(StructpruneError):
     stage = "verify"
+
+
+class UsageError(StructpruneError, ValueError):
+    """Bad user input (a file, a flag, a spec): the CLI prints it on one line and exits 2."""
+
+    stage = "input"

@@ -12,7 +12,7 @@ from structprune.criteria import ScoringContext, get_criterion
 from structprune.errors import VerificationError
 from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.report.metrics import count_macs, count_params
+from structprune.report.metrics import count_macs, count_params, macs_of
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES
@@ -106,8 +106,9 @@ def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan,
                  "; ".join(sorted({str(r) for r in g.reasons})) or ", ".join(g.inexact_ops))
         for g in graph.groups
     )
-    return Report(count_params(model), count_params(pruned), count_macs(model, example_inputs),
-                  count_macs(pruned, example_inputs), rows, verdict.to_json(), dict(plan.meta))
+    pruned_macs = macs_of(verdict.pruned_capture) if verdict.pruned_capture else count_macs(pruned, example_inputs)
+    return Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
+                  verdict.to_json(), dict(plan.meta))
 
 
 def _raise_if_failed(verdict: Verdict) -> None:

@@ -5,7 +5,7 @@ exact (groups mixed by a normalisation are checked by shapes only)."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ class Verdict:
     masking_error: float | None
     exact_groups: tuple[str, ...]
     inexact_groups: tuple[str, ...]
+    pruned_capture: object = field(default=None, repr=False, compare=False)  # reused for MACs
 
     @property
     def ok(self) -> bool:
@@ -69,37 +70,38 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     pruned_groups = set(plan.pruned_groups())
     exact = tuple(g.id for g in graph.groups if g.id in pruned_groups and g.exact)
     inexact = tuple(sorted(pruned_groups - set(exact)))
-    checks = [_check_capture(pruned, example_inputs)]
+    capture_check, recaptured = _check_capture(pruned, example_inputs)
+    checks = [capture_check]
     dense_out = run_model(model, example_inputs)
-    checks.append(_check_outputs(dense_out, pruned, example_inputs))
-    checks.append(_check_sizes(model, pruned, graph, plan))
+    output_check, pruned_out = _check_outputs(dense_out, pruned, example_inputs)
+    checks += [output_check, _check_sizes(model, pruned, graph, plan)]
     error = None
     if exact and all(c.ok for c in checks[1:]):
-        check, error = _check_masking(model, pruned, example_inputs, graph, plan, exact)
+        check, error = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
         checks.append(check)
-    return Verdict(tuple(checks), error, exact, inexact)
+    return Verdict(tuple(checks), error, exact, inexact, recaptured)
 
 
-def _check_capture(pruned: nn.Module, example_inputs: Any) -> Check:
+def _check_capture(pruned: nn.Module, example_inputs: Any):
     try:
-        capture(pruned, example_inputs)
+        recaptured = capture(pruned, example_inputs)
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        return Check("recapture", False, str(exc).splitlines()[0][:300])
-    return Check("recapture", True)
+        return Check("recapture", False, str(exc).splitlines()[0][:300]), None
+    return Check("recapture", True), recaptured
 
 
-def _check_outputs(dense_out, pruned: nn.Module, example_inputs: Any) -> Check:
+def _check_outputs(dense_out, pruned: nn.Module, example_inputs: Any):
     try:
         pruned_out = run_model(pruned, example_inputs)
     except Exception as exc:  # noqa: BLE001
-        return Check("runs", False, f"pruned model failed to run: {str(exc).splitlines()[0][:300]}")
+        return Check("runs", False, f"pruned model failed to run: {str(exc).splitlines()[0][:300]}"), None
     want = [tuple(t.shape) for t in dense_out]
     got = [tuple(t.shape) for t in pruned_out]
     if want != got:
-        return Check("output_shapes", False, f"expected {want}, got {got}")
+        return Check("output_shapes", False, f"expected {want}, got {got}"), None
     if not all(bool(torch.isfinite(t).all()) for t in pruned_out if t.is_floating_point()):
-        return Check("output_shapes", False, "pruned model produced non-finite values")
-    return Check("output_shapes", True, f"{got}")
+        return Check("output_shapes", False, "pruned model produced non-finite values"), None
+    return Check("output_shapes", True, f"{got}"), pruned_out
 
 
 def _check_sizes(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan) -> Check:
@@ -115,8 +117,8 @@ def _check_sizes(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan:
     return Check("sizes", True, f"{len(indices)} tensors sliced")
 
 
-def _check_masking(model, pruned, example_inputs, graph, plan, exact) -> tuple[Check, float]:
-    error = _masking_error(model, pruned, example_inputs, graph, plan, exact)
+def _check_masking(model, pruned_out, example_inputs, graph, plan, exact) -> tuple[Check, float]:
+    error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact)
     if error <= RTOL:
         return Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups"), error
     culprits = [g for g in exact[:20] if _masking_error(model, None, example_inputs, graph, plan, (g,)) > RTOL]
@@ -125,12 +127,14 @@ def _check_masking(model, pruned, example_inputs, graph, plan, exact) -> tuple[C
                  f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error
 
 
-def _masking_error(model, pruned, example_inputs, graph, plan, exact) -> float:
+def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> float:
+    """Relative error between the masked dense model and the model pruned in `exact` groups only
+    (`pruned_out`, the full pruned model's outputs, is reused when the plan prunes nothing else)."""
     restricted = Plan({g: (plan.keep[g] if g in exact else tuple(range(plan.sizes[g]))) for g in plan.keep},
                       plan.sizes, plan.meta)
-    candidate = pruned if (pruned is not None and restricted == plan) else rewrite_model(model, graph, restricted)
-    reference = _masked_dense(model, graph, restricted, exact)
-    ref_out, out = run_model(reference, example_inputs), run_model(candidate, example_inputs)
+    if pruned_out is None or restricted != plan:
+        pruned_out = run_model(rewrite_model(model, graph, restricted), example_inputs)
+    ref_out, out = run_model(_masked_dense(model, graph, restricted, exact), example_inputs), pruned_out
     worst = 0.0
     for r, o in zip(ref_out, out):
         if r.is_floating_point():

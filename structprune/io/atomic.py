@@ -1,0 +1,144 @@
+"""Atomic outputs: a file or a whole output folder appears complete, or not at all.
+
+Every writer stages into a temporary sibling (same folder, so the final rename never crosses a
+file system), fsyncs, then renames over the target with `os.replace`. Any exception, including
+KeyboardInterrupt, removes the staging file or folder and leaves the previous target as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from structprune.errors import UsageError
+
+_NEW_FILE_MODE = 0o644
+_NEW_DIR_MODE = 0o755
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically and return the path.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "plan.json"
+    >>> atomic_write_bytes(target, b"{}").read_bytes()
+    b'{}'
+    """
+    return write_atomically(path, lambda stream: stream.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically (UTF-8 by default) and return the path."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """`torch.save(obj, path)`, but a crash or Ctrl-C never leaves a truncated file behind."""
+    return write_atomically(path, lambda stream: torch.save(obj, stream))
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(stream)` on a temporary sibling of `path`, fsync it, then rename it over `path`."""
+    target = Path(path)
+    _require_folder(target.parent)
+    fd, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(staging, _mode_for(target))
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    _fsync_folder(target.parent)
+    return target
+
+
+@contextlib.contextmanager
+def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it atomically becomes `out_dir`.
+
+    Refuses a non-empty `out_dir` unless `force`. On any exception (or KeyboardInterrupt) the
+    staging folder is deleted and a previous `out_dir` is left untouched.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with staged_output_dir(out) as staging:
+    ...     _ = (staging / "report.json").write_text("{}")
+    >>> sorted(p.name for p in out.iterdir())
+    ['report.json']
+    """
+    target = Path(out_dir)
+    check_output_dir(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    try:
+        yield staging
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """Raise UsageError unless `out_dir` is absent, an empty folder, or `force` is set."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output path {out_dir} is a file, not a folder; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UsageError(
+            f"output folder {out_dir} already exists and is not empty; "
+            "pass --force to replace it or choose another --out"
+        )
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    os.chmod(staging, _NEW_DIR_MODE)
+    if not target.exists():
+        os.rename(staging, target)
+        _fsync_folder(target.parent)
+        return
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    _fsync_folder(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _require_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"cannot write into {folder}: the folder does not exist; create it first")
+
+
+def _mode_for(target: Path) -> int:
+    """Keep an existing file's permission bits; new files get rw-r--r--."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return _NEW_FILE_MODE
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,206 @@
+"""Export a model to one self-contained, checked ONNX file whose batch axis is dynamic.
+
+The dynamo exporter (torch.export based) is tried first; if it raises, or its file fails the ONNX
+checker or does not run with another batch size, the legacy TorchScript exporter is used and the
+reason is recorded. The file is staged in a temporary folder next to `path` and moved into place only
+after every check passed, so `path` never holds a half-written or unchecked model.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from structprune.capture import normalize_inputs
+from structprune.onnx.errors import ExportError
+from structprune.onnx.inputs import (batch_size, bound_inputs, input_names, ort_feed, resize_batch,
+                                     run_torch)
+
+MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GiB limit, with room for the graph itself
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """Where the model went and how: `exporter` is "dynamo" or "legacy"; `fallback_reason` says why
+    dynamo was not used (empty when it was); `external_data` lists sidecar files (models over 2 GB)."""
+
+    path: str
+    exporter: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    fallback_reason: str = ""
+    external_data: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _ExportSpec:
+    """The inputs actually exported (batch >= 2) and the names and batch layout of inputs/outputs."""
+
+    args: tuple
+    kwargs: dict
+    batch: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    batched_outputs: tuple[bool, ...]
+
+
+def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *,
+                opset: int | None = None) -> OnnxExport:
+    """Export `model` (in eval mode; its training flag is restored) to `path` with a dynamic batch.
+
+    >>> import torch, tempfile, os
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> out = export_onnx(net, torch.randn(2, 4), os.path.join(tempfile.mkdtemp(), "net.onnx"))
+    >>> out.exporter, out.fallback_reason
+    ('dynamo', '')
+    """
+    path = os.path.abspath(os.fspath(path))
+    with _eval_mode(model):
+        spec = _export_spec(model, example_inputs)
+        try:
+            sidecars = _export_checked(_export_dynamo, model, spec, path, opset)
+            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars)
+        except Exception as exc:  # noqa: BLE001 - any dynamo failure triggers the fallback
+            dynamo_failure = _first_line(exc)
+        try:
+            sidecars = _export_checked(_export_legacy, model, spec, path, opset)
+        except Exception as exc:  # noqa: BLE001 - re-raised with both failures named
+            raise ExportError(_explain_failure(model, dynamo_failure, _first_line(exc))) from exc
+    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars)
+
+
+def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
+    batch = batch_size(example_inputs)
+    if batch == 1:  # a batch of 1 invites the tracer to specialise the batch axis
+        example_inputs, batch = resize_batch(example_inputs, 2), 2
+    args, kwargs = normalize_inputs(example_inputs)
+    outputs = run_torch(model, example_inputs)
+    names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
+    batched = tuple(t.dim() > 0 and t.shape[0] == batch for t in outputs)
+    return _ExportSpec(args, kwargs, batch, tuple(input_names(model, args, kwargs)), names, batched)
+
+
+def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, path: str,
+                    opset: int | None) -> tuple[str, ...]:
+    """Export into a staging folder beside `path`, check it, then move it into place."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".structprune-onnx-", dir=parent)
+    try:
+        staged = os.path.join(staging, os.path.basename(path))
+        with _quiet_exporters():
+            exporter(model, spec, staged, opset)
+        _inline_external_data(staged)
+        onnx.checker.check_model(staged, full_check=True)
+        _check_dynamic_batch(staged, spec)
+        return _publish(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
+    batch = torch.export.Dim("batch")
+    shapes = {name: pytree.tree_map(lambda v: {0: batch} if _has_batch(v) else None, value)
+              for name, value in bound_inputs(model, spec.args, spec.kwargs).items()}
+    torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=True, dynamic_shapes=shapes,
+                      input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
+                      external_data=_state_bytes(model) >= MAX_INLINE_BYTES, verbose=False)
+
+
+def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
+    axes = {name: {0: "batch"} for name in spec.input_names}
+    axes |= {name: {0: "batch"} for name, b in zip(spec.output_names, spec.batched_outputs) if b}
+    torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=False, dynamic_axes=axes,
+                      input_names=spec.input_names, output_names=spec.output_names, opset_version=opset)
+
+
+def _inline_external_data(staged: str) -> None:
+    """Fold weights an exporter wrote beside the model back into it, when they fit in one protobuf."""
+    folder = os.path.dirname(staged)
+    sidecars = [os.path.join(folder, f) for f in os.listdir(folder) if f != os.path.basename(staged)]
+    total = sum(os.path.getsize(f) for f in sidecars + [staged])
+    if not sidecars or total >= MAX_INLINE_BYTES:
+        return
+    onnx.save_model(onnx.load(staged), staged, save_as_external_data=False)
+    for f in sidecars:
+        os.remove(f)
+
+
+def _check_dynamic_batch(staged: str, spec: _ExportSpec) -> None:
+    """Run the file with one row more than exported; batched outputs must follow the new batch."""
+    probe = spec.batch + 1
+    session = ort.InferenceSession(staged, providers=["CPUExecutionProvider"])
+    feed = ort_feed(session, resize_batch(spec.args, probe), resize_batch(spec.kwargs, probe))
+    outputs = session.run(None, feed)
+    got = [o.shape[0] if o.ndim else None for o in outputs]
+    want = [probe if b else got[i] for i, b in enumerate(spec.batched_outputs)]
+    if len(outputs) != len(spec.batched_outputs) or got != want:
+        raise RuntimeError(f"batch axis is not dynamic: with batch {probe} the outputs' dim 0 are {got}, "
+                           f"expected {want}")
+
+
+def _publish(staged: str, path: str) -> tuple[str, ...]:
+    """Move sidecar files, then the model itself, from the staging folder to `path`'s folder."""
+    folder, parent = os.path.dirname(staged), os.path.dirname(path)
+    sidecars = sorted(f for f in os.listdir(folder) if f != os.path.basename(staged))
+    for name in sidecars:
+        os.replace(os.path.join(folder, name), os.path.join(parent, name))
+    os.replace(staged, path)
+    return tuple(sidecars)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Silence the exporters' progress logs and deprecation notices for the duration of one export."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _has_batch(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _state_bytes(model: nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _explain_failure(model: nn.Module, dynamo_failure: str, legacy_failure: str) -> str:
+    return (f"could not export {type(model).__name__} to ONNX. dynamo exporter: {dynamo_failure}. "
+            f"legacy TorchScript exporter: {legacy_failure}. Try: check that the model runs on inputs "
+            "with another batch size (dim 0 must be free), pass opset=... (17 or 18), or replace the "
+            "op named above with supported ones.")

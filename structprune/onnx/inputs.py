@@ -1,0 +1,105 @@
+"""Example inputs for export and onnxruntime: batch resizing, input names, onnxruntime feeds.
+
+Every tensor input is assumed to carry the batch on dim 0 (0-dim tensors and non-tensors are left
+alone); a batch of a different size is built by repeating the example rows cyclically.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from structprune.capture import normalize_inputs
+
+
+def batch_size(example_inputs: Any) -> int:
+    """The size of dim 0 of the first tensor input with at least one dim."""
+    args, kwargs = normalize_inputs(example_inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    raise ValueError("example_inputs hold no tensor with a batch dimension (dim 0); ONNX export needs one")
+
+
+def resize_batch(example_inputs: Any, size: int) -> Any:
+    """The same inputs (same container kind) with `size` rows: example rows repeated cyclically.
+
+    >>> resize_batch(torch.arange(2).view(2, 1), 3).flatten().tolist()
+    [0, 1, 0]
+    """
+    def resize(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        rows = torch.arange(size) % value.shape[0]
+        return value.index_select(0, rows.to(value.device))
+
+    if isinstance(example_inputs, torch.Tensor):
+        return resize(example_inputs)
+    if isinstance(example_inputs, dict):
+        return {k: resize(v) for k, v in example_inputs.items()}
+    return tuple(resize(v) for v in example_inputs)
+
+
+def bound_inputs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """forward()'s parameters bound to the example values, in signature order (raises TypeError)."""
+    return dict(inspect.signature(model.forward).bind(*args, **kwargs).arguments)
+
+
+def input_names(model: nn.Module, args: tuple, kwargs: dict) -> list[str]:
+    """Names of the tensor inputs in call order: forward()'s parameter names (`name_<i>` inside a
+    *args/**kwargs parameter); `input_<i>` and the keyword names where the signature cannot bind."""
+    try:
+        bound = bound_inputs(model, args, kwargs)
+    except (TypeError, ValueError):
+        bound = {f"input_{i}": a for i, a in enumerate(args)} | kwargs
+    names = []
+    for name, value in bound.items():
+        if isinstance(value, torch.Tensor):
+            names.append(name)
+        elif isinstance(value, (tuple, list)):
+            names += [f"{name}_{i}" for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+        elif isinstance(value, dict):
+            names += [k for k, v in value.items() if isinstance(v, torch.Tensor)]
+    return names
+
+
+def flat_outputs(output: Any) -> list[torch.Tensor]:
+    """Tensor leaves of a model output (tensor, tuple, dict, ...) in pytree order."""
+    return [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def run_torch(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    """Eval-mode, no-grad outputs as a flat list (the training flag is restored)."""
+    args, kwargs = normalize_inputs(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return flat_outputs(model(*args, **kwargs))
+    finally:
+        model.train(was_training)
+
+
+def ort_feed(session: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
+    """Map an onnxruntime session's inputs to numpy arrays: keyword inputs by name, the rest by position."""
+    positional = [a for a in args if isinstance(a, torch.Tensor)]
+    feed = {}
+    for node in session.get_inputs():
+        if isinstance(kwargs.get(node.name), torch.Tensor):
+            feed[node.name] = _to_numpy(kwargs[node.name])
+        elif positional:
+            feed[node.name] = _to_numpy(positional.pop(0))
+        else:
+            raise ValueError(
+                f"the ONNX model expects an input '{node.name}' that example_inputs do not provide "
+                f"(positional: {len(args)}, keyword: {sorted(kwargs)}); pass the inputs used at export"
+            )
+    return feed
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().contiguous().numpy()

@@ -1,8 +1,9 @@
 """Capture a model with torch.export and map every parameter placeholder back to its module FQN."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,15 +54,28 @@ def capture(model: nn.Module, example_inputs: Any) -> Captured:
     ['bias', 'weight']
     """
     args, kwargs = normalize_inputs(example_inputs)
+    with eval_mode(model):
+        try:
+            program = torch.export.export(model, args, kwargs, strict=False)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise CaptureError(_explain_failure(model, exc)) from exc
+    return _index_program(program, args, kwargs)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block, the caller's mode restored after. Modules that cannot switch
+    (a GraphModule from ExportedProgram.module() is already in the mode it was exported in) are left."""
     was_training = model.training
-    model.eval()
     try:
-        program = torch.export.export(model, args, kwargs, strict=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise CaptureError(_explain_failure(model, exc)) from exc
+        model.eval()
+    except (NotImplementedError, RuntimeError):
+        yield model
+        return
+    try:
+        yield model
     finally:
         model.train(was_training)
-    return _index_program(program, args, kwargs)
 
 
 def _index_program(program: torch.export.ExportedProgram, args: tuple, kwargs: dict) -> Captured:

@@ -29,8 +29,26 @@ def fix_literal_shapes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray
             node.args = (node.args[0], list(shape)) + tuple(node.args[2:])
         elif op in ("slice", "select", "split_with_sizes", "split") and isinstance(node.args[0], fx.Node):
             _fix_indexing(node, op, values.get(node.args[0].name), keep, graph.component)
+        elif op in _GROUPS_ARG:
+            _fix_depthwise_groups(node, _GROUPS_ARG[op], values.get(node.args[0].name), keep, graph.component)
+        elif op in ("layer_norm", "rms_norm") and values.get(node.args[0].name) is not None:
+            shape = new_shape(values[node.args[0].name], keep, graph.component)
+            node.args = (node.args[0], list(shape[len(shape) - len(node.args[1]):])) + tuple(node.args[2:])
     gm.graph.lint()
     gm.recompile()
+
+
+_GROUPS_ARG = {"conv1d": 6, "conv2d": 6, "conv3d": 6, "convolution": 8}
+
+
+def _fix_depthwise_groups(node: fx.Node, index: int, value, keep, component) -> None:
+    """A depthwise conv's `groups` equals its input channels, so it shrinks with them."""
+    groups = node.args[index] if len(node.args) > index else 1
+    if value is None or groups == 1 or node.args[1].meta["val"].shape[1] != 1:
+        return
+    channels = new_shape(value, keep, component)[value.ndim - (node.args[1].meta["val"].ndim - 1)]
+    if groups == value.shape[value.ndim - (node.args[1].meta["val"].ndim - 1)]:
+        node.args = tuple(channels if i == index else a for i, a in enumerate(node.args))
 
 
 def _kept_along(value, dim: int, keep: np.ndarray, component: np.ndarray) -> np.ndarray | None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture import capture, normalize_inputs
+from structprune.capture import capture, eval_mode, normalize_inputs
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite import component_keep, kept_indices, rewrite_model
 from structprune.rules.context import ROLE_IN
@@ -54,13 +54,8 @@ class Verdict:
 def run_model(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
     """Eval-mode outputs as a flat list of tensors (training mode restored afterwards)."""
     args, kwargs = normalize_inputs(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(*args, **kwargs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model(*args, **kwargs)
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 

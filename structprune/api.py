@@ -70,10 +70,19 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     3
     """
     graph = graph or analyze(model, example_inputs)
+    if not verify:
+        return rewrite_model(model, graph, plan)
+    return compress_with_plan(model, example_inputs, plan, graph=graph).model
+
+
+def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *,
+                       graph: ChannelGraph | None = None) -> CompressResult:
+    """Like compress, but with a given plan instead of scoring (what `structprune apply` runs)."""
+    graph = graph or analyze(model, example_inputs)
     pruned = rewrite_model(model, graph, plan)
-    if verify:
-        _raise_if_failed(verify_rewrite(model, pruned, example_inputs, graph, plan))
-    return pruned
+    verdict = verify_rewrite(model, pruned, example_inputs, graph, plan)
+    _raise_if_failed(verdict)
+    return CompressResult(pruned, plan, build_report(model, pruned, example_inputs, graph, plan, verdict), graph)
 
 
 def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
@@ -94,10 +103,7 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     plan = select(model, example_inputs, graph, ratio=ratio, criterion=criterion, ignore=ignore,
                   round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
                   seed=seed, data=data)
-    pruned = rewrite_model(model, graph, plan)
-    verdict = verify_rewrite(model, pruned, example_inputs, graph, plan)
-    _raise_if_failed(verdict)
-    return CompressResult(pruned, plan, build_report(model, pruned, example_inputs, graph, plan, verdict), graph)
+    return compress_with_plan(model, example_inputs, plan, graph=graph)
 
 
 def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:

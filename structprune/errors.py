@@ -35,3 +35,9 @@ class UsageError(StructpruneError, ValueError):
     """Bad user input (a file, a flag, a spec): the CLI prints it on one line and exits 2."""
 
     stage = "input"
+
+
+class QualityError(StructpruneError):
+    """The result exists but fails a quality bar (ONNX parity, accuracy gate): the CLI exits 1."""
+
+    stage = "quality"

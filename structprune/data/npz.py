@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from structprune.data.bundle import DataBundle, DataOptions, class_count, make_bundle, split_indices
+from structprune.data.messages import one_line
 from structprune.data.shapes import adapt_samples
 from structprune.errors import UsageError
 
@@ -33,9 +34,12 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UsageError(f"{path} is not a readable .npz file ({exc}); save it with numpy.savez") from exc
+        raise UsageError(
+            f"{path} is not a readable .npz file ({one_line(exc)}); save it with numpy.savez"
+        ) from exc
     if "x" not in arrays:
-        raise UsageError(f"{path} has no array 'x' (found: {', '.join(arrays) or 'none'}); save it as x=..., y=...")
+        found = ", ".join(arrays) or "none"
+        raise UsageError(f"{path} has no array 'x' (found: {found}); save it with numpy.savez(path, x=..., y=...)")
     x = _samples(arrays["x"], path)
     y = None if "y" not in arrays else _labels(arrays["y"], len(x), path)
     return x, y
@@ -52,7 +56,9 @@ def _samples(x: np.ndarray, path: Path) -> np.ndarray:
 
 def _labels(y: np.ndarray, count: int, path: Path) -> np.ndarray:
     if y.shape != (count,) or not np.issubdtype(y.dtype, np.number):
-        raise UsageError(f"{path}: y has shape {y.shape}; it must hold one class label per sample, shape ({count},)")
+        raise UsageError(
+            f"{path}: y has shape {y.shape}; it must hold one class label per sample, shape ({count},)"
+        )
     if np.any(y < 0) or np.any(y != np.round(y)):
         raise UsageError(f"{path}: y must hold class indices 0..K-1 (non-negative integers)")
     return y.astype(np.int64)

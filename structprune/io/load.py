@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -61,10 +62,12 @@ def load_model(
     arch_kwargs: dict | None = None,
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    loaders: Mapping[str, Callable[[LoadRequest, ModelFile], LoadedModel]] | None = None,
 ) -> LoadedModel:
     """Load a model from `zoo:NAME`, a `.pt2` archive, or a state_dict file plus `arch`.
 
-    `input_shape` (without batch) builds example inputs when the source has none.
+    `input_shape` (without batch) builds example inputs when the source has none; `loaders`
+    replaces the kind -> loader table (default MODEL_LOADERS).
 
     >>> loaded = load_model("zoo:cnn", arch_kwargs={"in_chans": 1, "image_size": 8})
     >>> loaded.source, loaded.name, tuple(loaded.example_inputs.shape)
@@ -74,7 +77,7 @@ def load_model(
         os.fspath(spec), arch, dict(arch_kwargs or {}), trust_pickle, check_input_shape(input_shape)
     )
     found = probe_model_spec(request.spec)
-    return MODEL_LOADERS[found.kind](request, found)
+    return (loaders or MODEL_LOADERS)[found.kind](request, found)
 
 
 def load_zoo(request: LoadRequest, found: ModelFile) -> LoadedModel:
@@ -86,7 +89,7 @@ def load_zoo(request: LoadRequest, found: ModelFile) -> LoadedModel:
 
 
 def load_pt2(request: LoadRequest, found: ModelFile) -> LoadedModel:
-    """A torch.export archive: its module() and the example inputs saved with it."""
+    """A torch.export archive: its module() (in the mode it was exported in) and its saved inputs."""
     _reject_arch(request, "a .pt2 archive carries its own architecture")
     unsafe = unsafe_archive_parts(found.path)
     if unsafe and not request.trust_pickle:
@@ -140,14 +143,14 @@ def refuse_torchscript(request: LoadRequest, found: ModelFile) -> LoadedModel:
     )
 
 
-# Detected kind -> loader. A value, so callers can extend it: MODEL_LOADERS | {"onnx": ...}.
-MODEL_LOADERS: Mapping[str, Callable[[LoadRequest, ModelFile], LoadedModel]] = {
+# Detected kind -> loader. Read-only; extend a copy: load_model(spec, loaders=MODEL_LOADERS | {...}).
+MODEL_LOADERS: Mapping[str, Callable[[LoadRequest, ModelFile], LoadedModel]] = MappingProxyType({
     "zoo": load_zoo,
     "pt2": load_pt2,
     "state_dict": load_state_dict_file,
     "pickle": load_pickled,
     "torchscript": refuse_torchscript,
-}
+})
 
 
 def safe_name(text: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+import models_zoo
 from structprune.errors import UsageError
 
 ZOO_PREFIX = "zoo:"
@@ -96,7 +97,8 @@ def _file_kind(path: Path) -> str:
 
 def _require_nonempty_file(path: Path) -> None:
     if not path.exists():
-        raise UsageError(f"model file {path} does not exist; check the path, or use zoo:NAME")
+        hint = f"did you mean zoo:{path}?" if str(path) in models_zoo.list_models() else "check the path"
+        raise UsageError(f"model file {path} does not exist; {hint} (zoo models are named zoo:NAME)")
     if path.is_dir():
         raise UsageError(f"model path {path} is a folder, not a file; pass the model file inside it")
     if path.stat().st_size == 0:

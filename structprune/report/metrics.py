@@ -65,6 +65,26 @@ def macs_of(captured: Captured) -> int:
     return int(total)
 
 
+def layer_costs(captured: Captured, model: nn.Module) -> list[tuple[str, str, int, int]]:
+    """(module FQN, class name, parameters, MACs) per module that owns parameters or does MACs."""
+    macs: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    for node in captured.graph.nodes:
+        packet = getattr(node.target, "overloadpacket", None)
+        rule = _MAC_RULES.get(getattr(packet, "__name__", ""))
+        stack = node.meta.get("nn_module_stack") or {}
+        if rule is not None and node.op == "call_function" and stack:
+            fqn, cls = list(stack.values())[-1]
+            macs[fqn] = macs.get(fqn, 0) + rule(node)
+            kinds[fqn] = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
+    rows = []
+    for fqn, module in model.named_modules():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        if own or fqn in macs:
+            rows.append((fqn, kinds.get(fqn, type(module).__name__), own, macs.get(fqn, 0)))
+    return rows
+
+
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """MACs of one forward pass of `model` on the example inputs.
 

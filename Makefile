@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -> installs, then runs `structprune demo` (train on digits, compress, recover, export ONNX)
+#   make test   -> installs, then runs the default test suite
+# torch is installed explicitly at 2.13.0 first, so pip never resolves a multi-GB CUDA build.
+PY ?= python3
+PIP = $(PY) -m pip
+PYTEST = $(PY) -m pytest
+
+
+.PHONY: setup demo test test-all bench
+
+setup:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+
+demo: setup
+	$(PY) -m structprune demo
+
+test: setup
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider
+
+test-all: setup
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider -m "slow or not slow"
+
+bench: setup
+	$(PY) benchmarks/core_speed.py

@@ -1,0 +1,75 @@
+"""Top-1 accuracy on a loader, and deterministic calibration batches from a bundle."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from structprune.capture.export import eval_mode
+from structprune.data.batches import batch_size_of, move_to, run_model, split_batch, take_first
+from structprune.data.bundle import DataBundle
+from structprune.errors import UsageError
+
+
+def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy in percent, in eval mode without gradients; the training flag is restored.
+
+    A GraphModule from a `.pt2` archive cannot switch modes and runs in the mode it was exported in.
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> data = DataLoader(TensorDataset(torch.eye(4), torch.arange(4)), batch_size=2)
+    >>> evaluate_accuracy(torch.nn.Identity(), data)
+    100.0
+    """
+    with eval_mode(model), torch.no_grad():
+        correct, total = _count_correct(model, loader)
+    if total == 0:
+        raise UsageError("the evaluation loader yielded no samples; check the data spec and split")
+    return 100.0 * correct / total
+
+
+def calibration_batches(bundle: DataBundle, n_samples: int) -> list[Any]:
+    """Inputs of the first `n_samples` training samples (dataset order, not shuffled), in batches.
+
+    Fewer samples come back when the training set is smaller.
+    """
+    if n_samples < 1:
+        raise UsageError(f"calibration needs at least 1 sample, got {n_samples}")
+    batches, remaining = [], n_samples
+    for batch in _in_order(bundle.train):
+        inputs, _ = split_batch(batch)
+        taken = take_first(inputs, remaining)
+        batches.append(taken)
+        remaining -= batch_size_of(taken)
+        if remaining <= 0:
+            break
+    return batches
+
+
+def _count_correct(model: nn.Module, loader: DataLoader) -> tuple[int, int]:
+    device = _device_of(model)
+    correct = total = 0
+    for batch in loader:
+        inputs, labels = split_batch(batch)
+        if labels is None:
+            raise UsageError("accuracy needs labelled data, but the batches carry no labels")
+        predicted = run_model(model, move_to(inputs, device)).argmax(dim=-1)
+        correct += int((predicted.cpu() == labels.cpu()).sum())
+        total += len(labels)
+    return correct, total
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _in_order(loader: DataLoader) -> DataLoader:
+    """The same samples and batch size, without shuffling (a map-style dataset is re-wrapped)."""
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers)

@@ -1,0 +1,70 @@
+"""`structprune inspect` and `structprune bench`: read-only views of a model and of ONNX files."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from structprune.api import analyze
+from structprune.errors import UsageError
+from structprune.io import load_model
+from structprune.report.metrics import layer_costs, macs_of
+from structprune.report.tables import format_table
+
+
+def inspect_model(spec: str, **load_kwargs) -> str:
+    """Groups, blocked groups with reasons, and per-layer params and MACs, as text.
+
+    >>> print(inspect_model("zoo:mlp").splitlines()[0])
+    model mlp (zoo): 17,226 params, 17,024 MACs
+    """
+    loaded = load_model(spec, **load_kwargs)
+    graph = analyze(loaded.model, loaded.example_inputs)
+    costs = layer_costs(graph.captured, loaded.model)
+    total_params = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
+    head = f"model {loaded.name} ({loaded.source}): {total_params:,} params, {macs_of(graph.captured):,} MACs"
+    layers = format_table(["layer", "type", "params", "MACs"],
+                          [[f or "(root)", kind, f"{p:,}", f"{m:,}"] for f, kind, p, m in costs])
+    return "\n\n".join([head, graph.summary(), layers])
+
+
+def bench_onnx(path: str, *, against: str | None = None, runs: int = 50, batch: int = 1) -> str:
+    """Median and p90 onnxruntime latency of one ONNX file, or two compared in the same process."""
+    from structprune.onnx import compare_latency, ort_latency
+
+    for p in (path, against):
+        if p is not None and not os.path.isfile(p):
+            raise UsageError(f"ONNX file '{p}' does not exist")
+    inputs = onnx_example_inputs(path, batch)
+    if against is None:
+        lat = ort_latency(path, inputs, runs=runs)
+        return format_table(["model", "median ms", "p90 ms", "runs"],
+                            [[path, f"{lat.median_ms:.3f}", f"{lat.p90_ms:.3f}", lat.runs]])
+    first, second, speedup = compare_latency(against, path, inputs, runs=runs)
+    rows = [[against, f"{first.median_ms:.3f}", f"{first.p90_ms:.3f}"],
+            [path, f"{second.median_ms:.3f}", f"{second.p90_ms:.3f}"]]
+    return format_table(["model", "median ms", "p90 ms"], rows) + f"\nspeedup of {path}: {speedup:.2f}x"
+
+
+def onnx_example_inputs(path: str, batch: int = 1) -> dict:
+    """Random inputs that fit an ONNX file's declared inputs (symbolic dims set to `batch`)."""
+    import onnx
+    import torch
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
+        raise UsageError(f"'{path}' is not a readable ONNX model: {str(exc).splitlines()[0]}") from exc
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = {}
+    rng = torch.Generator().manual_seed(0)
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.integer):
+            inputs[value.name] = torch.randint(0, 2, dims, generator=rng, dtype=torch.int64)
+        else:
+            inputs[value.name] = torch.randn(dims, generator=rng)
+    return inputs

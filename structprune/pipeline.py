@@ -1,0 +1,177 @@
+"""End-to-end jobs behind the CLI: load -> compress (or apply a plan) -> export -> write artifacts.
+
+Everything a job writes lands in a staging folder that replaces the output folder only when the job
+succeeded, so a failure (bad input, failed verification, failed parity, Ctrl-C) leaves nothing behind.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from tqdm import tqdm
+
+from structprune.api import CompressResult, compress, compress_with_plan
+from structprune.criteria import get_criterion
+from structprune.data import DataBundle, evaluate_accuracy, load_data
+from structprune.errors import QualityError, UsageError
+from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
+from structprune.io.load import LoadedModel
+from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
+from structprune.report.writers import write_report_json, write_report_md, write_report_png
+from structprune.select import Plan, check_ratio
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options of `structprune compress` / `apply` (the CLI flags, one to one)."""
+
+    model: str
+    arch: str | None = None
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trust_pickle: bool = False
+    input_shape: tuple[int, ...] | None = None
+    ratio: float = 0.5
+    criterion: str = "l2"
+    global_pruning: bool = False
+    round_to: int = 1
+    ignore: tuple[str, ...] = ()
+    max_group_ratio: float = 0.9
+    data: str | None = None
+    batch_size: int = 64
+    seed: int = 0
+    out: str | None = None
+    force: bool = False
+    onnx: bool = True
+    plan: str | None = None
+    latency_runs: int = 20
+
+
+@dataclass(frozen=True)
+class JobResult:
+    out_dir: Path
+    report: dict
+    summary: str
+
+
+def run_job(options: JobOptions) -> JobResult:
+    """Run one compress/apply job and write its artifacts; raises UsageError for bad input,
+    VerificationError or QualityError for a result that does not hold up."""
+    _check_options(options)
+    loaded = load_model(options.model, arch=options.arch, arch_kwargs=dict(options.arch_kwargs),
+                        trust_pickle=options.trust_pickle, input_shape=options.input_shape)
+    bundle = _load_bundle(options, loaded)
+    plan = _load_plan(options.plan) if options.plan else None
+    out_dir = Path(options.out) if options.out else Path("export") / loaded.name
+    steps = tqdm(total=4 if options.onnx else 3, desc="structprune", unit="step", disable=None, leave=False)
+    with staged_output_dir(out_dir, options.force) as stage:
+        steps.set_postfix_str("compress + verify")
+        result = _compress(loaded, options, plan, bundle)
+        steps.update()
+        report = _with_accuracy(result, loaded, bundle)
+        steps.set_postfix_str("save model")
+        _write_models(stage, loaded, result)
+        steps.update()
+        if options.onnx:
+            steps.set_postfix_str("onnx export + parity + latency")
+            report = report.with_extra(onnx=_export_and_check(stage, loaded, result, options.latency_runs))
+            steps.update()
+        _write_reports(stage, report.to_json())
+        steps.update()
+    steps.close()
+    return JobResult(out_dir, report.to_json(), _summary(report.to_json(), out_dir))
+
+
+def _check_options(options: JobOptions) -> None:
+    try:
+        check_ratio(options.ratio)
+        get_criterion(options.criterion)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("[select] ", "")) from exc
+    if not isinstance(options.round_to, int) or options.round_to < 1:
+        raise UsageError(f"--round-to must be a positive integer, got {options.round_to!r}")
+
+
+def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
+    if options.data is None:
+        return None
+    shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
+    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.seed)
+
+
+def _load_plan(path: str) -> Plan:
+    try:
+        return Plan.load(path)
+    except FileNotFoundError as exc:
+        raise UsageError(f"plan file '{path}' does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"plan file '{path}' is not a structprune plan: {exc}") from exc
+
+
+def _compress(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
+    if plan is not None:
+        try:
+            return compress_with_plan(loaded.model, loaded.example_inputs, plan)
+        except ValueError as exc:  # a plan that does not fit the model
+            raise UsageError(str(exc).replace("[select] ", "")) from exc
+    return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=options.criterion,
+                    ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
+                    max_group_ratio=options.max_group_ratio, seed=options.seed,
+                    data=bundle.train if bundle else None)
+
+
+def _with_accuracy(result: CompressResult, loaded: LoadedModel, bundle: DataBundle | None):
+    if bundle is None or bundle.val is None or bundle.num_classes is None:
+        return result.report
+    before = evaluate_accuracy(loaded.model, bundle.val)
+    after = evaluate_accuracy(result.model, bundle.val)
+    return result.report.with_extra(accuracy={"before": round(before, 3), "after": round(after, 3),
+                                              "data": bundle.name})
+
+
+def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> None:
+    atomic_write_text(stage / "plan.json", result.plan.to_json())
+    atomic_torch_save(result.model.state_dict(), stage / "state_dict.pt")
+    save_pt2(result.model, loaded.example_inputs, stage / "model.pt2")
+
+
+def _export_and_check(stage: Path, loaded: LoadedModel, result: CompressResult, runs: int) -> dict:
+    exported = export_onnx(result.model, loaded.example_inputs, stage / "model.onnx")
+    parity = check_parity(result.model, exported.path, loaded.example_inputs)
+    if not parity.ok:
+        raise QualityError(f"onnxruntime output differs from the pruned torch model (max abs error "
+                           f"{parity.max_abs_error:.3g}, max rel error {parity.max_rel_error:.3g})")
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = export_onnx(loaded.model, loaded.example_inputs, Path(tmp) / "dense.onnx")
+        latency = compare_latency(dense.path, exported.path, loaded.example_inputs, runs=runs)
+    section = onnx_section(exported, parity, latency)
+    section["path"] = "model.onnx"
+    return section
+
+
+def _write_reports(stage: Path, report: dict) -> None:
+    write_report_json(report, stage / "report.json")
+    write_report_md(report, stage / "report.md")
+    write_report_png(report, stage / "report.png")
+
+
+def _summary(report: dict, out_dir: Path) -> str:
+    from structprune.report.tables import format_table
+
+    rows = [["params", f"{report['params']['before']:,}", f"{report['params']['after']:,}",
+             f"{report['params']['reduction']:.2f}x"],
+            ["MACs", f"{report['macs']['before']:,}", f"{report['macs']['after']:,}",
+             f"{report['macs']['reduction']:.2f}x"]]
+    latency = report.get("onnx", {}).get("latency")
+    if latency:
+        rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
+                     f"{latency['speedup']:.2f}x"])
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        rows.append(["accuracy %", f"{acc['before']:.2f}", f"{acc['after']:.2f}", f"{acc['after'] - acc['before']:+.2f}"])
+    parity = report.get("onnx", {}).get("parity")
+    tail = f"\nverification: {'passed' if report['verification']['ok'] else 'FAILED'}"
+    if parity:
+        tail += f"; onnx parity max abs error {parity['max_abs_error']:.2e}"
+    return format_table(["", "before", "after", "change"], rows) + tail + f"\nartifacts: {out_dir}/"

@@ -63,6 +63,15 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="artifact folder (default export/<model-name>/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export, parity and latency")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs on --data (0 = none)")
+    p.add_argument("--recover", default="auto", choices=("auto", "finetune", "distill", "scratch-e", "scratch-b", "none"),
+                   help="recovery method; auto = distill from the dense model")
+    p.add_argument("--lr-schedule", default="cosine", help="cosine | onecycle | constant | llr | allr | lrw | silo")
+    p.add_argument("--lr", type=float, default=0.01, help="recovery base learning rate")
+    p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the KL term in distillation")
+    p.add_argument("--max-accuracy-drop", type=float, help="quality gate: exit 1 if accuracy drops more (points)")
+    p.add_argument("--checkpoint-dir", help="save a recovery checkpoint each epoch here")
+    p.add_argument("--resume", action="store_true", help="resume recovery from --checkpoint-dir")
 
 
 def _add_compress(p: argparse.ArgumentParser) -> None:

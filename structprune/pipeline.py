@@ -46,6 +46,14 @@ class JobOptions:
     onnx: bool = True
     plan: str | None = None
     latency_runs: int = 20
+    finetune_epochs: int = 0
+    recover: str = "auto"
+    lr_schedule: str = "cosine"
+    lr: float = 0.01
+    distill_weight: float = 0.5
+    max_accuracy_drop: float | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,9 @@ def run_job(options: JobOptions) -> JobResult:
         steps.set_postfix_str("compress + verify")
         result = _compress(loaded, options, plan, bundle)
         steps.update()
+        result = _recover(result, loaded, options, bundle)
         report = _with_accuracy(result, loaded, bundle)
+        _quality_gate(report, options)
         steps.set_postfix_str("save model")
         _write_models(stage, loaded, result)
         steps.update()
@@ -91,6 +101,50 @@ def _check_options(options: JobOptions) -> None:
         raise UsageError(str(exc).replace("[select] ", "")) from exc
     if not isinstance(options.round_to, int) or options.round_to < 1:
         raise UsageError(f"--round-to must be a positive integer, got {options.round_to!r}")
+    if options.finetune_epochs and options.data is None:
+        raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or module:function")
+    if options.max_accuracy_drop is not None and options.data is None:
+        raise UsageError("--max-accuracy-drop needs labelled validation data: pass --data")
+    try:
+        _recovery_config(options)
+    except ValueError as exc:
+        raise UsageError(f"recovery options: {exc}") from exc
+
+
+def _recovery_config(options: JobOptions):
+    from structprune.recover import RecoveryConfig
+
+    return RecoveryConfig(method=options.recover, epochs=options.finetune_epochs, lr=options.lr,
+                          schedule=options.lr_schedule, distill_weight=options.distill_weight,
+                          checkpoint_dir=options.checkpoint_dir, resume=options.resume, seed=options.seed,
+                          dense_epochs=options.finetune_epochs or None)
+
+
+def _recover(result: CompressResult, loaded: LoadedModel, options: JobOptions, bundle) -> CompressResult:
+    """Fine-tune / distill / retrain the pruned model when epochs and data are given."""
+    if not options.finetune_epochs or bundle is None:
+        return result
+    from structprune.recover import recover
+
+    report = result.report
+    one_shot = evaluate_accuracy(result.model, bundle.val) if bundle.val is not None else None
+    recovered = recover(result.model, bundle.train, bundle.val, _recovery_config(options), dense=loaded.model,
+                        dense_macs=report.macs_before, pruned_macs=report.macs_after)
+    section = {"method": recovered.method, "epochs": recovered.epochs, "schedule": recovered.schedule,
+               "base_lr": recovered.base_lr, "one_shot_accuracy": one_shot,
+               "history": [{"epoch": h.epoch, "train_loss": round(h.train_loss, 5), "val_accuracy": h.val_accuracy,
+                            "lr": h.lr, "dead_rate": h.dead_rate} for h in recovered.history]}
+    return CompressResult(recovered.model, result.plan, report.with_extra(recovery=section), result.graph)
+
+
+def _quality_gate(report, options: JobOptions) -> None:
+    accuracy = report.extra.get("accuracy")
+    if options.max_accuracy_drop is None or not accuracy:
+        return
+    drop = accuracy["before"] - accuracy["after"]
+    if drop > options.max_accuracy_drop:
+        raise QualityError(f"quality gate failed: accuracy {accuracy['before']:.2f}% -> {accuracy['after']:.2f}% "
+                           f"(drop {drop:.2f} points > allowed {options.max_accuracy_drop:g}); no artifacts written")
 
 
 def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
@@ -126,8 +180,11 @@ def _with_accuracy(result: CompressResult, loaded: LoadedModel, bundle: DataBund
         return result.report
     before = evaluate_accuracy(loaded.model, bundle.val)
     after = evaluate_accuracy(result.model, bundle.val)
-    return result.report.with_extra(accuracy={"before": round(before, 3), "after": round(after, 3),
-                                              "data": bundle.name})
+    section = {"before": round(before, 3), "after": round(after, 3), "data": bundle.name}
+    recovery = result.report.extra.get("recovery")
+    if recovery is not None and recovery.get("one_shot_accuracy") is not None:
+        section["one_shot"] = round(recovery["one_shot_accuracy"], 3)
+    return result.report.with_extra(accuracy=section)
 
 
 def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> None:

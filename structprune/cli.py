@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with _distributed():
+            return args.handler(args)
     except USAGE_ERRORS as exc:
         return _fail(exc, 2)
     except StructpruneError as exc:
@@ -27,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("structprune: interrupted; no outputs were written", file=sys.stderr)
         return 130
+
+
+def _distributed():
+    """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
+    from structprune.recover import distributed_session
+
+    return distributed_session()
 
 
 def _fail(exc: Exception, code: int) -> int:
@@ -66,8 +74,15 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs on --data (0 = none)")
     p.add_argument("--recover", default="auto", choices=("auto", "finetune", "distill", "scratch-e", "scratch-b", "none"),
                    help="recovery method; auto = distill from the dense model")
-    p.add_argument("--lr-schedule", default="cosine", help="cosine | onecycle | constant | llr | allr | lrw | silo")
+    p.add_argument("--lr-schedule", default="cosine", choices=_schedules(), help="recovery learning-rate schedule")
     p.add_argument("--lr", type=float, default=0.01, help="recovery base learning rate")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--dense-epochs", type=int, help="epochs of the original training (Scratch-E/B, LR rewinding)")
+    p.add_argument("--iterative", type=int, default=0, metavar="N", help="N cycles of prune -> recover")
+    p.add_argument("--ap", type=float, nargs="?", const=0.02, metavar="SHARE",
+                   help="Activate-while-Pruning: spend SHARE (default 0.02) of each cycle on the deadest channels")
     p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the KL term in distillation")
     p.add_argument("--max-accuracy-drop", type=float, help="quality gate: exit 1 if accuracy drops more (points)")
     p.add_argument("--checkpoint-dir", help="save a recovery checkpoint each epoch here")
@@ -104,6 +119,12 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--batch", type=int, default=1)
     p.set_defaults(handler=_run_bench)
+
+
+def _schedules() -> list[str]:
+    from structprune.recover import SCHEDULES
+
+    return sorted(SCHEDULES)
 
 
 def _json_object(text: str) -> dict:
@@ -144,7 +165,7 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from structprune.inspect import inspect_model
+    from structprune.inspection import inspect_model
 
     print(inspect_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
                         input_shape=args.input_shape[1:] if args.input_shape else None))
@@ -152,7 +173,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from structprune.inspect import bench_onnx
+    from structprune.inspection import bench_onnx
 
     print(bench_onnx(args.onnx_model, against=args.against, runs=args.runs, batch=args.batch))
     return 0

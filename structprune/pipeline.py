@@ -19,6 +19,7 @@ from structprune.errors import QualityError, UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
 from structprune.io.load import LoadedModel
 from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
+from structprune.recovery_step import iterative_result, recover_result, recovery_config
 from structprune.report.writers import write_report_json, write_report_md, write_report_png
 from structprune.select import Plan, check_ratio
 
@@ -50,7 +51,13 @@ class JobOptions:
     recover: str = "auto"
     lr_schedule: str = "cosine"
     lr: float = 0.01
+    optimizer: str = "sgd"
+    label_smoothing: float = 0.0
+    temperature: float = 4.0
     distill_weight: float = 0.5
+    dense_epochs: int | None = None
+    iterative: int = 0
+    ap: float | None = None
     max_accuracy_drop: float | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -72,12 +79,15 @@ def run_job(options: JobOptions) -> JobResult:
     bundle = _load_bundle(options, loaded)
     plan = _load_plan(options.plan) if options.plan else None
     out_dir = Path(options.out) if options.out else Path("export") / loaded.name
+    if not _is_main_process():  # under torchrun: take part in training and all-reduces, write nothing
+        _compress(loaded, options, plan, bundle)
+        _barrier()
+        return JobResult(out_dir, {}, "")
     steps = tqdm(total=4 if options.onnx else 3, desc="structprune", unit="step", disable=None, leave=False)
     with staged_output_dir(out_dir, options.force) as stage:
         steps.set_postfix_str("compress + verify")
         result = _compress(loaded, options, plan, bundle)
         steps.update()
-        result = _recover(result, loaded, options, bundle)
         report = _with_accuracy(result, loaded, bundle)
         _quality_gate(report, options)
         steps.set_postfix_str("save model")
@@ -90,7 +100,20 @@ def run_job(options: JobOptions) -> JobResult:
         _write_reports(stage, report.to_json())
         steps.update()
     steps.close()
+    _barrier()
     return JobResult(out_dir, report.to_json(), _summary(report.to_json(), out_dir))
+
+
+def _is_main_process() -> bool:
+    from structprune.recover import is_main_process
+
+    return is_main_process()
+
+
+def _barrier() -> None:
+    from structprune.recover.distributed import barrier
+
+    barrier()
 
 
 def _check_options(options: JobOptions) -> None:
@@ -106,45 +129,22 @@ def _check_options(options: JobOptions) -> None:
     if options.max_accuracy_drop is not None and options.data is None:
         raise UsageError("--max-accuracy-drop needs labelled validation data: pass --data")
     try:
-        _recovery_config(options)
+        recovery_config(options)
     except ValueError as exc:
         raise UsageError(f"recovery options: {exc}") from exc
-
-
-def _recovery_config(options: JobOptions):
-    from structprune.recover import RecoveryConfig
-
-    return RecoveryConfig(method=options.recover, epochs=options.finetune_epochs, lr=options.lr,
-                          schedule=options.lr_schedule, distill_weight=options.distill_weight,
-                          checkpoint_dir=options.checkpoint_dir, resume=options.resume, seed=options.seed,
-                          dense_epochs=options.finetune_epochs or None)
-
-
-def _recover(result: CompressResult, loaded: LoadedModel, options: JobOptions, bundle) -> CompressResult:
-    """Fine-tune / distill / retrain the pruned model when epochs and data are given."""
-    if not options.finetune_epochs or bundle is None:
-        return result
-    from structprune.recover import recover
-
-    report = result.report
-    one_shot = evaluate_accuracy(result.model, bundle.val) if bundle.val is not None else None
-    recovered = recover(result.model, bundle.train, bundle.val, _recovery_config(options), dense=loaded.model,
-                        dense_macs=report.macs_before, pruned_macs=report.macs_after)
-    section = {"method": recovered.method, "epochs": recovered.epochs, "schedule": recovered.schedule,
-               "base_lr": recovered.base_lr, "one_shot_accuracy": one_shot,
-               "history": [{"epoch": h.epoch, "train_loss": round(h.train_loss, 5), "val_accuracy": h.val_accuracy,
-                            "lr": h.lr, "dead_rate": h.dead_rate} for h in recovered.history]}
-    return CompressResult(recovered.model, result.plan, report.with_extra(recovery=section), result.graph)
+    if options.iterative < 0 or (options.ap is not None and not 0.0 < options.ap < 1.0):
+        raise UsageError("--iterative must be >= 0 and --ap a share in (0, 1), e.g. 0.02")
 
 
 def _quality_gate(report, options: JobOptions) -> None:
+    from structprune.recover import check_quality_gate
+
     accuracy = report.extra.get("accuracy")
     if options.max_accuracy_drop is None or not accuracy:
         return
-    drop = accuracy["before"] - accuracy["after"]
-    if drop > options.max_accuracy_drop:
-        raise QualityError(f"quality gate failed: accuracy {accuracy['before']:.2f}% -> {accuracy['after']:.2f}% "
-                           f"(drop {drop:.2f} points > allowed {options.max_accuracy_drop:g}); no artifacts written")
+    ok, message = check_quality_gate(accuracy["before"], accuracy["after"], options.max_accuracy_drop)
+    if not ok:
+        raise QualityError(f"{message}; no artifacts written")
 
 
 def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
@@ -164,12 +164,30 @@ def _load_plan(path: str) -> Plan:
 
 
 def _compress(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
+    if options.iterative and plan is None:
+        return iterative_result(loaded, options, bundle)
+    result = _compress_once(loaded, options, plan, bundle)
+    return recover_result(result, loaded, options, bundle)
+
+
+def _criterion(options: JobOptions):
+    """The criterion object: AP-wrapped with --ap, rank-averaged under torchrun."""
+    from structprune.recover import ActivateWhilePruning, AllReducedCriterion
+    from structprune.recover.distributed import current_context
+
+    criterion = get_criterion(options.criterion)
+    if options.ap is not None:
+        criterion = ActivateWhilePruning(options.criterion, share=options.ap)
+    return AllReducedCriterion(criterion) if current_context().enabled else criterion
+
+
+def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
     if plan is not None:
         try:
             return compress_with_plan(loaded.model, loaded.example_inputs, plan)
         except ValueError as exc:  # a plan that does not fit the model
             raise UsageError(str(exc).replace("[select] ", "")) from exc
-    return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=options.criterion,
+    return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
                     ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
                     max_group_ratio=options.max_group_ratio, seed=options.seed,
                     data=bundle.train if bundle else None)
@@ -182,8 +200,8 @@ def _with_accuracy(result: CompressResult, loaded: LoadedModel, bundle: DataBund
     after = evaluate_accuracy(result.model, bundle.val)
     section = {"before": round(before, 3), "after": round(after, 3), "data": bundle.name}
     recovery = result.report.extra.get("recovery")
-    if recovery is not None and recovery.get("one_shot_accuracy") is not None:
-        section["one_shot"] = round(recovery["one_shot_accuracy"], 3)
+    if recovery is not None and recovery.get("val_accuracy_before") is not None:
+        section["one_shot"] = round(recovery["val_accuracy_before"], 3)
     return result.report.with_extra(accuracy=section)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -28,6 +29,7 @@ from structprune.onnx.inputs import (batch_size, bound_inputs, input_names, ort_
                                      run_torch)
 
 MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GiB limit, with room for the graph itself
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,11 @@ def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
     if batch == 1:  # a batch of 1 invites the tracer to specialise the batch axis
         example_inputs, batch = resize_batch(example_inputs, 2), 2
     args, kwargs = normalize_inputs(example_inputs)
-    outputs = run_torch(model, example_inputs)
+    try:
+        outputs = run_torch(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise ExportError(f"{type(model).__name__} does not run on the example inputs ({_first_line(exc)}); "
+                          "pass the inputs forward() expects (a dict for keyword inputs)") from exc
     names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
     batched = tuple(t.dim() > 0 and t.shape[0] == batch for t in outputs)
     return _ExportSpec(args, kwargs, batch, tuple(input_names(model, args, kwargs)), names, batched)
@@ -99,11 +105,13 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
     staging = tempfile.mkdtemp(prefix=".structprune-onnx-", dir=parent)
     try:
         staged = os.path.join(staging, os.path.basename(path))
-        with _quiet_exporters():
+        with _step("export"), _quiet_exporters():
             exporter(model, spec, staged, opset)
         _inline_external_data(staged)
-        onnx.checker.check_model(staged, full_check=True)
-        _check_dynamic_batch(staged, spec)
+        with _step("onnx checker"):
+            onnx.checker.check_model(staged, full_check=True)
+        with _step(f"run with batch {spec.batch + 1} (dynamic batch)"):
+            _check_dynamic_batch(staged, spec)
         return _publish(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -140,14 +148,15 @@ def _inline_external_data(staged: str) -> None:
 def _check_dynamic_batch(staged: str, spec: _ExportSpec) -> None:
     """Run the file with one row more than exported; batched outputs must follow the new batch."""
     probe = spec.batch + 1
-    session = ort.InferenceSession(staged, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the failure is reported by the exception, not the log
+    session = ort.InferenceSession(staged, options, providers=["CPUExecutionProvider"])
     feed = ort_feed(session, resize_batch(spec.args, probe), resize_batch(spec.kwargs, probe))
     outputs = session.run(None, feed)
     got = [o.shape[0] if o.ndim else None for o in outputs]
     want = [probe if b else got[i] for i, b in enumerate(spec.batched_outputs)]
     if len(outputs) != len(spec.batched_outputs) or got != want:
-        raise RuntimeError(f"batch axis is not dynamic: with batch {probe} the outputs' dim 0 are {got}, "
-                           f"expected {want}")
+        raise RuntimeError(f"the batch axis is not dynamic: outputs' dim 0 are {got}, expected {want}")
 
 
 def _publish(staged: str, path: str) -> tuple[str, ...]:
@@ -180,6 +189,7 @@ def _quiet_exporters() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
             yield
     finally:
         logger.setLevel(level)
@@ -194,9 +204,32 @@ def _state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class _StepFailed(RuntimeError):
+    """One step of an export attempt failed; the message names the step and the root cause."""
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised with the step named
+        raise _StepFailed(f"{name} failed: {_first_line(exc)}") from exc
+
+
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+    """`Type: first line` of an error, with the root cause's first line when it was wrapped."""
+    if isinstance(exc, _StepFailed):
+        return str(exc)
+    text = f"{type(exc).__name__}: {_line_of(exc)}"
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return text if root is exc else f"{text} (caused by {type(root).__name__}: {_line_of(root)})"
+
+
+def _line_of(exc: BaseException) -> str:
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "(no message)"
 
 
 def _explain_failure(model: nn.Module, dynamo_failure: str, legacy_failure: str) -> str:

@@ -25,7 +25,7 @@ class RecoveryConfig:
     "none", or "auto" (distill when the dense model is given, else finetune).
     `lr` is the peak LR of the schedule; for "lrw" it is the original training's initial LR, whose
     `dense_schedule` over `dense_epochs` is replayed. `distill_weight` w mixes the losses as
-    (1 − w)·task + w·T²·KL. Accuracies everywhere are fractions in [0, 1].
+    (1 − w)·task + w·T²·KL. Accuracies are in percent (0-100), as structprune.data.evaluate_accuracy reports them.
 
     >>> RecoveryConfig(method="distill", epochs=3, schedule="llr").schedule
     'llr'
@@ -80,7 +80,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch: training loss/accuracy (running means), validation loss/accuracy, the LR of its last
-    step, and the dynamic dead-neuron rate measured during its training passes (None if not measured)."""
+    step and its largest LR, and the dynamic dead-neuron rate measured during its training passes
+    (None if not measured)."""
 
     epoch: int
     train_loss: float
@@ -88,6 +89,7 @@ class EpochRecord:
     val_loss: float | None
     val_accuracy: float | None
     lr: float
+    lr_max: float
     dead_rate: float | None = None
     dead_rate_per_layer: Mapping[str, float] = field(default_factory=dict)
 

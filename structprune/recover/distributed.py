@@ -94,6 +94,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+def from_rank_zero(make):
+    """`make()` evaluated on rank 0 and sent to every rank (e.g. a checkpoint only rank 0 can read)."""
+    if not is_active():
+        return make()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(make(), None)]
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank, so none waits forever
+            box = [(None, exc)]
+    dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a copy; the input is untouched). Identity in a single process."""
     out = tensor.detach().clone()
@@ -156,6 +173,20 @@ def wrap_for_training(model: nn.Module) -> nn.Module:
     if model.parameters().__next__().is_cuda:
         return nn.parallel.DistributedDataParallel(model, device_ids=[current_context().local_rank])
     return nn.parallel.DistributedDataParallel(model)
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks and take the others from rank 0.
+    DDP broadcasts buffers before each forward, so after the last step each rank holds statistics
+    updated by its own batch; syncing makes validation and checkpoints identical on every rank."""
+    if not is_active():
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(all_reduce_mean(buffer))
+            else:
+                dist.broadcast(buffer, src=0)
 
 
 def set_sampler_epoch(loader, epoch: int) -> None:

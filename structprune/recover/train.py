@@ -11,11 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from structprune.recover.batches import forward, model_device, split_batch, to_device
-from structprune.recover.checkpoint import Checkpoint, load_checkpoint, restore, save_checkpoint
+from structprune.recover.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from structprune.recover.config import EpochRecord, RecoveryConfig
 from structprune.recover.dead_neurons import DeadNeuronMeter
-from structprune.recover.distributed import (all_reduce_sum, current_context, is_active, set_sampler_epoch,
-                                             shard_loader, wrap_for_training)
+from structprune.recover.distributed import (all_reduce_sum, current_context, from_rank_zero, is_active,
+                                             set_sampler_epoch, shard_loader, sync_buffers, wrap_for_training)
 from structprune.recover.losses import RecoveryLoss
 from structprune.recover.schedules import lr_at
 
@@ -40,7 +40,7 @@ def build_optimizer(model: nn.Module, config: RecoveryConfig, lr: float) -> torc
 
 
 def evaluate(model: nn.Module, loader: Iterable | None) -> tuple[float | None, float | None]:
-    """(mean cross-entropy, accuracy as a fraction) of `model` in eval mode; (None, None) without data."""
+    """(mean cross-entropy, accuracy in percent) of `model` in eval mode; (None, None) without data."""
     if loader is None:
         return None, None
     device, was_training, cross_entropy = model_device(model), model.training, RecoveryLoss()
@@ -65,7 +65,7 @@ def _batch_totals(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tenso
 
 def _means(total: torch.Tensor) -> tuple[float | None, float | None]:
     n = float(total[2])
-    return (float(total[0]) / n, float(total[1]) / n) if n else (None, None)
+    return (float(total[0]) / n, 100.0 * float(total[1]) / n) if n else (None, None)
 
 
 def train_epochs(model: nn.Module, train_loader, val_loader, config: RecoveryConfig, plan: TrainPlan, *,
@@ -78,21 +78,21 @@ def train_epochs(model: nn.Module, train_loader, val_loader, config: RecoveryCon
     loss_fn = RecoveryLoss(config.label_smoothing, config.distill_weight if teacher is not None else 0.0,
                            config.temperature)
     run = _EpochRunner(model, wrap_for_training(model), optimizer, loss_fn, teacher, plan, config, len(loader))
-    path = None
     for epoch in range(len(history), plan.epochs):
-        record = run.train_one(loader, epoch, desc)
-        val_loss, val_acc = evaluate(model, val_loader)
-        history.append(EpochRecord(epoch + 1, *record[:2], val_loss, val_acc, *record[2:]))
+        stats = run.train_one(loader, epoch, desc)
+        sync_buffers(model)
+        val_loss, val_accuracy = evaluate(model, val_loader)
+        history.append(EpochRecord(epoch=epoch + 1, val_loss=val_loss, val_accuracy=val_accuracy, **stats))
         if config.checkpoint_dir:
-            path = str(save_checkpoint(config.checkpoint_dir, Checkpoint(
-                epoch + 1, model.state_dict(), optimizer.state_dict(), tuple(history), dict(plan.fingerprint))))
-    return tuple(history), path
+            save_checkpoint(config.checkpoint_dir, Checkpoint(
+                epoch + 1, model.state_dict(), optimizer.state_dict(), tuple(history), dict(plan.fingerprint)))
+    return tuple(history), (str(checkpoint_path(config.checkpoint_dir)) if config.checkpoint_dir else None)
 
 
 def _resume(model, optimizer, config: RecoveryConfig, plan: TrainPlan) -> tuple[EpochRecord, ...]:
     if not (config.resume and config.checkpoint_dir):
         return ()
-    checkpoint = load_checkpoint(config.checkpoint_dir, dict(plan.fingerprint))
+    checkpoint = from_rank_zero(lambda: load_checkpoint(config.checkpoint_dir, dict(plan.fingerprint)))
     if checkpoint is None:
         return ()
     restore(model, optimizer, checkpoint)
@@ -110,22 +110,25 @@ class _EpochRunner:
     config: RecoveryConfig
     steps_per_epoch: int
 
-    def train_one(self, loader, epoch: int, desc: str) -> tuple:
-        """(train loss, train accuracy, last LR, dead rate, dead rate per layer) of one epoch."""
-        _seed_epoch(self.config.seed, epoch, loader)
+    def train_one(self, loader, epoch: int, desc: str) -> dict:
+        """One epoch's training statistics, named as EpochRecord's fields."""
         self.model.train()
-        total, lr = torch.zeros(3, dtype=torch.float64), self.plan.base_lr
+        total, lr, lr_max = torch.zeros(3, dtype=torch.float64), self.plan.base_lr, 0.0
         show = self.config.progress and current_context().is_main
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{self.plan.epochs}", disable=not show, leave=False)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{self.plan.epochs}", disable=None if show else True, leave=False)
+        _seed_epoch(self.config.seed, epoch, loader)  # after tqdm: wrapping a DataLoader draws from the RNG
         with DeadNeuronMeter(self.model) if self.config.measure_dead_rate else _NoMeter() as meter:
             for index, batch in enumerate(bar):
                 lr = self._set_lr(epoch * self.steps_per_epoch + index)
+                lr_max = max(lr_max, lr)
                 total += self._step(batch)
                 if show:
-                    bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{total[1] / total[2]:.3f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{100 * total[1] / total[2]:.2f}%",
+                                    lr=f"{lr:.2e}")
         loss, acc = _means(all_reduce_sum(total))
         dead = meter.result(sum_across_ranks=is_active()) if self.config.measure_dead_rate else None
-        return loss, acc, lr, (dead.total if dead else None), (dict(dead.per_layer) if dead else {})
+        return {"train_loss": loss, "train_accuracy": acc, "lr": lr, "lr_max": lr_max,
+                "dead_rate": dead.total if dead else None, "dead_rate_per_layer": dict(dead.per_layer) if dead else {}}
 
     def _set_lr(self, step: int) -> float:
         lr = lr_at(self.plan.schedule, step, self.plan.epochs * self.steps_per_epoch, self.plan.base_lr,

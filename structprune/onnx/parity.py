@@ -1,0 +1,83 @@
+"""ONNX parity: onnxruntime and torch give the same outputs, on the example batch and another size.
+
+Errors are measured per output and the worst is kept: `max_abs_error` = max |ort - torch|;
+`max_rel_error` = that difference divided by the output's largest magnitude (so values near zero do
+not blow it up). `ok` means every element satisfies |ort - torch| <= atol + rtol * |torch|.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from torch import nn
+
+from structprune.capture import normalize_inputs
+from structprune.onnx.inputs import batch_size, ort_feed, resize_batch, run_torch
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Worst disagreement between onnxruntime and torch over every output and batch size checked;
+    `detail` explains a failure that is not a numeric one (output count or shape)."""
+
+    max_abs_error: float
+    max_rel_error: float
+    ok: bool
+    batch_sizes_checked: tuple[int, ...]
+    detail: str = ""
+
+
+def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs: Any, *,
+                 atol: float = 1e-4, rtol: float = 1e-3) -> Parity:
+    """Compare `model` (eval mode) with onnxruntime (CPU) on the example batch and on one row more.
+
+    >>> import torch, tempfile, os
+    >>> from structprune.onnx import export_onnx
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> x = torch.randn(2, 4)
+    >>> path = export_onnx(net, x, os.path.join(tempfile.mkdtemp(), "net.onnx")).path
+    >>> parity = check_parity(net, path, x)
+    >>> parity.ok, parity.batch_sizes_checked
+    (True, (2, 3))
+    """
+    session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
+    batch = batch_size(example_inputs)
+    sizes = (batch, batch + 1)
+    results = [_compare(model, session, resize_batch(example_inputs, n), atol, rtol) for n in sizes]
+    details = "; ".join(f"batch {n}: {r.detail}" for n, r in zip(sizes, results) if r.detail)
+    return Parity(max(r.max_abs_error for r in results), max(r.max_rel_error for r in results),
+                  all(r.ok for r in results), sizes, details)
+
+
+def _compare(model: nn.Module, session: Any, inputs: Any, atol: float, rtol: float) -> Parity:
+    expected = [t.detach().cpu().numpy() for t in run_torch(model, inputs)]
+    actual = session.run(None, ort_feed(session, *normalize_inputs(inputs)))
+    if len(actual) != len(expected):
+        return _failed(f"onnxruntime gave {len(actual)} outputs, torch {len(expected)}")
+    worst_abs, worst_rel, ok = 0.0, 0.0, True
+    for i, (got, want) in enumerate(zip(actual, expected)):
+        if got.shape != want.shape:
+            return _failed(f"output {i}: onnxruntime shape {got.shape}, torch shape {want.shape}")
+        abs_err, rel_err = _errors(got, want)
+        worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+        ok = ok and bool(np.allclose(got, want, atol=atol, rtol=rtol))
+    return Parity(worst_abs, worst_rel, ok, ())
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    if want.size == 0:
+        return 0.0, 0.0
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    abs_err = float(np.max(np.abs(got - want)))
+    scale = float(np.max(np.abs(want)))
+    if math.isnan(abs_err):
+        return math.inf, math.inf
+    return abs_err, (abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else math.inf))
+
+
+def _failed(detail: str) -> Parity:
+    return Parity(math.inf, math.inf, False, (), detail)

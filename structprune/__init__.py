@@ -6,7 +6,7 @@
 >>> result.report.verification["ok"]
 True
 """
-from structprune.api import CompressResult, analyze, apply_plan, compress, select
+from structprune.api import CompressResult, analyze, apply_plan, compress, compress_with_plan, export, select
 from structprune.errors import (AnalysisError, CaptureError, PlanError, RewriteError, StructpruneError,
                                 VerificationError)
 from structprune.graph.channel_graph import ChannelGraph, ChannelGroup
@@ -16,4 +16,4 @@ __version__ = "0.1.0"
 
 __all__ = ["AnalysisError", "CaptureError", "ChannelGraph", "ChannelGroup", "CompressResult", "Plan",
            "PlanError", "RewriteError", "StructpruneError", "VerificationError", "analyze", "apply_plan",
-           "compress", "select", "__version__"]
+           "compress", "compress_with_plan", "export", "select", "__version__"]

@@ -106,6 +106,35 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     return compress_with_plan(model, example_inputs, plan, graph=graph)
 
 
+def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | None = None,
+           latency_runs: int = 20) -> dict:
+    """Export to ONNX, check onnxruntime against torch (VerificationError if they differ), and with the
+    dense model at hand compare onnxruntime latency. Returns the report's `onnx` section.
+
+    >>> import torch, tempfile, os
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> export(net, torch.randn(2, 4), os.path.join(tempfile.mkdtemp(), "m.onnx"))["parity"]["ok"]
+    True
+    """
+    import os
+    import tempfile
+
+    from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
+
+    exported = export_onnx(model, example_inputs, path)
+    parity = check_parity(model, exported.path, example_inputs)
+    if not parity.ok:
+        os.remove(exported.path)
+        raise VerificationError(f"onnxruntime output differs from the torch model (max abs error "
+                                f"{parity.max_abs_error:.3g}, max rel error {parity.max_rel_error:.3g}) {parity.detail}")
+    latency = None
+    if dense is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference = export_onnx(dense, example_inputs, os.path.join(tmp, "dense.onnx"))
+            latency = compare_latency(reference.path, exported.path, example_inputs, runs=latency_runs)
+    return onnx_section(exported, parity, latency)
+
+
 def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
     rows = tuple(
         GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable, g.exact,

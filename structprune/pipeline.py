@@ -5,22 +5,20 @@ succeeded, so a failure (bad input, failed verification, failed parity, Ctrl-C) 
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from tqdm import tqdm
 
-from structprune.api import CompressResult, compress, compress_with_plan
+from structprune.api import CompressResult, compress, compress_with_plan, export
 from structprune.criteria import get_criterion
 from structprune.data import DataBundle, evaluate_accuracy, load_data
 from structprune.errors import QualityError, UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
 from structprune.io.load import LoadedModel
-from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
-from structprune.report.writers import write_report_json, write_report_md, write_report_png
+from structprune.report.writers import write_reports
 from structprune.select import Plan, check_ratio
 
 
@@ -212,23 +210,14 @@ def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> N
 
 
 def _export_and_check(stage: Path, loaded: LoadedModel, result: CompressResult, runs: int) -> dict:
-    exported = export_onnx(result.model, loaded.example_inputs, stage / "model.onnx")
-    parity = check_parity(result.model, exported.path, loaded.example_inputs)
-    if not parity.ok:
-        raise QualityError(f"onnxruntime output differs from the pruned torch model (max abs error "
-                           f"{parity.max_abs_error:.3g}, max rel error {parity.max_rel_error:.3g})")
-    with tempfile.TemporaryDirectory() as tmp:
-        dense = export_onnx(loaded.model, loaded.example_inputs, Path(tmp) / "dense.onnx")
-        latency = compare_latency(dense.path, exported.path, loaded.example_inputs, runs=runs)
-    section = onnx_section(exported, parity, latency)
+    section = export(result.model, loaded.example_inputs, stage / "model.onnx", dense=loaded.model,
+                     latency_runs=runs)
     section["path"] = "model.onnx"
     return section
 
 
 def _write_reports(stage: Path, report: dict) -> None:
-    write_report_json(report, stage / "report.json")
-    write_report_md(report, stage / "report.md")
-    write_report_png(report, stage / "report.png")
+    write_reports(report, stage)
 
 
 def _summary(report: dict, out_dir: Path) -> str:

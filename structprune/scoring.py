@@ -11,8 +11,8 @@ from structprune.graph.channel_graph import ChannelGraph, ChannelGroup
 
 def group_views(graph: ChannelGraph, model: nn.Module, groups: Iterable[ChannelGroup] | None = None) -> list[GroupView]:
     """One GroupView per group: each member's tensor with its axis first, flattened to 2-D."""
-    params = dict(model.named_parameters())
-    state = params | dict(model.named_buffers())
+    params = dict(model.named_parameters(remove_duplicate=False))
+    state = params | dict(model.named_buffers(remove_duplicate=False))
     views = []
     for group in graph.prunable if groups is None else groups:
         members = tuple(

@@ -95,16 +95,19 @@ def rule_matmul(ctx: RuleContext, node: fx.Node, op: str) -> None:
     """mm / bmm / matmul / addmm / baddbmm; a parameter operand is treated like a linear weight."""
     offset = 1 if op in ("addmm", "baddbmm", "addbmm") else 0
     a_node, b_node = node.args[offset], node.args[offset + 1]
-    a, b, out_shape = ctx.value(a_node), ctx.value(b_node), ctx.shape(node)
-    if a is None or b is None or out_shape is None or a.ndim < 2 or b.ndim < 2:
-        return rule_unsupported(ctx, node, "matrix product of vectors")
-    if ctx.fqn(b_node) is not None and b.ndim == 2:
+    a, out_shape = ctx.value(a_node), ctx.shape(node)
+    b_shape = ctx.shape(b_node)
+    if ctx.fqn(b_node) is not None and b_shape is not None and len(b_shape) == 2 and a is not None and a.ndim >= 1:
+        # a parameter operand acts like a linear weight (read per axis, never as a joint tensor)
         ctx.tie_dim(a, -1, ctx.state_axis(b_node, 0, ROLE_IN), op)
         out_ids = ctx.state_axis(b_node, 1, ROLE_OUT)
         if offset:
             _tie_bias(ctx, node.args[0], out_ids)
         ctx.set(node, contract_last(ctx, a, out_ids, out_shape, op))
         return
+    b = ctx.value(b_node)
+    if a is None or b is None or out_shape is None or a.ndim < 2 or b.ndim < 2:
+        return rule_unsupported(ctx, node, "matrix product of vectors")
     out = matmul_abstract(ctx, a, b, out_shape, op)
     if offset:
         bias = ctx.value(node.args[0])

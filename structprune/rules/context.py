@@ -111,12 +111,12 @@ class RuleContext:
         axis %= len(shape)
         key = (fqn, axis)
         if key not in self._axis_ids:
-            ids = self.space.fresh(shape[axis])
-            self._axis_ids[key] = ids
-            self.state_maps.setdefault(fqn, []).append(
-                StateMap(fqn, channel_vector(ids, len(shape), axis), role, axis)
-            )
-        return self._axis_ids[key]
+            self._axis_ids[key] = self.space.fresh(shape[axis])
+        ids = self._axis_ids[key]
+        maps = self.state_maps.setdefault(fqn, [])
+        if not any(m.axis == axis and m.role == role for m in maps):  # a tied weight may play two roles
+            maps.append(StateMap(fqn, channel_vector(ids, len(shape), axis), role, axis))
+        return ids
 
     def axis_ids(self, fqn: str, axis: int) -> np.ndarray | None:
         """Ids of an axis some rule already created (None if no rule touched it)."""

@@ -36,9 +36,11 @@ def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
         return
     dims = _dims_for(node, x.ndim, op)
     chan_reduced = [d for d in dims if x.chan[d]]
+    keeps_channels = any(c for d, c in enumerate(x.chan) if d not in dims)
     if chan_reduced:
         ctx.flag_inexact(x.ids, op)
-        ctx.union_fibres(x, chan_reduced)
+        if keeps_channels:  # the output's remaining channel ids must stand for whole fibres
+            ctx.union_fibres(x, chan_reduced)
     out_shape = tuple(first.shape)
     keepdim = len(out_shape) == x.ndim
     ids = representative(x, set(dims))

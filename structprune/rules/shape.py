@@ -242,6 +242,7 @@ def rule_channel_shuffle(ctx: RuleContext, node: fx.Node) -> None:
     ids = expand_to(src, {1})
     c = src.shape[1]
     moved = np.moveaxis(ids, 1, -1)
+    ctx.grids.append(moved.reshape(moved.shape[:-1] + (groups, c // groups)))  # pruned as a sub-grid
     shuffled = moved.reshape(moved.shape[:-1] + (groups, c // groups)).swapaxes(-1, -2).reshape(moved.shape)
     ctx.set(node, make(np.moveaxis(shuffled, -1, 1), src.shape))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -13,7 +14,7 @@ from structprune.select.plan import Plan
 
 
 def check_ratio(ratio: float) -> float:
-    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
         raise PlanError(f"ratio must be a number in [0, 1) (the fraction of channels to remove), got {ratio!r}")
     return float(ratio)
 
@@ -31,7 +32,10 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
     ratio = check_ratio(ratio)
     if not isinstance(round_to, int) or round_to < 1:
         raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
-    ignore = tuple(ignore)
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    if not 0.0 < float(max_group_ratio) <= 1.0:
+        raise PlanError(f"max_group_ratio must be in (0, 1] (the most of one group global pruning may remove), "
+                        f"got {max_group_ratio!r}")
     active = [g for g in groups if g.prunable and not is_ignored(g.member_fqns(), ignore)]
     counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
     keep = {g.id: tuple(range(g.size)) for g in groups}
@@ -69,6 +73,8 @@ def _global_counts(groups, scores, ratio, cap) -> dict[str, int]:
 
 
 def _rounded(n_keep: int, size: int, round_to: int) -> int:
-    if round_to > 1 and size >= round_to:
-        n_keep = max(round_to, int(round(n_keep / round_to)) * round_to)
+    """Round the kept count *up* to a multiple of round_to (so caps on removal still hold); a group
+    that keeps everything stays whole."""
+    if round_to > 1 and size >= round_to and n_keep < size:
+        n_keep = math.ceil(n_keep / round_to) * round_to
     return int(min(max(n_keep, 1), size))

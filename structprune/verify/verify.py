@@ -101,15 +101,24 @@ def _check_outputs(dense_out, pruned: nn.Module, example_inputs: Any):
 
 def _check_sizes(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan) -> Check:
     indices = kept_indices(graph, component_keep(graph, plan))
-    dense_state, pruned_state = model.state_dict(), pruned.state_dict()
+    dense_state, pruned_state = model.state_dict(keep_vars=True), pruned.state_dict()
+    canonical = _canonical_names(dense_state, indices)
     for fqn, tensor in dense_state.items():
         expected = list(tensor.shape)
-        for axis, idx in indices.get(fqn, {}).items():
+        for axis, idx in indices.get(canonical.get(fqn, fqn), {}).items():
             expected[axis] = len(idx)
         if fqn not in pruned_state or list(pruned_state[fqn].shape) != expected:
             got = list(pruned_state[fqn].shape) if fqn in pruned_state else "missing"
             return Check("sizes", False, f"'{fqn}': expected shape {expected}, got {got}")
     return Check("sizes", True, f"{len(indices)} tensors sliced")
+
+
+def _canonical_names(state: dict, indices: dict) -> dict[str, str]:
+    """Alias name -> the name the analysis used, for tensors shared under several names (tied weights)."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    return {alias: known for names in by_tensor.values() for known in names if known in indices for alias in names}
 
 
 def _check_masking(model, pruned_out, example_inputs, graph, plan, exact) -> tuple[Check, float]:
@@ -141,7 +150,7 @@ def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> flo
 def _masked_dense(model: nn.Module, graph: ChannelGraph, plan: Plan, exact) -> nn.Module:
     """A dense copy whose consumer-side weights of dropped channels are zero."""
     masked = copy.deepcopy(model)
-    state = dict(masked.named_parameters()) | dict(masked.named_buffers())
+    state = dict(masked.named_parameters(remove_duplicate=False)) | dict(masked.named_buffers(remove_duplicate=False))
     with torch.no_grad():
         for group in (graph.group(g) for g in exact):
             dropped = np.setdiff1d(np.arange(group.size), np.asarray(plan.keep[group.id]))

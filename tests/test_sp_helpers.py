@@ -1,0 +1,83 @@
+"""Helpers shared by the structprune test files (no tests here).
+
+Imported as `from test_sp_helpers import ...`: pytest puts tests/ on sys.path (rootdir conftest,
+no __init__.py), so no sys.path hacks are needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from structprune.graph.channel_graph import ChannelGraph, ChannelGroup, Member
+
+
+def outputs(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Eval-mode, no-grad forward on a tensor, a tuple of tensors or a dict of keyword inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(inputs, dict):
+                return model(**inputs)
+            if isinstance(inputs, (tuple, list)):
+                return model(*inputs)
+            return model(inputs)
+    finally:
+        model.train(was_training)
+
+
+def group_with(graph: ChannelGraph, ref: str) -> ChannelGroup:
+    """The only group that has member `ref` ('fqn:axis'); fails if zero or several groups do."""
+    found = [g for g in graph.groups if any(m.ref == ref for m in g.members)]
+    assert len(found) == 1, f"{ref} is in {len(found)} groups: {[g.id for g in found]}"
+    return found[0]
+
+
+def member(group: ChannelGroup, ref: str) -> Member:
+    found = [m for m in group.members if m.ref == ref]
+    assert len(found) == 1, f"{ref} not a member of {group.id}: {[m.ref for m in group.members]}"
+    return found[0]
+
+
+def refs(group: ChannelGroup) -> set[str]:
+    return {m.ref for m in group.members}
+
+
+def positions(group: ChannelGroup, ref: str) -> list[int]:
+    return member(group, ref).positions.tolist()
+
+
+def reason_kinds(group: ChannelGroup) -> set:
+    return {r.kind for r in group.reasons}
+
+
+def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert value.shape == b[key].shape, key
+        assert torch.equal(value, b[key]), key
+
+
+def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial affine params and running stats (eval mode is not identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model
+
+
+def dropped(group: ChannelGroup, kept) -> np.ndarray:
+    return np.setdiff1d(np.arange(group.size), np.asarray(kept, dtype=np.int64))

@@ -5,6 +5,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import copy
+
+import torch
 from torch import fx, nn
 
 from structprune.capture import capture
@@ -18,7 +21,7 @@ from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES
 from structprune.scoring import group_views
 from structprune.select import Plan, check_ratio, select_plan
-from structprune.verify import Verdict, verify_rewrite
+from structprune.verify import Verdict, run_model, verify_rewrite
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +56,26 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio:
     if getattr(crit, "needs_data", False) and data is None:
         raise ValueError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader or --data SPEC)")
     ctx = ScoringContext(model, example_inputs, data, seed)
-    scores = crit.score(group_views(graph, model), ctx)
+    views = group_views(graph, model)
+    scores = crit.score(views, ctx)
     meta = {"criterion": crit.name, "seed": seed}
-    return select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
+    plan = select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
                        ignore=ignore, max_group_ratio=max_group_ratio, meta=meta)
+    if callable(getattr(crit, "select", None)):
+        plan = _criterion_selection(crit, views, ctx, plan)
+    return plan
+
+
+def _criterion_selection(crit, views, ctx, plan: Plan) -> Plan:
+    """Criteria that are not a top-k (i-SpaSP, coreset) choose the kept channels themselves, given the
+    planner's keep count per group (ignored and blocked groups stay whole)."""
+    active = [v for v in views if v.group_id in plan.pruned_groups()]
+    counts = {v.group_id: len(plan.keep[v.group_id]) for v in active}
+    selection = crit.select(active, ctx, counts) if active else None
+    if selection is None:
+        return plan
+    keep = {**dict(plan.keep), **{g: tuple(sorted(k)) for g, k in selection.keep.items()}}
+    return Plan(keep, plan.sizes, {**dict(plan.meta), **dict(selection.meta)})
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
@@ -82,13 +101,18 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *,
     pruned = rewrite_model(model, graph, plan)
     verdict = verify_rewrite(model, pruned, example_inputs, graph, plan)
     _raise_if_failed(verdict)
-    return CompressResult(pruned, plan, build_report(model, pruned, example_inputs, graph, plan, verdict), graph)
+    report = build_report(model, pruned, example_inputs, graph, plan, verdict)
+    from structprune.calibrate import SCALES_KEY, apply_channel_scales
+
+    if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
+        report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
+    return CompressResult(pruned, plan, report, graph)
 
 
 def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
              ignore: Iterable[str] = (), round_to: int = 1, global_pruning: bool = False,
-             max_group_ratio: float = 0.9, seed: int = 0, data: Any = None,
-             rules: Mapping = DEFAULT_RULES) -> CompressResult:
+             max_group_ratio: float = 0.9, seed: int = 0, data: Any = None, recalibrate_bn: bool = True,
+             reconstruct: bool | None = None, rules: Mapping = DEFAULT_RULES) -> CompressResult:
     """Analyze, score, select, rewrite and verify. The caller's model is never modified.
 
     >>> import torch, models_zoo
@@ -98,12 +122,38 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     (True, True)
     """
     check_ratio(ratio)
-    get_criterion(criterion)
+    crit = get_criterion(criterion)
     graph = analyze(model, example_inputs, rules=rules)
-    plan = select(model, example_inputs, graph, ratio=ratio, criterion=criterion, ignore=ignore,
+    plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
                   round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
                   seed=seed, data=data)
-    return compress_with_plan(model, example_inputs, plan, graph=graph)
+    result = compress_with_plan(model, example_inputs, plan, graph=graph)
+    if data is None:
+        return result
+    refit = bool(getattr(crit, "needs_data", False)) if reconstruct is None else reconstruct
+    return calibrate(model, result, example_inputs, data, recalibrate_bn=recalibrate_bn, reconstruct=refit,
+                     seed=seed)
+
+
+def calibrate(model: nn.Module, result: CompressResult, example_inputs: Any, data: Any, *,
+              recalibrate_bn: bool = True, reconstruct: bool = False, seed: int = 0) -> CompressResult:
+    """After a verified rewrite: re-estimate BatchNorm statistics and/or refit consumer layers by least
+    squares on calibration data. These change weights on purpose, so they run after the structural
+    verification; the calibrated model is then checked to run and give finite outputs of the same shapes."""
+    from structprune.calibrate import recalibrate_batchnorm
+    from structprune.calibrate import reconstruct as refit_layers
+
+    pruned, section = copy.deepcopy(result.model), {}
+    if reconstruct:
+        fits = refit_layers(model, pruned, result.graph, result.plan, data, seed=seed)
+        section["reconstructed_layers"] = len(fits.layers)
+    if recalibrate_bn:
+        section["batchnorm_layers_recalibrated"] = recalibrate_batchnorm(pruned, data)
+    shapes = [tuple(t.shape) for t in run_model(result.model, example_inputs)]
+    out = run_model(pruned, example_inputs)
+    if [tuple(t.shape) for t in out] != shapes or not all(bool(torch.isfinite(t).all()) for t in out):
+        raise VerificationError("calibration produced a model with different output shapes or non-finite outputs")
+    return CompressResult(pruned, result.plan, result.report.with_extra(calibration=section), result.graph)
 
 
 def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | None = None,

@@ -188,7 +188,16 @@ def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, 
     return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
                     ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
                     max_group_ratio=options.max_group_ratio, seed=options.seed,
-                    data=bundle.train if bundle else None)
+                    data=calibration_loader(bundle) if bundle else None)
+
+
+def calibration_loader(bundle: DataBundle, samples: int = 1024):
+    """A fixed, unshuffled loader over the first `samples` training samples (with labels), so scoring
+    and calibration see the same data on every call (the training split is already in seeded order)."""
+    from torch.utils.data import DataLoader, Subset
+
+    dataset = bundle.train.dataset
+    return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False)
 
 
 def _with_accuracy(result: CompressResult, loaded: LoadedModel, bundle: DataBundle | None):

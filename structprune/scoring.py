@@ -17,7 +17,7 @@ def group_views(graph: ChannelGraph, model: nn.Module, groups: Iterable[ChannelG
     for group in graph.prunable if groups is None else groups:
         members = tuple(
             MemberSlice(m.fqn, m.role, state[m.fqn].detach().movedim(m.axis, 0).reshape(len(m.positions), -1),
-                        m.positions, m.fqn in params)
+                        m.positions, m.fqn in params, m.axis)
             for m in group.members if m.fqn in state
         )
         views.append(GroupView(group.id, group.size, members))

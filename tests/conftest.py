@@ -1,13 +1,10 @@
-"""Shared pytest set-up: deterministic torch RNG per test, one torch thread per xdist worker."""
+"""Shared pytest set-up: deterministic torch RNG per test, one torch thread per process."""
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # -n 2 on 2 cores: two single-threaded workers beat oversubscription
+torch.set_num_threads(1)  # small models on a shared 2-core machine: one thread per process is fastest
 
 
 @pytest.fixture(autouse=True)

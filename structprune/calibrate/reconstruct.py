@@ -95,20 +95,21 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
 
 
 def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features: int):
-    """Names of the layers that read a pruned group on their input axis, and those skipped."""
-    names, skipped = [], []
+    """Names of the layers that read a pruned group on their input axis, and (name, why) of those
+    that cannot be refit."""
+    names: list[str] = []
+    skipped: dict[str, str] = {}
     for gid in plan.pruned_groups():
         for member in graph.group(gid).members:
             owner, _, attr = member.fqn.rpartition(".")
-            if member.role != "in" or attr != "weight" or owner in names:
+            if member.role != "in" or attr != "weight" or owner in names or owner in skipped:
                 continue
-            module = pruned.get_submodule(owner)
-            why = _why_not(module, member.axis, max_features)
+            why = _why_not(pruned.get_submodule(owner), member.axis, max_features)
             if why:
-                skipped.append((owner, why))
+                skipped[owner] = why
             else:
                 names.append(owner)
-    return names, sorted(set(skipped) - {(n, w) for n, w in skipped if n in names})
+    return names, sorted(skipped.items())
 
 
 def _why_not(module: nn.Module, axis: int, max_features: int) -> str:

@@ -1,12 +1,29 @@
-"""Criteria registry: name -> criterion. Extend by passing a Criterion object instead of a name."""
+"""Criteria registry: name -> criterion. Extend by passing a Criterion object instead of a name.
+
+Data-free: l1, l2, bn_scale, random. Data-driven (need `data=`): taylor and spectral (labelled),
+dropnet, dropnet_global, dropnet_iterative, ispasp, coreset, coreset_sampled (inputs only).
+Criteria with a `select` method (SelectingCriterion) choose channels themselves given keep counts.
+`KFACTrainPrune` (train-and-prune from scratch, trains the model in place) is not registered by name:
+construct it explicitly.
+"""
 from __future__ import annotations
 
 from types import MappingProxyType
 
-from structprune.criteria.base import Criterion, GroupView, MemberSlice, PerGroupCriterion, ScoringContext
+from structprune.criteria.base import (Criterion, GroupView, MemberSlice, PerGroupCriterion, ScoringContext,
+                                       SelectingCriterion, Selection)
+from structprune.criteria.coreset import Coreset
+from structprune.criteria.dropnet import DropNet
+from structprune.criteria.ispasp import ISpaSP
+from structprune.criteria.kfac import KFACTrainPrune
 from structprune.criteria.magnitude import BN_SCALE, L1, L2, RANDOM
+from structprune.criteria.spectral import Spectral
+from structprune.criteria.taylor import Taylor
 
-CRITERIA = MappingProxyType({c.name: c for c in (L1, L2, BN_SCALE, RANDOM)})
+_ALL = (L1, L2, BN_SCALE, RANDOM, Taylor(), DropNet(), DropNet(name="dropnet_global", scope="global"),
+        DropNet(name="dropnet_iterative", iterative=True), ISpaSP(), Coreset(),
+        Coreset(name="coreset_sampled", variant="sampled"), Spectral())
+CRITERIA = MappingProxyType({c.name: c for c in _ALL})
 
 
 def get_criterion(criterion) -> Criterion:
@@ -18,5 +35,11 @@ def get_criterion(criterion) -> Criterion:
     return CRITERIA[criterion]
 
 
-__all__ = ["CRITERIA", "Criterion", "GroupView", "MemberSlice", "PerGroupCriterion", "ScoringContext",
-           "get_criterion"]
+def needs_labels(criterion) -> bool:
+    """True if the criterion's calibration data must carry labels (it differentiates a loss)."""
+    return bool(getattr(get_criterion(criterion), "needs_labels", False))
+
+
+__all__ = ["CRITERIA", "Coreset", "Criterion", "DropNet", "GroupView", "ISpaSP", "KFACTrainPrune", "MemberSlice",
+           "PerGroupCriterion", "ScoringContext", "SelectingCriterion", "Selection", "Spectral", "Taylor",
+           "get_criterion", "needs_labels"]

@@ -2,8 +2,8 @@
 the member axis first, flattened to (axis_size, -1), plus which group channel each row belongs to."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -13,13 +13,15 @@ import torch
 class MemberSlice:
     """One member of a group: `tensor` is (axis_size, -1); `positions[p]` is the group channel of row
     p (-1 for rows of other groups); `role` is 'in', 'out' or 'elem'; `is_param` tells parameters
-    from buffers."""
+    from buffers; `axis` is the member's axis in the full tensor (None if the caller did not say:
+    `resolve_axis` then recovers it)."""
 
     fqn: str
     role: str
     tensor: torch.Tensor
     positions: np.ndarray
     is_param: bool
+    axis: int | None = None
 
     def per_channel(self, row_values: torch.Tensor, size: int) -> np.ndarray:
         """Sum per-row values into the group's channels."""
@@ -58,6 +60,31 @@ class Criterion(Protocol):
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a selecting criterion chose: kept channel indices per group (sorted), and JSON-able
+    extras for the plan's meta (e.g. `channel_scales` of a sampled selection)."""
+
+    keep: Mapping[str, tuple[int, ...]]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SelectingCriterion(Protocol):
+    """A criterion whose method is not a plain top-k of scores (i-SpaSP, coreset allocation,
+    iterative DropNet): given the planner's keep count per group, it chooses the kept channels
+    itself. It may move counts between groups when its method allocates a budget (coreset), but
+    keeps the planner's total size (channels, or parameters where stated)."""
+
+    name: str
+    needs_data: bool
+
+    def score(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, np.ndarray]: ...
+
+    def select(self, groups: list[GroupView], ctx: ScoringContext,
+               keep_counts: Mapping[str, int]) -> Selection: ...
+
+
+@dataclass(frozen=True)
 class PerGroupCriterion:
     """A criterion that scores each group on its own with `fn(group, ctx)`."""
 
@@ -68,3 +95,22 @@ class PerGroupCriterion:
 
     def score(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, np.ndarray]:
         return {g.group_id: np.asarray(self.fn(g, ctx), dtype=np.float64) for g in groups}
+
+
+def resolve_axis(member: MemberSlice, full: torch.Tensor) -> int:
+    """The axis of `full` (the member's whole tensor) that the member's rows run along: the given
+    `member.axis`, else the axis whose layout reproduces `member.tensor` exactly."""
+    if member.axis is not None:
+        return member.axis
+    rows = len(member.positions)
+    for axis in range(full.ndim):
+        if full.shape[axis] == rows or full.ndim == 1:
+            view = full.detach().movedim(axis, 0).reshape(rows, -1)
+            if view.shape == member.tensor.shape and torch.equal(view, member.tensor):
+                return axis
+    raise ValueError(f"cannot tell which axis of '{member.fqn}' {tuple(full.shape)} the group runs along")
+
+
+def rows_of(member: MemberSlice, full: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` (shaped like the member's whole tensor) laid out like `member.tensor`: (rows, -1)."""
+    return values.movedim(resolve_axis(member, full), 0).reshape(len(member.positions), -1)

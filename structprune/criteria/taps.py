@@ -1,0 +1,122 @@
+"""Where a group's channels can be observed in a forward pass, without knowing op types.
+
+A group's signal is the input of its consumer layers (members with role 'in'): the module owning
+the weight receives, on its first positional input, exactly the post-norm, post-activation map that
+flows along the group's channels. Its channel axis is dim 1 for conv-like weights (ndim >= 3) and
+the last dim for matrix weights (ndim 2); a tap whose input does not have `len(positions)` entries
+on that axis (grouped convolutions, fused projections) is not used. Hooks live only inside the
+context managers below."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from structprune.calibrate.hooks import forward_hooks
+from structprune.criteria.base import GroupView
+
+
+@dataclass(frozen=True, eq=False)
+class Tap:
+    """The input of consumer `module`, seen as group `group_id`'s channels: input position p along
+    `channel_dim` is channel `positions[p]` (-1: another group's)."""
+
+    group_id: str
+    module: str
+    weight: str
+    channel_dim: int
+    positions: np.ndarray
+    size: int
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.ndim >= 2 and x.shape[self.channel_dim] == len(self.positions)
+
+
+def consumer_taps(groups: list[GroupView], model: nn.Module) -> list[Tap]:
+    """One tap per (group, consumer module) pair."""
+    params = dict(model.named_parameters())
+    taps, seen = [], set()
+    for group in groups:
+        for member in group.members:
+            weight = params.get(member.fqn)
+            if member.role != "in" or weight is None or weight.ndim < 2 or "." not in member.fqn:
+                continue
+            module = member.fqn.rsplit(".", 1)[0]
+            if (group.group_id, module) not in seen:
+                seen.add((group.group_id, module))
+                taps.append(Tap(group.group_id, module, member.fqn, 1 if weight.ndim >= 3 else -1,
+                                np.asarray(member.positions), group.size))
+    return taps
+
+
+def taps_by_group(taps: list[Tap]) -> dict[str, list[Tap]]:
+    """Taps grouped by group id, in tap order."""
+    out: dict[str, list[Tap]] = {}
+    for tap in taps:
+        out.setdefault(tap.group_id, []).append(tap)
+    return out
+
+
+def as_samples(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """(samples, places, positions): the channel axis last, everything but the batch in between."""
+    moved = x.movedim(channel_dim, -1)
+    return moved.reshape(moved.shape[0], -1, moved.shape[-1])
+
+
+def to_channels(per_position: np.ndarray, positions: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
+    """Per-position values -> per-channel values ('sum' or 'mean' over a channel's positions)."""
+    mask = positions >= 0
+    total = np.bincount(positions[mask], weights=np.asarray(per_position, dtype=np.float64)[mask], minlength=size)
+    if how == "sum":
+        return total
+    count = np.bincount(positions[mask], minlength=size)
+    return total / np.maximum(count, 1)
+
+
+@contextmanager
+def observe_inputs(model: nn.Module, taps: list[Tap], see: Callable[[Tap, torch.Tensor], None]) -> Iterator[None]:
+    """Inside the block, every forward pass calls `see(tap, x)` with each fitting tap's input."""
+    by_module: dict[str, list[Tap]] = {}
+    for tap in taps:
+        by_module.setdefault(tap.module, []).append(tap)
+
+    def hook_for(module_taps: list[Tap]):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                for tap in module_taps:
+                    if tap.fits(args[0]):
+                        see(tap, args[0])
+        return hook
+
+    with forward_hooks(model, pre={m: hook_for(t) for m, t in by_module.items()}):
+        yield
+
+
+@contextmanager
+def masked_channels(model: nn.Module, taps: list[Tap], dropped: Mapping[str, np.ndarray]) -> Iterator[None]:
+    """Inside the block, channels flagged in `dropped[group_id]` (bool per channel) are zeroed at
+    every consumer input: for linear consumers this is exactly the pruned network."""
+    masks: dict[str, list[tuple[Tap, torch.Tensor]]] = {}
+    for tap in taps:
+        if tap.group_id in dropped and np.any(dropped[tap.group_id]):
+            gone = np.asarray(dropped[tap.group_id], dtype=bool)
+            keep = np.where(tap.positions >= 0, ~gone[np.maximum(tap.positions, 0)], True)
+            masks.setdefault(tap.module, []).append((tap, torch.as_tensor(keep)))
+
+    def hook_for(module_masks):
+        def hook(module: nn.Module, args: tuple):
+            x = args[0]
+            for tap, keep in module_masks:
+                if isinstance(x, torch.Tensor) and tap.fits(x):
+                    shape = [1] * x.ndim
+                    shape[tap.channel_dim] = len(keep)
+                    x = x * keep.to(device=x.device, dtype=x.dtype).reshape(shape)
+            return (x, *args[1:])
+        return hook
+
+    with forward_hooks(model, pre={m: hook_for(v) for m, v in masks.items()}):
+        yield

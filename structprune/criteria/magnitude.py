@@ -4,17 +4,22 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import torch
 
 from structprune.criteria.base import GroupView, PerGroupCriterion, ScoringContext
 
 
 def _magnitude(group: GroupView, p: int) -> np.ndarray:
     """Sum over every parameter member of the group of the per-channel L_p norm (to the power p):
-    the whole coupled structure counts, not just the first layer (Torch-Pruning's group norm)."""
+    the whole coupled structure counts, not just the first layer (Torch-Pruning's group norm).
+    Only the group's own rows are reduced, so a tensor shared by many groups (a concat consumer)
+    costs its size once overall, not once per group."""
     total = np.zeros(group.size)
     for member in group.members:
         if member.is_param:
-            total += member.per_channel(member.tensor.abs().pow(p).sum(dim=1), group.size)
+            rows = np.flatnonzero(member.positions >= 0)
+            values = member.tensor[torch.as_tensor(rows)].abs().pow(p).sum(dim=1)
+            np.add.at(total, member.positions[rows], values.detach().double().cpu().numpy())
     return total
 
 

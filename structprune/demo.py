@@ -36,7 +36,7 @@ def train_dense(seed: int = 0) -> tuple[torch.nn.Module, float]:
     return trained, evaluate_accuracy(trained, bundle.val)
 
 
-def run_demo(out: str = "export/demo", criterion: str = "l2") -> str:
+def run_demo(out: str = "export/demo", criterion: str = "coreset") -> str:
     """Train, compress, recover, export; returns the printed summary."""
     start = time.perf_counter()
     dense, accuracy = train_dense()

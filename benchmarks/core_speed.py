@@ -75,6 +75,8 @@ def run(name: str, repeats: int) -> dict:
     mine, theirs = [], []
     for _ in range(repeats):
         model = models_zoo.create(name, **CONFIGS[name]).eval()
+        with torch.no_grad():
+            model(x)  # warm-up: oneDNN builds kernels for the dense shapes once, for both tools
         mine.append(ours(model, x))
         theirs.append(torch_pruning(name, models_zoo.create(name, **CONFIGS[name]).eval(), x))
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731

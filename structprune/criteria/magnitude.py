@@ -18,7 +18,7 @@ def _magnitude(group: GroupView, p: int) -> np.ndarray:
     for member in group.members:
         if member.is_param:
             rows = np.flatnonzero(member.positions >= 0)
-            values = member.tensor[torch.as_tensor(rows)].abs().pow(p).sum(dim=1)
+            values = torch.linalg.vector_norm(member.tensor[torch.as_tensor(rows)], ord=p, dim=1).pow(p)
             np.add.at(total, member.positions[rows], values.detach().double().cpu().numpy())
     return total
 

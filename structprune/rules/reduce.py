@@ -27,13 +27,23 @@ def _reduced_dims(node: fx.Node, ndim: int) -> list[int]:
     return [d % ndim for d in dims]
 
 
-def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
+def _input_and_output(ctx: RuleContext, node: fx.Node):
+    """(input value, first output tensor, whether the op returns a tuple), or None after marking the
+    node as having no tensor output."""
     x = ctx.value(node.args[0])
     val = node.meta.get("val")
     first = val[0] if isinstance(val, (list, tuple)) else val
     if x is None or not isinstance(first, torch.Tensor):
         ctx.set(node, None)
+        return None
+    return x, first, isinstance(val, (list, tuple))
+
+
+def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
+    found = _input_and_output(ctx, node)
+    if found is None:
         return
+    x, first, is_tuple = found
     dims = _dims_for(node, x.ndim, op)
     chan_reduced = [d for d in dims if x.chan[d]]
     keeps_channels = any(c for d, c in enumerate(x.chan) if d not in dims)
@@ -49,7 +59,7 @@ def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
         ids = ids.reshape([s for d, s in enumerate(ids.shape) if d not in dims])
         chan = tuple(c for d, c in enumerate(chan) if d not in dims)
     out = make_with_chan(ids, chan, out_shape) if any(chan) else ctx.fresh_data(out_shape)
-    ctx.set(node, (out, out) if isinstance(val, (list, tuple)) else out)
+    ctx.set(node, (out, out) if is_tuple else out)
 
 
 def _dims_for(node: fx.Node, ndim: int, op: str) -> list[int]:
@@ -69,12 +79,11 @@ def rule_softmax(ctx: RuleContext, node: fx.Node, op: str) -> None:
 
 def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
     """Pooling / interpolation over the trailing k spatial dims (k from the op name: 1d/2d/3d)."""
-    x = ctx.value(node.args[0])
-    val = node.meta.get("val")
-    first = val[0] if isinstance(val, (list, tuple)) else val
-    if x is None or not isinstance(first, torch.Tensor):
-        ctx.set(node, None)
+    found = _input_and_output(ctx, node)
+    if found is None:
         return
+    x, first, is_tuple = found
+    val = node.meta.get("val")
     match = re.search(r"([123])d", op)
     k = int(match.group(1)) if match else x.ndim - 2
     spatial = list(range(x.ndim - k, x.ndim))
@@ -83,7 +92,7 @@ def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
         out = ctx.fresh_data(tuple(first.shape))
     else:
         out = make_with_chan(x.ids, x.chan, tuple(first.shape))
-    ctx.set(node, (out, ctx.fresh_data(tuple(val[1].shape))) if isinstance(val, (list, tuple)) else out)
+    ctx.set(node, (out, ctx.fresh_data(tuple(val[1].shape))) if is_tuple else out)
 
 
 REDUCTION_OPS = (

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from tqdm import tqdm
 
 from structprune.api import CompressResult, compress, compress_with_plan, export
@@ -72,6 +73,7 @@ def run_job(options: JobOptions) -> JobResult:
     """Run one compress/apply job and write its artifacts; raises UsageError for bad input,
     VerificationError or QualityError for a result that does not hold up."""
     _check_options(options)
+    torch.manual_seed(options.seed)  # zoo:NAME models are built from the seed, so runs are reproducible
     loaded = load_model(options.model, arch=options.arch, arch_kwargs=dict(options.arch_kwargs),
                         trust_pickle=options.trust_pickle, input_shape=options.input_shape)
     bundle = _load_bundle(options, loaded)
@@ -126,6 +128,8 @@ def _check_options(options: JobOptions) -> None:
         raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or module:function")
     if options.max_accuracy_drop is not None and options.data is None:
         raise UsageError("--max-accuracy-drop needs labelled validation data: pass --data")
+    if options.max_accuracy_drop is not None and options.max_accuracy_drop < 0:
+        raise UsageError(f"--max-accuracy-drop is in accuracy points and must be >= 0, got {options.max_accuracy_drop:g}")
     try:
         recovery_config(options)
     except ValueError as exc:

@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 import models_zoo
 import structprune
-from structprune.report.writers import (atomic_write, load_report_json, render_markdown, write_report_json,
+from structprune.io.atomic import write_atomically as atomic_write
+from structprune.report.writers import (load_report_json, render_markdown, write_report_json,
                                         write_report_md, write_report_png, write_reports)
 
 ONNX_SECTION = {"path": "model.onnx", "exporter": "dynamo", "fallback_reason": "", "input_names": ["x"],
@@ -138,7 +139,7 @@ def test_png_error_midway_leaves_no_file(full_report: dict, tmp_path: Path, monk
 
 def test_atomic_write_removes_partial_text(tmp_path: Path) -> None:
     def half_then_fail(handle) -> None:
-        handle.write("# half a report")
+        handle.write(b"# half a report")
         raise RuntimeError("renderer crashed")
 
     with pytest.raises(RuntimeError, match="renderer crashed"):

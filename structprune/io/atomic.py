@@ -79,6 +79,7 @@ def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> I
     """
     target = Path(out_dir)
     check_output_dir(target, force)
+    created = _missing_ancestors(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
     try:
@@ -86,7 +87,19 @@ def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> I
         _replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first: folders made for this run go too, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
+
+
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` would create, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def check_output_dir(out_dir: Path, force: bool) -> None:

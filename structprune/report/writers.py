@@ -13,41 +13,22 @@ target only when the write finished, so a crash never leaves a partial report be
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
+from structprune.io.atomic import write_atomically
 from structprune.report.report import REPORT_SCHEMA
 from structprune.report.tables import markdown_table
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`; on any error
-    the temporary file is removed and `path` keeps its previous content (if any)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    return target
 
 
 def write_report_json(report: dict, path: str | os.PathLike) -> Path:
     """Write the report as indented JSON (numpy scalars, tuples and dataclasses are converted)."""
     _check_schema(report)
-    return atomic_write(path, lambda f: json.dump(report, f, indent=2, default=_json_default))
+    text = json.dumps(report, indent=2, default=_json_default)
+    return write_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def load_report_json(path: str | os.PathLike) -> dict:
@@ -60,7 +41,7 @@ def load_report_json(path: str | os.PathLike) -> dict:
 def write_report_md(report: dict, path: str | os.PathLike) -> Path:
     """Write the report as Markdown: summary, verification, channels per group, blocked groups."""
     text = render_markdown(report)
-    return atomic_write(path, lambda f: f.write(text))
+    return write_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def write_report_png(report: dict, path: str | os.PathLike, *, dpi: int = 110) -> Path:
@@ -69,12 +50,13 @@ def write_report_png(report: dict, path: str | os.PathLike, *, dpi: int = 110) -
 
     _check_schema(report)
     figure = report_figure(report)
-    return atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi), binary=True)
+    return write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=dpi))
 
 
 def write_reports(report: dict, directory: str | os.PathLike, *, stem: str = "report") -> dict[str, Path]:
     """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `directory`; returns the paths by format."""
     folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
     return {"json": write_report_json(report, folder / f"{stem}.json"),
             "md": write_report_md(report, folder / f"{stem}.md"),
             "png": write_report_png(report, folder / f"{stem}.png")}

@@ -134,26 +134,30 @@ def _group_components(members, vectors, solution: Solution) -> list[ChannelGroup
         return []
     comps = np.concatenate(vectors)
     owner = np.concatenate([np.full(v.size, i) for i, v in enumerate(vectors)])
-    pairs = np.unique(np.stack([comps, owner], axis=1), axis=0)
-    signature: dict[int, list[int]] = {}
-    for c, m in pairs.tolist():
-        signature.setdefault(c, []).append(m)
+    keys = np.unique(comps * len(members) + owner)  # unique (component, member) pairs, sorted by component
+    pair_comp, pair_member = keys // len(members), keys % len(members)
+    starts = np.flatnonzero(np.r_[True, pair_comp[1:] != pair_comp[:-1]])
     by_key: dict[tuple, list[int]] = {}
-    for c, sig in signature.items():
-        by_key.setdefault((tuple(sig), solution.is_blocked(c)), []).append(c)
+    for comp, sig in zip(pair_comp[starts].tolist(), np.split(pair_member, starts[1:])):
+        by_key.setdefault((tuple(sig.tolist()), solution.is_blocked(comp)), []).append(comp)
     ncomp = int(comps.max()) + 1
     comp_group = np.full(ncomp, -1)
     comp_channel = np.full(ncomp, -1)
     specs = []
     for (sig, _), cs in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        first = vectors[sig[0]]
-        first_pos = {c: p for p, c in reversed(list(enumerate(first.tolist())))}
-        ordered = np.array(sorted(cs, key=lambda c: first_pos[c]), dtype=np.int64)
+        ordered = _in_member_order(np.asarray(cs, dtype=np.int64), vectors[sig[0]])
         gi = len(specs)
         comp_group[ordered] = gi
         comp_channel[ordered] = np.arange(ordered.size)
         specs.append((sig, ordered))
     return _make_groups(specs, members, vectors, comp_group, comp_channel, solution)
+
+
+def _in_member_order(components: np.ndarray, first_member: np.ndarray) -> np.ndarray:
+    """The components sorted by where they first appear along the group's first member axis."""
+    values, first_seen = np.unique(first_member, return_index=True)
+    position = first_seen[np.searchsorted(values, components)]
+    return components[np.argsort(position, kind="stable")]
 
 
 def _make_groups(specs, members, vectors, comp_group, comp_channel, solution) -> list[ChannelGroup]:

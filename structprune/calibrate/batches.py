@@ -40,13 +40,14 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     return batch, None
 
 
-def _to(value: Any, device: torch.device) -> Any:
+def to_device(value: Any, device: torch.device) -> Any:
+    """The same (nested) inputs with every tensor on `device`."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
+        return type(value)(to_device(v, device) for v in value)
     return value
 
 
@@ -60,7 +61,7 @@ def calibration_batches(loader: Iterable, max_samples: int | None, device: torch
         x, y = split_batch(raw)
         if need_labels and y is None:
             raise ValueError(f"{who} needs labelled data: the loader must yield (x, y) pairs")
-        batch = Batch(_to(x, device), None if y is None else _to(y, device))
+        batch = Batch(to_device(x, device), None if y is None else to_device(y, device))
         if max_samples is not None and seen + batch.size > max_samples:
             batch = _trim(batch, max_samples - seen)
         if batch.size == 0:

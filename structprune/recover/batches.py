@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from structprune.calibrate.batches import model_device, to_device  # noqa: F401 - re-exported for recover/
+
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """(inputs, targets) from a loader batch; anything else is an error that says what was expected."""
@@ -19,16 +21,6 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
                     f"got a {type(batch).__name__}")
 
 
-def to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
 def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     """Call the model on tensor / tuple / dict inputs and return the logits tensor."""
     if isinstance(inputs, dict):
@@ -38,8 +30,3 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     else:
         out = model(inputs)
     return getattr(out, "logits", out)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

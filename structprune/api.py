@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from structprune.capture import capture
 from structprune.criteria import ScoringContext, get_criterion
-from structprune.errors import VerificationError
+from structprune.errors import PlanError, VerificationError
 from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
@@ -54,7 +54,7 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio:
     check_ratio(ratio)
     crit = get_criterion(criterion)
     if getattr(crit, "needs_data", False) and data is None:
-        raise ValueError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader or --data SPEC)")
+        raise PlanError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader, or --data SPEC)")
     ctx = ScoringContext(model, example_inputs, data, seed)
     views = group_views(graph, model)
     scores = crit.score(views, ctx)

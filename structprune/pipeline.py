@@ -119,9 +119,12 @@ def _barrier() -> None:
 def _check_options(options: JobOptions) -> None:
     try:
         check_ratio(options.ratio)
-        get_criterion(options.criterion)
+        criterion = get_criterion(options.criterion)
     except ValueError as exc:
         raise UsageError(str(exc).replace("[select] ", "")) from exc
+    if getattr(criterion, "needs_data", False) and options.data is None:
+        raise UsageError(f"--criterion {options.criterion} is data-driven: pass --data (digits, PATH.npz, a folder, "
+                         "or module:function)")
     if not isinstance(options.round_to, int) or options.round_to < 1:
         raise UsageError(f"--round-to must be a positive integer, got {options.round_to!r}")
     if options.finetune_epochs and options.data is None:

@@ -350,6 +350,7 @@ REFUSALS = {
                                      ("--finetune-epochs", "--data")),
     "gate_without_data": Refusal(("compress", "zoo:mlp", "--max-accuracy-drop", "1"),
                                  ("--max-accuracy-drop", "--data")),
+    "data_criterion_without_data": Refusal(("compress", "zoo:mlp", "--criterion", "taylor"), ("taylor", "--data")),
     # fixed bugs, kept as regression tests:
     "negative_accuracy_drop": Refusal(("compress", "zoo:mlp", "--data", "digits", "--max-accuracy-drop", "-1"),
                                       ("max", "-1")),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from structprune.calibrate.batches import run_model
+from structprune.capture.export import eval_mode  # noqa: F401 - the one implementation, re-exported
 
 PreHook = Callable[[nn.Module, tuple], Any]
 PostHook = Callable[[nn.Module, tuple, Any], Any]
@@ -36,18 +37,6 @@ def forward_hooks(model: nn.Module, pre: Mapping[str, PreHook] | None = None,
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """model.eval() inside the block; every module's own training flag is restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 @contextmanager

@@ -63,10 +63,14 @@ def capture(model: nn.Module, example_inputs: Any) -> Captured:
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside the block, the caller's mode restored after. Modules that cannot switch
-    (a GraphModule from ExportedProgram.module() is already in the mode it was exported in) are left."""
-    was_training = model.training
+def eval_mode(model: nn.Module | None) -> Iterator[nn.Module | None]:
+    """Eval mode inside the block; afterwards every module's own training flag is restored. `None`
+    is allowed (an optional teacher). A GraphModule from ExportedProgram.module() cannot switch modes
+    (it keeps the mode it was exported in) and is left as it is."""
+    if model is None:
+        yield None
+        return
+    flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
     except (NotImplementedError, RuntimeError):
@@ -75,7 +79,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, flag in flags:
+            module.training = flag
 
 
 def _index_program(program: torch.export.ExportedProgram, args: tuple, kwargs: dict) -> Captured:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture import normalize_inputs
+from structprune.capture import eval_mode, normalize_inputs
 from structprune.onnx.errors import ExportError
 from structprune.onnx.inputs import (batch_size, bound_inputs, input_names, ort_feed, resize_batch,
                                      run_torch)
@@ -68,7 +68,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     ('dynamo', '')
     """
     path = os.path.abspath(os.fspath(path))
-    with _eval_mode(model):
+    with eval_mode(model):
         spec = _export_spec(model, example_inputs)
         try:
             sidecars = _export_checked(_export_dynamo, model, spec, path, opset)
@@ -167,16 +167,6 @@ def _publish(staged: str, path: str) -> tuple[str, ...]:
         os.replace(os.path.join(folder, name), os.path.join(parent, name))
     os.replace(staged, path)
     return tuple(sidecars)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from torch import nn
 
 from structprune.criteria import get_criterion
 from structprune.criteria.base import GroupView, ScoringContext
-from structprune.recover.batches import forward, model_device, split_batch, to_device
+from structprune.recover.batches import forward_inputs
 
 AP_DEFAULT_SHARE = 0.02
 _CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -87,16 +87,8 @@ def channel_dead_rates(model: nn.Module, loader, groups: list[GroupView], *,
                        max_batches: int | None = None) -> dict[str, np.ndarray]:
     """Per group, the dead rate of each channel at its consumers' inputs (0 where not measurable)."""
     consumers = {_consumer_name(m.fqn) for g in groups for m in g.members if m.role == "in"} - {None}
-    was_training, device = model.training, model_device(model)
-    model.eval()
-    try:
-        with _consumer_hooks(model, consumers) as counts, torch.no_grad():
-            for index, batch in enumerate(loader):
-                if max_batches is not None and index >= max_batches:
-                    break
-                forward(model, to_device(split_batch(batch)[0], device))
-    finally:
-        model.train(was_training)
+    with _consumer_hooks(model, consumers) as counts:
+        forward_inputs(model, loader, max_batches)
     return {g.group_id: _group_rates(g, counts) for g in groups}
 
 

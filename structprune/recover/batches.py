@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from structprune.calibrate.batches import model_device, to_device  # noqa: F401 - re-exported for recover/
+from structprune.capture import eval_mode
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -30,3 +31,14 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     else:
         out = model(inputs)
     return getattr(out, "logits", out)
+
+
+def forward_inputs(model: nn.Module, loader, max_batches: int | None = None) -> None:
+    """Run `model` (eval mode, no grad) on the inputs of up to `max_batches` batches, so that hooks
+    registered around the call can observe the activations."""
+    device = model_device(model)
+    with eval_mode(model), torch.no_grad():
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            forward(model, to_device(split_batch(batch)[0], device))

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from structprune.recover.batches import forward, model_device, split_batch, to_device
+from structprune.recover.batches import forward_inputs
 from structprune.recover.distributed import all_reduce_sum
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6)
@@ -131,14 +131,6 @@ def dead_neuron_rate(model: nn.Module, loader: Iterable, *, max_batches: int | N
     >>> dead_neuron_rate(net, [(torch.randn(4, 2), torch.zeros(4))]).total
     1.0
     """
-    was_training, device = model.training, model_device(model)
-    model.eval()
-    try:
-        with DeadNeuronMeter(model) as meter, torch.no_grad():
-            for index, batch in enumerate(loader):
-                if max_batches is not None and index >= max_batches:
-                    break
-                forward(model, to_device(split_batch(batch)[0], device))
-    finally:
-        model.train(was_training)
+    with DeadNeuronMeter(model) as meter:
+        forward_inputs(model, loader, max_batches)
     return meter.result()

@@ -8,6 +8,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from structprune.capture import eval_mode
 from structprune.recover.config import RecoveryConfig, RecoveryResult
 from structprune.recover.distributed import shard_loader
 from structprune.recover.schedules import allr_initial_lr, relative_norm_drop
@@ -44,7 +45,7 @@ def recover(pruned: nn.Module, train_loader, val_loader, config: RecoveryConfig,
         notes["not_reinitialised"] = reinitialize(model, config.seed)
     plan = _train_plan(method, epochs, config, model, before_pruning or dense, fraction_pruned, train_loader, notes)
     teacher = dense if method == "distill" else None
-    with _eval_mode(teacher):
+    with eval_mode(teacher):
         history, checkpoint = train_epochs(model, train_loader, val_loader, config, plan, teacher=teacher, desc=method)
     return RecoveryResult(model, method, epochs, history, plan.schedule, plan.base_lr, accuracy_before, checkpoint,
                           MappingProxyType(notes))
@@ -136,18 +137,3 @@ def _allr_lr(config: RecoveryConfig, epochs: int, model, reference, fraction, no
     notes["allr"] = {"relative_norm_drop": relative_norm_drop(before, after), "fraction_pruned": fraction}
     return allr_initial_lr(config.lr, before, after, fraction_pruned=max(fraction, 1e-6), retrain_epochs=epochs,
                            dense_epochs=config.dense_epochs)
-
-
-class _eval_mode:
-    """Put a (teacher) model in eval mode for a block and restore its mode after."""
-
-    def __init__(self, model: nn.Module | None) -> None:
-        self.model, self.was_training = model, bool(model is not None and model.training)
-
-    def __enter__(self):
-        if self.model is not None:
-            self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        if self.model is not None:
-            self.model.train(self.was_training)

@@ -18,7 +18,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
-from structprune.rules import DEFAULT_RULES
+from structprune.rules import DEFAULT_RULES, attention_tables
 from structprune.scoring import group_views
 from structprune.select import Plan, check_ratio, select_plan
 from structprune.verify import Verdict, run_model, verify_rewrite
@@ -34,8 +34,10 @@ class CompressResult:
     graph: ChannelGraph
 
 
-def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_RULES) -> ChannelGraph:
-    """Capture the model and find every group of coupled channels.
+def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_RULES,
+            attention: str = "heads") -> ChannelGraph:
+    """Capture the model and find every group of coupled channels. `attention="head_dims"` prunes
+    attention by per-head dims (every head keeps its count, all lose the same dims) instead of heads.
 
     >>> import torch
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
@@ -43,8 +45,9 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     >>> [(g.id, g.size) for g in cg.prunable]
     [('0.weight:0', 8)]
     """
+    attention_tables(attention, rules)  # an unknown mode fails before the (slower) capture
     modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
-    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules)
+    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules, attention=attention)
 
 
 def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio: float = 0.5,
@@ -58,7 +61,7 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio:
     ctx = ScoringContext(model, example_inputs, data, seed)
     views = group_views(graph, model)
     scores = crit.score(views, ctx)
-    meta = {"criterion": crit.name, "seed": seed}
+    meta = {"criterion": crit.name, "seed": seed, "attention": graph.attention}
     plan = select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
                        ignore=ignore, max_group_ratio=max_group_ratio, meta=meta)
     if callable(getattr(crit, "select", None)):
@@ -88,16 +91,21 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     >>> apply_plan(net, torch.randn(2, 4), plan)[0].out_features
     3
     """
-    graph = graph or analyze(model, example_inputs)
+    graph = graph or analyze(model, example_inputs, attention=plan_attention(plan))
     if not verify:
         return rewrite_model(model, graph, plan)
     return compress_with_plan(model, example_inputs, plan, graph=graph).model
 
 
+def plan_attention(plan: Plan) -> str:
+    """The attention mode a plan was made in (plans from before the mode existed: "heads")."""
+    return str(plan.meta.get("attention", "heads"))
+
+
 def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *,
                        graph: ChannelGraph | None = None) -> CompressResult:
     """Like compress, but with a given plan instead of scoring (what `structprune apply` runs)."""
-    graph = graph or analyze(model, example_inputs)
+    graph = graph or analyze(model, example_inputs, attention=plan_attention(plan))
     pruned = rewrite_model(model, graph, plan)
     verdict = verify_rewrite(model, pruned, example_inputs, graph, plan)
     _raise_if_failed(verdict)
@@ -112,8 +120,10 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *,
 def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
              ignore: Iterable[str] = (), round_to: int = 1, global_pruning: bool = False,
              max_group_ratio: float = 0.9, seed: int = 0, data: Any = None, recalibrate_bn: bool = True,
-             reconstruct: bool | None = None, rules: Mapping = DEFAULT_RULES) -> CompressResult:
+             reconstruct: bool | None = None, rules: Mapping = DEFAULT_RULES,
+             attention: str = "heads") -> CompressResult:
     """Analyze, score, select, rewrite and verify. The caller's model is never modified.
+    `attention` is "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
 
     >>> import torch, models_zoo
     >>> net = models_zoo.create("resnet20").eval()
@@ -123,7 +133,7 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     """
     check_ratio(ratio)
     crit = get_criterion(criterion)
-    graph = analyze(model, example_inputs, rules=rules)
+    graph = analyze(model, example_inputs, rules=rules, attention=attention)
     plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
                   round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
                   seed=seed, data=data)
@@ -172,7 +182,7 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
     from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
 
     exported = export_onnx(model, example_inputs, path)
-    parity = check_parity(model, exported.path, example_inputs)
+    parity = check_parity(model, exported.path, example_inputs, dynamic_batch=exported.dynamic_batch)
     if not parity.ok:
         os.remove(exported.path)
         raise VerificationError(f"onnxruntime output differs from the torch model (max abs error "

@@ -95,6 +95,8 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="l2", help="channel importance criterion (default l2)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
+    p.add_argument("--attention", choices=("heads", "head_dims"), default="heads",
+                   help="prune attention by whole heads (default) or by per-head dims")
     p.add_argument("--ignore", nargs="+", default=[], metavar="GLOB", help="module FQN globs to leave whole")
     p.add_argument("--max-group-ratio", type=float, default=0.9, help="cap per group with --global")
     _output_flags(p)

@@ -36,6 +36,7 @@ class JobOptions:
     criterion: str = "l2"
     global_pruning: bool = False
     round_to: int = 1
+    attention: str = "heads"
     ignore: tuple[str, ...] = ()
     max_group_ratio: float = 0.9
     data: str | None = None
@@ -194,7 +195,7 @@ def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, 
             raise UsageError(str(exc).replace("[select] ", "")) from exc
     return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
                     ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
-                    max_group_ratio=options.max_group_ratio, seed=options.seed,
+                    max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
                     data=calibration_loader(bundle) if bundle else None)
 
 

@@ -12,7 +12,7 @@ from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph, ChannelGroup, Member
 from structprune.graph.reasons import Reason, ReasonKind
 from structprune.graph.unify import IdSpace, Solution
-from structprune.rules import DEFAULT_RULES, op_key, rule_unsupported
+from structprune.rules import DEFAULT_RULES, op_key, rule_unsupported, attention_tables
 from structprune.rules.context import ROLE_IN, RuleContext, StateMap
 from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules
 
@@ -22,8 +22,10 @@ def build_channel_graph(
     rules: Mapping = DEFAULT_RULES,
     modules: Mapping[str, nn.Module] | None = None,
     module_rules: Mapping = DEFAULT_MODULE_RULES,
+    attention: str = "heads",
 ) -> ChannelGraph:
     """Analyse a captured model: which channels are coupled, which groups can be pruned and why not.
+    `attention` picks the unit attention is pruned by: "heads" (whole heads) or "head_dims".
 
     >>> import torch
     >>> from structprune.capture import capture
@@ -32,6 +34,7 @@ def build_channel_graph(
     >>> [(g.id, g.size, g.prunable) for g in cg.groups]
     [('0.weight:0', 8, True), ('2.weight:0', 2, False)]
     """
+    rules, module_rules = attention_tables(attention, rules, module_rules)
     space = IdSpace()
     ctx = RuleContext(captured, space)
     for node in captured.graph.nodes:
@@ -42,7 +45,7 @@ def build_channel_graph(
     solution = space.solve()
     if _align_grids(ctx, solution):
         solution = space.solve()
-    return _assemble(ctx, solution)
+    return _assemble(ctx, solution, attention)
 
 
 def _align_grids(ctx: RuleContext, solution: Solution) -> bool:
@@ -97,11 +100,12 @@ def _flatten(args):
             yield a
 
 
-def _assemble(ctx: RuleContext, solution: Solution) -> ChannelGraph:
+def _assemble(ctx: RuleContext, solution: Solution, attention: str) -> ChannelGraph:
     comp = solution.component
     members, vectors = _member_vectors(ctx.state_maps, comp)
     groups = _group_components(members, vectors, solution)
-    return ChannelGraph(tuple(groups), ctx.captured, comp, dict(ctx.state_maps), dict(ctx.values))
+    return ChannelGraph(tuple(groups), ctx.captured, comp, dict(ctx.state_maps), dict(ctx.values),
+                        attention)
 
 
 def _member_vectors(state_maps: dict[str, list[StateMap]], comp: np.ndarray):

@@ -66,6 +66,7 @@ class ChannelGraph:
     component: np.ndarray = field(repr=False)
     state_maps: dict = field(repr=False)
     values: dict = field(repr=False)
+    attention: str = "heads"  # the attention mode the rules ran in: "heads" or "head_dims"
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

@@ -27,7 +27,7 @@ def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan) -> nn.Modul
         _tensor_id(pruned, fqn)
         _slice_everywhere(pruned, fqn, axes, aliases)
     for module, old in reversed(list(zip(modules, before))):  # children before parents
-        refresh_attributes(module, old)
+        refresh_attributes(module, old, graph.attention)
     if isinstance(pruned, fx.GraphModule):
         fix_literal_shapes(pruned, graph, keep)
     return pruned

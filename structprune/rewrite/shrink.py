@@ -1,12 +1,15 @@
 """The shrink table: after tensors are sliced, how each module type refreshes its attributes.
 
-Keyed by class (looked up along the MRO), plus attribute fixers for attention modules that store head
-counts (timm-style `num_heads`/`head_dim`, Hugging Face-style `num_attention_heads`)."""
+Keyed by class (looked up along the MRO). Attention modules that store head attributes are refreshed
+by rewrite/attention_attrs.py; nn.MultiheadAttention loses heads ("heads" attention mode) or head dims
+("head_dims" mode)."""
 from __future__ import annotations
 
 from types import MappingProxyType
 
 from torch import nn
+
+from structprune.rewrite.attention_attrs import attention_shape, refresh_attention
 
 
 def _conv(m: nn.Module, old: dict) -> None:
@@ -49,7 +52,10 @@ def _embedding(m: nn.Module, old: dict) -> None:
 def _mha(m: nn.MultiheadAttention, old: dict) -> None:
     m.embed_dim = m.in_proj_weight.shape[1]
     m.kdim = m.vdim = m.embed_dim
-    m.num_heads = m.embed_dim // m.head_dim
+    if old["attention"] == "head_dims":
+        m.head_dim = m.embed_dim // m.num_heads
+    else:
+        m.num_heads = m.embed_dim // m.head_dim
 
 
 def _prelu(m: nn.Module, old: dict) -> None:
@@ -68,43 +74,21 @@ SHRINK_TABLE = MappingProxyType({
 })
 
 
-def _timm_heads(m: nn.Module) -> None:
-    qkv = getattr(m, "qkv", None)
-    if isinstance(qkv, nn.Linear) and isinstance(getattr(m, "head_dim", None), int):
-        m.num_heads = qkv.out_features // (3 * m.head_dim)
-
-
-def _hf_heads(m: nn.Module) -> None:
-    query = getattr(m, "query", None) or getattr(m, "q_proj", None)
-    size = getattr(m, "attention_head_size", None) or getattr(m, "head_dim", None)
-    if isinstance(query, nn.Linear) and isinstance(size, int):
-        if hasattr(m, "all_head_size"):
-            m.all_head_size = query.out_features
-        for name in ("num_attention_heads", "num_heads"):
-            if hasattr(m, name):
-                setattr(m, name, query.out_features // size)
-
-
-ATTRIBUTE_FIXERS = (
-    (lambda m: hasattr(m, "num_heads") and hasattr(m, "qkv"), _timm_heads),
-    (lambda m: hasattr(m, "query") or hasattr(m, "q_proj"), _hf_heads),
-)
-
-
 def snapshot(module: nn.Module) -> dict:
-    """The attributes the table needs from before slicing."""
+    """The attributes the table (and the attention refresh) need from before slicing."""
+    shape = attention_shape(module)
+    old = {"attention_shape": shape} if shape is not None else {}
     for cls in type(module).__mro__:
         if cls in SHRINK_TABLE:
-            return {a: getattr(module, a) for a in SHRINK_TABLE[cls][1]}
-    return {}
+            return old | {a: getattr(module, a) for a in SHRINK_TABLE[cls][1]}
+    return old
 
 
-def refresh_attributes(module: nn.Module, old: dict) -> None:
-    """Make the module's attributes agree with its sliced tensors."""
+def refresh_attributes(module: nn.Module, old: dict, attention: str = "heads") -> None:
+    """Make the module's attributes agree with its sliced tensors (`attention`: the graph's mode)."""
     for cls in type(module).__mro__:
         if cls in SHRINK_TABLE:
-            SHRINK_TABLE[cls][0](module, old)
+            SHRINK_TABLE[cls][0](module, {**old, "attention": attention})
             break
-    for applies, fix in ATTRIBUTE_FIXERS:
-        if applies(module):
-            fix(module)
+    if "attention_shape" in old:
+        refresh_attention(module, old["attention_shape"], attention)

@@ -16,10 +16,12 @@ from functools import partial
 from types import MappingProxyType
 from typing import Callable
 
-from structprune.rules import attention, elementwise, layers, norms, reduce, shape
+from structprune.errors import UsageError
+from structprune.rules import attention, elementwise, layers, modules, norms, reduce, shape
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import rule_elementwise
 from structprune.rules.fallback import op_key, rule_unsupported
+from structprune.rules.modules import DEFAULT_MODULE_RULES
 
 Rule = Callable[[RuleContext, object], None]
 
@@ -75,4 +77,31 @@ _TABLE |= _aten(reduce.SPATIAL_OPS, _named(reduce.rule_spatial))
 
 DEFAULT_RULES: MappingProxyType = MappingProxyType(_TABLE)
 
-__all__ = ["DEFAULT_RULES", "Rule", "RuleContext", "op_key", "rule_elementwise", "rule_unsupported"]
+# Attention modes: which unit a head-carrying matmul/sdpa prunes. "heads" removes whole heads;
+# "head_dims" keeps every head and removes the same dims from each (see rules/attention.py).
+_HEAD_DIM_OVERRIDES: dict[str, Rule] = {}
+_HEAD_DIM_OVERRIDES |= _aten(("mm", "bmm", "matmul", "addmm", "baddbmm"),
+                             lambda name: partial(attention.rule_matmul, op=name, head_dims=True))
+_HEAD_DIM_OVERRIDES |= _aten(("scaled_dot_product_attention",), _same(partial(attention.rule_sdpa, head_dims=True)))
+# mode -> (op rule overrides, module rule overrides)
+ATTENTION_MODES: MappingProxyType = MappingProxyType({
+    "heads": (MappingProxyType({}), MappingProxyType({})),
+    "head_dims": (MappingProxyType(_HEAD_DIM_OVERRIDES), modules.HEAD_DIM_MODULE_OVERRIDES),
+})
+
+
+def attention_tables(mode: str, rules=DEFAULT_RULES, module_rules=DEFAULT_MODULE_RULES):
+    """(`rules`, `module_rules`) with the attention rules of `mode` ("heads" or "head_dims") laid over.
+
+    >>> attention_tables("heads")[0] == DEFAULT_RULES
+    True
+    """
+    if mode not in ATTENTION_MODES:
+        raise UsageError(f"unknown attention mode '{mode}'; choose one of: {', '.join(ATTENTION_MODES)}")
+    op_rules, module_overrides = ATTENTION_MODES[mode]
+    return (MappingProxyType(dict(rules) | dict(op_rules)),
+            MappingProxyType(dict(module_rules) | dict(module_overrides)))
+
+
+__all__ = ["ATTENTION_MODES", "DEFAULT_RULES", "Rule", "RuleContext", "op_key", "rule_elementwise",
+           "rule_unsupported", "attention_tables"]

@@ -7,6 +7,12 @@ a (..., M, K) @ b (..., K, N):
  - output: batch dims from the tied fibres, M from a, N from b (a product of channels on M and on N
    cannot be represented by removing indices, so that case blocks).
 scaled_dot_product_attention is softmax(q @ kᵀ) @ v and reuses exactly this.
+
+Per-head-dim mode (`head_dims=True`, the "head_dims" attention mode) ties batch-dim channels across
+the batch dims by local index instead: dim d of every head goes together, so every head loses the same
+dims and keeps its head count. A contraction over such dims (q·k) changes a softmax scale that follows
+head_dim, so those groups are flagged inexact. sdpa also ties v's dims to q's by local index when
+they have the same size: attention modules keep one head_dim attribute for q, k and v.
 """
 from __future__ import annotations
 
@@ -21,8 +27,11 @@ from structprune.rules.fallback import rule_unsupported
 from structprune.rules.layers import _tie_bias, contract_last
 
 
-def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: str) -> Abstract:
+def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: str, *,
+                    head_dims: bool = False) -> Abstract:
     """Tie and return the output of a @ b for activations a, b of rank >= 2."""
+    if head_dims and (any(a.chan[:-2]) or any(b.chan[:-2])):
+        return _matmul_head_dims(ctx, a, b, out_shape, op)
     ka, kb = a.ndim - 1, b.ndim - 2
     if any(a.chan[:-2]):  # channels on batch dims (heads): whole fibres go together
         ctx.union_fibres(a, [ka - 1, ka])
@@ -50,6 +59,29 @@ def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: s
     if batch is not None and any(batch.ids.shape[d] > ids.shape[d] for d in range(ndim - 2)):
         ctx.block(batch.ids, ReasonKind.DATA_DIMENSION, f"{op} output would be a product of channels")
     chan = tuple(ids.shape[d] > 1 for d in range(ndim - 2)) + (a_chan_m, b_chan_n)
+    return make_with_chan(ids, chan, out_shape)
+
+
+def _matmul_head_dims(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: str) -> Abstract:
+    """Batch-dim channels (heads) tied across the batch dims by local index; the head axes of the
+    output carry those ids (or nothing, for q·k scores, whose channels were contracted away)."""
+    for v in (a, b):
+        ctx.union_fibres(v, [d for d in range(v.ndim - 2) if v.chan[d]])
+    if a.chan[-1] and b.chan[-2]:
+        ctx.flag_inexact(np.concatenate([a.ids.ravel(), b.ids.ravel()]), f"{op} (softmax scale follows head_dim)")
+    _tie_contraction(ctx, a, b, op)
+    if a.chan[-2] and b.chan[-1]:
+        ctx.block(np.concatenate([a.ids.ravel(), b.ids.ravel()]), ReasonKind.DATA_DIMENSION,
+                  f"{op} output would be a product of channels")
+        return ctx.fresh_data(out_shape)
+    ndim = len(out_shape)
+    if a.chan[-2]:
+        ids, chan_m, chan_n = _fit_batch(a.ids.take([0], axis=a.ndim - 1), ndim), True, False
+    elif b.chan[-1]:
+        ids, chan_m, chan_n = _fit_batch(b.ids.take([0], axis=b.ndim - 2), ndim), False, True
+    else:
+        return ctx.fresh_data(out_shape)
+    chan = tuple(ids.shape[d] > 1 for d in range(ndim - 2)) + (chan_m, chan_n)
     return make_with_chan(ids, chan, out_shape)
 
 
@@ -91,7 +123,7 @@ def _fit_batch(ids: np.ndarray, ndim: int) -> np.ndarray:
     return ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
 
 
-def rule_matmul(ctx: RuleContext, node: fx.Node, op: str) -> None:
+def rule_matmul(ctx: RuleContext, node: fx.Node, op: str, head_dims: bool = False) -> None:
     """mm / bmm / matmul / addmm / baddbmm; a parameter operand is treated like a linear weight."""
     offset = 1 if op in ("addmm", "baddbmm", "addbmm") else 0
     a_node, b_node = node.args[offset], node.args[offset + 1]
@@ -108,14 +140,14 @@ def rule_matmul(ctx: RuleContext, node: fx.Node, op: str) -> None:
     b = ctx.value(b_node)
     if a is None or b is None or out_shape is None or a.ndim < 2 or b.ndim < 2:
         return rule_unsupported(ctx, node, "matrix product of vectors")
-    out = matmul_abstract(ctx, a, b, out_shape, op)
+    out = matmul_abstract(ctx, a, b, out_shape, op, head_dims=head_dims)
     if offset:
         bias = ctx.value(node.args[0])
         out = broadcast_union(ctx, [out] + ([bias] if bias is not None else []), out_shape)
     ctx.set(node, out)
 
 
-def rule_sdpa(ctx: RuleContext, node: fx.Node) -> None:
+def rule_sdpa(ctx: RuleContext, node: fx.Node, head_dims: bool = False) -> None:
     """scaled_dot_product_attention(q, k, v, attn_mask, ...) = softmax(q kᵀ + mask) v."""
     q, k, v = (ctx.value(a) for a in node.args[:3])
     out_shape = ctx.shape(node)
@@ -125,12 +157,15 @@ def rule_sdpa(ctx: RuleContext, node: fx.Node) -> None:
         return rule_unsupported(ctx, node, "grouped-query attention")
     kt = _transposed(k)
     scores_shape = tuple(q.shape[:-1]) + (k.shape[-2],)
-    scores = matmul_abstract(ctx, q, kt, scores_shape, "scaled_dot_product_attention")
+    op = "scaled_dot_product_attention"
+    scores = matmul_abstract(ctx, q, kt, scores_shape, op, head_dims=head_dims)
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     mask_value = ctx.value(mask) if mask is not None else None
     if mask_value is not None:
         scores = broadcast_union(ctx, [scores, mask_value], scores_shape)
-    ctx.set(node, matmul_abstract(ctx, scores, v, out_shape, "scaled_dot_product_attention"))
+    if head_dims and q.shape[-1] == v.shape[-1] and q.chan[-1] and v.chan[-1]:
+        ctx.union(q.ids.take([0], axis=-2), v.ids.take([0], axis=-2))  # one head_dim for q, k and v
+    ctx.set(node, matmul_abstract(ctx, scores, v, out_shape, op, head_dims=head_dims))
 
 
 def _transposed(v: Abstract) -> Abstract:

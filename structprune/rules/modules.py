@@ -3,6 +3,10 @@
 nn.MultiheadAttention computes head_dim = embed_dim // num_heads and checks the query's width against
 embed_dim, so its q/k/v projection rows, its input columns and out_proj's input columns must stay the
 same size: they are tied element-wise. Whole heads (from the graph) then remove embed_dim in blocks.
+
+In the "head_dims" attention mode, an attention module with separate query and value projections and a
+stored head attribute (timm/HF style) reshapes q, k and v with one head_dim, so its query and value
+rows are tied element-wise too (sdpa ties them in the graph already; a matmul-written attention does not).
 """
 from __future__ import annotations
 
@@ -30,7 +34,26 @@ def _mha(ctx: RuleContext, prefix: str, module: nn.MultiheadAttention) -> None:
         ctx.union(out_cols, cols)
 
 
+# attribute names attention modules use (the rewrite reads them too)
+QUERY_PROJECTIONS = MappingProxyType({"qkv": 3, "query": 1, "q_proj": 1, "q": 1})  # name -> q/k/v blocks
+VALUE_PROJECTIONS = MappingProxyType({"query": "value", "q_proj": "v_proj", "q": "v"})
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
+HEAD_SIZES = ("head_dim", "attention_head_size", "head_size")
+
+
+def _one_head_dim(ctx: RuleContext, prefix: str, module: nn.Module) -> None:
+    if not any(isinstance(getattr(module, n, None), int) for n in HEAD_COUNTS + HEAD_SIZES):
+        return
+    for query, value in VALUE_PROJECTIONS.items():
+        rows_q = ctx.axis_ids(f"{prefix}{query}.weight", 0)
+        rows_v = ctx.axis_ids(f"{prefix}{value}.weight", 0)
+        if rows_q is not None and rows_v is not None and rows_q.shape == rows_v.shape:
+            ctx.union(rows_q, rows_v)
+            return
+
+
 DEFAULT_MODULE_RULES = MappingProxyType({nn.MultiheadAttention: _mha})
+HEAD_DIM_MODULE_OVERRIDES = MappingProxyType({nn.Module: _one_head_dim})
 
 
 def apply_module_rules(ctx: RuleContext, modules: Mapping[str, nn.Module], table: Mapping) -> None:

@@ -1,0 +1,68 @@
+"""Head attributes of attention modules, refreshed after their projections were sliced.
+
+Attention code reshapes with stored attributes (timm `num_heads`/`head_dim`, Hugging Face
+`num_attention_heads`/`attention_head_size`/`all_head_size`), so they must follow the sliced weights.
+The query projection's width (heads x head_dim) is read before and after slicing: in the "heads"
+attention mode head_dim stays and the head count follows; in "head_dims" mode the head count stays.
+Softmax scale attributes (timm `scale`, HF `scaling`) are left as they were.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from torch import nn
+
+from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES, QUERY_PROJECTIONS
+
+WIDTHS = ("all_head_size",)
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """An attention module's query projection, its width (heads x head_dim) and its head count."""
+
+    projection: str
+    width: int
+    heads: int
+
+
+def _query_projection(module: nn.Module) -> tuple[str, int] | None:
+    for name, blocks in QUERY_PROJECTIONS.items():
+        linear = getattr(module, name, None)
+        if isinstance(linear, nn.Linear) and linear.out_features % blocks == 0:
+            return name, linear.out_features // blocks
+    return None
+
+
+def _first_int(module: nn.Module, names: tuple[str, ...]) -> int | None:
+    return next((getattr(module, n) for n in names if isinstance(getattr(module, n, None), int)), None)
+
+
+def attention_shape(module: nn.Module) -> AttentionShape | None:
+    """The shape of an attention module that stores head attributes (None for anything else).
+
+    >>> class Attn(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.num_heads, self.head_dim, self.qkv = 4, 8, nn.Linear(32, 96)
+    >>> attention_shape(Attn())
+    AttentionShape(projection='qkv', width=32, heads=4)
+    """
+    if isinstance(module, nn.MultiheadAttention):  # the shrink table handles it
+        return None
+    found = _query_projection(module)
+    count, size = _first_int(module, HEAD_COUNTS), _first_int(module, HEAD_SIZES)
+    if found is None or (count is None and size is None):
+        return None
+    name, width = found
+    heads = count if count is not None else width // size
+    return AttentionShape(name, width, heads) if heads and width % heads == 0 else None
+
+
+def refresh_attention(module: nn.Module, before: AttentionShape, attention: str) -> None:
+    """Set the head attributes the module has from its sliced query projection."""
+    width = getattr(module, before.projection).out_features // QUERY_PROJECTIONS[before.projection]
+    heads = before.heads if attention == "head_dims" else width // (before.width // before.heads)
+    for names, value in ((HEAD_COUNTS, heads), (HEAD_SIZES, width // max(heads, 1)), (WIDTHS, width)):
+        for name in names:
+            if isinstance(getattr(module, name, None), int):
+                setattr(module, name, value)

@@ -197,7 +197,7 @@ class FormatCase:
 
 FORMAT_CASES = {
     "zoo": FormatCase(("zoo:cnn", "--arch-kwargs", CNN_KWARGS), onnx=True),
-    "pt2": FormatCase(("cnn.pt2",), ("cnn.pt2",)),
+    "pt2": FormatCase(("cnn.pt2",), ("cnn.pt2",), onnx=True),  # a static batch-1 archive
     "state_dict_zoo_arch": FormatCase(("cnn_state.pt", "--arch", "zoo:cnn", "--arch-kwargs", CNN_KWARGS),
                                       ("cnn_state.pt",)),
     "state_dict_factory_arch": FormatCase(("factory_state.pt", "--arch", "tests_factory_mod:make",

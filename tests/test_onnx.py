@@ -194,6 +194,22 @@ def test_batch_of_one_exports_a_dynamic_batch(tmp_path: Path) -> None:
     assert parity.ok and parity.batch_sizes_checked == (1, 2)
 
 
+def test_a_static_batch_graph_module_exports_with_its_own_batch(tmp_path: Path) -> None:
+    """A .pt2 archive exported at batch 1 only runs at batch 1: its ONNX file keeps that batch."""
+    torch.manual_seed(0)
+    model = models_zoo.create("mlp").eval()
+    x = models_zoo.example_inputs("mlp", batch=1)
+    static = torch.export.export(model, (x,)).module()
+    with pytest.raises(Exception, match="Guard failed"):
+        static(torch.cat([x, x]))
+    section = structprune.export(static, x, tmp_path / "static.onnx", dense=static, latency_runs=2)
+    assert section["dynamic_batch"] is False
+    assert section["parity"]["ok"] and section["parity"]["batch_sizes_checked"] == [1]
+    session = ort.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == 1
+    assert section["latency"]["speedup"] > 0
+
+
 def test_parity_catches_a_different_model(zoo: _Zoo) -> None:
     _, pruned, inputs, exported = zoo.pruned("mlp")
     altered = copy.deepcopy(pruned)

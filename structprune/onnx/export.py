@@ -43,15 +43,18 @@ class OnnxExport:
     output_names: tuple[str, ...]
     fallback_reason: str = ""
     external_data: tuple[str, ...] = ()
+    dynamic_batch: bool = True  # False for a model that only runs at its example batch (a static .pt2)
 
 
 @dataclass(frozen=True)
 class _ExportSpec:
-    """The inputs actually exported (batch >= 2) and the names and batch layout of inputs/outputs."""
+    """The inputs actually exported (batch >= 2 unless the model's batch is static) and the names and
+    batch layout of inputs/outputs."""
 
     args: tuple
     kwargs: dict
     batch: int
+    dynamic: bool
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     batched_outputs: tuple[bool, ...]
@@ -72,29 +75,47 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         spec = _export_spec(model, example_inputs)
         try:
             sidecars = _export_checked(_export_dynamo, model, spec, path, opset)
-            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars)
+            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars, spec.dynamic)
         except Exception as exc:  # noqa: BLE001 - any dynamo failure triggers the fallback
             dynamo_failure = _first_line(exc)
         try:
             sidecars = _export_checked(_export_legacy, model, spec, path, opset)
         except Exception as exc:  # noqa: BLE001 - re-raised with both failures named
             raise ExportError(_explain_failure(model, dynamo_failure, _first_line(exc))) from exc
-    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars)
+    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars, spec.dynamic)
 
 
 def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
+    example_inputs, outputs, dynamic = _run_for_export(model, example_inputs)
     batch = batch_size(example_inputs)
-    if batch == 1:  # a batch of 1 invites the tracer to specialise the batch axis
-        example_inputs, batch = resize_batch(example_inputs, 2), 2
     args, kwargs = normalize_inputs(example_inputs)
+    names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
+    batched = tuple(t.dim() > 0 and t.shape[0] == batch for t in outputs)
+    return _ExportSpec(args, kwargs, batch, dynamic, tuple(input_names(model, args, kwargs)), names, batched)
+
+
+def _run_for_export(model: nn.Module, example_inputs: Any):
+    """(inputs to export with, the model's outputs on them, whether the batch axis is free). A batch
+    of 1 invites the tracer to specialise the batch axis, so batch 2 is used when the model runs at
+    it; a model that runs at its example batch only (a .pt2 archive exported with a static batch) is
+    exported with that static batch."""
+    batch = batch_size(example_inputs)
+    other = resize_batch(example_inputs, 2 if batch == 1 else batch + 1)
+    if batch == 1 and (outputs := _outputs_or_none(model, other)) is not None:
+        return other, outputs, True
     try:
         outputs = run_torch(model, example_inputs)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise ExportError(f"{type(model).__name__} does not run on the example inputs ({_first_line(exc)}); "
                           "pass the inputs forward() expects (a dict for keyword inputs)") from exc
-    names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
-    batched = tuple(t.dim() > 0 and t.shape[0] == batch for t in outputs)
-    return _ExportSpec(args, kwargs, batch, tuple(input_names(model, args, kwargs)), names, batched)
+    return example_inputs, outputs, batch > 1 and _outputs_or_none(model, other) is not None
+
+
+def _outputs_or_none(model: nn.Module, inputs: Any):
+    try:
+        return run_torch(model, inputs)
+    except Exception:  # noqa: BLE001 - a static batch axis: the caller falls back
+        return None
 
 
 def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, path: str,
@@ -110,8 +131,9 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
         _inline_external_data(staged)
         with _step("onnx checker"):
             onnx.checker.check_model(staged, full_check=True)
-        with _step(f"run with batch {spec.batch + 1} (dynamic batch)"):
-            _check_dynamic_batch(staged, spec)
+        if spec.dynamic:
+            with _step(f"run with batch {spec.batch + 1} (dynamic batch)"):
+                _check_dynamic_batch(staged, spec)
         return _publish(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -119,7 +141,7 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
 
 def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
     batch = torch.export.Dim("batch")
-    shapes = {name: pytree.tree_map(lambda v: {0: batch} if _has_batch(v) else None, value)
+    shapes = {name: pytree.tree_map(lambda v: {0: batch} if spec.dynamic and _has_batch(v) else None, value)
               for name, value in bound_inputs(model, spec.args, spec.kwargs).items()}
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=True, dynamic_shapes=shapes,
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
@@ -129,6 +151,7 @@ def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int 
 def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
     axes = {name: {0: "batch"} for name in spec.input_names}
     axes |= {name: {0: "batch"} for name, b in zip(spec.output_names, spec.batched_outputs) if b}
+    axes = axes if spec.dynamic else None
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=False, dynamic_axes=axes,
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset)
 

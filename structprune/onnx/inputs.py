@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture import normalize_inputs
+from structprune.capture import eval_mode, normalize_inputs
 
 
 def batch_size(example_inputs: Any) -> int:
@@ -75,13 +75,8 @@ def flat_outputs(output: Any) -> list[torch.Tensor]:
 def run_torch(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
     """Eval-mode, no-grad outputs as a flat list (the training flag is restored)."""
     args, kwargs = normalize_inputs(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return flat_outputs(model(*args, **kwargs))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return flat_outputs(model(*args, **kwargs))
 
 
 def ort_feed(session: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:

@@ -19,7 +19,8 @@ def onnx_section(export: OnnxExport, parity: Parity | None = None,
     """
     section = {"path": os.fspath(export.path), "exporter": export.exporter,
                "fallback_reason": export.fallback_reason, "input_names": list(export.input_names),
-               "output_names": list(export.output_names), "external_data": list(export.external_data)}
+               "output_names": list(export.output_names), "external_data": list(export.external_data),
+               "dynamic_batch": export.dynamic_batch}
     if parity is not None:
         section["parity"] = {"max_abs_error": _finite(parity.max_abs_error),
                              "max_rel_error": _finite(parity.max_rel_error), "ok": parity.ok,

@@ -288,3 +288,19 @@ def test_calibration_batches_are_the_first_samples_deterministically() -> None:
     assert sum(len(b) for b in calibration_batches(bundle, 10_000)) == len(bundle.train.dataset)
     with pytest.raises(UsageError):
         calibration_batches(bundle, 0)
+
+
+@pytest.mark.parametrize("key", ["labels", "label", "y"])
+def test_dict_batches_give_their_labels_under_any_accepted_key(key: str) -> None:
+    from structprune.data.batches import split_batch
+
+    inputs, labels = split_batch({"input_ids": torch.ones(2, 3), key: torch.tensor([1, 0])})
+    assert list(inputs) == ["input_ids"] and labels.tolist() == [1, 0]
+
+
+def test_recovery_refuses_batches_without_labels_and_says_what_it_needs() -> None:
+    from structprune.recover.batches import labelled_batch
+
+    assert labelled_batch((torch.zeros(2, 3), torch.tensor([0, 1])))[1].tolist() == [0, 1]
+    with pytest.raises(TypeError, match=r"recovery needs loaders that yield \(inputs, targets\) pairs .* got a Tensor"):
+        labelled_batch(torch.zeros(2, 3))

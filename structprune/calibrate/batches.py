@@ -8,6 +8,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from structprune.data.batches import split_batch
+
 
 @dataclass(frozen=True, eq=False)
 class Batch:
@@ -28,16 +30,6 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """(x, y) from what a loader yields: a tensor, an (x,) / (x, y) sequence, or a dict with 'labels'."""
-    if isinstance(batch, dict):
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "label", "y")}
-        return inputs, batch.get("labels", batch.get("label", batch.get("y")))
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
 
 
 def to_device(value: Any, device: torch.device) -> Any:

@@ -1,7 +1,8 @@
 """What a batch looks like to structprune: inputs (tensor, tuple or dict) plus optional labels.
 
 Accepted batches: `(inputs, labels)`, `(inputs,)`, a bare tensor, or a dict of keyword inputs
-with an optional "labels" entry (the Hugging Face convention).
+with an optional "labels" entry (the Hugging Face convention; "label" and "y" are accepted too).
+Every stage that reads batches (scoring, calibration, recovery, evaluation) splits them here.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-LABELS_KEY = "labels"
+LABEL_KEYS = ("labels", "label", "y")  # dict entries that hold labels, first found wins
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -21,8 +22,8 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     tensor([0, 1])
     """
     if isinstance(batch, Mapping):
-        inputs = {k: v for k, v in batch.items() if k != LABELS_KEY}
-        return inputs, batch.get(LABELS_KEY)
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        return inputs, next((batch[k] for k in LABEL_KEYS if k in batch), None)
     if isinstance(batch, (tuple, list)):
         return batch[0], (batch[1] if len(batch) > 1 else None)
     return batch, None

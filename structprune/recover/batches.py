@@ -9,17 +9,16 @@ from torch import nn
 
 from structprune.calibrate.batches import model_device, to_device  # noqa: F401 - re-exported for recover/
 from structprune.capture import eval_mode
+from structprune.data.batches import split_batch
 
 
-def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """(inputs, targets) from a loader batch; anything else is an error that says what was expected."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict) and "labels" in batch:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return inputs, batch["labels"]
-    raise TypeError("recovery needs loaders that yield (inputs, targets) pairs or dicts with a 'labels' key; "
-                    f"got a {type(batch).__name__}")
+def labelled_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, targets) from a loader batch; a batch without labels is an error that says what was expected."""
+    inputs, targets = split_batch(batch)
+    if targets is None:
+        raise TypeError("recovery needs loaders that yield (inputs, targets) pairs or dicts with a 'labels' key; "
+                        f"got a {type(batch).__name__} without labels")
+    return inputs, targets
 
 
 def forward(model: nn.Module, inputs: Any) -> torch.Tensor:

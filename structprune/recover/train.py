@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from structprune.recover.batches import forward, model_device, split_batch, to_device
+from structprune.recover.batches import forward, labelled_batch, model_device, to_device
 from structprune.recover.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from structprune.recover.config import EpochRecord, RecoveryConfig
 from structprune.recover.dead_neurons import DeadNeuronMeter
@@ -49,7 +49,7 @@ def evaluate(model: nn.Module, loader: Iterable | None) -> tuple[float | None, f
     try:
         with torch.no_grad():
             for batch in loader:
-                inputs, targets = to_device(split_batch(batch), device)
+                inputs, targets = to_device(labelled_batch(batch), device)
                 logits = forward(model, inputs)
                 total += _batch_totals(logits, targets, cross_entropy(logits, targets))
     finally:
@@ -138,7 +138,7 @@ class _EpochRunner:
         return lr
 
     def _step(self, batch) -> torch.Tensor:
-        inputs, targets = to_device(split_batch(batch), model_device(self.model))
+        inputs, targets = to_device(labelled_batch(batch), model_device(self.model))
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():

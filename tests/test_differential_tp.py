@@ -76,3 +76,38 @@ def test_torch_pruning_agrees_on_the_macs_we_report() -> None:
     ratio_tp = macs_pruned / macs_dense
     ratio_ours = result.report.macs_after / result.report.macs_before
     assert ratio_ours == pytest.approx(ratio_tp, rel=0.03)
+
+
+def attention_rows(group: ChannelGroup):
+    return next((m for m in group.members if m.fqn.endswith("attn.qkv.weight") and m.axis == 0), None)
+
+
+@pytest.mark.parametrize("attention", ["heads", "head_dims"])
+def test_torch_pruning_with_our_attention_indices_builds_the_same_vit(attention: str) -> None:
+    """Only the ViT's attention groups are pruned (whole heads or per-head dims); Torch-Pruning removes
+    the same qkv rows through its dependency graph and its head attributes are refreshed by hand."""
+    net, x = models_zoo.create("vit").eval(), models_zoo.example_inputs("vit")
+    graph = structprune.analyze(net, x, attention=attention)
+    full = structprune.select(net, x, graph, ratio=0.5, criterion="random", seed=1)
+    heads = [g for g in graph.prunable if attention_rows(g) is not None]
+    keep = {g: (k if g in {h.id for h in heads} else tuple(range(full.sizes[g]))) for g, k in full.keep.items()}
+    plan = structprune.Plan(keep, full.sizes, full.meta)
+    ours = structprune.compress_with_plan(net, x, plan, graph=graph).model
+
+    theirs = copy.deepcopy(net)
+    dg = tp.DependencyGraph().build_dependency(theirs, example_inputs=x, verbose=False)
+    modules = dict(theirs.named_modules())
+    for group in heads:
+        rows = attention_rows(group)
+        idxs = np.flatnonzero(np.isin(rows.positions, dropped(group, plan.keep[group.id]))).tolist()
+        dg.get_pruning_group(modules[rows.fqn[: -len(".weight")]], tp.prune_linear_out_channels, idxs=idxs).prune()
+    for attn in (m for m in theirs.modules() if hasattr(m, "qkv")):
+        width = attn.qkv.out_features // 3
+        attn.num_heads, attn.head_dim = ((attn.num_heads, width // attn.num_heads) if attention == "head_dims"
+                                         else (width // attn.head_dim, attn.head_dim))
+
+    shape = [(a.num_heads, a.head_dim) for a in ours.modules() if hasattr(a, "qkv")]
+    assert shape == ([(4, 4)] * 2 if attention == "head_dims" else [(2, 8)] * 2)
+    assert shape == [(a.num_heads, a.head_dim) for a in theirs.modules() if hasattr(a, "qkv")]
+    torch.testing.assert_close(outputs(theirs, x), outputs(ours, x), rtol=0, atol=1e-6)
+    assert {k: v.shape for k, v in theirs.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}

@@ -1,4 +1,10 @@
 """Capture: one front end, torch.export, turning a model into an fx graph with shapes and FQNs."""
-from structprune.capture.export import Captured, capture, eval_mode, normalize_inputs
+from structprune.capture.export import (
+    Captured,
+    capture,
+    eval_mode,
+    lean_export,
+    normalize_inputs,
+)
 
-__all__ = ["Captured", "capture", "eval_mode", "normalize_inputs"]
+__all__ = ["Captured", "capture", "eval_mode", "lean_export", "normalize_inputs"]

@@ -1,13 +1,16 @@
 """Capture a model with torch.export and map every parameter placeholder back to its module FQN."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.export.graph_signature import InputKind
+from torch.fx import config as fx_config
+from torch.fx._lazy_graph_module import _use_lazy_graph_module
 
 from structprune.errors import CaptureError
 
@@ -54,10 +57,10 @@ def capture(model: nn.Module, example_inputs: Any) -> Captured:
     ['bias', 'weight']
     """
     args, kwargs = normalize_inputs(example_inputs)
-    with eval_mode(model):
+    with eval_mode(model), lean_export():
         try:
             program = torch.export.export(model, args, kwargs, strict=False)
-        except Exception as exc:  # noqa: BLE001 - re-raised with context
+        except Exception as exc:  # re-raised with context
             raise CaptureError(_explain_failure(model, exc)) from exc
     return _index_program(program, args, kwargs)
 
@@ -81,6 +84,29 @@ def eval_mode(model: nn.Module | None) -> Iterator[nn.Module | None]:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+@contextmanager
+def lean_export() -> Iterator[None]:
+    """torch.export without two costs whose results no stage reads (about a third of a ResNet-50
+    capture): per-node Python stack traces (`node.meta["stack_trace"]`, one traceback walk per
+    node) and the Python code of the intermediate graph modules (regenerated after each export
+    pass; now generated only if something calls them). The traced graph, its shapes, the
+    signature, and which models fail to export are unchanged: the returned program's graph module
+    is still compiled eagerly. Both global flags are restored on exit.
+
+    >>> with lean_export():
+    ...     program = torch.export.export(nn.Linear(4, 2), (torch.randn(1, 4),), strict=False)
+    >>> program.module()(torch.randn(1, 4)).shape
+    torch.Size([1, 2])
+    """
+    previous = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        with _use_lazy_graph_module(True):
+            yield
+    finally:
+        fx_config.do_not_emit_stack_traces = previous
 
 
 def _index_program(program: torch.export.ExportedProgram, args: tuple, kwargs: dict) -> Captured:

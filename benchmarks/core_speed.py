@@ -3,6 +3,8 @@
 For each model at 224x224, batch 1: our capture + analysis, our full compress (no fine-tuning; it
 includes scoring, rewrite and verification), Torch-Pruning's DependencyGraph build, and Torch-Pruning's
 pruner construction + step. Prints the median of `--repeats` runs, the ratios, and where our time goes.
+The garbage collector runs (untimed) before each side, so neither is charged a full collection of the
+other's garbage; collections triggered inside a side's own run stay in its time.
 
     python benchmarks/core_speed.py            # resnet50, vit, densenet at 224
     python benchmarks/core_speed.py --repeats 1 --models resnet50
@@ -10,6 +12,7 @@ pruner construction + step. Prints the median of `--repeats` runs, the ratios, a
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -77,7 +80,9 @@ def run(name: str, repeats: int) -> dict:
         model = models_zoo.create(name, **CONFIGS[name]).eval()
         with torch.no_grad():
             model(x)  # warm-up: oneDNN builds kernels for the dense shapes once, for both tools
+        gc.collect()  # each side starts from a collected heap: neither pays for the other's garbage
         mine.append(ours(model, x))
+        gc.collect()
         theirs.append(torch_pruning(name, models_zoo.create(name, **CONFIGS[name]).eval(), x))
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     return {"ours": {k: med(mine, k) for k in mine[0]}, "tp": {k: med(theirs, k) for k in theirs[0]}}

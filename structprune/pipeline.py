@@ -255,4 +255,7 @@ def _summary(report: dict, out_dir: Path) -> str:
     tail = f"\nverification: {'passed' if report['verification']['ok'] else 'FAILED'}"
     if parity:
         tail += f"; onnx parity max abs error {parity['max_abs_error']:.2e}"
+    if report.get("onnx", {}).get("dynamic_batch") is False:
+        tail += f"\nnote: model.onnx has a fixed batch of {parity['batch_sizes_checked'][0]} (the model only runs at " \
+                "that batch, e.g. a .pt2 exported with a static batch)"
     return format_table(["", "before", "after", "change"], rows) + tail + f"\nartifacts: {out_dir}/"

@@ -254,6 +254,14 @@ def test_compress_with_onnx_reports_parity_and_latency(format_runs):
     assert "onnx parity max abs error" in proc.stdout
 
 
+def test_a_static_batch_archive_exports_a_fixed_batch_onnx_and_says_so(format_runs):
+    proc = format_runs.procs["pt2"]
+    report = json.loads((format_runs.dirs["pt2"] / "out" / "report.json").read_text())
+    assert report["onnx"]["dynamic_batch"] is False and report["onnx"]["parity"]["batch_sizes_checked"] == [1]
+    assert "note: model.onnx has a fixed batch of 1" in proc.stdout
+    assert json.loads((format_runs.dirs["zoo"] / "out" / "report.json").read_text())["onnx"]["dynamic_batch"] is True
+
+
 def test_all_artifacts_have_the_same_permissions(format_runs):
     out = format_runs.dirs["zoo"] / "out"
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}

@@ -170,18 +170,38 @@ class _FixedBatch(nn.Module):
         return self.fc(x.reshape(2, -1))
 
 
+class _Eigenvalues(nn.Module):
+    """linalg.eigh has no ONNX lowering in either exporter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return torch.linalg.eigh(y[:, :, None] * y[:, None, :])[0]
+
+
+def test_a_fixed_batch_model_exports_its_batch_statically_and_says_so(tmp_path: Path) -> None:
+    exported = export_onnx(_FixedBatch(), torch.randn(2, 8), tmp_path / "fixed.onnx")
+    parity = check_parity(_FixedBatch(), exported.path, torch.randn(2, 8), dynamic_batch=exported.dynamic_batch)
+    assert exported.dynamic_batch is False and parity.batch_sizes_checked == (2,)
+    session = ort.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 8]
+
+
 def test_both_exporters_failing_raises_export_error(tmp_path: Path) -> None:
-    target = tmp_path / "fixed.onnx"
+    target = tmp_path / "eig.onnx"
     target.write_bytes(b"previous export")
     with pytest.raises(ExportError) as info:
-        export_onnx(_FixedBatch(), torch.randn(2, 8), target)
+        export_onnx(_Eigenvalues(), torch.randn(2, 8), target)
     message = str(info.value)
     assert info.value.stage == "export" and isinstance(info.value, structprune.StructpruneError)
-    assert message.startswith("[export] could not export _FixedBatch to ONNX")
-    assert "dynamo exporter: run with batch 3" in message
-    assert "legacy TorchScript exporter: run with batch 3" in message
+    assert message.startswith("[export] could not export _Eigenvalues to ONNX")
+    assert "dynamo exporter: export failed" in message
+    assert "legacy TorchScript exporter: " in message
     assert target.read_bytes() == b"previous export"
-    assert _files_in(tmp_path) == ["fixed.onnx"]
+    assert _files_in(tmp_path) == ["eig.onnx"]
 
 
 def test_batch_of_one_exports_a_dynamic_batch(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import models_zoo
 import structprune
 from structprune.errors import UsageError
 from structprune.select.plan import Plan
-from test_sp_helpers import group_with, outputs, positions, refs
+from test_sp_helpers import MHABlock, group_with, outputs, positions, refs
 
 X = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))
 
@@ -126,17 +126,8 @@ def test_matmul_attention_ties_query_and_value_dims_through_the_module() -> None
 
 
 def test_multihead_attention_keeps_heads_and_shrinks_embed_dim_per_head() -> None:
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inp, self.mha, self.fc = nn.Linear(4, 12), nn.MultiheadAttention(12, 3, batch_first=True), nn.Linear(12, 2)
-
-        def forward(self, x):
-            h = self.inp(x)
-            return self.fc(self.mha(h, h, h, need_weights=False)[0])
-
     x = torch.randn(2, 5, 4)
-    result = compress_dims(Block(), x)
+    result = compress_dims(MHABlock(), x)
     mha = result.model.mha
     assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (3, 2, 6)
     assert mha.in_proj_weight.shape == (18, 6)

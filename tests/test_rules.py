@@ -11,7 +11,7 @@ from torch import nn
 import structprune
 from structprune.graph.reasons import ReasonKind
 from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
-from test_sp_helpers import group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
+from test_sp_helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
 
 IMG = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
 
@@ -472,16 +472,6 @@ def test_sdpa_pruning_removes_whole_heads_and_verifies() -> None:
     assert len(kept) == 2
     assert outputs(model, x).shape == (2, 5, 12)
     assert result.report.verification["masking_error"] <= 1e-5
-
-
-class MHABlock(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.mha, self.fc = nn.Linear(4, 12), nn.MultiheadAttention(12, 3, batch_first=True), nn.Linear(12, 2)
-
-    def forward(self, x):
-        h = self.inp(x)
-        return self.fc(self.mha(h, h, h, need_weights=False)[0])
 
 
 def test_multihead_attention_heads_tie_projections_and_embed_dim() -> None:

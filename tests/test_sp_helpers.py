@@ -81,3 +81,15 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def dropped(group: ChannelGroup, kept) -> np.ndarray:
     return np.setdiff1d(np.arange(group.size), np.asarray(kept, dtype=np.int64))
+
+
+class MHABlock(nn.Module):
+    """Linear(4 -> 12) -> nn.MultiheadAttention(12, 3 heads) -> Linear(12 -> 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mha, self.fc = nn.Linear(4, 12), nn.MultiheadAttention(12, 3, batch_first=True), nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.fc(self.mha(h, h, h, need_weights=False)[0])

@@ -31,18 +31,11 @@ MODES = ("heads", "head_dims")
 
 
 def train_dense(bundle, seed: int, epochs: int) -> nn.Module:
+    """The zoo ViT trained from scratch with recovery's trainer (finetune = plain training), AdamW, cosine."""
     torch.manual_seed(seed)
-    model = models_zoo.create("vit", **VIT)
-    opt = torch.optim.Adam(model.parameters(), 3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(bundle.train))
-    for _ in range(epochs):
-        model.train()
-        for x, y in bundle.train:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    config = RecoveryConfig(method="finetune", epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=1e-4,
+                            seed=seed, measure_dead_rate=False, progress=False)
+    return recover(models_zoo.create("vit", **VIT), bundle.train, bundle.val, config).model.eval()
 
 
 def attention_only(plan: Plan, graph) -> Plan:

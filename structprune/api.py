@@ -18,7 +18,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
-from structprune.rules import DEFAULT_RULES, attention_tables
+from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.scoring import group_views
 from structprune.select import Plan, check_ratio, select_plan
 from structprune.verify import Verdict, run_model, verify_rewrite
@@ -45,7 +45,7 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     >>> [(g.id, g.size) for g in cg.prunable]
     [('0.weight:0', 8)]
     """
-    attention_tables(attention, rules)  # an unknown mode fails before the (slower) capture
+    check_attention_mode(attention)  # an unknown mode fails before the (slower) capture
     modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
     return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules, attention=attention)
 

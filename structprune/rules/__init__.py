@@ -90,18 +90,23 @@ ATTENTION_MODES: MappingProxyType = MappingProxyType({
 })
 
 
+def check_attention_mode(mode: str) -> None:
+    """UsageError unless `mode` is one of ATTENTION_MODES."""
+    if mode not in ATTENTION_MODES:
+        raise UsageError(f"unknown attention mode '{mode}'; choose one of: {', '.join(ATTENTION_MODES)}")
+
+
 def attention_tables(mode: str, rules=DEFAULT_RULES, module_rules=DEFAULT_MODULE_RULES):
     """(`rules`, `module_rules`) with the attention rules of `mode` ("heads" or "head_dims") laid over.
 
     >>> attention_tables("heads")[0] == DEFAULT_RULES
     True
     """
-    if mode not in ATTENTION_MODES:
-        raise UsageError(f"unknown attention mode '{mode}'; choose one of: {', '.join(ATTENTION_MODES)}")
+    check_attention_mode(mode)
     op_rules, module_overrides = ATTENTION_MODES[mode]
     return (MappingProxyType(dict(rules) | dict(op_rules)),
             MappingProxyType(dict(module_rules) | dict(module_overrides)))
 
 
 __all__ = ["ATTENTION_MODES", "DEFAULT_RULES", "Rule", "RuleContext", "op_key", "rule_elementwise",
-           "rule_unsupported", "attention_tables"]
+           "rule_unsupported", "attention_tables", "check_attention_mode"]

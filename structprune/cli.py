@@ -71,6 +71,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="artifact folder (default export/<model-name>/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export, parity and latency")
+    p.add_argument("--no-recapture", dest="recapture", action="store_false",
+                   help="verify without re-exporting the pruned model (shapes, sizes, masking still checked)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs on --data (0 = none)")
     p.add_argument("--recover", default="auto", choices=("auto", "finetune", "distill", "scratch-e", "scratch-b", "none"),
                    help="recovery method; auto = distill from the dense model")

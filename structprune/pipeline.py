@@ -19,6 +19,7 @@ from structprune.errors import QualityError, UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
 from structprune.io.load import LoadedModel
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
+from structprune.report.report import verification_label
 from structprune.report.writers import write_reports
 from structprune.select import Plan, check_ratio
 
@@ -45,6 +46,7 @@ class JobOptions:
     out: str | None = None
     force: bool = False
     onnx: bool = True
+    recapture: bool = True
     plan: str | None = None
     latency_runs: int = 20
     finetune_epochs: int = 0
@@ -190,13 +192,13 @@ def _criterion(options: JobOptions):
 def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
     if plan is not None:
         try:
-            return compress_with_plan(loaded.model, loaded.example_inputs, plan)
+            return compress_with_plan(loaded.model, loaded.example_inputs, plan, recapture=options.recapture)
         except ValueError as exc:  # a plan that does not fit the model
             raise UsageError(str(exc).replace("[select] ", "")) from exc
     return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
                     ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
                     max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
-                    data=calibration_loader(bundle) if bundle else None)
+                    recapture=options.recapture, data=calibration_loader(bundle) if bundle else None)
 
 
 def calibration_loader(bundle: DataBundle, samples: int = 1024):
@@ -252,7 +254,7 @@ def _summary(report: dict, out_dir: Path) -> str:
         acc = report["accuracy"]
         rows.append(["accuracy %", f"{acc['before']:.2f}", f"{acc['after']:.2f}", f"{acc['after'] - acc['before']:+.2f}"])
     parity = report.get("onnx", {}).get("parity")
-    tail = f"\nverification: {'passed' if report['verification']['ok'] else 'FAILED'}"
+    tail = f"\nverification: {verification_label(report['verification'])}"
     if parity:
         tail += f"; onnx parity max abs error {parity['max_abs_error']:.2e}"
     if report.get("onnx", {}).get("dynamic_batch") is False:

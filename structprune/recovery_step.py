@@ -48,7 +48,8 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
     fraction = 1.0 - (1.0 - options.ratio) ** (1.0 / options.iterative)
     dense = loaded.model if options.recover in ("auto", "distill") else None
     kwargs = dict(ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
-                  max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention)
+                  max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
+                  recapture=options.recapture)
     outcome = iterative_prune(loaded.model, loaded.example_inputs, bundle.train, bundle.val,
                               cycles=options.iterative, fraction=fraction, criterion=options.criterion,
                               config=recovery_config(options), dense=dense, ap_share=options.ap,

@@ -1,14 +1,16 @@
 """Model size and cost: parameter count and multiply-accumulates (MACs) for one forward pass.
 
-MACs are read off a captured graph's shapes with a small rule table (no forward pass): the ops that
-carry essentially all the arithmetic — convolutions, linear layers, matrix products, attention —
-counted the way torch's FlopCounterMode counts them (FLOPs / 2)."""
+MACs come from one small rule table over the ops that carry essentially all the arithmetic —
+convolutions, linear layers, matrix products, attention — counted the way torch's FlopCounterMode
+counts them (FLOPs / 2). The table reads either a captured graph's shapes (`macs_of`, no forward
+pass) or the ops of a forward that runs anyway (`MacCounter`)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
 from torch import fx, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from structprune.capture import Captured, capture
 
@@ -18,51 +20,79 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def _shape(arg) -> tuple[int, ...]:
-    return tuple(int(s) for s in arg.meta["val"].shape)
+def _shape(value) -> tuple[int, ...]:
+    """Shape of a graph value (an fx node, from its recorded fake value) or of a live tensor."""
+    tensor = value.meta["val"] if isinstance(value, fx.Node) else value
+    return tuple(int(s) for s in tensor.shape)
 
 
-def _conv(node: fx.Node) -> int:
-    w = _shape(node.args[1])
-    transposed = "transpose" in str(node.target) or (
-        "convolution" in str(node.target) and len(node.args) > 6 and bool(node.args[6]))
+def _conv(target: str, args, out) -> int:
+    w = _shape(args[1])
+    transposed = "transpose" in target or ("convolution" in target and len(args) > 6 and bool(args[6]))
     if transposed:
-        return math.prod(_shape(node.args[0])) * math.prod(w[1:])
-    return math.prod(_shape(node)) * math.prod(w[1:])
+        return math.prod(_shape(args[0])) * math.prod(w[1:])
+    return math.prod(_shape(out)) * math.prod(w[1:])
 
 
-def _linear(node: fx.Node) -> int:
-    return math.prod(_shape(node)) * _shape(node.args[1])[-1]
+def _linear(target: str, args, out) -> int:
+    return math.prod(_shape(out)) * _shape(args[1])[-1]
 
 
-def _matmul(node: fx.Node) -> int:
-    a = node.args[1] if "add" in str(node.target) else node.args[0]
-    return math.prod(_shape(node)) * _shape(a)[-1]
+def _matmul(target: str, args, out) -> int:
+    a = args[1] if "add" in target else args[0]
+    return math.prod(_shape(out)) * _shape(a)[-1]
 
 
-def _sdpa(node: fx.Node) -> int:
-    q, k, v = (_shape(a) for a in node.args[:3])
+def _sdpa(target: str, args, out) -> int:
+    q, k, v = (_shape(a) for a in args[:3])
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
+# Keyed by op name: the export graph's ops (conv2d, linear, scaled_dot_product_attention) and, for
+# MACs counted on a running forward, the ops they dispatch to (convolution, addmm, fused attention).
 _MAC_RULES = {
     **dict.fromkeys(("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
                      "conv_transpose2d", "conv_transpose3d"), _conv),
     "linear": _linear,
     **dict.fromkeys(("mm", "bmm", "matmul", "addmm", "baddbmm"), _matmul),
-    "scaled_dot_product_attention": _sdpa,
+    **dict.fromkeys(("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                     "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                     "_scaled_dot_product_cudnn_attention"), _sdpa),
 }
+
+
+def _node_macs(node: fx.Node) -> int:
+    packet = getattr(node.target, "overloadpacket", None)
+    rule = _MAC_RULES.get(getattr(packet, "__name__", ""))
+    return rule(str(node.target), node.args, node) if rule is not None and node.op == "call_function" else 0
 
 
 def macs_of(captured: Captured) -> int:
     """MACs of the captured graph, from node shapes."""
-    total = 0
-    for node in captured.graph.nodes:
-        packet = getattr(node.target, "overloadpacket", None)
-        rule = _MAC_RULES.get(getattr(packet, "__name__", ""))
-        if rule is not None and node.op == "call_function":
-            total += rule(node)
-    return int(total)
+    return int(sum(_node_macs(node) for node in captured.graph.nodes))
+
+
+class MacCounter(TorchDispatchMode):
+    """MACs of the ops that run inside the block, by the same rules as `macs_of` (which reads a
+    captured graph instead): lets a forward that runs anyway count its cost without a capture.
+
+    >>> import torch
+    >>> with MacCounter() as counter, torch.no_grad():
+    ...     _ = nn.Linear(4, 3)(torch.randn(2, 4))
+    >>> counter.total
+    24
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        rule = _MAC_RULES.get(func.overloadpacket.__name__)
+        if rule is not None:
+            self.total += rule(str(func), args, out)
+        return out
 
 
 def layer_costs(captured: Captured, model: nn.Module) -> list[tuple[str, str, int, int]]:
@@ -70,12 +100,11 @@ def layer_costs(captured: Captured, model: nn.Module) -> list[tuple[str, str, in
     macs: dict[str, int] = {}
     kinds: dict[str, str] = {}
     for node in captured.graph.nodes:
-        packet = getattr(node.target, "overloadpacket", None)
-        rule = _MAC_RULES.get(getattr(packet, "__name__", ""))
         stack = node.meta.get("nn_module_stack") or {}
-        if rule is not None and node.op == "call_function" and stack:
+        cost = _node_macs(node)
+        if cost and stack:
             fqn, cls = list(stack.values())[-1]
-            macs[fqn] = macs.get(fqn, 0) + rule(node)
+            macs[fqn] = macs.get(fqn, 0) + cost
             kinds[fqn] = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
     rows = []
     for fqn, module in model.named_modules():

@@ -9,6 +9,17 @@ from structprune.report.tables import format_table
 REPORT_SCHEMA = "structprune.report/1"
 
 
+def verification_label(verification: dict) -> str:
+    """"passed", "FAILED", or "passed (no re-capture)" when the re-capture check was skipped.
+
+    >>> verification_label({"ok": True, "recapture": False})
+    'passed (no re-capture)'
+    """
+    if not verification.get("ok"):
+        return "FAILED"
+    return "passed" if verification.get("recapture", True) else "passed (no re-capture)"
+
+
 @dataclass(frozen=True)
 class GroupRow:
     id: str
@@ -61,5 +72,5 @@ class Report:
     def summary(self) -> str:
         rows = [["params", f"{self.params_before:,}", f"{self.params_after:,}", f"{self.params_reduction:.2f}x"],
                 ["MACs", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_reduction:.2f}x"]]
-        verdict = "passed" if self.verification.get("ok") else "FAILED"
-        return format_table(["", "before", "after", "reduction"], rows) + f"\nverification: {verdict}"
+        return format_table(["", "before", "after", "reduction"], rows) + \
+            f"\nverification: {verification_label(self.verification)}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from structprune.io.atomic import write_atomically
-from structprune.report.report import REPORT_SCHEMA
+from structprune.report.report import REPORT_SCHEMA, verification_label
 from structprune.report.tables import markdown_table
 
 
@@ -121,7 +121,8 @@ def _parity_row(onnx: dict | None) -> list | None:
 def _verification_row(verification: dict) -> list:
     checks = verification.get("checks", [])
     detail = f"{len(checks)} checks, masking error {_sci(verification.get('masking_error'))}"
-    return ["verification", "—", detail, "passed" if verification.get("ok") else "**FAILED**"]
+    label = verification_label(verification)
+    return ["verification", "—", detail, "**FAILED**" if label == "FAILED" else label]
 
 
 def _onnx_notes(report: dict) -> list[str]:

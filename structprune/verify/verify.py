@@ -195,24 +195,39 @@ def _masked_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, 
 
 def _masked_state(model: nn.Module, graph: ChannelGraph, plan: Plan, exact) -> dict[str, torch.Tensor]:
     """Name -> masked copy for every parameter/buffer that loses a consumer-side (input) channel;
-    every name of a shared tensor maps to the same copy, with every group's zeros in it."""
+    every name of a shared tensor maps to the same copy, with every group's zeros in it. A copy is
+    made in one pass (`torch.where` against a keep mask per axis), not a clone plus a fill."""
     named = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    copies: dict[int, torch.Tensor] = {}
-    for fqn, axis, rows in _dropped_inputs(graph, plan, exact):
+    keeps: dict[int, dict[int, np.ndarray]] = {}
+    for fqn, axis, dropped in _dropped_inputs(graph, plan, exact):
         if fqn in named:
             tensor = named[fqn]
-            if id(tensor) not in copies:
-                copies[id(tensor)] = tensor.detach().clone()
-            copies[id(tensor)].index_fill_(axis, rows, 0.0)
+            axes = keeps.setdefault(id(tensor), {})
+            axes[axis] = axes.get(axis, np.ones(tensor.shape[axis], dtype=bool)) & ~dropped
+    by_id = {id(tensor): tensor for tensor in named.values()}
+    copies = {key: _zeroed(by_id[key], axes) for key, axes in keeps.items()}
     return {name: copies[id(tensor)] for name, tensor in named.items() if id(tensor) in copies}
 
 
-def _dropped_inputs(graph: ChannelGraph, plan: Plan, exact) -> Iterator[tuple[str, int, torch.Tensor]]:
-    """(fqn, axis, positions) of every consumer-side axis position the `exact` groups drop."""
+def _zeroed(tensor: torch.Tensor, keep_by_axis: dict[int, np.ndarray]) -> torch.Tensor:
+    """A copy of `tensor` with zeros wherever an axis' keep mask is False."""
+    out = tensor.detach()
+    for axis, keep in keep_by_axis.items():
+        shape = [1] * out.dim()
+        shape[axis] = -1
+        out = torch.where(torch.from_numpy(keep).view(shape), out, torch.zeros((), dtype=out.dtype))
+    return out
+
+
+def _dropped_inputs(graph: ChannelGraph, plan: Plan, exact) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(fqn, axis, dropped) for every consumer-side axis the `exact` groups drop positions of;
+    `dropped[p]` says whether position p of the axis is dropped."""
     groups = {g.id: g for g in graph.groups}
     for group in (groups[g] for g in exact):
-        dropped = np.setdiff1d(np.arange(group.size), np.asarray(plan.keep[group.id]))
+        dropped_channel = np.ones(group.size + 1, dtype=bool)  # the extra last entry: position -1
+        dropped_channel[np.asarray(plan.keep[group.id], dtype=np.int64)] = False
+        dropped_channel[-1] = False
         for member in (m for m in group.members if m.role == ROLE_IN):
-            rows = np.flatnonzero(np.isin(member.positions, dropped))
-            if rows.size:
-                yield member.fqn, member.axis, torch.as_tensor(rows)
+            dropped = dropped_channel[member.positions]
+            if dropped.any():
+                yield member.fqn, member.axis, dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy.sparse import csr_matrix
 from torch import fx, nn
 
 from structprune.capture import Captured
@@ -134,27 +135,57 @@ def _along(ids: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _group_components(members, vectors, solution: Solution) -> list[ChannelGroup]:
+    """Components touching the same member axes (and equally blocked) form one group."""
     if not members:
         return []
-    comps = np.concatenate(vectors)
-    owner = np.concatenate([np.full(v.size, i) for i, v in enumerate(vectors)])
-    keys = np.unique(comps * len(members) + owner)  # unique (component, member) pairs, sorted by component
-    pair_comp, pair_member = keys // len(members), keys % len(members)
-    starts = np.flatnonzero(np.r_[True, pair_comp[1:] != pair_comp[:-1]])
-    by_key: dict[tuple, list[int]] = {}
-    for comp, sig in zip(pair_comp[starts].tolist(), np.split(pair_member, starts[1:])):
-        by_key.setdefault((tuple(sig.tolist()), solution.is_blocked(comp)), []).append(comp)
-    ncomp = int(comps.max()) + 1
+    incidence = _incidence(vectors)
+    ncomp = incidence.shape[0]
+    blocked = np.zeros(ncomp, dtype=bool)
+    blocked[[c for c in solution.reasons if c < ncomp]] = True
+    by_key: dict[tuple, list[range]] = {}
+    for sig, is_blocked, comps in _signature_runs(incidence, blocked):
+        by_key.setdefault((sig, is_blocked), []).append(comps)
     comp_group = np.full(ncomp, -1)
     comp_channel = np.full(ncomp, -1)
     specs = []
-    for (sig, _), cs in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        ordered = _in_member_order(np.asarray(cs, dtype=np.int64), vectors[sig[0]])
-        gi = len(specs)
-        comp_group[ordered] = gi
+    for (sig, _), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        ordered = _in_member_order(np.concatenate([np.arange(r.start, r.stop) for r in runs]), vectors[sig[0]])
+        comp_group[ordered] = len(specs)
         comp_channel[ordered] = np.arange(ordered.size)
         specs.append((sig, ordered))
     return _make_groups(specs, members, vectors, comp_group, comp_channel, solution)
+
+
+def _incidence(vectors) -> csr_matrix:
+    """Component x member matrix: row c lists the member axes component c appears on (sorted, once)."""
+    comps = np.concatenate(vectors)
+    owner = np.repeat(np.arange(len(vectors)), [v.size for v in vectors])
+    shape = (int(comps.max()) + 1, len(vectors))
+    incidence = csr_matrix((np.ones(comps.size), (comps, owner)), shape=shape)
+    incidence.sum_duplicates()  # (the constructor did it already) sorted columns, each once
+    return incidence
+
+
+def _signature_runs(incidence: csr_matrix, blocked: np.ndarray):
+    """(member indices, blocked, components) per run of consecutive components with the same row.
+    Consecutive components mostly come from one axis, so runs are far fewer than components."""
+    ncomp = blocked.size
+    starts = np.flatnonzero(_differs_from_previous(incidence) | np.r_[True, blocked[1:] != blocked[:-1]])
+    for start, end in zip(starts.tolist(), starts[1:].tolist() + [ncomp]):
+        member_ids = incidence.indices[incidence.indptr[start]:incidence.indptr[start + 1]]
+        if member_ids.size:  # components on no member axis belong to no group
+            yield tuple(member_ids.tolist()), bool(blocked[start]), range(start, end)
+
+
+def _differs_from_previous(rows: csr_matrix) -> np.ndarray:
+    """Per row of a canonical CSR matrix: whether its column list differs from the previous row's."""
+    lengths = np.diff(rows.indptr)
+    same_length = np.r_[False, lengths[1:] == lengths[:-1]]
+    row_of_entry = np.repeat(np.arange(lengths.size), lengths)
+    # entry k of a row sits at k - length in the previous row when the two rows have the same length
+    same_slot_before = np.arange(rows.indices.size) - lengths[row_of_entry]
+    mismatch = rows.indices != rows.indices[same_slot_before]
+    return ~same_length | (np.bincount(row_of_entry, weights=mismatch, minlength=lengths.size) > 0)
 
 
 def _in_member_order(components: np.ndarray, first_member: np.ndarray) -> np.ndarray:
@@ -166,19 +197,42 @@ def _in_member_order(components: np.ndarray, first_member: np.ndarray) -> np.nda
 
 def _make_groups(specs, members, vectors, comp_group, comp_channel, solution) -> list[ChannelGroup]:
     groups, seen = [], {}
+    group_reasons = _per_group(solution.reasons, comp_group, len(specs))
+    group_ops = _per_group(solution.inexact_ops, comp_group, len(specs))
+    positions = _member_positions(specs, vectors, comp_group, comp_channel)
     for gi, (sig, ordered) in enumerate(specs):
-        group_members = tuple(
-            Member(*members[m], positions=np.where(comp_group[vectors[m]] == gi, comp_channel[vectors[m]], -1))
-            for m in sig
-        )
+        group_members = tuple(Member(*members[m], positions=positions[gi, m]) for m in sig)
         base = f"{members[sig[0]][0]}:{members[sig[0]][1]}"
         seen[base] = seen.get(base, 0) + 1
         gid = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        reasons = tuple(sorted({r for c in ordered.tolist() for r in solution.reasons.get(c, ())}, key=str))
-        ops = tuple(sorted({o for c in ordered.tolist() for o in solution.inexact_ops.get(c, ())}))
+        reasons = tuple(sorted(group_reasons[gi], key=str))
+        ops = tuple(sorted(group_ops[gi]))
         has_consumer = any(m.role == ROLE_IN for m in group_members)
         if not has_consumer and not ops:
             ops = ("no consumer layer",)
         groups.append(ChannelGroup(gid, int(ordered.size), group_members, not reasons, reasons,
                                    not ops, ops, ordered))
     return groups
+
+
+def _member_positions(specs, vectors, comp_group, comp_channel) -> dict[tuple[int, int], np.ndarray]:
+    """(group, member) -> the group channel at each position of the member axis, -1 where another
+    group owns the position. One array operation per member axis covers all of its groups."""
+    groups_of: dict[int, list[int]] = {}
+    for gi, (sig, _) in enumerate(specs):
+        for m in sig:
+            groups_of.setdefault(m, []).append(gi)
+    positions = {}
+    for m, gis in groups_of.items():
+        rows = np.where(comp_group[vectors[m]] == np.array(gis)[:, None], comp_channel[vectors[m]], -1)
+        positions.update(((gi, m), row) for gi, row in zip(gis, rows))
+    return positions
+
+
+def _per_group(per_component: dict[int, tuple], comp_group: np.ndarray, ngroups: int) -> list[set]:
+    """A per-component table (reasons, inexact ops) merged over each group's components."""
+    merged: list[set] = [set() for _ in range(ngroups)]
+    for comp, entries in per_component.items():
+        if comp < comp_group.size and comp_group[comp] >= 0:
+            merged[comp_group[comp]].update(entries)
+    return merged

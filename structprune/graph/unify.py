@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from structprune.graph.reasons import Reason
@@ -34,11 +34,10 @@ class IdSpace:
 
     def __init__(self) -> None:
         self._next = 0
-        self._edges_a: list[np.ndarray] = []
-        self._edges_b: list[np.ndarray] = []
+        self._pairs_a: list[np.ndarray] = []
+        self._pairs_b: list[np.ndarray] = []
         self._reason_ids: dict[Reason, int] = {}
         self._reason_of: dict[int, Reason] = {}
-        self._blocked: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, reason ids)
         self._inexact: list[tuple[np.ndarray, str]] = []
 
     @property
@@ -61,20 +60,11 @@ class IdSpace:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Tie a[i] with b[i] for every position after broadcasting the two arrays. A pair with a
-        reason element blocks the other side instead (blocked channels are not merged together)."""
+        reason element blocks the other side instead (blocked channels are not merged together);
+        `solve` sorts the pairs into ties and blocks."""
         a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
-        a, b = a.ravel(), b.ravel()
-        if self._reason_of:
-            reasons = np.fromiter(self._reason_of, dtype=np.int64)
-            ra, rb = np.isin(a, reasons), np.isin(b, reasons)
-            self._blocked.append((a[rb & ~ra], b[rb & ~ra]))
-            self._blocked.append((b[ra & ~rb], a[ra & ~rb]))
-            plain = ~(ra | rb)
-            a, b = a[plain], b[plain]
-        keep = a != b
-        if keep.any():
-            self._edges_a.append(a[keep])
-            self._edges_b.append(b[keep])
+        self._pairs_a.append(a.ravel())
+        self._pairs_b.append(b.ravel())
 
     def union_all(self, ids: np.ndarray) -> None:
         """Tie every id in `ids` together."""
@@ -83,38 +73,55 @@ class IdSpace:
             self.union(flat[:1], flat[1:])
 
     def block(self, ids: np.ndarray, reason: Reason) -> None:
-        """Block every id in `ids` with `reason`."""
-        flat = np.unique(np.asarray(ids, dtype=np.int64))
-        if flat.size:
-            self.union(flat, np.int64(self.reason_id(reason)))
+        """Block every id in `ids` with `reason` (its reason element is made on the first real block)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size:
+            self.union(ids, np.int64(self.reason_id(reason)))
 
     def flag_inexact(self, ids: np.ndarray, op: str) -> None:
         """Mark ids whose masking equivalence cannot be exact (a normalisation mixes them)."""
-        self._inexact.append((np.unique(np.asarray(ids, dtype=np.int64)), op))
+        self._inexact.append((np.asarray(ids, dtype=np.int64).ravel(), op))
 
     def solve(self) -> Solution:
-        n = self._next
-        if self._edges_a:
-            a = np.concatenate(self._edges_a)
-            b = np.concatenate(self._edges_b)
-        else:
-            a = b = np.zeros(0, dtype=np.int64)
-        graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
+        """The component of every id, and the reasons and inexact ops of each component."""
+        a, b = self._pairs()
+        is_reason = np.zeros(self._next, dtype=bool)
+        is_reason[list(self._reason_of)] = True
+        ra, rb = is_reason[a], is_reason[b]
+        plain = ~(ra | rb)
+        comp = self._components(a[plain], b[plain])
+        blocked = np.concatenate([a[rb & ~ra], b[ra & ~rb]])
+        reason_ids = np.concatenate([b[rb & ~ra], a[ra & ~rb]])
         reasons: dict[int, set[Reason]] = {}
-        for ids, rids in self._blocked:
-            for c, rid in set(zip(comp[ids].tolist(), rids.tolist())):
-                reasons.setdefault(c, set()).add(self._reason_of[rid])
-        inexact = np.zeros(int(comp.max()) + 1 if n else 0, dtype=bool)
-        inexact_ops: dict[int, set[str]] = {}
-        for ids, op in self._inexact:
-            comps = np.unique(comp[ids])
-            inexact[comps] = True
-            for c in comps.tolist():
-                inexact_ops.setdefault(c, set()).add(op)
+        for c, rid in set(zip(comp[blocked].tolist(), reason_ids.tolist())):
+            reasons.setdefault(c, set()).add(self._reason_of[rid])
+        inexact, inexact_ops = self._inexact_components(comp)
         return Solution(
             component=comp,
             reasons={c: tuple(sorted(r, key=str)) for c, r in reasons.items()},
             inexact=inexact,
             inexact_ops={c: tuple(sorted(o)) for c, o in inexact_ops.items()},
         )
+
+    def _components(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Connected components of the graph with an edge a[i] -- b[i] for every i."""
+        n = self._next
+        graph = csr_matrix((np.ones(a.size), (a, b)), shape=(n, n))  # csgraph's own format and dtype
+        return connected_components(graph, directed=False)[1]
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair recorded by `union` so far, as two flat id arrays."""
+        if not self._pairs_a:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(self._pairs_a), np.concatenate(self._pairs_b)
+
+    def _inexact_components(self, comp: np.ndarray) -> tuple[np.ndarray, dict[int, set[str]]]:
+        """Which components some op flagged inexact, and the ops that did."""
+        inexact = np.zeros(int(comp.max()) + 1 if comp.size else 0, dtype=bool)
+        inexact_ops: dict[int, set[str]] = {}
+        for ids, op in self._inexact:
+            comps = np.unique(comp[ids])
+            inexact[comps] = True
+            for c in comps.tolist():
+                inexact_ops.setdefault(c, set()).add(op)
+        return inexact, inexact_ops

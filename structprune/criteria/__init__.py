@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from structprune.criteria.base import (Criterion, GroupView, MemberSlice, PerGroupCriterion, ScoringContext,
-                                       SelectingCriterion, Selection)
+                                       SelectingCriterion, Selection, TensorAxis)
 from structprune.criteria.coreset import Coreset
 from structprune.criteria.dropnet import DropNet
 from structprune.criteria.ispasp import ISpaSP
@@ -41,5 +41,5 @@ def needs_labels(criterion) -> bool:
 
 
 __all__ = ["CRITERIA", "Coreset", "Criterion", "DropNet", "GroupView", "ISpaSP", "KFACTrainPrune", "MemberSlice",
-           "PerGroupCriterion", "ScoringContext", "SelectingCriterion", "Selection", "Spectral", "Taylor",
+           "PerGroupCriterion", "ScoringContext", "SelectingCriterion", "Selection", "Spectral", "Taylor", "TensorAxis",
            "get_criterion", "needs_labels"]

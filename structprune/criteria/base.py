@@ -3,6 +3,7 @@ the member axis first, flattened to (axis_size, -1), plus which group channel ea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
@@ -10,18 +11,46 @@ import torch
 
 
 @dataclass(frozen=True, eq=False)
+class TensorAxis:
+    """One axis of a member's whole tensor `full` (detached). `matrix` is `full` with that axis first
+    as (rows, -1): built on first use (an inner axis needs a copy) and shared by every group holding
+    this axis, so criteria that never read it never pay for it."""
+
+    full: torch.Tensor
+    axis: int
+    rows: int
+
+    @cached_property
+    def matrix(self) -> torch.Tensor:
+        return self.full.movedim(self.axis, 0).reshape(self.rows, -1)
+
+
+@dataclass(frozen=True, eq=False)
 class MemberSlice:
-    """One member of a group: `tensor` is (axis_size, -1); `positions[p]` is the group channel of row
+    """One member of a group: `source` is its tensor axis; `positions[p]` is the group channel of row
     p (-1 for rows of other groups); `role` is 'in', 'out' or 'elem'; `is_param` tells parameters
-    from buffers; `axis` is the member's axis in the full tensor (None if the caller did not say:
-    `resolve_axis` then recovers it)."""
+    from buffers."""
 
     fqn: str
     role: str
-    tensor: torch.Tensor
+    source: TensorAxis
     positions: np.ndarray
     is_param: bool
-    axis: int | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The member's tensor with its axis first, flattened to (axis_size, -1)."""
+        return self.source.matrix
+
+    @property
+    def full(self) -> torch.Tensor:
+        """The member's whole tensor (detached), in its own layout."""
+        return self.source.full
+
+    @property
+    def axis(self) -> int:
+        """The axis of `full` that the member's rows run along."""
+        return self.source.axis
 
     def per_channel(self, row_values: torch.Tensor, size: int) -> np.ndarray:
         """Sum per-row values into the group's channels."""
@@ -97,20 +126,6 @@ class PerGroupCriterion:
         return {g.group_id: np.asarray(self.fn(g, ctx), dtype=np.float64) for g in groups}
 
 
-def resolve_axis(member: MemberSlice, full: torch.Tensor) -> int:
-    """The axis of `full` (the member's whole tensor) that the member's rows run along: the given
-    `member.axis`, else the axis whose layout reproduces `member.tensor` exactly."""
-    if member.axis is not None:
-        return member.axis
-    rows = len(member.positions)
-    for axis in range(full.ndim):
-        if full.shape[axis] == rows or full.ndim == 1:
-            view = full.detach().movedim(axis, 0).reshape(rows, -1)
-            if view.shape == member.tensor.shape and torch.equal(view, member.tensor):
-                return axis
-    raise ValueError(f"cannot tell which axis of '{member.fqn}' {tuple(full.shape)} the group runs along")
-
-
-def rows_of(member: MemberSlice, full: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def rows_of(member: MemberSlice, values: torch.Tensor) -> torch.Tensor:
     """`values` (shaped like the member's whole tensor) laid out like `member.tensor`: (rows, -1)."""
-    return values.movedim(resolve_axis(member, full), 0).reshape(len(member.positions), -1)
+    return values.movedim(member.axis, 0).reshape(len(member.positions), -1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.criteria.base import GroupView, resolve_axis
+from structprune.criteria.base import GroupView
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +43,7 @@ def channel_elements(group: GroupView, model: nn.Module) -> ChannelElements:
         if not m.is_param or m.fqn in index:
             continue
         full = params[m.fqn]
-        axis = resolve_axis(m, full)
+        axis = m.axis
         if full.shape[axis] != len(m.positions):
             continue
         shape = [1] * full.ndim

@@ -2,34 +2,85 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
-from structprune.criteria.base import GroupView, PerGroupCriterion, ScoringContext
+from structprune.criteria.base import GroupView, PerGroupCriterion, ScoringContext, TensorAxis
 
 
-def _magnitude(group: GroupView, p: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Magnitude:
     """Sum over every parameter member of the group of the per-channel L_p norm (to the power p):
     the whole coupled structure counts, not just the first layer (Torch-Pruning's group norm).
-    Only the group's own rows are reduced, so a tensor shared by many groups (a concat consumer)
-    costs its size once overall, not once per group."""
+    Each tensor axis is reduced once per `score` call and its row sums are shared by every group
+    holding it, so a tensor shared by many groups (a concat consumer) costs its size once overall."""
+
+    name: str
+    p: int
+    description: str = ""
+    needs_data: bool = False
+
+    def score(self, groups: list[GroupView], ctx: ScoringContext | None) -> dict[str, np.ndarray]:
+        sums: dict[TensorAxis, np.ndarray] = {}
+        return {g.group_id: _magnitude(g, self.p, sums) for g in groups}
+
+    def fn(self, group: GroupView, ctx: ScoringContext | None) -> np.ndarray:
+        """One group's scores (the per-group form of `score`)."""
+        return _magnitude(group, self.p, {})
+
+
+def _magnitude(group: GroupView, p: int, sums: dict[TensorAxis, np.ndarray]) -> np.ndarray:
+    """Per channel of the group, the sum over its parameter members' rows of sum |x|^p; `sums`
+    caches each tensor axis's row sums for the other groups of the same call."""
     total = np.zeros(group.size)
     for member in group.members:
         if member.is_param:
+            if member.source not in sums:
+                sums[member.source] = _row_power_sums(member.source, p).detach().double().cpu().numpy()
             rows = np.flatnonzero(member.positions >= 0)
-            values = torch.linalg.vector_norm(member.tensor[torch.as_tensor(rows)], ord=p, dim=1).pow(p)
-            np.add.at(total, member.positions[rows], values.detach().double().cpu().numpy())
+            np.add.at(total, member.positions[rows], sums[member.source][rows])
     return total
 
 
-def _bn_scale(group: GroupView, ctx: ScoringContext) -> np.ndarray:
+def _row_power_sums(source: TensorAxis, p: int) -> torch.Tensor:
+    """Sum of |x|^p over each row of the tensor axis. Rows along the leading axis of a contiguous
+    tensor are contiguous already and go through the norm kernel (row by row, as before); an inner
+    axis is reduced in the tensor's own memory order instead of being transposed into rows first."""
+    if source.axis == 0 and source.full.is_contiguous():
+        return torch.linalg.vector_norm(source.matrix, ord=p, dim=1).pow(p)
+    return _abs_power(source.full, p).sum(dim=[d for d in range(source.full.ndim) if d != source.axis])
+
+
+_ABS_POWER = MappingProxyType({1: torch.abs, 2: torch.square})
+
+
+def _abs_power(t: torch.Tensor, p: int) -> torch.Tensor:
+    """|t|^p, in one pass for the usual p."""
+    return _ABS_POWER[p](t) if p in _ABS_POWER else t.abs().pow(p)
+
+
+@dataclass(frozen=True)
+class BNScale:
     """|gamma| of the group's normalisation scales (1-D element-wise weights, Liu et al. 2017
-    "network slimming"); groups without one fall back to L1 magnitude."""
+    "network slimming"); groups without one fall back to L1 magnitude (row sums shared as in L1)."""
+
+    name: str = "bn_scale"
+    description: str = "|BatchNorm gamma| (network slimming)"
+    needs_data: bool = False
+
+    def score(self, groups: list[GroupView], ctx: ScoringContext | None) -> dict[str, np.ndarray]:
+        sums: dict[TensorAxis, np.ndarray] = {}
+        return {g.group_id: _bn_scale(g, sums) for g in groups}
+
+
+def _bn_scale(group: GroupView, sums: dict[TensorAxis, np.ndarray]) -> np.ndarray:
     scales = [m for m in group.members if m.role == "elem" and m.is_param and m.fqn.endswith("weight")
               and m.tensor.shape[1] == 1]
     if not scales:
-        return _magnitude(group, 1)
+        return _magnitude(group, 1, sums)
     return sum(m.per_channel(m.tensor.abs().sum(dim=1), group.size) for m in scales)
 
 
@@ -39,7 +90,7 @@ def _random(group: GroupView, ctx: ScoringContext) -> np.ndarray:
     return rng.random(group.size)
 
 
-L1 = PerGroupCriterion("l1", lambda g, ctx: _magnitude(g, 1), description="sum of |w| over the group")
-L2 = PerGroupCriterion("l2", lambda g, ctx: _magnitude(g, 2), description="sum of w² over the group")
-BN_SCALE = PerGroupCriterion("bn_scale", _bn_scale, description="|BatchNorm gamma| (network slimming)")
+L1 = Magnitude("l1", 1, description="sum of |w| over the group")
+L2 = Magnitude("l2", 2, description="sum of w² over the group")
+BN_SCALE = BNScale()
 RANDOM = PerGroupCriterion("random", _random, description="seeded random baseline")

@@ -60,6 +60,6 @@ def _group_change(group: GroupView, members, params, grads) -> np.ndarray:
     """Per channel: sum over its slice of all members of w * dL/dw (first-order loss change)."""
     total = np.zeros(group.size)
     for m in members:
-        product = rows_of(m, params[m.fqn], params[m.fqn].detach() * grads[m.fqn])
+        product = rows_of(m, params[m.fqn].detach() * grads[m.fqn])
         total += m.per_channel(product.sum(dim=1), group.size)
     return total

@@ -27,7 +27,7 @@ class AttentionShape:
 
 def _query_projection(module: nn.Module) -> tuple[str, int] | None:
     for name, blocks in QUERY_PROJECTIONS.items():
-        linear = getattr(module, name, None)
+        linear = module._modules.get(name)  # a child module is always registered here (no getattr miss)
         if isinstance(linear, nn.Linear) and linear.out_features % blocks == 0:
             return name, linear.out_features // blocks
     return None
@@ -50,8 +50,10 @@ def attention_shape(module: nn.Module) -> AttentionShape | None:
     if isinstance(module, nn.MultiheadAttention):  # the shrink table handles it
         return None
     found = _query_projection(module)
+    if found is None:
+        return None
     count, size = _first_int(module, HEAD_COUNTS), _first_int(module, HEAD_SIZES)
-    if found is None or (count is None and size is None):
+    if count is None and size is None:
         return None
     name, width = found
     heads = count if count is not None else width // size

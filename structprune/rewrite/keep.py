@@ -37,7 +37,8 @@ def component_keep(graph: ChannelGraph, plan: Plan) -> np.ndarray:
     for group in graph.groups:
         kept = plan.keep.get(group.id)
         if kept is not None and len(kept) < group.size:
-            dropped = np.setdiff1d(np.arange(group.size), np.asarray(kept, dtype=np.int64))
+            dropped = np.ones(group.size, dtype=bool)
+            dropped[np.asarray(kept, dtype=np.int64)] = False
             keep[group.components[dropped]] = False
     return keep
 

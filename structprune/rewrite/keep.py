@@ -6,7 +6,7 @@ import numpy as np
 from structprune.errors import PlanError, RewriteError
 from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.select.plan import Plan
+from structprune.select.plan import Plan, dropped_mask
 
 
 def validate_plan(graph: ChannelGraph, plan: Plan) -> None:
@@ -37,9 +37,7 @@ def component_keep(graph: ChannelGraph, plan: Plan) -> np.ndarray:
     for group in graph.groups:
         kept = plan.keep.get(group.id)
         if kept is not None and len(kept) < group.size:
-            dropped = np.ones(group.size, dtype=bool)
-            dropped[np.asarray(kept, dtype=np.int64)] = False
-            keep[group.components[dropped]] = False
+            keep[group.components[dropped_mask(group.size, kept)]] = False
     return keep
 
 

@@ -7,7 +7,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import numpy as np
+
 PLAN_FORMAT = 1
+
+
+def dropped_mask(size: int, kept) -> np.ndarray:
+    """Per channel of a group of `size`: True where it is not among the `kept` indices.
+
+    >>> dropped_mask(4, (0, 2)).tolist()
+    [False, True, False, True]
+    """
+    mask = np.ones(size, dtype=bool)
+    mask[np.asarray(kept, dtype=np.int64)] = False
+    return mask
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import MacCounter, macs_of
 from structprune.rewrite import component_keep, kept_indices, rewrite_model
 from structprune.rules.context import ROLE_IN
-from structprune.select.plan import Plan
+from structprune.select.plan import Plan, dropped_mask
 
 RTOL = 1e-4
 
@@ -224,9 +224,7 @@ def _dropped_inputs(graph: ChannelGraph, plan: Plan, exact) -> Iterator[tuple[st
     `dropped[p]` says whether position p of the axis is dropped."""
     groups = {g.id: g for g in graph.groups}
     for group in (groups[g] for g in exact):
-        dropped_channel = np.ones(group.size + 1, dtype=bool)  # the extra last entry: position -1
-        dropped_channel[np.asarray(plan.keep[group.id], dtype=np.int64)] = False
-        dropped_channel[-1] = False
+        dropped_channel = np.append(dropped_mask(group.size, plan.keep[group.id]), False)  # [-1]: other groups
         for member in (m for m in group.members if m.role == ROLE_IN):
             dropped = dropped_channel[member.positions]
             if dropped.any():

@@ -19,7 +19,7 @@ from structprune.errors import QualityError, UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
 from structprune.io.load import LoadedModel
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
-from structprune.report.report import verification_label
+from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
 from structprune.select import Plan, check_ratio
 
@@ -104,7 +104,7 @@ def run_job(options: JobOptions) -> JobResult:
         steps.update()
     steps.close()
     _barrier()
-    return JobResult(out_dir, report.to_json(), _summary(report.to_json(), out_dir))
+    return JobResult(out_dir, report.to_json(), job_summary(report.to_json(), out_dir))
 
 
 def _is_main_process() -> bool:
@@ -237,27 +237,3 @@ def _export_and_check(stage: Path, loaded: LoadedModel, result: CompressResult, 
 
 def _write_reports(stage: Path, report: dict) -> None:
     write_reports(report, stage)
-
-
-def _summary(report: dict, out_dir: Path) -> str:
-    from structprune.report.tables import format_table
-
-    rows = [["params", f"{report['params']['before']:,}", f"{report['params']['after']:,}",
-             f"{report['params']['reduction']:.2f}x"],
-            ["MACs", f"{report['macs']['before']:,}", f"{report['macs']['after']:,}",
-             f"{report['macs']['reduction']:.2f}x"]]
-    latency = report.get("onnx", {}).get("latency")
-    if latency:
-        rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
-                     f"{latency['speedup']:.2f}x"])
-    if "accuracy" in report:
-        acc = report["accuracy"]
-        rows.append(["accuracy %", f"{acc['before']:.2f}", f"{acc['after']:.2f}", f"{acc['after'] - acc['before']:+.2f}"])
-    parity = report.get("onnx", {}).get("parity")
-    tail = f"\nverification: {verification_label(report['verification'])}"
-    if parity:
-        tail += f"; onnx parity max abs error {parity['max_abs_error']:.2e}"
-    if report.get("onnx", {}).get("dynamic_batch") is False:
-        tail += f"\nnote: model.onnx has a fixed batch of {parity['batch_sizes_checked'][0]} (the model only runs at " \
-                "that batch, e.g. a .pt2 exported with a static batch)"
-    return format_table(["", "before", "after", "change"], rows) + tail + f"\nartifacts: {out_dir}/"

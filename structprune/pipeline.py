@@ -12,12 +12,16 @@ from typing import Any, Mapping
 import torch
 from tqdm import tqdm
 
-from structprune.api import CompressResult, compress, compress_with_plan, export
+from structprune.api import CompressResult, apply_plan, compress, compress_with_plan, export
+from structprune.artifacts import Written, read_back
 from structprune.criteria import get_criterion
-from structprune.data import DataBundle, evaluate_accuracy, load_data
-from structprune.errors import QualityError, UsageError
+from structprune.data import DataBundle, load_data
+from structprune.errors import UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
+from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
+from structprune.io.pt2 import SavedPt2
+from structprune.quality import check_gate_can_run, quality_gate, with_accuracy, with_published_accuracy
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
@@ -80,31 +84,59 @@ def run_job(options: JobOptions) -> JobResult:
     loaded = load_model(options.model, arch=options.arch, arch_kwargs=dict(options.arch_kwargs),
                         trust_pickle=options.trust_pickle, input_shape=options.input_shape)
     bundle = _load_bundle(options, loaded)
+    check_gate_can_run(options, loaded, bundle)
     plan = _load_plan(options.plan) if options.plan else None
     out_dir = Path(options.out) if options.out else Path("export") / loaded.name
     if not _is_main_process():  # under torchrun: take part in training and all-reduces, write nothing
         _compress(loaded, options, plan, bundle)
         _barrier()
         return JobResult(out_dir, {}, "")
-    steps = tqdm(total=4 if options.onnx else 3, desc="structprune", unit="step", disable=None, leave=False)
+    steps = tqdm(total=5 if options.onnx else 4, desc="structprune", unit="step", disable=None, leave=False)
     with staged_output_dir(out_dir, options.force) as stage:
-        steps.set_postfix_str("compress + verify")
-        result = _compress(loaded, options, plan, bundle)
-        steps.update()
-        report = _with_accuracy(result, loaded, bundle)
-        _quality_gate(report, options)
-        steps.set_postfix_str("save model")
-        _write_models(stage, loaded, result)
-        steps.update()
-        if options.onnx:
-            steps.set_postfix_str("onnx export + parity + latency")
-            report = report.with_extra(onnx=_export_and_check(stage, loaded, result, options.latency_runs))
-            steps.update()
-        _write_reports(stage, report.to_json())
-        steps.update()
+        report = _build_artifacts(stage, loaded, options, plan, bundle, steps)
     steps.close()
     _barrier()
-    return JobResult(out_dir, report.to_json(), job_summary(report.to_json(), out_dir))
+    return JobResult(out_dir, report, job_summary(report, out_dir))
+
+
+def _build_artifacts(stage: Path, loaded: LoadedModel, options: JobOptions, plan: Plan | None,
+                     bundle: DataBundle | None, steps: tqdm) -> dict:
+    """Compress, write every artifact into `stage`, read each one back and check it, gate, report."""
+    steps.set_postfix_str("compress + verify")
+    result = _compress(loaded, options, plan, bundle)
+    steps.update()
+    report = with_accuracy(result, loaded, bundle)
+    quality_gate(report, options)  # fail on the in-memory model before spending time on export
+    steps.set_postfix_str("save model")
+    saved = _write_models(stage, loaded, result)
+    steps.update()
+    parity = None
+    if options.onnx:
+        steps.set_postfix_str("onnx export + parity + latency")
+        report = report.with_extra(onnx=_export_and_check(stage, loaded, result, options.latency_runs))
+        parity = report.extra["onnx"].get("parity")
+        steps.update()
+    steps.set_postfix_str("read back artifacts")
+    written = Written(result.model, result.plan, saved, _rebuilder(loaded, result.plan), parity)
+    report = report.with_extra(artifacts=read_back(stage, written), pt2_dynamic_batch=saved.dynamic_batch)
+    report = with_published_accuracy(report, stage, saved, bundle, result.model)
+    quality_gate(report, options)  # the gate judges what is published, not only the in-memory model
+    steps.update()
+    _write_reports(stage, report.to_json())
+    steps.update()
+    return report.to_json()
+
+
+def _rebuilder(loaded: LoadedModel, plan: Plan):
+    """A function that rebuilds the pruned architecture from `--arch` (or the zoo), or None."""
+    if loaded.arch is None:
+        return None
+
+    def rebuild() -> torch.nn.Module:
+        fresh = build_arch(loaded.arch, loaded.arch_kwargs).model
+        return apply_plan(fresh, loaded.example_inputs, plan, verify=False)
+
+    return rebuild
 
 
 def _is_main_process() -> bool:
@@ -142,17 +174,6 @@ def _check_options(options: JobOptions) -> None:
         raise UsageError(f"recovery options: {exc}") from exc
     if options.iterative < 0 or (options.ap is not None and not 0.0 < options.ap < 1.0):
         raise UsageError("--iterative must be >= 0 and --ap a share in (0, 1), e.g. 0.02")
-
-
-def _quality_gate(report, options: JobOptions) -> None:
-    from structprune.recover import check_quality_gate
-
-    accuracy = report.extra.get("accuracy")
-    if options.max_accuracy_drop is None or not accuracy:
-        return
-    ok, message = check_quality_gate(accuracy["before"], accuracy["after"], options.max_accuracy_drop)
-    if not ok:
-        raise QualityError(f"{message}; no artifacts written")
 
 
 def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
@@ -210,22 +231,10 @@ def calibration_loader(bundle: DataBundle, samples: int = 1024):
     return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False)
 
 
-def _with_accuracy(result: CompressResult, loaded: LoadedModel, bundle: DataBundle | None):
-    if bundle is None or bundle.val is None or bundle.num_classes is None:
-        return result.report
-    before = evaluate_accuracy(loaded.model, bundle.val)
-    after = evaluate_accuracy(result.model, bundle.val)
-    section = {"before": round(before, 3), "after": round(after, 3), "data": bundle.name}
-    recovery = result.report.extra.get("recovery")
-    if recovery is not None and recovery.get("val_accuracy_before") is not None:
-        section["one_shot"] = round(recovery["val_accuracy_before"], 3)
-    return result.report.with_extra(accuracy=section)
-
-
-def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> None:
+def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> SavedPt2:
     atomic_write_text(stage / "plan.json", result.plan.to_json())
     atomic_torch_save(result.model.state_dict(), stage / "state_dict.pt")
-    save_pt2(result.model, loaded.example_inputs, stage / "model.pt2")
+    return save_pt2(result.model, loaded.example_inputs, stage / "model.pt2")
 
 
 def _export_and_check(stage: Path, loaded: LoadedModel, result: CompressResult, runs: int) -> dict:

@@ -93,8 +93,9 @@ def test_pt2_loads_runs_and_matches_original(files: dict, cnn: torch.nn.Module,
 
 def test_save_pt2_round_trips(tmp_path: Path) -> None:
     model = load_model("zoo:mlp")
-    target = save_pt2(model.model, model.example_inputs, tmp_path / "mlp.pt2")
-    reloaded = load_model(str(target))
+    saved = save_pt2(model.model, model.example_inputs, tmp_path / "mlp.pt2")
+    assert saved.dynamic_batch and not saved.has_tokens
+    reloaded = load_model(str(saved.path))
     torch.testing.assert_close(_outputs(reloaded.model, model.example_inputs),
                                _outputs(model.model, model.example_inputs))
     assert [p.name for p in tmp_path.iterdir()] == ["mlp.pt2"]

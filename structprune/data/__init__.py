@@ -5,8 +5,8 @@
 (1, 8, 8)
 """
 from structprune.data.bundle import DataBundle, DataOptions
-from structprune.data.evaluation import calibration_batches, evaluate_accuracy
+from structprune.data.evaluation import accuracy_unmeasurable, calibration_batches, evaluate_accuracy
 from structprune.data.load import DATA_SOURCES, DataSource, load_data
 
-__all__ = ["DATA_SOURCES", "DataBundle", "DataOptions", "DataSource", "calibration_batches",
+__all__ = ["DATA_SOURCES", "DataBundle", "DataOptions", "DataSource", "accuracy_unmeasurable", "calibration_batches",
            "evaluate_accuracy", "load_data"]

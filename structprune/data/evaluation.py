@@ -31,6 +31,37 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     return 100.0 * correct / total
 
 
+def accuracy_unmeasurable(model: nn.Module, loader: DataLoader | None) -> str:
+    """Why top-1 accuracy cannot be measured on `loader` ("" when it can): no validation loader, no
+    labels, labels that are not class indices, or a model whose output is not (batch, classes)
+    logits covering the labels. The class count comes from the model's output.
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> data = DataLoader(TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 2, 5])), batch_size=4)
+    >>> accuracy_unmeasurable(torch.nn.Linear(3, 4), data)
+    'labels go up to 5 but the model has 4 outputs (classes)'
+    """
+    if loader is None:
+        return "the data has no validation split"
+    batch = next(iter(loader), None)
+    if batch is None:
+        return "the validation loader yields no batches"
+    inputs, labels = split_batch(batch)
+    if labels is None:
+        return "the validation batches carry no labels (give (x, y) tuples or a dict with a 'labels' key)"
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        return f"the labels are not class indices (dtype {labels.dtype}, shape {tuple(labels.shape)})"
+    with eval_mode(model), torch.no_grad():
+        logits = run_model(model, move_to(inputs, _device_of(model)))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        return f"the model's output is {shape}, not (batch, classes) logits"
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        return f"labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs (classes)"
+    return ""
+
+
 def calibration_batches(bundle: DataBundle, n_samples: int) -> list[Any]:
     """Inputs of the first `n_samples` training samples (dataset order, not shuffled), in batches.
 

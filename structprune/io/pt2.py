@@ -11,13 +11,14 @@ import io
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from structprune.capture.export import normalize_inputs
+from structprune.capture.deploy import export_for_deployment
 from structprune.errors import CaptureError, UsageError
 from structprune.io.atomic import write_atomically
 from structprune.io.probe import first_line
@@ -60,25 +61,40 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
         ) from exc
 
 
-def save_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str]) -> Path:
-    """Export `model` with torch.export (strict=False) and save the archive atomically.
+@dataclass(frozen=True)
+class SavedPt2:
+    """A `.pt2` archive written by `save_pt2`: where, and which axes stayed free (see
+    capture.deploy); `example_inputs` are the inputs it was traced with (also stored inside it)."""
 
-    `example_inputs` is a tensor, a tuple of positional inputs, or a dict of keyword inputs.
+    path: Path
+    dynamic_batch: bool
+    dynamic_sequence: bool
+    has_tokens: bool
+    example_inputs: Any
+
+
+def save_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str]) -> SavedPt2:
+    """Export `model` in eval mode with a free batch axis (and token axis) and save it atomically.
+
+    `example_inputs` is a tensor, a tuple of positional inputs, or a dict of keyword inputs. The
+    model's own training flags are left as they were.
 
     >>> import tempfile, pathlib
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "linear.pt2"
-    >>> save_pt2(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4), target).name
-    'linear.pt2'
+    >>> saved = save_pt2(torch.nn.Linear(4, 2), torch.randn(1, 4), target)
+    >>> saved.path.name, saved.dynamic_batch
+    ('linear.pt2', True)
     """
-    args, kwargs = normalize_inputs(example_inputs)
     try:
-        program = torch.export.export(model, args, kwargs, strict=False)
+        deployed = export_for_deployment(model, example_inputs)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__} to save {path} "
             f"({type(exc).__name__}: {first_line(exc)})"
         ) from exc
-    return write_atomically(path, lambda stream: torch.export.save(program, stream))
+    written = write_atomically(path, lambda stream: torch.export.save(deployed.program, stream))
+    return SavedPt2(written, deployed.dynamic_batch, deployed.dynamic_sequence, deployed.has_tokens,
+                    deployed.example_inputs)
 
 
 def _below_root(name: str) -> str:

@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from structprune.capture import eval_mode, normalize_inputs
+from structprune.capture.batch import batch_size, resize_batch
 from structprune.onnx.errors import ExportError
-from structprune.onnx.inputs import (batch_size, bound_inputs, input_names, ort_feed, resize_batch,
-                                     run_torch)
+from structprune.onnx.inputs import bound_inputs, input_names, ort_feed, run_torch
 
 MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GiB limit, with room for the graph itself
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -16,7 +16,8 @@ import onnxruntime as ort
 from torch import nn
 
 from structprune.capture import normalize_inputs
-from structprune.onnx.inputs import batch_size, ort_feed, resize_batch, run_torch
+from structprune.capture.batch import batch_size, resize_batch
+from structprune.onnx.inputs import ort_feed, run_torch
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,23 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs:
 def _compare(model: nn.Module, session: Any, inputs: Any, atol: float, rtol: float) -> Parity:
     expected = [t.detach().cpu().numpy() for t in run_torch(model, inputs)]
     actual = session.run(None, ort_feed(session, *normalize_inputs(inputs)))
+    return output_parity(actual, expected, atol=atol, rtol=rtol, source="onnxruntime")
+
+
+def output_parity(actual: list[np.ndarray], expected: list[np.ndarray], *, atol: float, rtol: float,
+                  source: str = "artifact") -> Parity:
+    """Worst error of `actual` against `expected` outputs (same count and shapes, else a failure
+    whose detail names `source`); `batch_sizes_checked` is left empty for the caller to fill.
+
+    >>> output_parity([np.ones(2)], [np.ones(2)], atol=1e-4, rtol=1e-3).ok
+    True
+    """
     if len(actual) != len(expected):
-        return _failed(f"onnxruntime gave {len(actual)} outputs, torch {len(expected)}")
+        return _failed(f"{source} gave {len(actual)} outputs, torch {len(expected)}")
     worst_abs, worst_rel, ok = 0.0, 0.0, True
     for i, (got, want) in enumerate(zip(actual, expected)):
         if got.shape != want.shape:
-            return _failed(f"output {i}: onnxruntime shape {got.shape}, torch shape {want.shape}")
+            return _failed(f"output {i}: {source} shape {got.shape}, torch shape {want.shape}")
         abs_err, rel_err = _errors(got, want)
         worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
         ok = ok and bool(np.allclose(got, want, atol=atol, rtol=rtol))

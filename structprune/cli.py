@@ -7,17 +7,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+from collections.abc import Callable
+from importlib import metadata
+from typing import NoReturn
 
+from structprune.criteria import CRITERIA
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
+from structprune.recover.config import METHODS
+from structprune.recover.schedules import SCHEDULES
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
+COMPRESS_EXAMPLES = """\
+--ratio 0.5 removes half the channels of every prunable group: about 4x fewer params and MACs
+for conv/linear stacks (each pruned layer loses half its inputs and half its outputs).
+
+examples:
+  structprune compress zoo:resnet20 --ratio 0.5 --data digits --finetune-epochs 3
+  structprune compress weights.pt --arch mypkg.nets:build --input-shape 1,3,224,224 --ratio 0.3 --out export/mynet
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0), or a usage error already printed (2)
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         with _distributed():
             return args.handler(args)
@@ -28,6 +46,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("structprune: interrupted; no outputs were written", file=sys.stderr)
         return 130
+
+
+def package_version() -> str:
+    """The installed distribution's version; the package's `__version__` when it is not installed."""
+    try:
+        return metadata.version("structprune")
+    except metadata.PackageNotFoundError:
+        from structprune import __version__
+
+        return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error style: one line `structprune: error: ...` on stderr, exit 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        text = re.sub(r"^argument ([^:]+): ", r"\1: ", " ".join(message.split()))
+        self.exit(2, f"structprune: error: {text} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (not for flags or unset options) and keeps the epilog's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or isinstance(default, bool) or default in ([], {}, ()):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _distributed():
@@ -44,63 +90,102 @@ def _fail(exc: Exception, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="structprune", description="Structured pruning for PyTorch models.")
+    parser = _Parser(prog="structprune", description="Structured pruning for PyTorch models.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_compress(sub.add_parser("compress", help="prune, verify and export a model"))
-    _add_apply(sub.add_parser("apply", help="apply a saved plan.json (no scoring)"))
-    _add_inspect(sub.add_parser("inspect", help="show channel groups, blocked groups, per-layer cost"))
-    _add_bench(sub.add_parser("bench", help="onnxruntime latency of an ONNX model"))
-    demo = sub.add_parser("demo", help="train on digits, compress, recover, export (about a minute)")
-    demo.add_argument("--out", default="export/demo", help="artifact folder (default export/demo)")
+    _add_compress(_command(sub, "compress", "prune, verify and export a model", COMPRESS_EXAMPLES))
+    _add_apply(_command(sub, "apply", "apply a saved plan.json (no scoring)"))
+    _add_inspect(_command(sub, "inspect", "show channel groups, blocked groups, per-layer cost"))
+    _add_bench(_command(sub, "bench", "onnxruntime latency of an ONNX model"))
+    demo = _command(sub, "demo", "train on digits, compress, recover, export (about a minute)")
+    demo.add_argument("--out", default="export/demo", metavar="DIR", help="artifact folder")
     demo.set_defaults(handler=_run_demo)
     return parser
 
 
+def _command(sub, name: str, summary: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=_HelpFormatter)
+
+
+def _number(cast: type, wanted: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: `cast(text)` if `accept` holds for it, else the error "'TEXT' is not WANTED"."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
+        return value
+
+    return parse
+
+
+_RATIO = _number(float, "a fraction in [0, 1), e.g. 0.5", lambda v: 0 <= v < 1)
+_POSITIVE_INT = _number(int, "a positive integer", lambda v: v >= 1)
+_COUNT = _number(int, "an integer >= 0", lambda v: v >= 0)
+_POSITIVE = _number(float, "a number > 0", lambda v: 0 < v < math.inf)
+_NON_NEGATIVE = _number(float, "a number >= 0", lambda v: 0 <= v < math.inf)
+_BELOW_ONE = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+_OPEN_UNIT = _number(float, "a number in (0, 1), e.g. 0.02", lambda v: 0 < v < 1)
+_UNIT = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+_GROUP_CAP = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo:NAME, a .pt2 archive, or a state_dict .pt/.pth with --arch")
-    p.add_argument("--arch", help="architecture for a state_dict: zoo:NAME or package.module:factory")
-    p.add_argument("--arch-kwargs", type=_json_object, default={}, help='JSON keyword arguments, e.g. \'{"num_classes": 10}\'')
-    p.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled module (runs code from the file)")
-    p.add_argument("--input-shape", type=_shape, help="example input shape including batch, e.g. 1,3,32,32")
+    p.add_argument("--arch", metavar="SPEC", help="architecture for a state_dict: zoo:NAME or package.module:factory")
+    p.add_argument("--arch-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help='JSON keyword arguments, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--trust-pickle", action="store_true", help="load a whole pickled module (runs code from the file)")
+    p.add_argument("--input-shape", type=_shape, metavar="B,C,H,W",
+                   help="example input shape with the batch first, e.g. 1,3,32,32; needed when MODEL carries no "
+                        "example input (--arch package.module:factory, a pickled module)")
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="digits | PATH.npz | image folder | module:function (calibration and accuracy)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="artifact folder (default export/<model-name>/)")
+    p.add_argument("--data", metavar="SPEC",
+                   help="digits | PATH.npz | image folder | module:function (calibration and accuracy)")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=64, metavar="N", help="batch size of --data")
+    p.add_argument("--seed", type=_COUNT, default=0, metavar="S", help="seed of zoo weights, data split and recovery")
+    p.add_argument("--out", metavar="DIR", help="artifact folder (default export/<model-name>/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export, parity and latency")
     p.add_argument("--no-recapture", dest="recapture", action="store_false",
                    help="verify without re-exporting the pruned model (shapes, sizes, masking still checked)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs on --data (0 = none)")
-    p.add_argument("--recover", default="auto", choices=("auto", "finetune", "distill", "scratch-e", "scratch-b", "none"),
+    p.add_argument("--finetune-epochs", type=_COUNT, default=0, metavar="E", help="recovery epochs on --data")
+    p.add_argument("--recover", default="auto", choices=METHODS,
                    help="recovery method; auto = distill from the dense model")
-    p.add_argument("--lr-schedule", default="cosine", choices=_schedules(), help="recovery learning-rate schedule")
-    p.add_argument("--lr", type=float, default=0.01, help="recovery base learning rate")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
-    p.add_argument("--dense-epochs", type=int, help="epochs of the original training (Scratch-E/B, LR rewinding)")
-    p.add_argument("--iterative", type=int, default=0, metavar="N", help="N cycles of prune -> recover")
-    p.add_argument("--ap", type=float, nargs="?", const=0.02, metavar="SHARE",
-                   help="Activate-while-Pruning: spend SHARE (default 0.02) of each cycle on the deadest channels")
-    p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the KL term in distillation")
-    p.add_argument("--max-accuracy-drop", type=float, help="quality gate: exit 1 if accuracy drops more (points)")
-    p.add_argument("--checkpoint-dir", help="save a recovery checkpoint each epoch here")
+    p.add_argument("--lr-schedule", default="cosine", choices=sorted(SCHEDULES), help="recovery learning-rate schedule")
+    p.add_argument("--lr", type=_POSITIVE, metavar="LR", default=0.01, help="recovery base learning rate")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="recovery optimizer")
+    p.add_argument("--label-smoothing", type=_BELOW_ONE, default=0.0, metavar="S", help="recovery label smoothing")
+    p.add_argument("--temperature", type=_POSITIVE, default=4.0, metavar="T", help="distillation temperature")
+    p.add_argument("--dense-epochs", type=_POSITIVE_INT, metavar="E",
+                   help="epochs of the original training (Scratch-E/B, LR rewinding)")
+    p.add_argument("--iterative", type=_COUNT, default=0, metavar="N", help="N cycles of prune -> recover")
+    p.add_argument("--ap", type=_OPEN_UNIT, nargs="?", const=0.02, metavar="SHARE",
+                   help="Activate-while-Pruning: SHARE (0.02 if omitted) of each cycle goes to the deadest channels")
+    p.add_argument("--distill-weight", type=_UNIT, default=0.5, metavar="W", help="weight of the distillation KL term")
+    p.add_argument("--max-accuracy-drop", type=_NON_NEGATIVE, metavar="POINTS",
+                   help="quality gate: exit 1 if accuracy drops by more than POINTS")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="save a recovery checkpoint each epoch here")
     p.add_argument("--resume", action="store_true", help="resume recovery from --checkpoint-dir")
 
 
 def _add_compress(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove, in [0, 1)")
-    p.add_argument("--criterion", default="l2", help="channel importance criterion (default l2)")
+    p.add_argument("--ratio", type=_RATIO, default=0.5, metavar="R",
+                   help="fraction of each group's channels to remove, in [0, 1)")
+    p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
+    p.add_argument("--round-to", type=_POSITIVE_INT, default=1, metavar="N", help="keep channel counts a multiple of N")
     p.add_argument("--attention", choices=("heads", "head_dims"), default="heads",
-                   help="prune attention by whole heads (default) or by per-head dims")
+                   help="prune attention by whole heads or by the same dims of every head")
     p.add_argument("--ignore", nargs="+", default=[], metavar="GLOB", help="module FQN globs to leave whole")
-    p.add_argument("--max-group-ratio", type=float, default=0.9, help="cap per group with --global")
+    p.add_argument("--max-group-ratio", type=_GROUP_CAP, default=0.9, metavar="R", help="cap per group with --global")
     _output_flags(p)
     p.set_defaults(handler=_run_compress)
 
@@ -119,16 +204,17 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("onnx_model", help="an .onnx file")
-    p.add_argument("--against", help="a second .onnx file to compare with")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--against", metavar="ONNX", help="a second .onnx file to compare with")
+    p.add_argument("--runs", type=_POSITIVE_INT, default=50, metavar="N", help="timed runs per model")
+    p.add_argument("--batch", type=_POSITIVE_INT, default=1, metavar="N", help="batch size of the random inputs")
     p.set_defaults(handler=_run_bench)
 
 
-def _schedules() -> list[str]:
-    from structprune.recover import SCHEDULES
-
-    return sorted(SCHEDULES)
+def _criterion_help() -> str:
+    """The registered criteria, data-free ones first (`structprune.criteria.CRITERIA`)."""
+    driven = [n for n, c in CRITERIA.items() if getattr(c, "needs_data", False)]
+    free = [n for n in CRITERIA if n not in driven]
+    return f"channel importance: {', '.join(free)}, or with --data: {', '.join(driven)}"
 
 
 def _json_object(text: str) -> dict:
@@ -144,18 +230,24 @@ def _json_object(text: str) -> dict:
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of sizes") from exc
+    except ValueError:
+        shape = ()
     if len(shape) < 2 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' needs a batch size and at least one positive dim")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape with the batch first and positive sizes, "
+                                         "e.g. 1,3,32,32")
     return shape
+
+
+def _sample_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """--input-shape without its batch: the library builds its example inputs from one sample's shape."""
+    return args.input_shape[1:] if args.input_shape else None
 
 
 def _job_options(args: argparse.Namespace):
     from structprune.pipeline import JobOptions
 
     fields = {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__}
-    fields["input_shape"] = args.input_shape[1:] if args.input_shape else None
+    fields["input_shape"] = _sample_shape(args)
     fields["ignore"] = tuple(getattr(args, "ignore", ()))
     return JobOptions(**fields)
 
@@ -172,7 +264,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from structprune.inspection import inspect_model
 
     print(inspect_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
-                        input_shape=args.input_shape[1:] if args.input_shape else None))
+                        input_shape=_sample_shape(args)))
     return 0
 
 
@@ -188,4 +280,3 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     print(run_demo(out=args.out))
     return 0
-

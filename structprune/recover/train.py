@@ -79,7 +79,7 @@ def train_epochs(model: nn.Module, train_loader, val_loader, config: RecoveryCon
                            config.temperature)
     run = _EpochRunner(model, wrap_for_training(model), optimizer, loss_fn, teacher, plan, config, len(loader))
     for epoch in range(len(history), plan.epochs):
-        stats = run.train_one(loader, epoch, desc)
+        stats = run.train_one(loader, epoch, desc, history[-1].val_accuracy if history else None)
         sync_buffers(model)
         val_loss, val_accuracy = evaluate(model, val_loader)
         history.append(EpochRecord(epoch=epoch + 1, val_loss=val_loss, val_accuracy=val_accuracy, **stats))
@@ -110,12 +110,14 @@ class _EpochRunner:
     config: RecoveryConfig
     steps_per_epoch: int
 
-    def train_one(self, loader, epoch: int, desc: str) -> dict:
-        """One epoch's training statistics, named as EpochRecord's fields."""
+    def train_one(self, loader, epoch: int, desc: str, last_val_accuracy: float | None = None) -> dict:
+        """One epoch's training statistics, named as EpochRecord's fields. Its progress bar (on a
+        terminal only) shows the running loss, accuracy and LR, and the last epoch's val accuracy."""
         self.model.train()
         total, lr, lr_max = torch.zeros(3, dtype=torch.float64), self.plan.base_lr, 0.0
         show = self.config.progress and current_context().is_main
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{self.plan.epochs}", disable=None if show else True, leave=False)
+        last_val = {} if last_val_accuracy is None else {"val_acc": f"{last_val_accuracy:.2f}%"}
         _seed_epoch(self.config.seed, epoch, loader)  # after tqdm: wrapping a DataLoader draws from the RNG
         with DeadNeuronMeter(self.model) if self.config.measure_dead_rate else _NoMeter() as meter:
             for index, batch in enumerate(bar):
@@ -124,7 +126,7 @@ class _EpochRunner:
                 total += self._step(batch)
                 if show:
                     bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{100 * total[1] / total[2]:.2f}%",
-                                    lr=f"{lr:.2e}")
+                                    lr=f"{lr:.2e}", **last_val)
         loss, acc = _means(all_reduce_sum(total))
         dead = meter.result(sum_across_ranks=is_active()) if self.config.measure_dead_rate else None
         return {"train_loss": loss, "train_accuracy": acc, "lr": lr, "lr_max": lr_max,

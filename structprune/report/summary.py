@@ -1,30 +1,245 @@
-"""The CLI's end-of-job summary of a report dict (`Report.to_json()`)."""
+"""Readable views of a report dict (`Report.to_json()`): the CLI's end-of-job summary, report.md's
+sections for the stages after the rewrite (accuracy, recovery, calibration, artifacts read back), and
+the channel-group statistics both show: how much of the model is prunable and why the rest is blocked.
+
+>>> groups = [{"id": "a:0", "size": 30, "kept": 15, "prunable": True, "why": ""},
+...           {"id": "b:0", "size": 10, "kept": 10, "prunable": False, "why": "tied to a model output: output 0"}]
+>>> print(group_lines(groups)[0])
+groups: 1 of 2 prunable, holding 30 of 40 channels (75.0%)
+"""
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 from structprune.report.report import verification_label
-from structprune.report.tables import format_table
+from structprune.report.tables import format_table, markdown_table
+
+TOP_REASONS = 3
 
 
 def job_summary(report: dict, out_dir: Path) -> str:
-    """The text `structprune compress` prints: before/after table, verification, ONNX parity, notes."""
-    rows = [["params", f"{report['params']['before']:,}", f"{report['params']['after']:,}",
-             f"{report['params']['reduction']:.2f}x"],
-            ["MACs", f"{report['macs']['before']:,}", f"{report['macs']['after']:,}",
-             f"{report['macs']['reduction']:.2f}x"]]
+    """The text `structprune compress` prints: before/after table (params, MACs, latency, accuracy),
+    channel groups, verification and ONNX parity, artifacts read back, notes, and where it all is."""
+    rows = [_count_row("params", report["params"]), _count_row("MACs", report["macs"])]
     latency = report.get("onnx", {}).get("latency")
     if latency:
         rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
                      f"{latency['speedup']:.2f}x"])
-    if "accuracy" in report:
-        acc = report["accuracy"]
-        rows.append(["accuracy %", f"{acc['before']:.2f}", f"{acc['after']:.2f}", f"{acc['after'] - acc['before']:+.2f}"])
+    rows += _accuracy_rows(report.get("accuracy"))
+    lines = [format_table(["", "before", "after", "change"], rows)]
+    if report.get("accuracy_skipped"):
+        lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
+    lines += group_lines(report.get("groups", []))
+    lines.append(_verification_line(report))
+    lines += _read_back_lines(report) + _batch_notes(report)
+    return "\n".join(lines + [f"artifacts: {out_dir}/"])
+
+
+def group_lines(groups: list[dict]) -> list[str]:
+    """"groups: P of N prunable, holding C of T channels (S%)" and, when any are blocked, their top reasons."""
+    if not groups:
+        return ["groups: no channel groups found"]
+    prunable = [g for g in groups if g.get("prunable", True)]
+    channels, total = sum(g["size"] for g in prunable), sum(g["size"] for g in groups)
+    share = f"{100 * channels / max(total, 1):.1f}%"
+    lines = [f"groups: {len(prunable)} of {len(groups)} prunable, holding {channels:,} of {total:,} channels ({share})"]
+    blocked = len(groups) - len(prunable)
+    if blocked:
+        reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
+        lines.append(f"blocked: {blocked} group{'s' * (blocked != 1)}, top reasons: {reasons}")
+    return lines
+
+
+def top_blocked_reasons(groups: list[dict], top: int = TOP_REASONS) -> list[tuple[str, int]]:
+    """The most common reasons among blocked groups, with how many groups each blocks (the graph
+    node is left out, so the same reason at different nodes counts once per group)."""
+    counts: Counter[str] = Counter()
+    for group in groups:
+        if not group.get("prunable", True):
+            reasons = {re.sub(r" \(node [^)]*\)$", "", r.strip()) for r in (group.get("why") or "").split("; ")}
+            counts.update(r or "(no reason recorded)" for r in reasons)
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+
+
+def _count_row(name: str, section: dict) -> list[str]:
+    return [name, f"{section['before']:,}", f"{section['after']:,}", f"{section['reduction']:.2f}x"]
+
+
+def _accuracy_rows(accuracy: dict | None) -> list[list[str]]:
+    """Dense vs the final pruned model's accuracy and, when recovery ran, vs the pruned model before it."""
+    if not accuracy:
+        return []
+    before = accuracy.get("before")
+    rows = [_accuracy_row("accuracy %", before, accuracy.get("after"))]
+    if accuracy.get("one_shot") is not None:
+        rows.append(_accuracy_row("one-shot accuracy %", before, accuracy["one_shot"]))
+    return rows
+
+
+def _accuracy_row(name: str, before: float | None, after: float | None) -> list[str]:
+    change = f"{after - before:+.2f}" if None not in (before, after) else "-"
+    return [name, _percent(before), _percent(after), change]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _verification_line(report: dict) -> str:
+    line = f"verification: {verification_label(report['verification'])}"
     parity = report.get("onnx", {}).get("parity")
-    tail = f"\nverification: {verification_label(report['verification'])}"
     if parity:
-        tail += f"; onnx parity max abs error {parity['max_abs_error']:.2e}"
-    if report.get("onnx", {}).get("dynamic_batch") is False:
-        tail += f"\nnote: model.onnx has a fixed batch of {parity['batch_sizes_checked'][0]} (the model only runs at " \
-                "that batch, e.g. a .pt2 exported with a static batch)"
-    return format_table(["", "before", "after", "change"], rows) + tail + f"\nartifacts: {out_dir}/"
+        line += f"; onnx parity max abs error {_sci(parity['max_abs_error'])}"
+    return line
+
+
+def _read_back_lines(report: dict) -> list[str]:
+    """One line for the `artifacts` section (each written file loaded again and compared)."""
+    checks = report.get("artifacts")
+    if not checks:
+        return []
+    failed = [name for name, check in checks.items() if not check.get("ok")]
+    if failed:
+        return [f"artifacts read back: FAILED for {', '.join(failed)}"]
+    errors = [c["max_abs_error"] for c in checks.values() if c.get("max_abs_error") is not None]
+    details = [f"max abs error {_sci(max(errors))}"] if errors else []
+    published = (report.get("accuracy") or {}).get("published")
+    if published is not None:
+        artifact = report["accuracy"].get("published_artifact", "model.pt2")
+        details.append(f"{artifact} accuracy {published:.2f}%")
+    suffix = f" ({'; '.join(details)})" if details else ""
+    return [f"artifacts read back: {', '.join(checks)}{suffix}"]
+
+
+def _batch_notes(report: dict) -> list[str]:
+    notes, onnx = [], report.get("onnx", {})
+    if report.get("pt2_dynamic_batch") is False:
+        notes.append("note: model.pt2 has the example's fixed batch (the input model only runs at that batch)")
+    if onnx.get("dynamic_batch") is False:
+        batch = (onnx.get("parity") or {}).get("batch_sizes_checked", ["the example's"])[0]
+        notes.append(f"note: model.onnx has a fixed batch of {batch} (the model only runs at that batch, e.g. a .pt2 "
+                     "exported with a static batch)")
+    return notes
+
+
+def _sci(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
+
+
+# ----------------------------------------------------------------------------------------------
+# report.md sections (Markdown; writers.render_markdown places them)
+
+
+def stage_sections(report: dict) -> list[str]:
+    """report.md's Accuracy, Recovery (or iterative cycles) and Calibration sections, where they ran."""
+    return _accuracy_section(report) + _recovery_section(report) + _calibration_section(report.get("calibration"))
+
+
+def artifacts_section(report: dict) -> list[str]:
+    """report.md's "Artifacts read back": one row per file loaded again and compared (absent: nothing)."""
+    checks = report.get("artifacts")
+    if not checks:
+        return []
+    rows = [_artifact_row(name, check) for name, check in checks.items()]
+    note = ["> `model.pt2` keeps the example's fixed batch."] if report.get("pt2_dynamic_batch") is False else []
+    return ["## Artifacts read back", "Each file, loaded as a user loads it, against the pruned model in eval mode.",
+            markdown_table(["file", "result", "max abs error", "checked at", "tolerance"], rows), *note]
+
+
+def _accuracy_section(report: dict) -> list[str]:
+    accuracy = report.get("accuracy")
+    if not accuracy:
+        skipped = report.get("accuracy_skipped")
+        return ["## Accuracy", f"Not measured: {skipped}."] if skipped else []
+    recovered = "one_shot" in accuracy
+    models = (("one_shot", "pruned, one-shot (before recovery)"),
+              ("after", "pruned, after recovery" if recovered else "pruned"), ("published", "model.pt2 as loaded"))
+    before = accuracy.get("before")
+    rows = [["dense", md_percent(before), "—"]]
+    rows += [[name, md_percent(accuracy[key]), _points(accuracy[key], before)]
+             for key, name in models if accuracy.get(key) is not None]
+    measured = f"Top-1 on {accuracy['data']}." if accuracy.get("data") else ""
+    return ["## Accuracy", measured, markdown_table(["model", "accuracy", "change vs dense"], rows)]
+
+
+def _recovery_section(report: dict) -> list[str]:
+    recovery, iterative = report.get("recovery"), report.get("iterative")
+    if recovery:
+        return ["## Recovery", f"Method {_recovery_line(recovery)}.", _epochs_table([(None, recovery)])]
+    if not iterative:
+        return []
+    cycles = iterative.get("cycles", [])
+    rows = [md_cells([c["cycle"], f"{100 * c['pruned_before']:.1f}%", md_int(c.get("params")), md_int(c.get("macs")),
+                      _recovery_line(c["recovery"])]) for c in cycles]
+    share = 100 * iterative.get("fraction_per_cycle", 0)
+    return ["## Recovery (iterative)", f"{len(cycles)} cycles, each pruning {share:.2f}% of what remains.",
+            markdown_table(["cycle", "pruned before", "params", "MACs", "recovery"], rows),
+            _epochs_table([(c["cycle"], c["recovery"]) for c in cycles])]
+
+
+def _recovery_line(recovery: dict) -> str:
+    epochs, notes = recovery["epochs"], (recovery.get("notes") or {})
+    line = (f"`{recovery['method']}`, {epochs} epoch{'s' * (epochs != 1)}, schedule `{recovery.get('schedule')}`, "
+            f"peak LR {recovery.get('base_lr', 0):.3g}; validation accuracy "
+            f"{md_percent(recovery.get('val_accuracy_before'))} → {md_percent(recovery.get('val_accuracy_after'))}")
+    noted = ", ".join(f"{k} `{v}`" for k, v in notes.items() if v not in (None, [], {}))
+    return line + (f" ({noted})" if noted else "")
+
+
+def _epochs_table(runs: list[tuple[int | None, dict]]) -> str:
+    """One row per epoch of each (cycle, recovery section); a leading cycle column for iterative runs."""
+    cycles = runs[0][0] is not None
+    rows = [md_cells(([cycle] if cycles else []) + _epoch_cells(epoch)) for cycle, run in runs
+            for epoch in run.get("history", [])]
+    head = ["epoch", "train loss", "train accuracy", "val loss", "val accuracy", "LR (last step)", "dead neurons"]
+    return markdown_table((["cycle"] if cycles else []) + head, rows) if rows else "No epochs recorded."
+
+
+def _epoch_cells(epoch: dict) -> list:
+    dead = epoch.get("dead_rate")
+    return [epoch["epoch"], _num(epoch.get("train_loss")), md_percent(epoch.get("train_accuracy")),
+            _num(epoch.get("val_loss")), md_percent(epoch.get("val_accuracy")), md_sci(epoch.get("lr")),
+            "—" if dead is None else f"{100 * dead:.1f}%"]
+
+
+def _calibration_section(calibration: dict | None) -> list[str]:
+    steps = (("batchnorm_layers_recalibrated", "BatchNorm layers with re-estimated statistics"),
+             ("reconstructed_layers", "layers refitted by least squares (reconstruction)"))
+    rows = [[name, calibration[key]] for key, name in steps if key in (calibration or {})]
+    return ["## Calibration", markdown_table(["step", "layers"], rows)] if rows else []
+
+
+def _artifact_row(name: str, check: dict) -> list[str]:
+    result = ("ok" if check.get("ok") else "**FAILED**") + (f": {check['detail']}" if check.get("detail") else "")
+    where = ", ".join(map(str, check.get("checked_at") or check.get("batch_sizes") or []))
+    atol, rtol = check.get("atol"), check.get("rtol")
+    tolerance = "—" if atol is None else f"atol {atol:.0e}" + (f", rtol {rtol:.0e}" if rtol is not None else "")
+    return md_cells([f"`{name}`", result, md_sci(check.get("max_abs_error")), where, tolerance])
+
+
+def _points(value: float, reference: float | None) -> str:
+    return "—" if reference is None else f"{value - reference:+.2f} pts"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def md_cells(row: list) -> list[str]:
+    """Table cells as text, with `|` escaped and no line breaks."""
+    return [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
+
+
+def md_int(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—"
+
+
+def md_percent(value: float | None) -> str:
+    """Accuracies are percentages (0-100) in the report."""
+    return "—" if value is None else f"{value:.2f}%"
+
+
+def md_sci(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"

@@ -21,6 +21,8 @@ from typing import Any
 
 from structprune.io.atomic import write_atomically
 from structprune.report.report import REPORT_SCHEMA, verification_label
+from structprune.report.summary import (artifacts_section, group_lines, md_cells, md_int, md_percent, md_sci,
+                                        stage_sections)
 from structprune.report.tables import markdown_table
 
 
@@ -63,13 +65,16 @@ def write_reports(report: dict, directory: str | os.PathLike, *, stem: str = "re
 
 
 def render_markdown(report: dict) -> str:
-    """The Markdown text of a report."""
+    """The Markdown text of a report: summary, accuracy, recovery, calibration, verification, artifacts
+    read back, channel groups and blocked groups (each optional section only when its stage ran)."""
     _check_schema(report)
     parts = ["# structprune report", _plan_line(report), "## Summary", _summary_table(report)]
-    parts += _onnx_notes(report)
+    parts += _onnx_notes(report) + stage_sections(report)
     parts += ["## Verification", _verification_table(report.get("verification", {}))]
+    parts += artifacts_section(report)
     groups = report.get("groups", [])
-    parts += ["## Channels per group", _groups_table(groups) if groups else "No channel groups."]
+    parts += ["## Channels per group", "\n\n".join(group_lines(groups)) + "\n\n" + _groups_table(groups)
+              if groups else "No channel groups."]
     blocked = [g for g in groups if not g.get("prunable", True)]
     if blocked:
         parts += ["## Blocked groups", _blocked_table(blocked)]
@@ -80,7 +85,7 @@ def _summary_table(report: dict) -> str:
     rows = [_count_row("params", report.get("params")), _count_row("MACs", report.get("macs")),
             _latency_row(_latency(report)), _accuracy_row(report.get("accuracy")),
             _parity_row(report.get("onnx")), _verification_row(report.get("verification", {}))]
-    return markdown_table(["metric", "dense", "pruned", "change"], [_cells(r) for r in rows if r])
+    return markdown_table(["metric", "dense", "pruned", "change"], [md_cells(r) for r in rows if r])
 
 
 def _count_row(name: str, section: dict | None) -> list | None:
@@ -88,7 +93,7 @@ def _count_row(name: str, section: dict | None) -> list | None:
         return None
     before, after = section.get("before"), section.get("after")
     reduction = section.get("reduction") or (before / max(after, 1) if before is not None else None)
-    return [name, _int(before), _int(after), f"{reduction:.2f}x smaller" if reduction else "—"]
+    return [name, md_int(before), md_int(after), f"{reduction:.2f}x smaller" if reduction else "—"]
 
 
 def _latency_row(latency: dict | None) -> list | None:
@@ -106,21 +111,21 @@ def _accuracy_row(accuracy: dict | None) -> list | None:
     before, after = accuracy.get("before"), accuracy.get("after")
     change = f"{after - before:+.2f} pts" if None not in (before, after) else "—"
     name = f"accuracy ({accuracy['data']})" if accuracy.get("data") else "accuracy"
-    return [name, _percent(before), _percent(after), change]
+    return [name, md_percent(before), md_percent(after), change]
 
 
 def _parity_row(onnx: dict | None) -> list | None:
     parity = (onnx or {}).get("parity")
     if not parity:
         return None
-    errors = f"max abs {_sci(parity.get('max_abs_error'))}, rel {_sci(parity.get('max_rel_error'))}"
+    errors = f"max abs {md_sci(parity.get('max_abs_error'))}, rel {md_sci(parity.get('max_rel_error'))}"
     return [f"ONNX parity ({onnx.get('exporter', '?')} exporter)", "—", errors,
             "ok" if parity.get("ok") else "**FAILED**"]
 
 
 def _verification_row(verification: dict) -> list:
     checks = verification.get("checks", [])
-    detail = f"{len(checks)} checks, masking error {_sci(verification.get('masking_error'))}"
+    detail = f"{len(checks)} checks, masking error {md_sci(verification.get('masking_error'))}"
     label = verification_label(verification)
     return ["verification", "—", detail, "**FAILED**" if label == "FAILED" else label]
 
@@ -140,18 +145,18 @@ def _verification_table(verification: dict) -> str:
     if not checks:
         return "No checks recorded."
     rows = [[c.get("name", "?"), "ok" if c.get("ok") else "**FAILED**", c.get("detail", "")] for c in checks]
-    return markdown_table(["check", "result", "detail"], [_cells(r) for r in rows])
+    return markdown_table(["check", "result", "detail"], [md_cells(r) for r in rows])
 
 
 def _groups_table(groups: list[dict]) -> str:
     rows = [[f"`{g['id']}`", f"{g['size']} → {g['kept']}", f"{100 * g['kept'] / max(g['size'], 1):.0f}%",
              _masking(g), _status(g)] for g in groups]
-    return markdown_table(["group", "channels", "kept", "masking", "status"], [_cells(r) for r in rows])
+    return markdown_table(["group", "channels", "kept", "masking", "status"], [md_cells(r) for r in rows])
 
 
 def _blocked_table(blocked: list[dict]) -> str:
     rows = [[f"`{g['id']}`", g["size"], g.get("why") or "(no reason recorded)"] for g in blocked]
-    return markdown_table(["group", "channels", "reason"], [_cells(r) for r in rows])
+    return markdown_table(["group", "channels", "reason"], [md_cells(r) for r in rows])
 
 
 def _masking(group: dict) -> str:
@@ -200,25 +205,8 @@ def _json_default(value: Any) -> Any:
                     "convert it to a number, string, list or dict before adding it to the report")
 
 
-def _cells(row: list) -> list[str]:
-    return [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
-
-
-def _int(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "—"
-
-
 def _ms(latency: dict, which: str) -> str:
     median, p90 = latency.get(f"{which}_ms"), latency.get(f"{which}_p90_ms")
     if median is None:
         return "—"
     return f"{median:.3f} (p90 {p90:.3f})" if p90 is not None else f"{median:.3f}"
-
-
-def _percent(value: float | None) -> str:
-    """Accuracies are percentages (0-100) in the report."""
-    return "—" if value is None else f"{value:.2f}%"
-
-
-def _sci(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1e}"

@@ -186,7 +186,8 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
     from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
 
     exported = export_onnx(model, example_inputs, path)
-    parity = check_parity(model, exported.path, example_inputs, dynamic_batch=exported.dynamic_batch)
+    parity = check_parity(model, exported.path, example_inputs, dynamic_batch=exported.dynamic_batch,
+                          dynamic_sequence=exported.dynamic_sequence)
     if not parity.ok:
         os.remove(exported.path)
         raise VerificationError(f"onnxruntime output differs from the torch model (max abs error "

@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.data import DataLoader
 
 from structprune.capture import eval_mode, normalize_inputs
-from structprune.capture.batch import batch_size, resize_batch
+from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
 from structprune.data import evaluate_accuracy
 from structprune.data.batches import run_model
 from structprune.errors import VerificationError
@@ -103,8 +103,9 @@ def check_plan(path: Path, plan: Plan) -> ArtifactCheck:
 
 def onnx_check(parity: dict) -> ArtifactCheck:
     """The export stage's onnxruntime read-back of model.onnx (the report's `onnx.parity`)."""
-    return ArtifactCheck("model.onnx", bool(parity["ok"]), parity["max_abs_error"],
-                         tuple(f"batch {n}" for n in parity["batch_sizes_checked"]), ONNX_ATOL, ONNX_RTOL,
+    cases = tuple(f"batch {n}" for n in parity["batch_sizes_checked"])
+    cases += ("sequence - 1",) if parity.get("sequence_checked") else ()
+    return ArtifactCheck("model.onnx", bool(parity["ok"]), parity["max_abs_error"], cases, ONNX_ATOL, ONNX_RTOL,
                          parity.get("detail", ""))
 
 
@@ -181,7 +182,7 @@ def deployment_cases(saved: SavedPt2) -> dict[str, Any]:
     if not saved.dynamic_batch:
         return {f"batch {batch_size(example)} (static)": example}
     cases = {f"batch {n}": resize_batch(example, n) for n in _two_batches(example)}
-    shorter = _shorter_sequence(example) if saved.dynamic_sequence else None
+    shorter = shorter_sequence(example) if saved.dynamic_sequence else None
     if shorter is not None:
         cases["sequence - 1"] = shorter
     return cases
@@ -194,19 +195,6 @@ def _rows(inputs: Any, start: int, stop: int) -> Any:
 def _two_batches(example_inputs: Any) -> tuple[int, int]:
     batch = batch_size(example_inputs)
     return batch, batch + 1
-
-
-def _shorter_sequence(example_inputs: Any) -> Any | None:
-    """Token inputs one position shorter (only when every input with two or more dims is tokens)."""
-    values = example_inputs.values() if isinstance(example_inputs, dict) else (
-        [example_inputs] if isinstance(example_inputs, torch.Tensor) else example_inputs)
-    wide = [v for v in values if isinstance(v, torch.Tensor) and v.dim() >= 2]
-    if not wide or any(v.is_floating_point() or v.shape[1] < 2 for v in wide):
-        return None
-    cut = (lambda v: v[:, :-1] if isinstance(v, torch.Tensor) and v.dim() >= 2 else v)
-    if isinstance(example_inputs, dict):
-        return {k: cut(v) for k, v in example_inputs.items()}
-    return cut(example_inputs) if isinstance(example_inputs, torch.Tensor) else tuple(map(cut, example_inputs))
 
 
 def _parity(artifact: nn.Module, reference: nn.Module, inputs: Any, as_loaded: bool = False) -> Parity:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import models_zoo
 from structprune.api import apply_plan, compress
-from structprune.artifacts import (AtFixedBatch, Written, artifacts_section, check_plan, check_pt2, check_state_dict,
+from structprune.artifacts import (AtFixedBatch, Written, artifacts_section, check_plan, check_pt2, check_state_dict, onnx_check,
                                    deployment_cases, published_accuracy, read_back)
 from structprune.capture.deploy import export_for_deployment
 from structprune.data import accuracy_unmeasurable, evaluate_accuracy
@@ -179,3 +179,16 @@ def test_published_accuracy_reads_the_archive(tmp_path: Path) -> None:
     assert published_accuracy(saved.path, saved, loader, net) == pytest.approx(evaluate_accuracy(net, loader))
     keyword_loader = DataLoader([{"x": x[i], "labels": y[i]} for i in range(10)], batch_size=4)
     assert published_accuracy(saved.path, saved, keyword_loader, net) == pytest.approx(evaluate_accuracy(net, loader))
+
+
+def test_onnx_of_token_inputs_has_a_free_sequence_axis(tmp_path: Path) -> None:
+    from structprune.api import export
+
+    model = models_zoo.create("bert").eval()
+    example = models_zoo.example_inputs("bert", batch=1, seed=0)
+    pruned = compress(model, example, ratio=0.5).model
+    section = export(pruned, example, tmp_path / "bert.onnx")
+    assert section["dynamic_batch"] and section["dynamic_sequence"]
+    assert section["parity"]["ok"] and section["parity"]["sequence_checked"]
+    check = onnx_check(section["parity"])
+    assert check.ok and check.checked_at[-1] == "sequence - 1"

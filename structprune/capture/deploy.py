@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture.batch import batch_size, resize_batch
+from structprune.capture.batch import batch_size, is_tokens, resize_batch
 from structprune.capture.export import eval_mode, lean_export, normalize_inputs
 
 _BATCH_AXIS, _SEQUENCE_AXIS = 0, 1
@@ -58,7 +58,7 @@ def _deploy(model: nn.Module, traced: Any) -> DeployedProgram:
                                   strict=False)
     free = _free_axes(program)
     return DeployedProgram(program, traced, _BATCH_AXIS in free, _SEQUENCE_AXIS in free,
-                           any(_is_tokens(t) for t in _tensors(args, kwargs)))
+                           any(is_tokens(t) for t in _tensors(args, kwargs)))
 
 
 def _auto_shapes(model: nn.Module, args: tuple, kwargs: dict) -> tuple | dict:
@@ -67,7 +67,7 @@ def _auto_shapes(model: nn.Module, args: tuple, kwargs: dict) -> tuple | dict:
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             return None
         axes = {_BATCH_AXIS: torch.export.Dim.AUTO}
-        if _is_tokens(value):
+        if is_tokens(value):
             axes[_SEQUENCE_AXIS] = torch.export.Dim.AUTO
         return axes
 
@@ -75,11 +75,6 @@ def _auto_shapes(model: nn.Module, args: tuple, kwargs: dict) -> tuple | dict:
         return tuple(pytree.tree_map(spec, a) for a in args)
     bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
     return {name: pytree.tree_map(spec, value) for name, value in bound.items()}
-
-
-def _is_tokens(value: torch.Tensor) -> bool:
-    """Integer tensors of two or more dims are token ids or masks: (batch, sequence, ...)."""
-    return value.dim() >= 2 and not value.is_floating_point() and not value.is_complex()
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -95,7 +90,7 @@ def _free_axes(program: torch.export.ExportedProgram) -> set[int]:
     free = set()
     if tensors and all(_is_symbolic(t.shape[_BATCH_AXIS]) for t in tensors):
         free.add(_BATCH_AXIS)
-    tokens = [t for t in tensors if _is_tokens(t)]
+    tokens = [t for t in tensors if is_tokens(t)]
     if tokens and all(_is_symbolic(t.shape[_SEQUENCE_AXIS]) for t in tokens):
         free.add(_SEQUENCE_AXIS)
     return free

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from structprune.capture import eval_mode, normalize_inputs
-from structprune.capture.batch import batch_size, resize_batch
+from structprune.capture.batch import batch_size, is_tokens, resize_batch, shorter_sequence
 from structprune.onnx.errors import ExportError
 from structprune.onnx.inputs import bound_inputs, input_names, ort_feed, run_torch
 
@@ -44,6 +44,7 @@ class OnnxExport:
     fallback_reason: str = ""
     external_data: tuple[str, ...] = ()
     dynamic_batch: bool = True  # False for a model that only runs at its example batch (a static .pt2)
+    dynamic_sequence: bool = False  # token inputs (integer, 2+ dims) accept a shorter sequence
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,16 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         spec = _export_spec(model, example_inputs)
         try:
             sidecars = _export_checked(_export_dynamo, model, spec, path, opset)
-            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars, spec.dynamic)
+            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars, spec.dynamic,
+                              _sequence_is_free(path, spec))
         except Exception as exc:  # noqa: BLE001 - any dynamo failure triggers the fallback
             dynamo_failure = _first_line(exc)
         try:
             sidecars = _export_checked(_export_legacy, model, spec, path, opset)
         except Exception as exc:  # noqa: BLE001 - re-raised with both failures named
             raise ExportError(_explain_failure(model, dynamo_failure, _first_line(exc))) from exc
-    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars, spec.dynamic)
+    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars, spec.dynamic,
+                      _sequence_is_free(path, spec))
 
 
 def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
@@ -141,15 +144,21 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
 
 def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
     batch = torch.export.Dim("batch")
-    shapes = {name: pytree.tree_map(lambda v: {0: batch} if spec.dynamic and _has_batch(v) else None, value)
-              for name, value in bound_inputs(model, spec.args, spec.kwargs).items()}
+
+    def axes(value: Any) -> dict | None:
+        if not spec.dynamic or not _has_batch(value):
+            return None
+        return {0: batch, 1: torch.export.Dim.AUTO} if is_tokens(value) else {0: batch}
+
+    shapes = {name: pytree.tree_map(axes, value) for name, value in bound_inputs(model, spec.args, spec.kwargs).items()}
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=True, dynamic_shapes=shapes,
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
                       external_data=_state_bytes(model) >= MAX_INLINE_BYTES, verbose=False)
 
 
 def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
-    axes = {name: {0: "batch"} for name in spec.input_names}
+    tokens = {name for name, value in zip(spec.input_names, _tensor_inputs(spec)) if is_tokens(value)}
+    axes = {name: {0: "batch", 1: "sequence"} if name in tokens else {0: "batch"} for name in spec.input_names}
     axes |= {name: {0: "batch"} for name, b in zip(spec.output_names, spec.batched_outputs) if b}
     axes = axes if spec.dynamic else None
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=False, dynamic_axes=axes,
@@ -182,6 +191,25 @@ def _check_dynamic_batch(staged: str, spec: _ExportSpec) -> None:
         raise RuntimeError(f"the batch axis is not dynamic: outputs' dim 0 are {got}, expected {want}")
 
 
+def _sequence_is_free(path: str, spec: _ExportSpec) -> bool:
+    """Whether the exported file runs token inputs one position shorter (False without tokens)."""
+    shorter = shorter_sequence(spec.kwargs or spec.args) if spec.dynamic else None
+    if shorter is None:
+        return False
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, ort_feed(session, *normalize_inputs(shorter)))
+    except Exception:  # noqa: BLE001 - onnxruntime rejects the shape: the axis was specialised
+        return False
+    return True
+
+
+def _tensor_inputs(spec: _ExportSpec) -> list[torch.Tensor]:
+    return [v for v in pytree.tree_leaves((spec.args, spec.kwargs)) if isinstance(v, torch.Tensor)]
+
+
 def _publish(staged: str, path: str) -> tuple[str, ...]:
     """Move sidecar files, then the model itself, from the staging folder to `path`'s folder."""
     folder, parent = os.path.dirname(staged), os.path.dirname(path)
@@ -203,6 +231,9 @@ def _quiet_exporters() -> Iterator[None]:
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
+            # a module loaded from a .pt2 cannot switch to eval mode; it was exported in eval mode
+            warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode",
+                                    category=UserWarning)
             yield
     finally:
         logger.setLevel(level)

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from torch import nn
 
 from structprune.capture import normalize_inputs
-from structprune.capture.batch import batch_size, resize_batch
+from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
 from structprune.onnx.inputs import ort_feed, run_torch
 
 
@@ -30,12 +30,14 @@ class Parity:
     ok: bool
     batch_sizes_checked: tuple[int, ...]
     detail: str = ""
+    sequence_checked: bool = False  # token inputs were also compared one position shorter
 
 
 def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs: Any, *,
-                 atol: float = 1e-4, rtol: float = 1e-3, dynamic_batch: bool = True) -> Parity:
+                 atol: float = 1e-4, rtol: float = 1e-3, dynamic_batch: bool = True,
+                 dynamic_sequence: bool = False) -> Parity:
     """Compare `model` (eval mode) with onnxruntime (CPU) on the example batch and, when the batch axis
-    is dynamic, on one row more.
+    is dynamic, on one row more (and, when the token axis is, on a sequence one position shorter).
 
     >>> import torch, tempfile, os
     >>> from structprune.onnx import export_onnx
@@ -49,10 +51,14 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs:
     session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
     batch = batch_size(example_inputs)
     sizes = (batch, batch + 1) if dynamic_batch else (batch,)
-    results = [_compare(model, session, resize_batch(example_inputs, n), atol, rtol) for n in sizes]
-    details = "; ".join(f"batch {n}: {r.detail}" for n, r in zip(sizes, results) if r.detail)
+    cases = {f"batch {n}": resize_batch(example_inputs, n) for n in sizes}
+    shorter = shorter_sequence(example_inputs) if dynamic_sequence else None
+    if shorter is not None:
+        cases["sequence - 1"] = shorter
+    results = [_compare(model, session, inputs, atol, rtol) for inputs in cases.values()]
+    details = "; ".join(f"{case}: {r.detail}" for case, r in zip(cases, results) if r.detail)
     return Parity(max(r.max_abs_error for r in results), max(r.max_rel_error for r in results),
-                  all(r.ok for r in results), sizes, details)
+                  all(r.ok for r in results), sizes, details, shorter is not None)
 
 
 def _compare(model: nn.Module, session: Any, inputs: Any, atol: float, rtol: float) -> Parity:

@@ -20,11 +20,12 @@ def onnx_section(export: OnnxExport, parity: Parity | None = None,
     section = {"path": os.fspath(export.path), "exporter": export.exporter,
                "fallback_reason": export.fallback_reason, "input_names": list(export.input_names),
                "output_names": list(export.output_names), "external_data": list(export.external_data),
-               "dynamic_batch": export.dynamic_batch}
+               "dynamic_batch": export.dynamic_batch, "dynamic_sequence": export.dynamic_sequence}
     if parity is not None:
         section["parity"] = {"max_abs_error": _finite(parity.max_abs_error),
                              "max_rel_error": _finite(parity.max_rel_error), "ok": parity.ok,
-                             "batch_sizes_checked": list(parity.batch_sizes_checked), "detail": parity.detail}
+                             "batch_sizes_checked": list(parity.batch_sizes_checked),
+                             "sequence_checked": parity.sequence_checked, "detail": parity.detail}
     if latency is not None:
         section["latency"] = latency_section(*latency)
     return section

@@ -16,6 +16,8 @@ from functools import partial
 from types import MappingProxyType
 from typing import Callable
 
+import torch
+
 from structprune.errors import UsageError
 from structprune.rules import attention, elementwise, layers, modules, norms, reduce, shape
 from structprune.rules.context import RuleContext
@@ -75,7 +77,30 @@ _TABLE |= _aten(reduce.REDUCTION_OPS, _named(reduce.rule_reduction))
 _TABLE |= _aten(reduce.SOFTMAX_OPS, _named(reduce.rule_softmax))
 _TABLE |= _aten(reduce.SPATIAL_OPS, _named(reduce.rule_spatial))
 
-DEFAULT_RULES: MappingProxyType = MappingProxyType(_TABLE)
+
+
+def with_inplace_variants(table: dict[str, Rule]) -> dict[str, Rule]:
+    """`table` plus, for every `aten.X` in it, the in-place op `aten.X_` with the same rule: an
+    in-place op writes exactly what its functional form returns, and torch.export keeps it as a node
+    whose output later nodes read (`out += identity` is `aten.add_`). `out=` variants are overloads
+    of the functional packet, so they share its key already.
+
+    >>> "aten.add_" in with_inplace_variants({"aten.add": rule_elementwise})
+    True
+    """
+    variants = {f"{key}_": rule for key, rule in table.items()
+                if key.startswith("aten.") and not key.endswith("_") and _has_inplace(key[len("aten."):])}
+    return variants | table
+
+
+def _has_inplace(name: str) -> bool:
+    try:
+        return isinstance(getattr(torch.ops.aten, f"{name}_"), torch._ops.OpOverloadPacket)
+    except AttributeError:
+        return False
+
+
+DEFAULT_RULES: MappingProxyType = MappingProxyType(with_inplace_variants(_TABLE))
 
 # Attention modes: which unit a head-carrying matmul/sdpa prunes. "heads" removes whole heads;
 # "head_dims" keeps every head and removes the same dims from each (see rules/attention.py).
@@ -109,4 +134,4 @@ def attention_tables(mode: str, rules=DEFAULT_RULES, module_rules=DEFAULT_MODULE
 
 
 __all__ = ["ATTENTION_MODES", "DEFAULT_RULES", "Rule", "RuleContext", "op_key", "rule_elementwise",
-           "rule_unsupported", "attention_tables", "check_attention_mode"]
+           "rule_unsupported", "attention_tables", "check_attention_mode", "with_inplace_variants"]

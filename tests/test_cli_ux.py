@@ -254,3 +254,19 @@ def test_markdown_leaves_out_sections_of_stages_that_did_not_run() -> None:
     text = render_markdown(make_report())
     for header in ("## Accuracy", "## Recovery", "## Calibration", "## Artifacts read back"):
         assert header not in text
+
+
+def test_summary_warns_when_nothing_was_pruned() -> None:
+    from structprune.report.summary import nothing_pruned_warning
+
+    pruned = {"groups": [{"size": 8, "kept": 4, "prunable": True, "why": ""}]}
+    untouched = {"groups": [{"size": 8, "kept": 8, "prunable": True, "why": ""},
+                            {"size": 4, "kept": 4, "prunable": False, "why": "aten.foo (node foo)"}]}
+    blocked = {"groups": [{"size": 4, "kept": 4, "prunable": False, "why": "aten.foo (node foo)"},
+                          {"size": 2, "kept": 2, "prunable": False, "why": "aten.foo (node bar)"}]}
+    assert nothing_pruned_warning(pruned) == []
+    assert nothing_pruned_warning(untouched) == [
+        "warning: nothing was pruned: no prunable group lost a channel (ratio too small, or groups ignored); "
+        "the model is returned unchanged"]
+    assert nothing_pruned_warning(blocked) == [
+        "warning: nothing was pruned: all 2 channel groups are blocked (aten.foo (2)); the model is returned unchanged"]

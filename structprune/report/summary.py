@@ -32,6 +32,7 @@ def job_summary(report: dict, out_dir: Path) -> str:
     if report.get("accuracy_skipped"):
         lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
     lines += group_lines(report.get("groups", []))
+    lines += nothing_pruned_warning(report)
     lines.append(_verification_line(report))
     lines += _read_back_lines(report) + _batch_notes(report)
     return "\n".join(lines + [f"artifacts: {out_dir}/"])
@@ -50,6 +51,24 @@ def group_lines(groups: list[dict]) -> list[str]:
         reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
         lines.append(f"blocked: {blocked} group{'s' * (blocked != 1)}, top reasons: {reasons}")
     return lines
+
+
+def nothing_pruned_warning(report: dict) -> list[str]:
+    """A warning line when the plan removed no channel, saying why (every group blocked, or ignored).
+
+    >>> nothing_pruned_warning({"groups": [{"size": 4, "kept": 4, "prunable": False, "why": "op x"}]})
+    ['warning: nothing was pruned: all 1 channel groups are blocked (op x (1)); the model is returned unchanged']
+    """
+    groups = report.get("groups", [])
+    if any(g["kept"] < g["size"] for g in groups):
+        return []
+    blocked = [g for g in groups if not g.get("prunable", True)]
+    if groups and len(blocked) == len(groups):
+        reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
+        why = f"all {len(groups)} channel groups are blocked ({reasons})"
+    else:
+        why = "no prunable group lost a channel (ratio too small, or groups ignored)"
+    return [f"warning: nothing was pruned: {why}; the model is returned unchanged"]
 
 
 def top_blocked_reasons(groups: list[dict], top: int = TOP_REASONS) -> list[tuple[str, int]]:

@@ -50,7 +50,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
     try:
         with Image.open(path) as image:
             converted = image.convert(mode)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        # PIL reports damaged files with any of these (a broken PNG chunk is a SyntaxError)
         raise UsageError(f"cannot read image {path} ({type(exc).__name__}); remove or replace it") from exc
     if size is not None and converted.size != size:
         converted = converted.resize(size, Image.Resampling.BILINEAR)

@@ -22,12 +22,18 @@ class DataSource:
     load: Callable[[str, DataOptions], DataBundle]
 
 
+def _is_folder(spec: str) -> bool:
+    try:
+        return Path(spec).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a folder
+        return False
+
+
 DATA_SOURCES: tuple[DataSource, ...] = (
     DataSource("digits", lambda spec: spec == "digits", load_digits_bundle),
     DataSource("PATH.npz (arrays x and optional y)", lambda spec: spec.lower().endswith(".npz"),
                load_npz_bundle),
-    DataSource("FOLDER with one sub-folder of images per class", lambda spec: Path(spec).is_dir(),
-               load_image_folder_bundle),
+    DataSource("FOLDER with one sub-folder of images per class", _is_folder, load_image_folder_bundle),
     DataSource("module:function returning a DataLoader or (train, val)", is_callable_spec,
                load_callable_bundle),
 )
@@ -51,6 +57,8 @@ def load_data(
     (10, (64,), torch.Size([32, 64]))
     """
     spec = str(spec)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     shape = None if input_shape is None else tuple(input_shape)
     options = DataOptions(shape, batch_size, seed, val_fraction).checked()
     for source in sources:
@@ -61,5 +69,13 @@ def load_data(
 
 def _unknown_spec_message(spec: str, sources: tuple[DataSource, ...]) -> str:
     forms = "; ".join(source.form for source in sources)
-    missing = "" if Path(spec).exists() else " (no file or folder has that name)"
+    missing = "" if _exists(spec) else " (no file or folder has that name)"
     return f"data spec {spec!r} is not understood{missing}; use one of: {forms}"
+
+
+def _exists(spec: str) -> bool:
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):
+        return False
+

@@ -21,6 +21,7 @@ from structprune.io.probe import first_line
 ZOO_ARCH_PREFIXES = ("zoo:", "models_zoo:")
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _EXAMPLE_SEED = 0
+_USER_CODE_ERRORS = (Exception, SystemExit)  # a factory that calls sys.exit() (or argparse) must not end the run
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def build_zoo_model(name: str, arch_kwargs: Mapping[str, Any]) -> BuiltArch:
     try:
         model = models_zoo.create(name, **arch_kwargs).eval()
         inputs = models_zoo.example_inputs(name, batch=1, seed=_EXAMPLE_SEED, **arch_kwargs)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - bad kwargs fail anywhere: TypeError, negative sizes, no memory
         raise UsageError(f"cannot build zoo model {name!r}: {first_line(exc)}; fix --arch-kwargs") from exc
     return BuiltArch(model, inputs)
 
@@ -87,7 +88,7 @@ def _build_from_factory(arch: str, arch_kwargs: Mapping[str, Any]) -> BuiltArch:
     factory = _import_factory(module_name, factory_name)
     try:
         model = factory(**arch_kwargs)
-    except Exception as exc:  # noqa: BLE001 - user code; report it on one line
+    except _USER_CODE_ERRORS as exc:  # noqa: BLE001 - user code; report it on one line
         raise UsageError(
             f"calling {arch}(**arch_kwargs) failed ({type(exc).__name__}: {first_line(exc)}); "
             "check --arch-kwargs"
@@ -100,7 +101,7 @@ def _build_from_factory(arch: str, arch_kwargs: Mapping[str, Any]) -> BuiltArch:
 def _import_factory(module_name: str, factory_name: str) -> Callable[..., Any]:
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the user's module
+    except _USER_CODE_ERRORS as exc:  # noqa: BLE001 - ImportError or an error inside the user's module
         raise UsageError(
             f"cannot import module {module_name!r} for --arch ({type(exc).__name__}: {first_line(exc)}); "
             "check the name and that it is importable (e.g. PYTHONPATH=.)"

@@ -2,8 +2,10 @@
 
 Accepted: `zoo:NAME`; a torch.export `.pt2` archive; a state_dict saved with torch.save plus an
 `arch`. Refused with a one-line UsageError: a pickled whole module (unpickling runs code from the
-file; allowed with trust_pickle=True), TorchScript, and missing, empty or damaged files. The input
-file is only ever opened for reading.
+file; allowed with trust_pickle=True), a `.pt2` whose loading would run code (see pt2), TorchScript,
+missing, empty or damaged files, weights with NaN/Inf or of a non-float kind for float parameters,
+and an input shape that contradicts the inputs the source brings. The input file is only ever
+opened for reading.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from structprune.errors import UsageError
 from structprune.io.arch import BuiltArch, build_arch, build_zoo_model, check_input_shape, random_inputs
 from structprune.io.checkpoint import find_state_dict, load_weights
 from structprune.io.probe import ModelFile, code_globals, first_line, probe_model_spec
-from structprune.io.pt2 import load_exported_program, unsafe_archive_parts
+from structprune.io.pt2 import check_payload_sizes, load_exported_program, unsafe_archive_parts
 
 _SAFE_ALTERNATIVES = "save a torch.export archive (.pt2) or a state_dict with --arch instead"
+_PT2_INSTEAD = "save a .pt2 with torch.export instead (torch.export.save), which needs no class to load"
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,10 @@ def load_model(
         os.fspath(spec), arch, dict(arch_kwargs or {}), trust_pickle, check_input_shape(input_shape)
     )
     found = probe_model_spec(request.spec)
-    return (loaders or MODEL_LOADERS)[found.kind](request, found)
+    loaded = (loaders or MODEL_LOADERS)[found.kind](request, found)
+    _check_input_shape_agrees(loaded, request)
+    _check_parameter_values(loaded.model, request.spec)
+    return loaded
 
 
 def load_zoo(request: LoadRequest, found: ModelFile) -> LoadedModel:
@@ -94,15 +100,16 @@ def load_pt2(request: LoadRequest, found: ModelFile) -> LoadedModel:
     unsafe = unsafe_archive_parts(found.path)
     if unsafe and not request.trust_pickle:
         raise UsageError(
-            f"{found.path} is a .pt2 archive whose {unsafe[0]} is a pickled Python object; "
-            "unpickling runs code from the file, so it is refused: re-export it with plain tensors, "
+            f"{found.path} is a .pt2 archive whose {unsafe[0]} would run code from the file when loaded (a pickled "
+            "Python object, compiled library or code string), so it is refused: re-export it with plain tensors, "
             "or pass --trust-pickle if you trust the file"
         )
+    check_payload_sizes(found.path)
     program = load_exported_program(found.path)
     inputs = _program_inputs(program, found.path)
     if inputs is None:
         inputs = _inputs_from_shape(request, found.path)
-    return LoadedModel(program.module(), inputs, safe_name(found.path.stem), "pt2")
+    return LoadedModel(_program_module(program, found.path), inputs, safe_name(found.path.stem), "pt2")
 
 
 def load_state_dict_file(request: LoadRequest, found: ModelFile) -> LoadedModel:
@@ -113,7 +120,9 @@ def load_state_dict_file(request: LoadRequest, found: ModelFile) -> LoadedModel:
             "package.module:factory to say which architecture they belong to"
         )
     built = build_arch(request.arch, request.arch_kwargs)
-    load_weights(built.model, find_state_dict(found.payload, found.path), found.path, request.arch)
+    state_dict = find_state_dict(found.payload, found.path)
+    load_weights(built.model, state_dict, found.path, request.arch)
+    _check_dtype_kinds(built.model, state_dict, found.path)
     inputs = _arch_inputs(built, request, found.path)
     return LoadedModel(built.model, inputs, safe_name(found.path.stem), "state_dict",
                        request.arch, request.arch_kwargs)
@@ -128,7 +137,7 @@ def load_pickled(request: LoadRequest, found: ModelFile) -> LoadedModel:
             f"{found.path} is a pickled Python object{refers}; unpickling runs code from the file, "
             f"so it is refused: {_SAFE_ALTERNATIVES}, or pass --trust-pickle if you trust the file"
         )
-    loaded = _unpickle(found.path)
+    loaded = _unpickle(found.path, found.payload)
     if isinstance(loaded, nn.Module):
         inputs = _inputs_from_shape(request, found.path)
         return LoadedModel(loaded.eval(), inputs, safe_name(found.path.stem), "pickle")
@@ -167,17 +176,46 @@ def _reject_arch(request: LoadRequest, why: str) -> None:
         raise UsageError(f"--arch is only for state_dict files; {why}: drop --arch {request.arch}")
 
 
-def _unpickle(path: Path) -> Any:
+def _unpickle(path: Path, names: tuple[str, ...]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - the file's own code or a damaged stream
-        raise UsageError(f"unpickling {path} failed ({type(exc).__name__}: {first_line(exc)})") from exc
+        raise UsageError(
+            f"unpickling {path} failed ({type(exc).__name__}: {first_line(exc)}){_import_hint(exc, names)}"
+        ) from exc
+
+
+def _import_hint(exc: Exception, names: tuple[str, ...]) -> str:
+    """What to do when the pickle names a class Python cannot import here."""
+    script_classes = [n.split(".", 1)[1] for n in code_globals(names) if n.startswith("__main__.")]
+    if script_classes and isinstance(exc, AttributeError):
+        return (f"; class {script_classes[0]} was defined in the script that saved the file (__main__), so it "
+                "cannot be imported: move it into a module, add that module's folder to PYTHONPATH and save "
+                f"again, or {_PT2_INSTEAD}")
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (f"; add the folder that holds module {exc.name!r} to PYTHONPATH (e.g. PYTHONPATH=path/to/project), "
+                f"or {_PT2_INSTEAD}")
+    return ""
+
+
+def _program_module(program: torch.export.ExportedProgram, path: Path) -> nn.Module:
+    try:
+        return program.module()
+    except Exception as exc:  # noqa: BLE001 - builds code from the archive: damage shows up here too
+        raise UsageError(
+            f"{path} loads, but its module cannot be built ({type(exc).__name__}: {first_line(exc)}); "
+            "export and save it again"
+        ) from exc
 
 
 def _program_inputs(program: torch.export.ExportedProgram, path: Path) -> Any | None:
-    if program.example_inputs is None:
+    example = program.example_inputs
+    if example is None:
         return None
-    args, kwargs = program.example_inputs
+    if not (isinstance(example, tuple) and len(example) == 2 and isinstance(example[0], tuple)
+            and isinstance(example[1], dict)):
+        raise UsageError(f"{path} holds sample inputs that are not (args, kwargs); export and save it again")
+    args, kwargs = example
     if args and kwargs:
         raise UsageError(
             f"{path} was exported with both positional and keyword inputs; "
@@ -201,3 +239,46 @@ def _inputs_from_shape(request: LoadRequest, path: Path) -> torch.Tensor:
             "(sizes without the batch, e.g. 3,32,32)"
         )
     return random_inputs(request.input_shape)
+
+
+def _check_input_shape_agrees(loaded: LoadedModel, request: LoadRequest) -> None:
+    """--input-shape for a source that brings its own inputs must describe those inputs."""
+    if request.input_shape is None:
+        return
+    inputs = loaded.example_inputs
+    if isinstance(inputs, torch.Tensor) and tuple(inputs.shape[1:]) == request.input_shape:
+        return
+    takes = f"inputs of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else "several inputs"
+    raise UsageError(
+        f"{request.spec} takes {takes}, but --input-shape gives {request.input_shape} after the batch; "
+        "drop --input-shape (the model brings its own example inputs) or correct it"
+    )
+
+
+def _check_parameter_values(model: nn.Module, spec: str) -> None:
+    """Weights with NaN or infinities (or none at all, on the meta device) cannot be pruned or verified."""
+    for name, parameter in model.named_parameters():
+        if parameter.is_meta:
+            raise UsageError(f"{spec}: parameter {name!r} has no values (meta device); save the real weights")
+        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
+            raise UsageError(
+                f"{spec}: parameter {name!r} holds NaN or infinite values, so the pruned model could not be "
+                "verified; fix or retrain the weights"
+            )
+
+
+def _check_dtype_kinds(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict casts silently: integer, bool or complex weights for float parameters are a wrong file."""
+    for key, expected in model.state_dict().items():
+        given = state_dict.get(key, state_dict.get(f"module.{key}"))
+        if given is not None and _dtype_kind(given) != _dtype_kind(expected):
+            raise UsageError(
+                f"{key!r} in {path} is {given.dtype}, but the model's is {expected.dtype}; "
+                "save the weights the model was trained with (float16/float64 are fine for float32)"
+            )
+
+
+def _dtype_kind(tensor: torch.Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    return "float" if tensor.is_floating_point() else "integer"

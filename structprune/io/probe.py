@@ -2,6 +2,8 @@
 
 A spec is `zoo:NAME` or a path. A file is classified from its bytes: a zip archive by its marker
 entries (torch.export `.pt2`, TorchScript, `torch.save`), a bare pickle as a legacy `torch.save`.
+A zip archive must first look the way torch writes one, which torch's own reader does not check:
+every entry under one folder with a plain relative name, no name twice, every CRC-32 intact.
 `torch.save` files are read once with `torch.load(weights_only=True)`, which cannot run code: if
 that succeeds the file holds weights ("state_dict"); if it fails on a well-formed pickle the file
 needs code to rebuild ("pickle"); anything else is reported as corrupt.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,8 @@ ZOO_PREFIX = "zoo:"
 _PICKLE_PROTO = b"\x80"
 _ZIP_MAGIC = b"PK"
 _LEGACY_PICKLES = 4  # legacy torch.save: magic number, protocol, sys info, then the object
+_CHUNK = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 # First matching marker (an entry under the archive's root folder) decides the archive kind.
 # TorchScript archives also hold data.pkl, so their markers come first.
@@ -96,12 +101,19 @@ def _file_kind(path: Path) -> str:
 
 
 def _require_nonempty_file(path: Path) -> None:
-    if not path.exists():
+    try:
+        exists, folder, regular = path.exists(), path.is_dir(), path.is_file()
+        size = path.stat().st_size if regular else 0
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, ...
+        raise UsageError(f"cannot use {str(path)[:80]!r} as a model file ({first_line(exc)}); check the path") from exc
+    if not exists:
         hint = f"did you mean zoo:{path}?" if str(path) in models_zoo.list_models() else "check the path"
         raise UsageError(f"model file {path} does not exist; {hint} (zoo models are named zoo:NAME)")
-    if path.is_dir():
+    if folder:
         raise UsageError(f"model path {path} is a folder, not a file; pass the model file inside it")
-    if path.stat().st_size == 0:
+    if not regular:
+        raise UsageError(f"model path {path} is not a regular file; pass a model file")
+    if size == 0:
         raise UsageError(f"model file {path} is empty; save the model again")
 
 
@@ -125,13 +137,59 @@ def _archive_kind(path: Path) -> str:
 
 
 def _archive_entries(path: Path) -> set[str]:
-    """Entry names below the archive's root folder (torch writes every entry under one)."""
+    """Entry names below the archive's root folder, once the archive is known to be laid out and
+    stored the way torch writes it (torch's own reader checks neither names nor checksums)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+            infos = archive.infolist()
+            check_entry_names([info.orig_filename for info in infos], path)
+            _check_checksums(archive, infos, path)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, a name that is not UTF-8, ...
         raise UsageError(f"{path} is a damaged zip archive ({first_line(exc)}); save it again") from exc
-    return {name.split("/", 1)[1] if "/" in name else name for name in names}
+    return {name.split("/", 1)[1] if "/" in name else name for name in (info.filename for info in infos)}
+
+
+def check_entry_names(names: list[str], path: Path) -> None:
+    """Raise UsageError for zip entry names torch never writes: ones that leave the archive's folder
+    (absolute, `..`, backslashes, NUL), repeat (readers disagree on which copy counts), or spread
+    over several top folders. `names` are the raw names (`ZipInfo.orig_filename`)."""
+    crafted = "; torch never writes that, so the file is damaged or crafted: save or export it again"
+    for name in names:
+        if _escapes_archive(name):
+            raise UsageError(f"{path} has an archive entry named {name!r}, which is not a plain relative path{crafted}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"{path} has two archive entries named {name!r}{crafted}")
+        seen.add(name)
+    roots = sorted({name.split("/", 1)[0] for name in names})
+    if len(roots) > 1:
+        shown = ", ".join(repr(r) for r in roots[:3]) + (", ..." if len(roots) > 3 else "")
+        raise UsageError(f"{path} spreads its entries over several top folders ({shown}){crafted}")
+
+
+def _escapes_archive(name: str) -> bool:
+    parts = name.split("/")
+    return ("\\" in name or "\x00" in name or name.startswith("/") or ".." in parts
+            or bool(_DRIVE.match(name)))
+
+
+def _check_checksums(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], path: Path) -> None:
+    """Read each entry once, so zipfile compares it with its stored CRC-32 (torch.load never does)."""
+    for info in infos:
+        if info.CRC == 0:  # empty, or saved with torch.serialization.set_crc32_options(False)
+            continue
+        try:
+            with archive.open(info) as stream:
+                while stream.read(_CHUNK):
+                    pass
+        except Exception as exc:  # noqa: BLE001 - a bad CRC, header, compression or length alike
+            raise UsageError(
+                f"{path} is damaged: its entry {info.filename!r} does not match its checksum or header "
+                f"({first_line(exc)}); copy or save the file again"
+            ) from exc
 
 
 def _probe_torch_save(spec: str, path: Path) -> ModelFile:

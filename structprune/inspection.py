@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from structprune.api import analyze
+from structprune.data.messages import one_line
 from structprune.errors import UsageError
 from structprune.io import load_model
 from structprune.report.metrics import layer_costs, macs_of
@@ -30,12 +31,25 @@ def inspect_model(spec: str, **load_kwargs) -> str:
 
 def bench_onnx(path: str, *, against: str | None = None, runs: int = 50, batch: int = 1) -> str:
     """Median and p90 onnxruntime latency of one ONNX file, or two compared in the same process."""
-    from structprune.onnx import compare_latency, ort_latency
-
     for p in (path, against):
+        if p is not None and os.path.isdir(p):
+            raise UsageError(f"'{p}' is a folder; pass an .onnx file")
         if p is not None and not os.path.isfile(p):
             raise UsageError(f"ONNX file '{p}' does not exist")
     inputs = onnx_example_inputs(path, batch)
+    if against is not None:
+        onnx_example_inputs(against, batch)  # the second file is checked the same way before timing
+    try:
+        return _bench_table(path, against, inputs, runs)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime rejecting a file is bad input, not a crash
+        which = path if against is None else f"{against} or {path}"
+        raise UsageError(f"onnxruntime cannot run {which} ({one_line(exc)}); pass an ONNX model exported by "
+                         "structprune or torch.onnx") from exc
+
+
+def _bench_table(path: str, against: str | None, inputs: dict, runs: int) -> str:
+    from structprune.onnx import compare_latency, ort_latency
+
     if against is None:
         lat = ort_latency(path, inputs, runs=runs)
         return format_table(["model", "median ms", "p90 ms", "runs"],
@@ -55,6 +69,8 @@ def onnx_example_inputs(path: str, batch: int = 1) -> dict:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
         raise UsageError(f"'{path}' is not a readable ONNX model: {str(exc).splitlines()[0]}") from exc
+    if not model.graph.node:
+        raise UsageError(f"'{path}' holds no ONNX graph (no nodes); pass an exported .onnx model")
     initializers = {i.name for i in model.graph.initializer}
     inputs = {}
     rng = torch.Generator().manual_seed(0)

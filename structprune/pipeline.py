@@ -21,7 +21,8 @@ from structprune.io import atomic_torch_save, atomic_write_text, load_model, sav
 from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
 from structprune.io.pt2 import SavedPt2
-from structprune.quality import check_gate_can_run, quality_gate, with_accuracy, with_published_accuracy
+from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
+                                 with_published_accuracy)
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
@@ -84,6 +85,7 @@ def run_job(options: JobOptions) -> JobResult:
     loaded = load_model(options.model, arch=options.arch, arch_kwargs=dict(options.arch_kwargs),
                         trust_pickle=options.trust_pickle, input_shape=options.input_shape)
     bundle = _load_bundle(options, loaded)
+    check_labels_fit(loaded, bundle)
     check_gate_can_run(options, loaded, bundle)
     plan = _load_plan(options.plan) if options.plan else None
     out_dir = Path(options.out) if options.out else Path("export") / loaded.name

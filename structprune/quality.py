@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from structprune.artifacts import published_accuracy
+from structprune.capture import eval_mode
 from structprune.data import DataBundle, accuracy_unmeasurable, evaluate_accuracy
+from structprune.data.batches import run_model
 from structprune.errors import QualityError, UsageError
 from structprune.io.load import LoadedModel
 from structprune.io.pt2 import SavedPt2
@@ -25,6 +29,19 @@ def check_gate_can_run(options, loaded: LoadedModel, bundle: DataBundle | None) 
         raise UsageError(f"--max-accuracy-drop cannot be checked on --data {options.data}: {reason}; pass "
                          "labelled validation data: digits, PATH.npz with x and y, an image folder, or "
                          "module:function returning (train, val) loaders of (x, y)")
+
+
+def check_labels_fit(loaded: LoadedModel, bundle: DataBundle | None) -> None:
+    """Labels that index past the model's (batch, classes) output are a usage error, found before
+    criteria or training index out of range."""
+    if bundle is None or bundle.num_classes is None:
+        return
+    with eval_mode(loaded.model), torch.no_grad():
+        logits = run_model(loaded.model, loaded.example_inputs)
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and bundle.num_classes > logits.shape[1]:
+        raise UsageError(f"the labels of --data {bundle.name} go up to {bundle.num_classes - 1} but the model has "
+                         f"{logits.shape[1]} outputs; pass data whose labels are 0..{logits.shape[1] - 1}, or "
+                         "build the model with more classes (e.g. --arch-kwargs '{\"num_classes\": N}')")
 
 
 def quality_gate(report, options) -> None:

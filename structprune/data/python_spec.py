@@ -41,7 +41,7 @@ def _call(spec: str) -> Any:
     function = _import_function(module_name, function_name, spec)
     try:
         return function()
-    except Exception as exc:  # noqa: BLE001 - user code; report it on one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (even sys.exit); report it on one line
         raise UsageError(f"data function {spec} failed ({one_line(exc)})") from exc
 
 

@@ -188,7 +188,7 @@ def test_bad_image_folders_are_refused(tmp_path: Path) -> None:
     (empty / "cats").mkdir()
     _usage_error("has no images", str(empty))
     root = _image_folder(tmp_path / "ok")
-    _usage_error("1 or 3 channels", str(root), input_shape=(64,))
+    _usage_error("C = 1 or 3", str(root), input_shape=(64,))
     (root / "class_0" / "img_0.png").write_bytes(b"broken")
     bundle = load_data(str(root), input_shape=(3, 4, 4), val_fraction=0.0)
     with pytest.raises(UsageError, match="cannot read image .*img_0.png"):
@@ -236,7 +236,7 @@ def test_unimportable_module_is_refused() -> None:
     ("some/where/images", {}, "no file or folder"),
     ("digits", {"batch_size": 0}, "batch size"),
     ("digits", {"val_fraction": 1.0}, "val fraction"),
-    ("digits", {"input_shape": (0, 8)}, "input shape"),
+    ("digits", {"input_shape": (0, 8)}, "input_shape"),
     ("digits", {"input_shape": (65,)}, "64 values"),
     ("digits", {"input_shape": (8, 8)}, "does not fit digits"),
 ])

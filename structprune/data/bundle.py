@@ -28,7 +28,8 @@ class DataOptions:
             raise UsageError(f"val fraction must be in [0, 1), got {self.val_fraction!r}")
         shape = self.input_shape
         if shape is not None and (not shape or not all(isinstance(d, int) and d > 0 for d in shape)):
-            raise UsageError(f"input shape {shape!r} is not valid; give positive sizes without the batch")
+            raise UsageError(f"input_shape={shape!r} is not valid; give positive sizes without the batch "
+                             "(on the command line, --input-shape takes the batch first: 1,3,32,32)")
         return self
 
 

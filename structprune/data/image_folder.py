@@ -87,7 +87,6 @@ def _image_shape(requested: tuple[int, ...] | None, first_image: Path, folder: P
         return (3, height, width)
     if len(requested) != 3 or requested[0] not in _PIL_MODES:
         raise UsageError(
-            f"image folder {folder} needs an input shape (channels, height, width) with 1 or 3 "
-            f"channels, got {requested}"
+            f"image folder {folder} needs --input-shape 1,C,H,W with C = 1 or 3, got {requested} per sample"
         )
     return tuple(requested)

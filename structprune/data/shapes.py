@@ -23,7 +23,8 @@ def adapt_images(images: torch.Tensor, input_shape: tuple[int, ...], source: str
     adapter = _IMAGE_ADAPTERS.get(len(input_shape))
     if adapter is None:
         raise UsageError(
-            f"input shape {input_shape} does not fit {source}; use (features,) or (channels, height, width)"
+            f"input shape {input_shape} (per sample) does not fit {source}; pass --input-shape with the batch "
+            "first: 1,FEATURES or 1,C,H,W"
         )
     return adapter(images, input_shape, source)
 
@@ -49,8 +50,8 @@ def _to_vectors(images: torch.Tensor, input_shape: tuple[int, ...], source: str)
     flat = images.flatten(1)
     if flat.shape[1] != input_shape[0]:
         raise UsageError(
-            f"{source} samples have {flat.shape[1]} values but the model input is {input_shape}; "
-            "pass a matching --input-shape"
+            f"{source} samples have {flat.shape[1]} values but the model input is {input_shape} per sample; "
+            f"pass a matching --input-shape with the batch first, e.g. 1,{flat.shape[1]}"
         )
     return flat
 
@@ -73,7 +74,7 @@ def _flat_samples(samples: torch.Tensor, input_shape: tuple[int, ...] | None, so
     if math.prod(input_shape) != samples.shape[1]:
         raise UsageError(
             f"{source} samples have {samples.shape[1]} values, which do not fill the input shape "
-            f"{input_shape}; pass a matching --input-shape"
+            f"{input_shape} per sample; pass a matching --input-shape with the batch first"
         )
     return samples.reshape(len(samples), *input_shape)
 

@@ -74,7 +74,8 @@ def check_input_shape(input_shape: Any) -> tuple[int, ...] | None:
     shape = tuple(input_shape)
     if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise UsageError(
-            f"input shape {input_shape!r} is not valid; give positive sizes without the batch, e.g. 3,32,32"
+            f"input_shape={input_shape!r} is not valid; give positive sizes without the batch, e.g. (3, 32, 32) "
+            "(on the command line, --input-shape takes the batch first: 1,3,32,32)"
         )
     return shape
 

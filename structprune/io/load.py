@@ -235,8 +235,8 @@ def _arch_inputs(built: BuiltArch, request: LoadRequest, path: Path) -> Any:
 def _inputs_from_shape(request: LoadRequest, path: Path) -> torch.Tensor:
     if request.input_shape is None:
         raise UsageError(
-            f"{path} does not say what input the model takes; pass --input-shape "
-            "(sizes without the batch, e.g. 3,32,32)"
+            f"{path} does not say what input the model takes; pass --input-shape with the batch first, "
+            "e.g. 1,3,32,32"
         )
     return random_inputs(request.input_shape)
 

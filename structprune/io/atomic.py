@@ -3,6 +3,13 @@
 Every writer stages into a temporary sibling (same folder, so the final rename never crosses a
 file system), fsyncs, then renames over the target with `os.replace`. Any exception, including
 KeyboardInterrupt, removes the staging file or folder and leaves the previous target as it was.
+
+A process killed outright (SIGKILL, power loss, OOM killer) cannot clean up, so its temporaries stay:
+`.NAME.<pid>-*.tmp` files, `.NAME.staging-<pid>-*` folders, and `.NAME.old-<pid>-*`, the previous
+output a `--force` run had set aside. The next writer of the same target removes the ones whose writer
+is gone (see `leftovers`: a lock held for the writer's lifetime, not the pid, decides) and, when a run
+died between its two renames, puts the set-aside output back, so a killed run never costs the
+previous output and leftovers never pile up.
 """
 from __future__ import annotations
 
@@ -18,9 +25,19 @@ from typing import Any, BinaryIO
 import torch
 
 from structprune.errors import UsageError
+from structprune.io.leftovers import (
+    claim,
+    open_entry,
+    sweep_files,
+    sweep_output_siblings,
+)
 
 _NEW_FILE_MODE = 0o644
 _NEW_DIR_MODE = 0o755
+_TMP_SUFFIX = ".tmp"
+_STAGING_TAG = "staging-"
+_ASIDE_TAG = "old-"
+_CLAIM_TRIES = 3
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -48,19 +65,29 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
     """Call `write(stream)` on a temporary sibling of `path`, fsync it, then rename it over `path`."""
     target = Path(path)
     _require_folder(target.parent)
-    fd, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
+    sweep_files(target.parent, f".{target.name}.", _TMP_SUFFIX)
+    fd, staging = _claimed_temp_file(target)
+    with os.fdopen(fd, "wb") as stream:  # stays open, so claimed, until it has been renamed
+        try:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(staging, _mode_for(target))
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+            os.chmod(staging, _mode_for(target))
+            os.replace(staging, target)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
     _fsync_folder(target.parent)
     return target
+
+
+def _claimed_temp_file(target: Path) -> tuple[int, Path]:
+    for _ in range(_CLAIM_TRIES):
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=_TMP_SUFFIX)
+        if claim(Path(name), fd):
+            return fd, Path(name)
+        os.close(fd)
+    raise OSError(f"could not create a temporary file next to {target}: it was removed {_CLAIM_TRIES} times")
 
 
 @contextlib.contextmanager
@@ -78,10 +105,12 @@ def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> I
     ['report.json']
     """
     target = Path(out_dir)
+    if target.parent.is_dir():
+        sweep_output_siblings(target, _STAGING_TAG, _ASIDE_TAG)
     check_output_dir(target, force)
     created = _missing_ancestors(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    staging, fd = _claimed_staging_dir(target)
     try:
         yield staging
         _replace_folder(staging, target)
@@ -91,6 +120,18 @@ def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> I
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    finally:
+        os.close(fd)
+
+
+def _claimed_staging_dir(target: Path) -> tuple[Path, int]:
+    for _ in range(_CLAIM_TRIES):
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_STAGING_TAG}{os.getpid()}-"))
+        fd = open_entry(staging)
+        if claim(staging, fd):
+            return staging, fd
+        os.close(fd)
+    raise OSError(f"could not create a staging folder next to {target}: it was removed {_CLAIM_TRIES} times")
 
 
 def _missing_ancestors(folder: Path) -> list[Path]:
@@ -119,15 +160,20 @@ def _replace_folder(staging: Path, target: Path) -> None:
         os.rename(staging, target)
         _fsync_folder(target.parent)
         return
-    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(target, aside)
+    aside = target.with_name(f".{target.name}.{_ASIDE_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    fd = open_entry(target)
     try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    _fsync_folder(target.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+        claim(target, fd)  # held across the renames: a sweep never restores an aside still in use
+        os.rename(target, aside)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        _fsync_folder(target.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def _require_folder(folder: Path) -> None:

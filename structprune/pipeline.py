@@ -174,6 +174,10 @@ def _check_options(options: JobOptions) -> None:
         recovery_config(options)
     except ValueError as exc:
         raise UsageError(f"recovery options: {exc}") from exc
+    if options.resume and not options.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir (the folder the interrupted run saved its checkpoints in)")
+    if options.out is not None and not str(options.out).strip():
+        raise UsageError("--out is empty; pass a folder name, or leave --out out for export/<model-name>/")
     if options.iterative < 0 or (options.ap is not None and not 0.0 < options.ap < 1.0):
         raise UsageError("--iterative must be >= 0 and --ap a share in (0, 1), e.g. 0.02")
 

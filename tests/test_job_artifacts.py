@@ -136,3 +136,14 @@ def test_a_published_file_that_does_not_match_fails_the_job(in_user_dir: Path, c
     err = capsys.readouterr().err.strip()
     assert code == 1 and "model.pt2: outputs differ" in err and "nothing was published" in err
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--out", " "], "--out is empty"),
+])
+def test_options_that_would_be_silently_ignored_are_refused(flags, message, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "zoo:mlp", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -6,9 +6,11 @@ Exit codes: 0 success; 2 bad usage or input (one-line error, no traceback, no ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
+import signal
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version (0), or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        with _distributed():
+        with _distributed(), _terminate_as_interrupt():
             return args.handler(args)
     except USAGE_ERRORS as exc:
         return _fail(exc, 2)
@@ -46,6 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("structprune: interrupted; no outputs were written", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (timeout, docker stop, a cluster pre-empting the job) unwinds like Ctrl-C, so staging
+    folders are removed on the way out; the previous handler is restored afterwards."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def package_version() -> str:

@@ -8,7 +8,12 @@ class StructpruneError(Exception):
     stage = "structprune"
 
     def __init__(self, message: str) -> None:
+        self.message = message
         super().__init__(f"[{self.stage}] {message}")
+
+    def __reduce__(self):
+        """Pickle (e.g. between torchrun ranks) from the bare message, so the stage prefix is not doubled."""
+        return type(self), (self.message,)
 
 
 class CaptureError(StructpruneError):

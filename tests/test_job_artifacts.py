@@ -147,3 +147,29 @@ def test_options_that_would_be_silently_ignored_are_refused(flags, message, caps
     assert main(["compress", "zoo:mlp", *flags]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_cross_processes_without_a_doubled_stage_prefix() -> None:
+    import pickle
+
+    from structprune.errors import UsageError
+
+    assert str(pickle.loads(pickle.dumps(UsageError("bad input")))) == "[input] bad input"
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "structprune", "compress", "zoo:resnet20", "--data", "digits",
+                                "--finetune-epochs", "50", "--out", "out"], cwd=tmp_path, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 240
+    while not any(p.name.startswith(".out.staging") for p in tmp_path.iterdir()) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted; no outputs were written" in err
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import torch
 
 from structprune.errors import UsageError
+from structprune.io.probe import first_line
 from structprune.io.leftovers import (
     claim,
     open_entry,
@@ -105,20 +106,26 @@ def staged_output_dir(out_dir: str | os.PathLike[str], force: bool = False) -> I
     ['report.json']
     """
     target = Path(out_dir)
-    if target.parent.is_dir():
-        sweep_output_siblings(target, _STAGING_TAG, _ASIDE_TAG)
-    check_output_dir(target, force)
-    created = _missing_ancestors(target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging, fd = _claimed_staging_dir(target)
+    created: list[Path] = []
+    try:
+        if target.parent.is_dir():
+            sweep_output_siblings(target, _STAGING_TAG, _ASIDE_TAG)
+        check_output_dir(target, force)
+        created = _missing_ancestors(target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging, fd = _claimed_staging_dir(target)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a path below a file, no permission
+        _remove_empty(created)
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"cannot create the output folder {target!s:.200} ({type(exc).__name__}: "
+                         f"{first_line(exc)}); choose another --out") from exc
     try:
         yield staging
         _replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # deepest first: folders made for this run go too, if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(created)
         raise
     finally:
         os.close(fd)
@@ -141,6 +148,13 @@ def _missing_ancestors(folder: Path) -> list[Path]:
         missing.append(folder)
         folder = folder.parent
     return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders made for this run (deepest first), where they are still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def check_output_dir(out_dir: Path, force: bool) -> None:

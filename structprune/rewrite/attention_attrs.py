@@ -13,7 +13,7 @@ from torch import nn
 
 from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES, QUERY_PROJECTIONS
 
-WIDTHS = ("all_head_size",)
+WIDTHS = ("all_head_size", "attn_dim")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial, reduce
 
 import numpy as np
 import torch
@@ -11,14 +14,45 @@ from structprune.errors import RewriteError
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.graph_module import fix_literal_shapes
 from structprune.rewrite.keep import component_keep, kept_indices
+from structprune.rewrite.on_read import ReplacedOnRead
 from structprune.rewrite.shrink import refresh_attributes, snapshot
 from structprune.select.plan import Plan
 
 
-def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan) -> nn.Module:
-    """A smaller copy of `model` with the plan's dropped channels physically removed."""
+def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_unchanged: bool = False) -> nn.Module:
+    """A smaller copy of `model` with the plan's dropped channels physically removed.
+    `share_unchanged=True` is for a throwaway copy that is only run (verification): tensors that
+    lose nothing are then the caller's own, not copies."""
     keep = component_keep(graph, plan)
-    pruned = copy.deepcopy(model, memo=_sliced_memo(model, kept_indices(graph, keep)))
+    memo = _sliced_memo(model, kept_indices(graph, keep))
+    return _rewritten_copy(model, graph, keep, (_own_tensors(model) | memo) if share_unchanged else memo)
+
+
+@contextmanager
+def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan) -> Iterator[nn.Module]:
+    """A throwaway `rewrite_model(model, graph, plan)` that holds no sliced float tensor. Its modules
+    are rewritten copies and its tensors are the caller's own, except that a float tensor the plan
+    slices is a stand-in of the sliced shape holding one NaN: inside the block, each torch call that
+    reads one gets the slice made for that call (`ReplacedOnRead`). A read that bypasses torch calls
+    (TorchScript) sees NaN, so the caller can tell from non-finite outputs. For running the pruned
+    model once without building it."""
+    keep, memo = component_keep(graph, plan), _own_tensors(model)
+    replacements: dict[int, tuple[torch.Tensor, Callable[[], torch.Tensor]]] = {}
+    for tensor, steps in _slicing_steps(model, kept_indices(graph, keep)).items():
+        if not tensor.is_floating_point():  # cannot hold NaN; such tensors are small (index tables)
+            memo[id(tensor)] = reduce(_sliced, steps, tensor)
+            continue
+        stand_in = _nan_stand_in(tensor, reduce(_sliced, steps, _meta_like(tensor)).shape)
+        memo[id(tensor)] = stand_in
+        replacements[id(stand_in)] = (stand_in, partial(reduce, _sliced, steps, tensor))
+    pruned = _rewritten_copy(model, graph, keep, memo)  # outside the block: shapes come from the stand-ins
+    with ReplacedOnRead(replacements):
+        yield pruned
+
+
+def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict) -> nn.Module:
+    """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes."""
+    pruned = copy.deepcopy(model, memo=memo)
     before = [(m, snapshot(m)) for m in pruned.modules()]  # attributes only: still the unsliced ones
     for module, old in reversed(before):  # children before parents
         refresh_attributes(module, old, graph.attention)
@@ -27,15 +61,37 @@ def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan) -> nn.Modul
     return pruned
 
 
+def _own_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
+    """A deepcopy memo that keeps every parameter and buffer of `model` as it is (shared, not copied)."""
+    return {id(t): t for t in (*model.parameters(), *model.buffers())}
+
+
+def _slicing_steps(model: nn.Module, indices: dict[str, dict[int, np.ndarray]]) -> dict[torch.Tensor, list]:
+    """Each tensor to be sliced -> the {axis: kept} slicings to apply in turn (one per name it has)."""
+    steps: dict[int, tuple[torch.Tensor, list]] = {}
+    for fqn, axes in indices.items():
+        tensor = _named_tensor(model, fqn)
+        steps.setdefault(id(tensor), (tensor, []))[1].append(axes)
+    return dict(steps.values())
+
+
+def _meta_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A shape-only copy (parameters stay parameters): slicing it gives the sliced shape for free."""
+    meta = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    return nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+
+
+def _nan_stand_in(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """One NaN broadcast to `shape`, like `tensor` otherwise (device, dtype, parameter or not)."""
+    nan = torch.full((), float("nan"), dtype=tensor.dtype, device=tensor.device).expand(shape)
+    return nn.Parameter(nan, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else nan
+
+
 def _sliced_memo(model: nn.Module, indices: dict[str, dict[int, np.ndarray]]) -> dict[int, torch.Tensor]:
     """A deepcopy memo that maps each tensor to be sliced to its sliced copy: the copy then never
     duplicates those dense tensors, every holder of one (tied weights) gets the same new tensor, and
     the caller's model is only read. A tensor named twice is sliced by each name in turn."""
-    memo: dict[int, torch.Tensor] = {}
-    for fqn, axes in indices.items():
-        tensor = _named_tensor(model, fqn)
-        memo[id(tensor)] = _sliced(memo.get(id(tensor), tensor), axes)
-    return memo
+    return {id(tensor): reduce(_sliced, steps, tensor) for tensor, steps in _slicing_steps(model, indices).items()}
 
 
 def _named_tensor(model: nn.Module, fqn: str) -> torch.Tensor:

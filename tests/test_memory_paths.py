@@ -1,0 +1,213 @@
+"""The memory-saving paths keep their results: tensors replaced on read (masked or sliced per call) give
+the outputs that materialised copies give, without holding those copies all at once and without touching
+the caller's model; the throwaway rewrite shares its unchanged tensors; scoring through one scratch
+buffer gives the scores fresh temporaries give; and a timm-style `attn_dim` width follows pruning."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from test_api import TiedEmbedding
+from torch import nn
+
+import models_zoo
+import structprune
+import structprune.rewrite.apply as rewrite_apply
+import structprune.verify.verify as verify_module
+from structprune.capture import normalize_inputs
+from structprune.criteria.magnitude import L1, L2, _RowSums
+from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
+from structprune.scoring import group_views
+from structprune.select import Plan
+from structprune.verify import run_model
+
+
+def _setup(name: str):
+    torch.manual_seed(0)
+    model, x = models_zoo.create(name).eval(), models_zoo.example_inputs(name)
+    graph = structprune.analyze(model, x)
+    return model, x, graph, structprune.select(model, x, graph, ratio=0.5)
+
+
+def _exact_only(graph, plan) -> tuple[Plan, tuple[str, ...]]:
+    """The plan verification's masking check compares against: pruned in exact groups only."""
+    exact = tuple(g.id for g in graph.groups if g.id in set(plan.pruned_groups()) and g.exact)
+    keep = {g: (plan.keep[g] if g in exact else tuple(range(plan.sizes[g]))) for g in plan.keep}
+    return Plan(keep, plan.sizes, plan.meta), exact
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: (v.clone(), v._version) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict) -> None:
+    for key, value in model.state_dict(keep_vars=True).items():
+        assert torch.equal(value, before[key][0]) and value._version == before[key][1], key
+
+
+class _LiveCopies:
+    """Wraps a function that returns new tensors; records the most of its results (with data: meta
+    tensors hold none) alive at once."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.alive, self.most, self.calls = fn, [], 0, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        self.alive = [r for r in self.alive if r() is not None] + ([] if out.is_meta else [weakref.ref(out)])
+        self.most, self.calls = max(self.most, len(self.alive)), self.calls + 1
+        return out
+
+
+def test_replaced_on_read_feeds_the_replacement_to_every_call_and_its_views() -> None:
+    weight, other = nn.Parameter(torch.ones(2, 3)), torch.full((2,), 5.0)
+    with ReplacedOnRead({id(weight): (weight, lambda: torch.zeros(2, 3))}), torch.no_grad():
+        reads = [weight.sum(), weight.T.sum(), weight[0].sum(), (weight * 2).sum(),
+                 nn.functional.linear(torch.ones(1, 3), weight).sum(), other.sum()]
+    assert [float(r) for r in reads] == [0.0, 0.0, 0.0, 0.0, 0.0, 10.0]
+    assert float(weight.detach().sum()) == 6.0 and weight._version == 0
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet", "convnext", "vit"])
+def test_masked_outputs_equal_the_masked_state_and_hold_one_masked_copy_at_a_time(name, monkeypatch) -> None:
+    model, x, graph, plan = _setup(name)
+    restricted, exact = _exact_only(graph, plan)
+    state = verify_module._masked_state(model, graph, restricted, exact)
+    args, kwargs = normalize_inputs(x)
+    with torch.no_grad():
+        want = torch.func.functional_call(model, state, args, kwargs, tie_weights=True, strict=False)
+    counter = _LiveCopies(verify_module._zeroed)
+    monkeypatch.setattr(verify_module, "_zeroed", counter)
+    before = _state(model)
+    got = verify_module._masked_outputs(model, x, graph, restricted, exact)
+    assert len(got) == 1 and torch.equal(got[0], want)
+    assert counter.calls >= len({id(t) for t in state.values()}) > 1
+    assert counter.most <= 2  # never a masked copy of every consumer tensor at once
+    _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("name", ["convnext", "vit", "bert"])
+def test_sliced_on_read_runs_like_the_built_rewrite_without_holding_the_slices(name, monkeypatch) -> None:
+    model, x, graph, plan = _setup(name)
+    restricted, _ = _exact_only(graph, plan)
+    assert restricted != plan  # these models have inexact groups, so verification runs this forward
+    want = run_model(rewrite_model(model, graph, restricted), x)
+    counter = _LiveCopies(rewrite_apply._sliced)
+    monkeypatch.setattr(rewrite_apply, "_sliced", counter)
+    before, own = _state(model), {id(t) for t in (*model.parameters(), *model.buffers())}
+    with sliced_on_read(model, graph, restricted) as lazy:
+        got = run_model(lazy, x)
+    stand_ins = [t for t in (*lazy.parameters(), *lazy.buffers()) if id(t) not in own]
+    assert stand_ins and all(t.untyped_storage().nbytes() == t.element_size() and t.isnan().all() for t in stand_ins)
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and len(got) == len(want)
+    assert counter.most <= 3  # one call's slices at a time
+    _assert_untouched(model, before)
+
+
+def test_sliced_on_read_slices_a_tied_tensor_by_each_of_its_names() -> None:
+    model, ids = TiedEmbedding().eval(), torch.randint(0, 10, (2, 5))
+    graph = structprune.analyze(model, ids)
+    plan = structprune.select(model, ids, graph, ratio=0.5)
+    with sliced_on_read(model, graph, plan) as lazy:
+        got = run_model(lazy, ids)
+    assert lazy.out.weight is lazy.embed.weight and lazy.out.weight.isnan().all()  # one stand-in
+    assert torch.equal(got[0], run_model(rewrite_model(model, graph, plan), ids)[0])
+
+
+def test_rewrite_sharing_unchanged_tensors_slices_the_same_and_copies_nothing_else() -> None:
+    model, _, graph, plan = _setup("convnext")
+    built, shared = rewrite_model(model, graph, plan), rewrite_model(model, graph, plan, share_unchanged=True)
+    dense = dict(model.named_parameters())
+    same = [k for k, p in shared.named_parameters() if p is dense[k]]
+    assert same and not any(p is dense[k] for k, p in built.named_parameters())
+    for key, value in built.state_dict().items():
+        assert torch.equal(shared.state_dict()[key], value), key
+
+
+@torch.jit.script
+def _scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x @ weight.t() + bias
+
+
+class _ScriptedLinear(nn.Linear):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _scripted_linear(h, self.weight, self.bias)
+
+
+def test_pruned_outputs_fall_back_to_a_built_copy_when_a_read_escapes_torch_calls() -> None:
+    """TorchScript reads tensors without torch-function dispatch: the stand-in would leak, so the
+    throwaway copy is built instead and the outputs are those of the built rewrite."""
+    model, x, graph, plan = _setup("mlp")
+    [m for m in model.modules() if isinstance(m, nn.Linear)][-1].__class__ = _ScriptedLinear
+    got = verify_module._pruned_outputs(model, x, graph, plan)
+    want = run_model(rewrite_model(model, graph, plan), x)
+    assert torch.equal(got[0], want[0]) and torch.isfinite(got[0]).all()
+
+
+def test_masking_check_confirms_a_failure_on_masked_copies_before_reporting_it() -> None:
+    """A consumer weight read by TorchScript is unmasked on read; the check measures again against
+    masked copies swapped into the module (what a TorchScript call then receives) and passes."""
+    model, x, graph, plan = _setup("mlp")
+    [m for m in model.modules() if isinstance(m, nn.Linear)][-1].__class__ = _ScriptedLinear
+    pruned = rewrite_model(model, graph, plan)
+    _, exact = _exact_only(graph, plan)
+    on_read = verify_module._masked_outputs(model, x, graph, plan, exact)
+    assert verify_module._relative_error(on_read, run_model(pruned, x)) > verify_module.RTOL
+    verdict = structprune.verify.verify_rewrite(model, pruned, x, graph, plan, recapture=False)
+    assert verdict.ok and "masking_equivalence" in [c.name for c in verdict.checks]
+    assert verdict.masking_error <= verify_module.RTOL
+
+
+@pytest.mark.parametrize("criterion, p", [(L1, 1), (L2, 2)])
+def test_scoring_through_one_scratch_buffer_gives_the_scores_of_fresh_temporaries(criterion, p) -> None:
+    model, _, graph, _ = _setup("vit")
+    model.head.weight = nn.Parameter(model.head.weight.detach().t().contiguous().t())  # a non-contiguous member
+    views = group_views(graph, model)
+    scores = criterion.score(views, None)
+    for view in views:
+        want = np.zeros(view.size)
+        for m in (m for m in view.members if m.is_param):
+            if m.axis == 0 and m.full.is_contiguous():
+                rows = torch.linalg.vector_norm(m.tensor, ord=p, dim=1).pow(p)
+            else:
+                powers = m.full.abs() if p == 1 else torch.square(m.full)
+                rows = powers.sum(dim=[d for d in range(m.full.ndim) if d != m.axis])
+            kept = np.flatnonzero(m.positions >= 0)
+            np.add.at(want, m.positions[kept], rows.double().numpy()[kept])
+        assert np.array_equal(scores[view.group_id], want), view.group_id
+
+
+def test_row_sums_reuse_one_scratch_buffer_per_dtype() -> None:
+    sums = _RowSums()
+    small, big = torch.ones(3, 4), torch.ones(5, 6)
+    first = sums.buffer_like(big)
+    assert first.shape == big.shape and sums.buffer_like(small).data_ptr() == first.data_ptr()
+    assert len(sums.scratch) == 1 and sums.buffer_like(big.t()).shape == (6, 5)
+
+
+class _TimmStyleAttention(nn.Module):
+    """timm's Attention (>= 1.0.2x): reshapes the heads' output with a stored width, `attn_dim`."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = self.num_heads * self.head_dim
+        self.qkv, self.proj = nn.Linear(dim, self.attn_dim * 3), nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+def test_a_timm_style_attn_dim_width_follows_the_pruned_heads() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_TimmStyleAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 5, 16), ratio=0.5)
+    attn = result.model[0]
+    assert result.report.verification["ok"] and attn.num_heads < 4
+    assert attn.attn_dim == attn.num_heads * attn.head_dim == attn.proj.in_features
+    assert model[0].attn_dim == 16

@@ -192,3 +192,11 @@ def test_onnx_of_token_inputs_has_a_free_sequence_axis(tmp_path: Path) -> None:
     assert section["parity"]["ok"] and section["parity"]["sequence_checked"]
     check = onnx_check(section["parity"])
     assert check.ok and check.checked_at[-1] == "sequence - 1"
+
+
+def test_a_nan_in_the_outputs_fails_masking_equivalence() -> None:
+    from structprune.verify.verify import _relative_error
+
+    reference, pruned = [torch.tensor([1.0, float("nan")])], [torch.tensor([1.0, 2.0])]
+    assert _relative_error(reference, pruned) == float("inf")
+    assert _relative_error([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 2.5])]) == pytest.approx(0.5 / 3)

@@ -13,6 +13,8 @@ by call (`ReplacedOnRead`), so verification holds no copy of the model's weights
 model itself."""
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -65,7 +67,8 @@ class Verdict:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "recapture": self.recaptured, "checks": [c.__dict__ for c in self.checks],
-                "masking_error": self.masking_error,
+                "masking_error": self.masking_error if self.masking_error is None or
+                math.isfinite(self.masking_error) else None,
                 "exact_groups": list(self.exact_groups), "inexact_groups": list(self.inexact_groups)}
 
 
@@ -184,11 +187,15 @@ def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> flo
 
 
 def _relative_error(ref_out: list[torch.Tensor], out: list[torch.Tensor]) -> float:
+    """Worst |reference - pruned| / (1 + max |reference|) over the outputs; infinite when any
+    difference is not finite (a NaN must fail the check, not vanish inside max())."""
     worst = 0.0
     for r, o in zip(ref_out, out):
-        if r.is_floating_point():
-            scale = 1.0 + float(r.abs().max()) if r.numel() else 1.0
-            worst = max(worst, float((r - o).abs().max()) / scale if r.numel() else 0.0)
+        if r.is_floating_point() and r.numel():
+            difference = (r - o).abs()
+            if not bool(torch.isfinite(difference).all()):
+                return math.inf
+            worst = max(worst, float(difference.max()) / (1.0 + float(r.abs().max())))
     return worst
 
 

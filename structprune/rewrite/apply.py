@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial, reduce
@@ -52,7 +53,9 @@ def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan) -> Iterato
 
 def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict) -> nn.Module:
     """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes."""
-    pruned = copy.deepcopy(model, memo=memo)
+    with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        pruned = copy.deepcopy(model, memo=memo)
     before = [(m, snapshot(m)) for m in pruned.modules()]  # attributes only: still the unsliced ones
     for module, old in reversed(before):  # children before parents
         refresh_attributes(module, old, graph.attention)

@@ -103,12 +103,24 @@ def plan_attention(plan: Plan) -> str:
     return str(plan.meta.get("attention", "heads"))
 
 
-def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *,
-                       graph: ChannelGraph | None = None, recapture: bool = True) -> CompressResult:
-    """Like compress, but with a given plan instead of scoring (what `structprune apply` runs)."""
+MAX_REPLANS = 3  # verification rounds that may block localised groups before the failure is final
+
+
+def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
+                       recapture: bool = True, strict: bool = False) -> CompressResult:
+    """Like compress, but with a given plan instead of scoring (what `structprune apply` runs).
+
+    When verification localises a failure to groups (masking equivalence names them, or re-capture
+    fails inside a module), those groups are kept whole and the rest is rewritten and verified again,
+    at most MAX_REPLANS times; `plan.meta["blocked_by_verification"]` says which and why. A model is
+    never returned unverified. `strict=True` raises on the first failure instead."""
     graph = graph or analyze(model, example_inputs, attention=plan_attention(plan))
-    pruned = rewrite_model(model, graph, plan)
-    verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
+    for _ in range(MAX_REPLANS + 1):
+        pruned = rewrite_model(model, graph, plan)
+        verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
+        if verdict.ok or strict or not verdict.failing_groups:
+            break
+        plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
     _raise_if_failed(verdict)
     report = build_report(model, pruned, example_inputs, graph, plan, verdict)
     from structprune.calibrate import SCALES_KEY, apply_channel_scales
@@ -122,8 +134,10 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
              ignore: Iterable[str] = (), round_to: int = 1, global_pruning: bool = False,
              max_group_ratio: float = 0.9, seed: int = 0, data: Any = None, recalibrate_bn: bool = True,
              reconstruct: bool | None = None, rules: Mapping = DEFAULT_RULES,
-             attention: str = "heads", recapture: bool = True) -> CompressResult:
+             attention: str = "heads", recapture: bool = True, strict: bool = False) -> CompressResult:
     """Analyze, score, select, rewrite and verify. The caller's model is never modified.
+    Groups whose rewrite fails verification are kept whole and the rest verified again (see
+    `compress_with_plan`); `strict=True` fails instead.
     `attention` is "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
     `recapture=False` skips verification's torch.export of the pruned model (a third of the time on
     a ResNet-50); shapes, sizes and masking equivalence are still checked, and MACs are counted on
@@ -141,7 +155,7 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
                   round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
                   seed=seed, data=data)
-    result = compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture)
+    result = compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture, strict=strict)
     if data is None:
         return result
     refit = bool(getattr(crit, "needs_data", False)) if reconstruct is None else reconstruct
@@ -201,9 +215,13 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
 
 
 def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
+    """Params and MACs before/after, one row per group (groups that verification blocked are shown
+    blocked, with its reason), the verdict and the plan's settings."""
+    blocked = dict(plan.meta.get("blocked_by_verification", {}))
     rows = tuple(
-        GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable, g.exact,
-                 "; ".join(sorted({str(r) for r in g.reasons})) or ", ".join(g.inexact_ops))
+        GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable and g.id not in blocked,
+                 g.exact, blocked.get(g.id) or "; ".join(sorted({str(r) for r in g.reasons}))
+                 or ", ".join(g.inexact_ops))
         for g in graph.groups
     )
     pruned_macs = verdict.pruned_macs if verdict.pruned_macs is not None else count_macs(pruned, example_inputs)

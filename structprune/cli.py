@@ -173,6 +173,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="artifact folder (default export/<model-name>/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export, parity and latency")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when any group's rewrite does not verify, instead of keeping those groups whole")
     p.add_argument("--no-recapture", dest="recapture", action="store_false",
                    help="verify without re-exporting the pruned model (shapes, sizes, masking still checked)")
     p.add_argument("--finetune-epochs", type=_COUNT, default=0, metavar="E", help="recovery epochs on --data")

@@ -52,6 +52,7 @@ class JobOptions:
     force: bool = False
     onnx: bool = True
     recapture: bool = True
+    strict: bool = False
     plan: str | None = None
     latency_runs: int = 20
     finetune_epochs: int = 0
@@ -219,13 +220,15 @@ def _criterion(options: JobOptions):
 def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
     if plan is not None:
         try:
-            return compress_with_plan(loaded.model, loaded.example_inputs, plan, recapture=options.recapture)
+            return compress_with_plan(loaded.model, loaded.example_inputs, plan, recapture=options.recapture,
+                                      strict=options.strict)
         except ValueError as exc:  # a plan that does not fit the model
             raise UsageError(str(exc).replace("[select] ", "")) from exc
     return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
                     ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
                     max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
-                    recapture=options.recapture, data=calibration_loader(bundle) if bundle else None)
+                    recapture=options.recapture, strict=options.strict,
+                    data=calibration_loader(bundle) if bundle else None)
 
 
 def calibration_loader(bundle: DataBundle, samples: int = 1024):

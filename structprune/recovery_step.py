@@ -49,7 +49,7 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
     dense = loaded.model if options.recover in ("auto", "distill") else None
     kwargs = dict(ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
                   max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
-                  recapture=options.recapture)
+                  recapture=options.recapture, strict=options.strict)
     outcome = iterative_prune(loaded.model, loaded.example_inputs, bundle.train, bundle.val,
                               cycles=options.iterative, fraction=fraction, criterion=options.criterion,
                               config=recovery_config(options), dense=dense, ap_share=options.ap,

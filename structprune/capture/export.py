@@ -61,7 +61,9 @@ def capture(model: nn.Module, example_inputs: Any) -> Captured:
         try:
             program = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:  # re-raised with context
-            raise CaptureError(_explain_failure(model, exc)) from exc
+            error = CaptureError(_explain_failure(model, exc))
+            error.module = _failing_module(model, exc)
+            raise error from exc
     return _index_program(program, args, kwargs)
 
 

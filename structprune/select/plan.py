@@ -52,6 +52,17 @@ class Plan:
         """Ids of the groups that lose at least one channel."""
         return [g for g, kept in self.keep.items() if len(kept) < self.sizes[g]]
 
+    def keeping_whole(self, reasons: Mapping[str, str]) -> "Plan":
+        """The same plan with the groups in `reasons` kept whole; `meta.blocked_by_verification`
+        records group id -> why (a rewrite of that group did not verify).
+
+        >>> Plan({"a:0": (0,)}, {"a:0": 2}).keeping_whole({"a:0": "masking"}).keep["a:0"]
+        (0, 1)
+        """
+        keep = {g: tuple(range(self.sizes[g])) if g in reasons else kept for g, kept in self.keep.items()}
+        blocked = {**dict(self.meta.get("blocked_by_verification", {})), **dict(reasons)}
+        return Plan(keep, self.sizes, {**dict(self.meta), "blocked_by_verification": blocked})
+
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "keep": {k: list(v) for k, v in self.keep.items()},
                 "sizes": dict(self.sizes), "meta": dict(self.meta)}

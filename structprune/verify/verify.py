@@ -53,6 +53,7 @@ class Verdict:
     inexact_groups: tuple[str, ...]
     pruned_capture: object = field(default=None, repr=False, compare=False)
     pruned_macs: int | None = None  # from the re-capture, or counted on the output check's forward
+    failing_groups: tuple[tuple[str, str], ...] = ()  # (group id, what failed) where a failure was localised
 
     @property
     def recaptured(self) -> bool:
@@ -88,18 +89,31 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     exact = tuple(g.id for g in graph.groups if g.id in pruned_groups and g.exact)
     inexact = tuple(sorted(pruned_groups - set(exact)))
     checks, recaptured = [], None
+    failing: list[tuple[str, str]] = []
     if recapture:
-        capture_check, recaptured = _check_capture(pruned, example_inputs)
+        capture_check, recaptured, module = _check_capture(pruned, example_inputs)
         checks.append(capture_check)
+        failing += [(g, f"re-capture failed in module '{module}'") for g in _groups_in_module(graph, plan, module)]
     with nullcontext() if recapture else MacCounter() as counter:
         output_check, pruned_out = _check_outputs(_output_shapes(graph), pruned, example_inputs)
     structural = [output_check, _check_sizes(model, pruned, graph, plan)]
     checks += structural
     error = None
     if exact and all(c.ok for c in structural):
-        check, error = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
+        check, error, culprits = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
         checks.append(check)
-    return Verdict(tuple(checks), error, exact, inexact, recaptured, _pruned_macs(recaptured, counter, output_check))
+        failing += [(g, "masking equivalence") for g in culprits]
+    return Verdict(tuple(checks), error, exact, inexact, recaptured, _pruned_macs(recaptured, counter, output_check),
+                   tuple(failing))
+
+
+def _groups_in_module(graph: ChannelGraph, plan: Plan, module: str) -> list[str]:
+    """Pruned groups with a member parameter inside `module` (empty for no module or the root)."""
+    if not module:
+        return []
+    prefix = f"{module}."
+    pruned = set(plan.pruned_groups())
+    return [g.id for g in graph.groups if g.id in pruned and any(f.startswith(prefix) for f in g.member_fqns())]
 
 
 def _pruned_macs(recaptured, counter: MacCounter | None, output_check: Check) -> int | None:
@@ -114,8 +128,8 @@ def _check_capture(pruned: nn.Module, example_inputs: Any):
     try:
         recaptured = capture(pruned, example_inputs)
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        return Check("recapture", False, str(exc).splitlines()[0][:300]), None
-    return Check("recapture", True), recaptured
+        return Check("recapture", False, str(exc).splitlines()[0][:300]), None, getattr(exc, "module", "")
+    return Check("recapture", True), recaptured, ""
 
 
 def _output_shapes(graph: ChannelGraph) -> list[tuple[int, ...]]:
@@ -160,14 +174,14 @@ def _canonical_names(state: dict, indices: dict) -> dict[str, str]:
     return {alias: known for names in by_tensor.values() for known in names if known in indices for alias in names}
 
 
-def _check_masking(model, pruned_out, example_inputs, graph, plan, exact) -> tuple[Check, float]:
+def _check_masking(model, pruned_out, example_inputs, graph, plan, exact) -> tuple[Check, float, list[str]]:
     error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact)
     if error <= RTOL:
-        return Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups"), error
+        return Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups"), error, []
     culprits = [g for g in exact[:20] if _masking_error(model, None, example_inputs, graph, plan, (g,)) > RTOL]
     names = ", ".join(culprits) or "the combination of groups"
     return Check("masking_equivalence", False,
-                 f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error
+                 f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error, culprits
 
 
 def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> float:

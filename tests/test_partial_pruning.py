@@ -1,0 +1,53 @@
+"""A rewrite that fails verification in some groups gives a verified, partly pruned model: the groups
+verification localised are kept whole (with the reason), the rest stays pruned; `strict` fails instead."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import structprune
+from structprune.errors import VerificationError
+
+
+class Baked(nn.Module):
+    """Reshapes its projection with a literal width, as code written for one size does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.back = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.back(self.proj(x).reshape(x.shape[0], 4, 4).flip(-1).reshape(x.shape[0], 16))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.block, self.fc2, self.out = nn.Linear(8, 16), Baked(), nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc2(torch.relu(self.block(torch.relu(self.fc1(x)))))))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_groups_inside_a_module_that_does_not_recapture_are_kept_whole() -> None:
+    x = torch.randn(2, 8)
+    result = structprune.compress(_net(), x, ratio=0.5)
+    blocked = dict(result.plan.meta["blocked_by_verification"])
+    assert set(blocked) == {"fc1.weight:0", "block.proj.weight:0", "block.back.weight:0"}
+    assert set(blocked.values()) == {"verification_failed: re-capture failed in module 'block'"}
+    rows = {row.id: row for row in result.report.groups}
+    assert rows["fc2.weight:0"].kept == 16 and rows["fc1.weight:0"].kept == 16 and not rows["fc1.weight:0"].prunable
+    assert result.report.verification["ok"] and result.report.params_after < result.report.params_before
+    replayed = structprune.apply_plan(_net(), x, structprune.Plan.from_json(result.plan.to_json()))
+    assert sum(p.numel() for p in replayed.parameters()) == result.report.params_after
+
+
+def test_strict_fails_instead_of_replanning() -> None:
+    with pytest.raises(VerificationError, match="re-capture|recapture"):
+        structprune.compress(_net(), torch.randn(2, 8), ratio=0.5, strict=True)

@@ -103,7 +103,7 @@ def plan_attention(plan: Plan) -> str:
     return str(plan.meta.get("attention", "heads"))
 
 
-MAX_REPLANS = 3  # verification rounds that may block localised groups before the failure is final
+MAX_REPLANS = 4  # verification rounds that may block localised groups before the failure is final
 
 
 def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,

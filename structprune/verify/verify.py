@@ -93,7 +93,8 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     if recapture:
         capture_check, recaptured, module = _check_capture(pruned, example_inputs)
         checks.append(capture_check)
-        failing += [(g, f"re-capture failed in module '{module}'") for g in _groups_in_module(graph, plan, module)]
+        failing += [(g, f"re-capture failed in module '{module}' ({kind})")
+                    for g, kind in _groups_in_module(model, graph, plan, module)]
     with nullcontext() if recapture else MacCounter() as counter:
         output_check, pruned_out = _check_outputs(_output_shapes(graph), pruned, example_inputs)
     structural = [output_check, _check_sizes(model, pruned, graph, plan)]
@@ -107,13 +108,21 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
                    tuple(failing))
 
 
-def _groups_in_module(graph: ChannelGraph, plan: Plan, module: str) -> list[str]:
-    """Pruned groups with a member parameter inside `module` (empty for no module or the root)."""
-    if not module:
+def _groups_in_module(model: nn.Module, graph: ChannelGraph, plan: Plan, module: str) -> list[tuple[str, str]]:
+    """(group, how) for the pruned groups with a member parameter inside `module` or inside another
+    module of the same class (code that failed once fails in every copy of itself); empty for no
+    module or the root."""
+    try:
+        culprit = model.get_submodule(module) if module else None
+    except AttributeError:
+        culprit = None
+    if culprit is None or culprit is model:
         return []
-    prefix = f"{module}."
+    kind = type(culprit).__name__
+    prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and type(m) is type(culprit))
     pruned = set(plan.pruned_groups())
-    return [g.id for g in graph.groups if g.id in pruned and any(f.startswith(prefix) for f in g.member_fqns())]
+    return [(g.id, f"every {kind}") for g in graph.groups
+            if g.id in pruned and any(f.startswith(prefixes) for f in g.member_fqns())]
 
 
 def _pruned_macs(recaptured, counter: MacCounter | None, output_check: Check) -> int | None:

@@ -177,7 +177,22 @@ def dense_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def first_line(exc: BaseException, width: int = 160) -> str:
+def build_and_run(source: str, name: str, max_size: int):
+    """Build the model and run it dense once: (model, input, dense output). A timm model that fails at the
+    capped size (some assert their feature-map sizes) is tried again at its own default size."""
+    model, x = build(source, name, max_size)
+    try:
+        return model, x, dense_forward(model, x)
+    except Exception:
+        if source != "timm":
+            raise
+        uncapped, x_default = build_timm(name, sys.maxsize)
+        if x_default.shape == x.shape:
+            raise
+        return uncapped, x_default, dense_forward(uncapped, x_default)
+
+
+def first_line(exc: BaseException, width: int = 400) -> str:
     """`Type: first line of the message`, cut to `width` characters."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:width]
@@ -220,8 +235,7 @@ def ours_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
     import structprune
     from structprune.report.summary import top_blocked_reasons
 
-    model, x = build(source, name, max_size)
-    dense_forward(model, x)
+    model, x, _ = build_and_run(source, name, max_size)
     result = {"input": "x".join(map(str, x.shape[1:]))}
     start = time.perf_counter()
     try:
@@ -234,6 +248,7 @@ def ours_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
                   macs_x=report.macs_reduction, params_before=report.params_before,
                   macs_share=prunable_macs_share(compressed.graph), channel_share=prunable_channel_share(groups),
                   blocked="; ".join(f"{t} ({n})" for t, n in top_blocked_reasons(groups)))
+    print_result(result)  # so a timeout during the export still keeps the verdict
     return {**result, **onnx_parity(compressed.model, x)}
 
 
@@ -296,8 +311,7 @@ def tp_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
     """Prune one model with Torch-Pruning and check the result runs with the dense output shape."""
     import torch_pruning as tp
 
-    model, x = build(source, name, max_size)
-    dense = dense_forward(model, x)
+    model, x, dense = build_and_run(source, name, max_size)
     macs_before, params_before = tp.utils.count_ops_and_params(model, x)
     start = time.perf_counter()
     try:
@@ -310,9 +324,9 @@ def tp_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
         refresh_heads(model, pruner.num_heads)
     except Exception as exc:  # noqa: BLE001
         return {"verdict": "prune failed: " + first_line(exc), "seconds": time.perf_counter() - start}
-    seconds = time.perf_counter() - start
-    return {**tp_check(model, x, dense), "seconds": seconds,
-            **tp_reductions(model, x, macs_before, params_before)}
+    result = {**tp_check(model, x, dense), "seconds": time.perf_counter() - start}
+    print_result(result)  # so a timeout while counting still keeps the verdict
+    return {**result, **tp_reductions(model, x, macs_before, params_before)}
 
 
 def tp_check(model: torch.nn.Module, x: torch.Tensor, dense: torch.Tensor) -> dict:
@@ -338,6 +352,11 @@ def tp_reductions(model: torch.nn.Module, x: torch.Tensor, macs_before: float, p
     return {"params_x": params_before / max(params_after, 1), "macs_x": macs_before / max(macs_after, 1)}
 
 
+def print_result(result: dict) -> None:
+    """Hand a (partial or final) result to the parent on stdout; the parent reads the last one."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
 def worker_main(args: argparse.Namespace) -> None:
     """One side on one model in this (fresh) process; the result goes to stdout as one JSON line."""
     torch.set_num_threads(args.threads)
@@ -347,7 +366,7 @@ def worker_main(args: argparse.Namespace) -> None:
         result = side(args.worker_source, args.worker_model, args.max_size, args.ratio)
     except Exception as exc:  # noqa: BLE001 - build or dense forward failed: the parent skips the model
         result = {"error": first_line(exc)}
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # --- the parent: subprocesses, rows, summary -------------------------------------------------------------
@@ -360,22 +379,32 @@ def run_side(side: str, source: str, name: str, args: argparse.Namespace) -> dic
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=args.timeout)
+        timed_out = False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return {"timeout": True, "dense_ok": DENSE_OK_TAG in out}
-    for line in out.splitlines():
-        if line.startswith(RESULT_TAG):
-            return {"dense_ok": DENSE_OK_TAG in out, **json.loads(line[len(RESULT_TAG):])}
+        (out, err), timed_out = proc.communicate(), True
+    results = [json.loads(line[len(RESULT_TAG):]) for line in out.splitlines() if line.startswith(RESULT_TAG)]
+    state = {"dense_ok": DENSE_OK_TAG in out, **(results[-1] if results else {})}
+    if timed_out:
+        return {**state, "timeout": True}
+    if results:
+        return state
     tail = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    return {"dense_ok": DENSE_OK_TAG in out, "crash": f"worker died (exit {proc.returncode}): {tail}"[:160]}
+    return {**state, "crash": f"worker died (exit {proc.returncode}): {tail}"[:400]}
 
 
 def side_verdict(result: dict, timeout: float) -> str:
     """A side's verdict line from its worker result (timeouts and crashes included)."""
-    if result.get("timeout"):
+    if result.get("timeout") and not result.get("verdict"):
         return f"timeout ({timeout:.0f} s)"
     return result.get("crash") or result.get("verdict") or result.get("error", "no result")
+
+
+def onnx_verdict(ours: dict, timeout: float) -> str:
+    """Our ONNX result: "ok", the error, "timeout" when the export ran past it, "" when it never ran."""
+    if ours.get("onnx"):
+        return ours["onnx"]
+    return f"timeout ({timeout:.0f} s)" if ours.get("timeout") and ours.get("verdict") == "verified" else ""
 
 
 def skip_reason(result: dict, timeout: float) -> str | None:
@@ -397,7 +426,7 @@ def measure(source: str, name: str, args: argparse.Namespace) -> dict:
     tp_result = run_side("tp", source, name, args)
     row.update(status="measured", ours_verdict=side_verdict(ours, args.timeout), ours_params_x=ours.get("params_x"),
                ours_macs_x=ours.get("macs_x"), ours_prunable_macs_share=ours.get("macs_share"),
-               ours_prunable_channel_share=ours.get("channel_share"), ours_onnx=ours.get("onnx", ""),
+               ours_prunable_channel_share=ours.get("channel_share"), ours_onnx=onnx_verdict(ours, args.timeout),
                ours_onnx_max_abs_error=ours.get("onnx_error"), ours_s=ours.get("seconds"),
                ours_onnx_s=ours.get("onnx_seconds"), ours_blocked_reasons=ours.get("blocked", ""),
                params_before=ours.get("params_before"), tp_verdict=side_verdict(tp_result, args.timeout),
@@ -454,12 +483,27 @@ def table_row(row: dict) -> list:
     onnx = row.get("ours_onnx") or "-"
     if onnx == "ok" and row.get("ours_onnx_max_abs_error") is not None:
         onnx = f"ok ({float(row['ours_onnx_max_abs_error']):.1e})"
-    return [row["model"], row["source"], row["ours_verdict"][:60], fmt(row.get("ours_params_x")),
-            fmt(row.get("ours_macs_x")), fmt(row.get("ours_prunable_macs_share"), ".0%", ""), onnx[:40],
-            fmt(row.get("ours_s"), ".1f", ""), row["tp_verdict"][:60], fmt(row.get("tp_params_x")),
-            fmt(row.get("tp_macs_x")), fmt(row.get("tp_s"), ".1f", ""), (row.get("reason") or "")[:90]]
+    return [row["model"], row["source"], row["ours_verdict"].split(":")[0][:40], fmt(row.get("ours_params_x")),
+            fmt(row.get("ours_macs_x")), fmt(row.get("ours_prunable_macs_share"), ".0%", ""), short_error(onnx, 60),
+            fmt(row.get("ours_s"), ".1f", ""), short_error(row["tp_verdict"], 70), fmt(row.get("tp_params_x")),
+            fmt(row.get("tp_macs_x")), fmt(row.get("tp_s"), ".1f", ""), short_error(row.get("reason") or "", 160)]
 
 
+def short_error(text: str, width: int) -> str:
+    """An error line without structprune's stage boilerplate and its closing advice, cut to `width`.
+
+    >>> short_error("VerificationError: [verify] the pruned model failed verification and is not returned: "
+    ...             "recapture: [capture] torch.export could not capture M in module 'a': bad. Try: x", 80)
+    "VerificationError: re-capture: module 'a': bad"
+    """
+    for noise, replacement in SHORTENINGS:
+        text = re.sub(noise, replacement, text)
+    return text.replace("|", "/")[:width]
+
+
+SHORTENINGS = ((r"\[verify\] the pruned model failed verification and is not returned: ", ""),
+               (r"recapture: \[capture\] torch\.export could not capture \w+(?: in)? ?", "re-capture: "),
+               (r"\. Try: .*$", ""))
 TABLE_HEADERS = ["model", "source", "ours verdict", "ours params×", "MACs×", "prunable MACs", "ONNX parity", "s",
                  "TP verdict", "TP params×", "MACs×", "s", "reason"]
 
@@ -487,9 +531,11 @@ def print_report(rows: list[dict], args: argparse.Namespace, seconds: float | No
     from structprune.report.tables import markdown_table
 
     measured = sorted((r for r in rows if r["status"] == "measured"), key=lambda r: (relative_to_tp(r), r["model"]))
-    print(f"ratio {args.ratio}; max input side {args.max_size}; timeout {args.timeout:.0f} s per side; "
-          f"torch {torch.__version__}; torch-pruning {tp.__version__}; {len(rows)} models"
-          + (f" in {seconds / 60:.1f} min" if seconds is not None else f" read from {args.from_csv}"))
+    if seconds is None:
+        print(f"{len(rows)} models read from {args.from_csv}; torch {torch.__version__}; torch-pruning {tp.__version__}")
+    else:
+        print(f"ratio {args.ratio}; max input side {args.max_size}; timeout {args.timeout:.0f} s per side; "
+              f"torch {torch.__version__}; torch-pruning {tp.__version__}; {len(rows)} models in {seconds / 60:.1f} min")
     print("prunable MACs: share of the dense MACs in conv/linear/matmul/attention ops that read or produce a "
           "channel of a prunable group")
     print(markdown_table(TABLE_HEADERS, [table_row(r) for r in measured]))

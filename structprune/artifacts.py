@@ -10,7 +10,6 @@ each check; one failure fails the job before anything is published.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,11 +21,12 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils.data import DataLoader
 
-from structprune.capture import eval_mode, normalize_inputs
+from structprune.capture import normalize_inputs
 from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
 from structprune.data import evaluate_accuracy
 from structprune.data.batches import run_model
 from structprune.errors import VerificationError
+from structprune.io.probe import first_line
 from structprune.io.pt2 import SavedPt2
 from structprune.onnx.inputs import flat_outputs, run_torch
 from structprune.onnx.parity import Parity, output_parity
@@ -201,16 +201,16 @@ def _parity(artifact: nn.Module, reference: nn.Module, inputs: Any, as_loaded: b
     """Outputs of `artifact` against `reference` (eval mode). `as_loaded` runs the artifact exactly
     as it was loaded, without switching it to eval mode, as a user of a `.pt2` would."""
     expected = [t.detach().cpu().numpy() for t in run_torch(reference, inputs)]
+    run = _outputs_as_loaded if as_loaded else run_torch
     try:
-        with contextlib.nullcontext() if as_loaded else eval_mode(artifact):
-            actual = [t.detach().cpu().numpy() for t in _outputs(artifact, inputs)]
+        actual = [t.detach().cpu().numpy() for t in run(artifact, inputs)]
     except Exception as exc:  # noqa: BLE001 - the artifact does not run: a failed check, not a crash
-        return Parity(float("inf"), float("inf"), False, (), f"does not run ({type(exc).__name__}: "
-                                                                f"{str(exc).strip().splitlines()[0][:200]})")
+        return Parity(float("inf"), float("inf"), False, (), f"does not run ({type(exc).__name__}: {first_line(exc)})")
     return output_parity(actual, expected, atol=ARTIFACT_ATOL, rtol=ARTIFACT_RTOL)
 
 
-def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+def _outputs_as_loaded(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """`run_torch` without the switch to eval mode."""
     args, kwargs = normalize_inputs(inputs)
     with torch.no_grad():
         return flat_outputs(model(*args, **kwargs))

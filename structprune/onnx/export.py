@@ -180,9 +180,7 @@ def _inline_external_data(staged: str) -> None:
 def _check_dynamic_batch(staged: str, spec: _ExportSpec) -> None:
     """Run the file with one row more than exported; batched outputs must follow the new batch."""
     probe = spec.batch + 1
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # the failure is reported by the exception, not the log
-    session = ort.InferenceSession(staged, options, providers=["CPUExecutionProvider"])
+    session = _quiet_session(staged)
     feed = ort_feed(session, resize_batch(spec.args, probe), resize_batch(spec.kwargs, probe))
     outputs = session.run(None, feed)
     got = [o.shape[0] if o.ndim else None for o in outputs]
@@ -196,14 +194,19 @@ def _sequence_is_free(path: str, spec: _ExportSpec) -> bool:
     shorter = shorter_sequence(spec.kwargs or spec.args) if spec.dynamic else None
     if shorter is None:
         return False
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = _quiet_session(path)
     try:
         session.run(None, ort_feed(session, *normalize_inputs(shorter)))
     except Exception:  # noqa: BLE001 - onnxruntime rejects the shape: the axis was specialised
         return False
     return True
+
+
+def _quiet_session(path: str) -> ort.InferenceSession:
+    """A CPU session whose failures are reported by the exception, not by onnxruntime's log."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def _tensor_inputs(spec: _ExportSpec) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ from structprune.rewrite.graph_module import fix_literal_shapes
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.rewrite.on_read import ReplacedOnRead
 from structprune.rewrite.shrink import refresh_attributes, snapshot
+from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.select.plan import Plan
 
 
@@ -55,7 +56,8 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
     """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes."""
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        pruned = copy.deepcopy(model, memo=memo)
+        pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
+    recompute_weight_norms(pruned)
     before = [(m, snapshot(m)) for m in pruned.modules()]  # attributes only: still the unsliced ones
     for module, old in reversed(before):  # children before parents
         refresh_attributes(module, old, graph.attention)

@@ -1,6 +1,7 @@
 """The context a channel rule works in: abstract values of its inputs, parameter axes, ties, blocks."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,8 @@ class RuleContext:
         self._axis_ids: dict[tuple[str, int], np.ndarray] = {}
         self.grids: list[np.ndarray] = []  # id arrays of channel dims split into grids (see build)
         self.node: fx.Node | None = None
+        self.deferred: dict[str, tuple[fx.Node, Callable]] = {}  # weight expressions (rules/weights.py)
+        self.memo: dict[tuple, object] = {}  # per-analysis caches of rule helpers, keyed (helper, node name)
 
     # ---- graph facts -------------------------------------------------------------------------
     @staticmethod
@@ -61,6 +64,7 @@ class RuleContext:
         """The abstract value of a graph input to the current node (None if not a tensor)."""
         if not isinstance(arg, fx.Node):
             return None
+        self._materialise(arg)
         if arg.name not in self.values and arg.op == "placeholder":
             self.values[arg.name] = self._placeholder_value(arg)
         val = self.values.get(arg.name)
@@ -68,10 +72,33 @@ class RuleContext:
 
     def raw(self, arg):
         """The stored value (an Abstract, a tuple of them for multi-output ops, or None)."""
-        return self.values.get(arg.name) if isinstance(arg, fx.Node) else None
+        if not isinstance(arg, fx.Node):
+            return None
+        self._materialise(arg)
+        return self.values.get(arg.name)
 
     def set(self, node: fx.Node, value) -> None:
         self.values[node.name] = value
+
+    # ---- deferred nodes -------------------------------------------------------------------------
+    def defer(self, node: fx.Node, rule: Callable) -> None:
+        """Run `rule` on `node` only when some other rule reads the node's value. A weight computed
+        from parameters (`v * g / |v|`) is read axis by axis by the layer that uses it; its own rule
+        (which would treat the parameters as activations) runs only if something else reads it."""
+        self.deferred[node.name] = (node, rule)
+
+    def is_deferred(self, arg) -> bool:
+        return isinstance(arg, fx.Node) and arg.name in self.deferred
+
+    def _materialise(self, arg: fx.Node) -> None:
+        if arg.name not in self.deferred:
+            return
+        node, rule = self.deferred.pop(arg.name)
+        outer, self.node = self.node, node
+        try:
+            rule(self, node)
+        finally:
+            self.node = outer
 
     def fresh_data(self, shape: tuple[int, ...]) -> Abstract:
         """A value with no channel dims and a new id of its own."""

@@ -15,6 +15,7 @@ from structprune.graph.abstract import Abstract, channel_vector, make_with_chan,
 from structprune.graph.reasons import ReasonKind
 from structprune.rules.context import ROLE_ELEM, ROLE_IN, ROLE_OUT, RuleContext
 from structprune.rules.fallback import rule_unsupported
+from structprune.rules.weights import resolvable, weight_axis_ids
 
 _CONV_ARGS = {  # op -> (index of groups, index of transposed or None)
     "conv1d": (6, None), "conv2d": (6, None), "conv3d": (6, None),
@@ -33,16 +34,16 @@ def rule_conv(ctx: RuleContext, node: fx.Node, op: str) -> None:
     groups = _arg(node, groups_at, 1) or 1
     transposed = transposed_at is True or (transposed_at is not None and bool(_arg(node, transposed_at)))
     w_shape, out_shape = ctx.shape(weight), ctx.shape(node)
-    if x is None or ctx.fqn(weight) is None or w_shape is None:
+    if x is None or w_shape is None or not resolvable(ctx, weight, (0, 1)):
         return rule_unsupported(ctx, node, "convolution whose weight is not a parameter")
     ch = x.ndim - (len(w_shape) - 1)  # channel dim of the input (1 when batched)
     if transposed:
         if groups != 1:
             return rule_unsupported(ctx, node, "grouped transposed convolution")
-        ctx.tie_dim(x, ch, ctx.state_axis(weight, 0, ROLE_IN), op)
-        out_ids = ctx.state_axis(weight, 1, ROLE_OUT)
+        ctx.tie_dim(x, ch, weight_axis_ids(ctx, weight, 0, ROLE_IN), op)
+        out_ids = weight_axis_ids(ctx, weight, 1, ROLE_OUT)
     else:
-        out_ids = ctx.state_axis(weight, 0, ROLE_OUT)
+        out_ids = weight_axis_ids(ctx, weight, 0, ROLE_OUT)
         _tie_conv_input(ctx, x, ch, weight, w_shape, groups, out_ids, op)
     _tie_bias(ctx, bias, out_ids)
     ctx.set(node, _channel_output(out_ids, out_shape, ch))
@@ -50,22 +51,28 @@ def rule_conv(ctx: RuleContext, node: fx.Node, op: str) -> None:
 
 def _tie_conv_input(ctx, x, ch, weight, w_shape, groups, out_ids, op) -> None:
     if groups == 1:
-        ctx.tie_dim(x, ch, ctx.state_axis(weight, 1, ROLE_IN), op)
+        ctx.tie_dim(x, ch, weight_axis_ids(ctx, weight, 1, ROLE_IN), op)
     elif w_shape[1] == 1:  # depthwise, channel multiplier m
         per_input = out_ids.reshape(groups, -1)
         ctx.union(per_input, per_input[:, :1])
         ctx.tie_dim(x, ch, per_input[:, 0], op)
     else:
-        ctx.tie_dim(x, ch, np.tile(ctx.state_axis(weight, 1, ROLE_IN), groups), op)
+        ctx.tie_dim(x, ch, np.tile(weight_axis_ids(ctx, weight, 1, ROLE_IN), groups), op)
         per_group = out_ids.reshape(groups, -1)
         ctx.union(per_group, per_group[:1, :])
 
 
 def _tie_bias(ctx: RuleContext, bias, out_ids: np.ndarray) -> None:
-    if bias is not None:
-        bias_ids = ctx.state_axis(bias, 0, ROLE_OUT)
-        if bias_ids is not None:
-            ctx.union(bias_ids, out_ids)
+    """A bias (a parameter, a weight expression, or any other value) follows the output channels."""
+    if bias is None:
+        return
+    bias_ids = weight_axis_ids(ctx, bias, 0, ROLE_OUT) if resolvable(ctx, bias, (0,)) else None
+    if bias_ids is not None:
+        ctx.union(bias_ids, out_ids)
+        return
+    value = ctx.value(bias)
+    if value is not None and value.ndim >= 1:
+        ctx.tie_dim(value, -1, out_ids, "bias")
 
 
 def _channel_output(out_ids: np.ndarray, out_shape, dim: int) -> Abstract:
@@ -77,10 +84,10 @@ def _channel_output(out_ids: np.ndarray, out_shape, dim: int) -> Abstract:
 def rule_linear(ctx: RuleContext, node: fx.Node) -> None:
     """linear(x, W, b): x's last dim <-> W in-axis; output's last dim = W out-axis."""
     x, weight, bias = ctx.value(node.args[0]), node.args[1], _arg(node, 2)
-    if x is None or ctx.fqn(weight) is None:
+    if x is None or not resolvable(ctx, weight, (0, 1)):
         return rule_unsupported(ctx, node, "linear whose weight is not a parameter")
-    ctx.tie_dim(x, -1, ctx.state_axis(weight, 1, ROLE_IN), "linear")
-    out_ids = ctx.state_axis(weight, 0, ROLE_OUT)
+    ctx.tie_dim(x, -1, weight_axis_ids(ctx, weight, 1, ROLE_IN), "linear")
+    out_ids = weight_axis_ids(ctx, weight, 0, ROLE_OUT)
     _tie_bias(ctx, bias, out_ids)
     ctx.set(node, contract_last(ctx, x, out_ids, ctx.shape(node), "linear"))
 

@@ -7,7 +7,11 @@ pass) or the ops of a forward that runs anyway (`MacCounter`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -112,6 +116,59 @@ def layer_costs(captured: Captured, model: nn.Module) -> list[tuple[str, str, in
         if own or fqn in macs:
             rows.append((fqn, kinds.get(fqn, type(module).__name__), own, macs.get(fqn, 0)))
     return rows
+
+
+@dataclass(frozen=True)
+class PrunableMacs:
+    """Of one captured model's MACs (`total`, as `macs_of` counts them), those pruning can shrink."""
+
+    prunable: int
+    total: int
+
+    @property
+    def share(self) -> float | None:
+        """prunable / total; None for a model without MACs (nothing to share)."""
+        return self.prunable / self.total if self.total else None
+
+
+def prunable_macs(graph, prunable_ids: Iterable[str] | None = None) -> PrunableMacs:
+    """The MACs that pruning can shrink: those of each MAC op (convolution, linear, matrix product,
+    attention; `macs_of`'s rules) whose result or one of whose tensor operands has a channel axis
+    holding a channel of a prunable group. Such an op loses MACs when that group loses channels, on
+    its input side, its output side or both; an op that touches only blocked groups costs the same at
+    every ratio. An op counts whole, whichever share of its channels is prunable.
+
+    `graph` is a ChannelGraph (its groups, abstract values and component array are read);
+    `prunable_ids` are the groups counted as prunable (default: those the analysis found prunable;
+    a report passes the ones verification did not block). Groups a user ignores still count.
+
+    >>> import torch
+    >>> from structprune.api import analyze
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> prunable_macs(analyze(net, torch.randn(1, 4)))
+    PrunableMacs(prunable=48, total=48)
+    """
+    ids = {g.id for g in graph.prunable} if prunable_ids is None else set(prunable_ids)
+    chosen = [g.components for g in graph.groups if g.id in ids]
+    is_prunable = np.zeros(int(graph.component.max(initial=0)) + 1, dtype=bool)
+    if chosen:
+        is_prunable[np.concatenate(chosen)] = True
+    prunable = total = 0
+    for node in graph.captured.graph.nodes:
+        macs = _node_macs(node)
+        total += macs
+        if macs and _touches(graph, node, is_prunable):
+            prunable += macs
+    return PrunableMacs(int(prunable), int(total))
+
+
+def _touches(graph, node: fx.Node, is_prunable: np.ndarray) -> bool:
+    """Does the node's result or one of its tensor inputs carry a channel of a prunable component?"""
+    for name in [node.name, *(a.name for a in node.all_input_nodes)]:
+        value = graph.values.get(name)
+        if any(getattr(value, "chan", ())) and is_prunable[graph.component[value.ids]].any():
+            return True
+    return False
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:

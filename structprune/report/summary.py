@@ -1,22 +1,14 @@
-"""Readable views of a report dict (`Report.to_json()`): the CLI's end-of-job summary, report.md's
-sections for the stages after the rewrite (accuracy, recovery, calibration, artifacts read back), and
-the channel-group statistics both show: how much of the model is prunable and why the rest is blocked.
-
->>> groups = [{"id": "a:0", "size": 30, "kept": 15, "prunable": True, "why": ""},
-...           {"id": "b:0", "size": 10, "kept": 10, "prunable": False, "why": "tied to a model output: output 0"}]
->>> print(group_lines(groups)[0])
-groups: 1 of 2 prunable, holding 30 of 40 channels (75.0%)
+"""Readable views of a report dict (`Report.to_json()`): the CLI's end-of-job summary and report.md's
+sections for the stages after the rewrite (accuracy, recovery, calibration, artifacts read back). The
+lines on how much of the model is prunable and why the rest is blocked live in `report.prunable`.
 """
 from __future__ import annotations
 
-import re
-from collections import Counter
 from pathlib import Path
 
+from structprune.report.prunable import group_lines, nothing_pruned_warning, top_blocked_reasons  # noqa: F401
 from structprune.report.report import verification_label
 from structprune.report.tables import format_table, markdown_table
-
-TOP_REASONS = 3
 
 
 def job_summary(report: dict, out_dir: Path) -> str:
@@ -31,55 +23,11 @@ def job_summary(report: dict, out_dir: Path) -> str:
     lines = [format_table(["", "before", "after", "change"], rows)]
     if report.get("accuracy_skipped"):
         lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
-    lines += group_lines(report.get("groups", []))
+    lines += group_lines(report.get("groups", []), report.get("prunable"))
     lines += nothing_pruned_warning(report)
     lines.append(_verification_line(report))
     lines += _read_back_lines(report) + _batch_notes(report)
     return "\n".join(lines + [f"artifacts: {out_dir}/"])
-
-
-def group_lines(groups: list[dict]) -> list[str]:
-    """"groups: P of N prunable, holding C of T channels (S%)" and, when any are blocked, their top reasons."""
-    if not groups:
-        return ["groups: no channel groups found"]
-    prunable = [g for g in groups if g.get("prunable", True)]
-    channels, total = sum(g["size"] for g in prunable), sum(g["size"] for g in groups)
-    share = f"{100 * channels / max(total, 1):.1f}%"
-    lines = [f"groups: {len(prunable)} of {len(groups)} prunable, holding {channels:,} of {total:,} channels ({share})"]
-    blocked = len(groups) - len(prunable)
-    if blocked:
-        reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
-        lines.append(f"blocked: {blocked} group{'s' * (blocked != 1)}, top reasons: {reasons}")
-    return lines
-
-
-def nothing_pruned_warning(report: dict) -> list[str]:
-    """A warning line when the plan removed no channel, saying why (every group blocked, or ignored).
-
-    >>> nothing_pruned_warning({"groups": [{"size": 4, "kept": 4, "prunable": False, "why": "op x"}]})
-    ['warning: nothing was pruned: all 1 channel groups are blocked (op x (1)); the model is returned unchanged']
-    """
-    groups = report.get("groups", [])
-    if any(g["kept"] < g["size"] for g in groups):
-        return []
-    blocked = [g for g in groups if not g.get("prunable", True)]
-    if groups and len(blocked) == len(groups):
-        reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
-        why = f"all {len(groups)} channel groups are blocked ({reasons})"
-    else:
-        why = "no prunable group lost a channel (ratio too small, or groups ignored)"
-    return [f"warning: nothing was pruned: {why}; the model is returned unchanged"]
-
-
-def top_blocked_reasons(groups: list[dict], top: int = TOP_REASONS) -> list[tuple[str, int]]:
-    """The most common reasons among blocked groups, with how many groups each blocks (the graph
-    node is left out, so the same reason at different nodes counts once per group)."""
-    counts: Counter[str] = Counter()
-    for group in groups:
-        if not group.get("prunable", True):
-            reasons = {re.sub(r" \(node [^)]*\)$", "", r.strip()) for r in (group.get("why") or "").split("; ")}
-            counts.update(r or "(no reason recorded)" for r in reasons)
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
 
 
 def _count_row(name: str, section: dict) -> list[str]:

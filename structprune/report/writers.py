@@ -21,8 +21,8 @@ from typing import Any
 
 from structprune.io.atomic import write_atomically
 from structprune.report.report import REPORT_SCHEMA, verification_label
-from structprune.report.summary import (artifacts_section, group_lines, md_cells, md_int, md_percent, md_sci,
-                                        stage_sections)
+from structprune.report.prunable import group_lines
+from structprune.report.summary import artifacts_section, md_cells, md_int, md_percent, md_sci, stage_sections
 from structprune.report.tables import markdown_table
 
 
@@ -73,8 +73,8 @@ def render_markdown(report: dict) -> str:
     parts += ["## Verification", _verification_table(report.get("verification", {}))]
     parts += artifacts_section(report)
     groups = report.get("groups", [])
-    parts += ["## Channels per group", "\n\n".join(group_lines(groups)) + "\n\n" + _groups_table(groups)
-              if groups else "No channel groups."]
+    lines = "\n\n".join(group_lines(groups, report.get("prunable")))
+    parts += ["## Channels per group", lines + "\n\n" + _groups_table(groups) if groups else "No channel groups."]
     blocked = [g for g in groups if not g.get("prunable", True)]
     if blocked:
         parts += ["## Blocked groups", _blocked_table(blocked)]

@@ -10,11 +10,13 @@ from structprune.data.messages import one_line
 from structprune.errors import UsageError
 from structprune.io import load_model
 from structprune.report.metrics import layer_costs, macs_of
+from structprune.report.prunable import group_dicts, group_lines, prunable_section
 from structprune.report.tables import format_table
 
 
 def inspect_model(spec: str, **load_kwargs) -> str:
-    """Groups, blocked groups with reasons, and per-layer params and MACs, as text.
+    """Groups, blocked groups with reasons, and per-layer params and MACs, as text. Its group lines are
+    the ones `compress` prints: prunable groups and their share of channels and MACs, top blocked reasons.
 
     >>> print(inspect_model("zoo:mlp").splitlines()[0])
     model mlp (zoo): 17,226 params, 17,024 MACs
@@ -26,7 +28,8 @@ def inspect_model(spec: str, **load_kwargs) -> str:
     head = f"model {loaded.name} ({loaded.source}): {total_params:,} params, {macs_of(graph.captured):,} MACs"
     layers = format_table(["layer", "type", "params", "MACs"],
                           [[f or "(root)", kind, f"{p:,}", f"{m:,}"] for f, kind, p, m in costs])
-    return "\n\n".join([head, graph.summary(), layers])
+    shares = "\n".join(group_lines(group_dicts(graph), prunable_section(graph)))
+    return "\n\n".join([head, shares, graph.summary(), layers])
 
 
 def bench_onnx(path: str, *, against: str | None = None, runs: int = 50, batch: int = 1) -> str:

@@ -2,9 +2,10 @@
 classification zoo, pruned at one ratio by structprune and by Torch-Pruning in the same run.
 
 Every model runs each side in its own fresh subprocess with a timeout. Ours: `structprune.compress`
-(verified, or it raises), params and MACs reduction, the share of the dense MACs in ops that touch a
-prunable channel group ("prunable MACs": a conv/linear/matmul/attention op counts when one of its
-inputs or its output carries a channel of a prunable group), then ONNX export with onnxruntime parity.
+(verified, or it raises), params and MACs reduction, the prunable shares of channels and MACs as
+report.json's `prunable` section defines them (`structprune.report.prunable.prunable_section`: a
+conv/linear/matmul/attention op's MACs count when one of its inputs or its output carries a channel of
+a group that is prunable and that verification did not block), then ONNX export with onnxruntime parity.
 Torch-Pruning: MetaPruner with group-L2 magnitude importance, the classifier ignored, `num_heads`
 given for attention projections (whole heads pruned at the same ratio, head attributes refreshed as
 its timm example does); it counts as running when the pruned model runs and keeps the output shape.
@@ -200,40 +201,10 @@ def first_line(exc: BaseException, width: int = 400) -> str:
 
 # --- our side ----------------------------------------------------------------------------------------------
 
-def prunable_macs_share(graph) -> float:
-    """Share of the dense graph's MACs in ops that read or produce a channel of a prunable group."""
-    from structprune.report.metrics import _node_macs
-
-    prunable = set()
-    for group in graph.prunable:
-        prunable.update(int(c) for c in group.components)
-    total = touched = 0
-    for node in graph.captured.graph.nodes:
-        macs = _node_macs(node)
-        total += macs
-        if macs and _touches(graph, node, prunable):
-            touched += macs
-    return touched / max(total, 1)
-
-
-def _touches(graph, node, prunable: set) -> bool:
-    """Does the node's output or a tensor input carry a channel of a prunable group?"""
-    names = [node.name] + [a.name for a in node.all_input_nodes]
-    values = [graph.values.get(n) for n in names]
-    return any(v is not None and any(v.chan) and not prunable.isdisjoint(graph.component[v.ids].ravel().tolist())
-               for v in values)
-
-
-def prunable_channel_share(groups: list[dict]) -> float:
-    """Share of all channels that sit in prunable groups (the CLI summary's number)."""
-    total = sum(g["size"] for g in groups)
-    return sum(g["size"] for g in groups if g["prunable"]) / max(total, 1)
-
-
 def ours_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
     """Compress, verify and export one model; a dict for the parent (its errors recorded, not raised)."""
     import structprune
-    from structprune.report.summary import top_blocked_reasons
+    from structprune.report.prunable import prunable_section, top_blocked_reasons
 
     model, x, _ = build_and_run(source, name, max_size)
     result = {"input": "x".join(map(str, x.shape[1:]))}
@@ -244,9 +215,10 @@ def ours_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
         return {**result, "verdict": first_line(exc), "seconds": time.perf_counter() - start}
     report = compressed.report
     groups = report.to_json()["groups"]
+    shares = prunable_section(compressed.graph, [g["id"] for g in groups if g["prunable"]])  # as report.json
     result.update(verdict="verified", seconds=time.perf_counter() - start, params_x=report.params_reduction,
                   macs_x=report.macs_reduction, params_before=report.params_before,
-                  macs_share=prunable_macs_share(compressed.graph), channel_share=prunable_channel_share(groups),
+                  macs_share=shares["macs_share"], channel_share=shares["channel_share"],
                   blocked="; ".join(f"{t} ({n})" for t, n in top_blocked_reasons(groups)))
     print_result(result)  # so a timeout during the export still keeps the verdict
     return {**result, **onnx_parity(compressed.model, x)}

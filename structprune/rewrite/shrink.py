@@ -62,6 +62,12 @@ def _prelu(m: nn.Module, old: dict) -> None:
     m.num_parameters = m.weight.numel()
 
 
+def _rnn(m: nn.RNNBase, old: dict) -> None:
+    """nn.LSTM / GRU / RNN: widths from layer 0's weights; the flat weight list follows the new tensors."""
+    m.input_size, m.hidden_size = m.weight_ih_l0.shape[1], m.weight_hh_l0.shape[1]
+    m._init_flat_weights()
+
+
 SHRINK_TABLE = MappingProxyType({
     nn.modules.conv._ConvNd: (_conv, ("groups", "in_channels", "out_channels")),
     nn.Linear: (_linear, ()),
@@ -71,6 +77,7 @@ SHRINK_TABLE = MappingProxyType({
     nn.Embedding: (_embedding, ()),
     nn.MultiheadAttention: (_mha, ()),
     nn.PReLU: (_prelu, ()),
+    nn.RNNBase: (_rnn, ()),
 })
 
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_compress(_command(sub, "compress", "prune, verify and export a model", COMPRESS_EXAMPLES))
     _add_apply(_command(sub, "apply", "apply a saved plan.json (no scoring)"))
-    _add_inspect(_command(sub, "inspect", "show channel groups, why some are blocked, prunable share of MACs, per-layer cost"))
+    _add_inspect(_command(sub, "inspect", "show channel groups, why some are blocked, prunable MACs, per-layer cost"))
     _add_bench(_command(sub, "bench", "onnxruntime latency of an ONNX model"))
     demo = _command(sub, "demo", "train on digits, compress, recover, export (about a minute)")
     demo.add_argument("--out", default="export/demo", metavar="DIR", help="artifact folder")

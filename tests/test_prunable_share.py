@@ -28,8 +28,8 @@ CONV2 = 16 * SIDE * SIDE * 8 * 9
 CONV3 = 16 * SIDE * SIDE * 16 * 9
 BLOCKED_LINES = [
     "groups: 1 of 5 prunable, holding 8 of 59 channels (13.6%) and 37.3% of MACs",
-    "blocked: 4 groups, top reasons: passes through an op without a channel rule: aten.special_erfcx (2); "
-    "tied to a model input: x (1); tied to a model output: output 0 (1)",
+    ("blocked: 4 groups, top reasons: passes through an op without a channel rule: aten.special_erfcx (2); "
+     "tied to a model input: x (1); tied to a model output: output 0 (1)"),
 ]
 MLP_LINES = ["groups: 1 of 3 prunable, holding 8 of 14 channels (57.1%) and 100.0% of MACs",
              "blocked: 2 groups, top reasons: tied to a model input: input (1); tied to a model output: output 0 (1)"]

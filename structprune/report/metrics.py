@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 

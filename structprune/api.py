@@ -18,6 +18,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
+from structprune.rewrite.width_attrs import refreshed_attributes
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.scoring import group_views
 from structprune.select import Plan, check_ratio, select_plan
@@ -225,8 +226,10 @@ def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan,
         for g in graph.groups
     )
     pruned_macs = verdict.pruned_macs if verdict.pruned_macs is not None else count_macs(pruned, example_inputs)
-    return Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
-                  verdict.to_json(), dict(plan.meta))
+    report = Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
+                    verdict.to_json(), dict(plan.meta))
+    refreshed = refreshed_attributes(model, pruned)
+    return report.with_extra(refreshed_attributes=list(refreshed)) if refreshed else report
 
 
 def _raise_if_failed(verdict: Verdict) -> None:

@@ -16,7 +16,9 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.graph_module import fix_literal_shapes
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.rewrite.on_read import ReplacedOnRead
+from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
 from structprune.rewrite.shrink import refresh_attributes, snapshot
+from structprune.rewrite.width_attrs import refresh_width_attributes, width_snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.select.plan import Plan
 
@@ -58,12 +60,23 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
     recompute_weight_norms(pruned)
-    before = [(m, snapshot(m)) for m in pruned.modules()]  # attributes only: still the unsliced ones
-    for module, old in reversed(before):  # children before parents
-        refresh_attributes(module, old, graph.attention)
     if isinstance(pruned, fx.GraphModule):
+        _refresh_table_attributes(pruned, graph)
         fix_literal_shapes(pruned, graph, keep)
+        return pruned
+    originals = width_snapshot(pruned)  # attributes only: still the unsliced ones
+    attention = _refresh_table_attributes(pruned, graph)
+    refresh_width_attributes(pruned, originals, graph, keep, attention)
     return pruned
+
+
+def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph) -> dict[str, tuple[str, ...]]:
+    """Refresh the shrink table's and the attention modules' attributes; returns, per attention module,
+    the head attributes that refresh owns."""
+    before = [(name, m, snapshot(m)) for name, m in pruned.named_modules()]
+    for _, module, old in reversed(before):  # children before parents
+        refresh_attributes(module, old, graph.attention)
+    return {name: HEAD_ATTRIBUTES for name, _, old in before if "attention_shape" in old}
 
 
 def _own_tensors(model: nn.Module) -> dict[int, torch.Tensor]:

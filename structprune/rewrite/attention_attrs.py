@@ -14,6 +14,7 @@ from torch import nn
 from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES, QUERY_PROJECTIONS
 
 WIDTHS = ("all_head_size", "attn_dim")
+HEAD_ATTRIBUTES = (*HEAD_COUNTS, *HEAD_SIZES, *WIDTHS)  # the names refresh_attention owns
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""Width attributes: plain integers (or tuples of them) that a module's `forward` reads, such as
+torchvision ViT's `hidden_dim`, a layer scale's stored shape or `nn.Unflatten`'s `unflattened_size`,
+refreshed after the rewrite by a general search rather than a list of names.
+
+The captured graph says which sizes changed where: every node records the modules it ran in
+(`nn_module_stack`), and the analysis gives each value's old and new shape. For a module M the
+evidence comes in three tiers, strongest first: the literal sizes M's own nodes pass (a view's sizes,
+an unflatten's: on a channel dim they change, on a data dim they stay), the channel dims of the values
+M's own nodes compute, then the channel dims of every node inside M. An integer attribute of M equal
+to a size the first tier that knows it maps one way only takes the new size; a tuple or list is
+mapped element by element. A size that becomes two different things there is ambiguous and left
+alone. Verification proves the result: a wrong or missing refresh fails re-capture in that module,
+and its groups are then kept whole.
+
+torch's own layers are left to the shrink table (their attributes are known exactly), except the
+few with a width attribute the table lacks (`BUILTIN_WIDTHS`). Attributes the shrink table or the
+attention refresh already changed are not touched again.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from types import MappingProxyType
+
+import numpy as np
+from torch import nn
+
+from structprune.graph.abstract import Abstract
+from structprune.graph.channel_graph import ChannelGraph
+from structprune.rewrite.keep import new_shape
+from structprune.rewrite.shrink import SHRINK_TABLE
+
+BUILTIN_WIDTHS = MappingProxyType({nn.Unflatten: ("unflattened_size",)})
+AMBIGUOUS = -1
+
+SizeMap = dict[int, set[int]]  # old dim size -> the sizes it becomes
+
+
+def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str, SizeMap]]:
+    """Per module FQN, old -> new sizes by strength of evidence: the literal sizes its own nodes pass
+    (view/reshape/expand/unflatten sizes: on a channel dim they change, on a data dim they stay), then
+    the channel dims of the values its own nodes compute, then those of every node inside it."""
+    tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(3)]
+    literals, own, within = tiers
+    for node in graph.captured.graph.nodes:
+        stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+        value = graph.values.get(node.name)
+        if not stack or value is None:
+            continue
+        if isinstance(value, Abstract):
+            for old, new in _literal_sizes(node, value, new_shape(value, keep, graph.component)):
+                literals[stack[-1]][old].add(new)
+        for value in _abstracts(value):
+            shape = new_shape(value, keep, graph.component)
+            for old, new in (p for p, chan in zip(zip(value.shape, shape), value.chan) if chan):
+                own[stack[-1]][old].add(new)
+                for path in stack:
+                    within[path][old].add(new)
+    return tiers
+
+
+_SIZE_LIST_ARG = {"view": 1, "reshape": 1, "_unsafe_view": 1, "expand": 1, "new_zeros": 1, "new_ones": 1,
+                  "new_empty": 1, "new_full": 1, "zeros": 0, "ones": 0, "empty": 0, "full": 0}
+
+
+def _literal_sizes(node, value: Abstract, shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """(literal, its size after pruning) for each literal size argument that lines up with a dim of
+    the node's output."""
+    op = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+    if op == "unflatten" and len(node.args) > 2:
+        sizes = node.args[2]
+        dim = node.args[1] % (value.ndim - len(sizes) + 1)  # a dim of the input, which has fewer
+        dims = range(dim, dim + len(sizes))
+    elif op in _SIZE_LIST_ARG and len(node.args) > _SIZE_LIST_ARG[op]:
+        sizes, dims = node.args[_SIZE_LIST_ARG[op]], range(value.ndim)
+    else:
+        return
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(dims):
+        return
+    for literal, d in zip(sizes, dims):
+        if _is_int(literal) and literal == value.shape[d]:
+            yield literal, shape[d] if value.chan[d] else literal
+
+
+def _abstracts(value) -> Iterator[Abstract]:
+    if isinstance(value, Abstract):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _abstracts(item)
+
+
+def refresh_width_attributes(pruned: nn.Module, originals: dict[str, dict], graph: ChannelGraph,
+                             keep: np.ndarray, managed: dict[str, Iterable[str]]) -> None:
+    """Set every width attribute of `pruned`'s modules that a pruned size determines. `originals`:
+    each module's attributes before any refresh (`width_snapshot`); `managed`: per module, the
+    attribute names another refresh owns (the attention heads)."""
+    tiers = scoped_size_changes(graph, keep)
+    for name, module in pruned.named_modules():
+        skip = set(managed.get(name, ()))
+        for attr, old in originals.get(name, {}).items():
+            if attr in skip or getattr(module, attr, None) != old:  # another refresh set it already
+                continue
+            new = _mapped(old, [tier.get(name, {}) for tier in tiers])
+            if new is not None and new != old:
+                setattr(module, attr, new)
+
+
+def width_snapshot(model: nn.Module) -> dict[str, dict]:
+    """Per module FQN, its candidate width attributes and their values (ints, tuples/lists of ints)."""
+    return {name: attrs for name, module in model.named_modules() if (attrs := _candidates(module))}
+
+
+def _candidates(module: nn.Module) -> dict:
+    names = _builtin_widths(module)
+    if names is None:
+        names = [n for n in vars(module) if not n.startswith("__")]
+    return {n: getattr(module, n) for n in names if _is_width(getattr(module, n, None))}
+
+
+def _builtin_widths(module: nn.Module) -> tuple[str, ...] | None:
+    """The width attributes of a torch layer or a subclass of one the shrink table knows (none unless
+    listed in BUILTIN_WIDTHS); None for other code, which is searched."""
+    listed = next((names for cls, names in BUILTIN_WIDTHS.items() if isinstance(module, cls)), None)
+    if listed is not None:
+        return listed
+    known = type(module).__module__.startswith("torch.") or isinstance(module, tuple(SHRINK_TABLE))
+    return () if known else None
+
+
+def _is_width(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(_is_int(v) for v in value)
+    return _is_int(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mapped(value, scopes: list[SizeMap]):
+    """The refreshed value, or None when a part of it is ambiguous."""
+    if isinstance(value, (tuple, list)):
+        parts = [_mapped_size(v, scopes) for v in value]
+        return None if AMBIGUOUS in parts else type(value)(parts)
+    size = _mapped_size(value, scopes)
+    return None if size == AMBIGUOUS else size
+
+
+def _mapped_size(size: int, scopes: list[SizeMap]) -> int:
+    for scope in scopes:
+        if size in scope:
+            targets = scope[size]
+            return next(iter(targets)) if len(targets) == 1 else AMBIGUOUS
+    return size
+
+
+def refreshed_attributes(model: nn.Module, pruned: nn.Module) -> tuple[str, ...]:
+    """`module.attr: old -> new` for every width attribute the rewrite changed outside torch's layers
+    handled by the shrink table (those follow their weights by construction)."""
+    changes = []
+    modules = dict(pruned.named_modules())
+    for name, attrs in width_snapshot(model).items():
+        module = modules.get(name)
+        for attr, old in attrs.items():
+            new = getattr(module, attr, old)
+            if new != old:
+                changes.append(f"{name or '<root>'}.{attr}: {_show(old)} -> {_show(new)}")
+    return tuple(changes)
+
+
+def _show(value) -> str:
+    return str(tuple(value) if isinstance(value, (tuple, list)) else value)

@@ -1,0 +1,119 @@
+"""Width attributes a module's forward reads are refreshed by a general search over the captured
+graph (no list of names): each one derived from a pruned size takes the new size, the report lists
+every change, and verification proves the result."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import structprune
+
+
+class StoredWidthEncoder(nn.Module):
+    """Reshapes with a stored width, as torchvision's ViT does with `self.hidden_dim`."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.hidden_dim, self.kernel = hidden, 3
+        self.patch = nn.Conv2d(3, hidden, 2, stride=2)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, hidden))
+        self.head = nn.Linear(hidden, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).reshape(x.shape[0], self.hidden_dim, -1).transpose(1, 2)
+        return self.head((tokens + self.mlp(tokens)).mean(1))
+
+
+class LayerScale(nn.Module):
+    """A per-channel scale reshaped to a stored shape (PoolFormer's `Scale`)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(self.shape)
+
+
+class ScaledCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.scale, self.conv2 = nn.Conv2d(3, 12, 3, padding=1), LayerScale(12), nn.Conv2d(12, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.scale(self.conv1(x))))
+
+
+def _bottleneck() -> nn.Module:
+    """An autoencoder decoder whose `nn.Unflatten` turns features into (channels, 4, 4)."""
+    return nn.Sequential(nn.Linear(10, 8 * 4 * 4), nn.ReLU(), nn.Unflatten(1, (8, 4, 4)),
+                         nn.Conv2d(8, 3, 3, padding=1))
+
+
+def _compress(model: nn.Module, x: torch.Tensor):
+    torch.manual_seed(0)
+    return structprune.compress(model.eval(), x, ratio=0.5)
+
+
+def test_a_stored_width_follows_the_pruned_group_and_the_report_lists_it() -> None:
+    torch.manual_seed(0)
+    model = StoredWidthEncoder()
+    result = _compress(model, torch.randn(2, 3, 8, 8))
+    assert result.report.verification["ok"]
+    assert result.model.hidden_dim == result.model.patch.out_channels == 8
+    assert result.model.kernel == 3 and model.hidden_dim == 16  # unrelated int kept; caller's model untouched
+    assert result.report.extra["refreshed_attributes"] == ["<root>.hidden_dim: 16 -> 8"]
+    assert "verification_failed" not in str(result.plan.meta)
+    assert result.model(torch.randn(3, 3, 8, 8)).shape == (3, 5)
+
+
+def test_a_stored_shape_tuple_is_refreshed_element_by_element() -> None:
+    torch.manual_seed(0)
+    result = _compress(ScaledCNN(), torch.randn(1, 3, 6, 6))
+    assert result.report.verification["ok"]
+    assert result.model.scale.shape == (6, 1, 1) and result.model.scale.scale.shape == (6,)
+    assert result.report.extra["refreshed_attributes"] == ["scale.shape: (12, 1, 1) -> (6, 1, 1)"]
+
+
+def test_unflatten_size_of_an_autoencoder_bottleneck_is_refreshed() -> None:
+    torch.manual_seed(0)
+    result = _compress(_bottleneck(), torch.randn(2, 10))
+    assert result.report.verification["ok"]
+    assert result.model[2].unflattened_size == (4, 4, 4) and result.model[0].out_features == 64
+    assert result.report.params_after < result.report.params_before
+    assert result.report.extra["refreshed_attributes"] == ["2.unflattened_size: (8, 4, 4) -> (4, 4, 4)"]
+
+
+class TwoOfAKind(nn.Module):
+    """Reshapes two 8-wide values with one stored width: one is pruned, the other is a model output
+    and keeps its 8. The size means two things, so the attribute is not refreshed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = 8
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(self.a(x)).reshape(x.shape[0], self.width, 1).squeeze(-1)
+        return hidden, self.b(x).reshape(x.shape[0], self.width, 1)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.fc = TwoOfAKind(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, side = self.inner(x)
+        return self.fc(hidden), side
+
+
+def test_an_ambiguous_width_is_left_alone_and_verification_keeps_its_groups_whole() -> None:
+    torch.manual_seed(0)
+    result = _compress(Outer(), torch.randn(2, 4))
+    assert result.report.verification["ok"]
+    assert result.model.inner.width == 8
+    blocked = dict(result.plan.meta["blocked_by_verification"])
+    assert blocked == {"inner.a.weight:0": "verification_failed: re-capture failed in module 'inner' (every TwoOfAKind)"}
+    assert "refreshed_attributes" not in result.report.extra

@@ -142,3 +142,110 @@ def test_a_computed_weight_read_elsewhere_is_blocked_naming_the_layer() -> None:
     group = group_with(structprune.analyze(SharedComputedWeight().eval(), IMG), "c.weight:1")
     assert not group.prunable
     assert any("aten.conv2d (convolution whose weight is not a parameter)" in r.detail for r in group.reasons)
+
+
+# ---- pixel shuffle, index_select, interpolate, unbind ---------------------------------------------
+
+class PixelShuffles(nn.Module):
+    """Conv(3 -> 32) -> pixel_shuffle(2) -> Conv(8 -> 4) -> pixel_unshuffle(2) -> Conv(16 -> 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1), nn.Conv2d(16, 6, 1)
+
+    def forward(self, x):
+        y = self.b(F.pixel_shuffle(torch.relu(self.a(x)), 2))
+        return self.c(F.pixel_unshuffle(torch.relu(y), 2))
+
+
+def test_pixel_shuffle_prunes_whole_blocks_and_unshuffle_repeats_channels() -> None:
+    graph = structprune.analyze(PixelShuffles().eval(), IMG)
+    upscaled = group_with(graph, "a.weight:0")
+    assert upscaled.prunable and upscaled.size == 8
+    assert positions(upscaled, "a.weight:0") == [c for c in range(8) for _ in range(4)]  # blocks of r² = 4
+    assert positions(upscaled, "b.weight:1") == list(range(8))
+    folded = group_with(graph, "b.weight:0")
+    assert folded.prunable and folded.size == 4
+    assert positions(folded, "c.weight:1") == [c for c in range(4) for _ in range(4)]
+    result = compress(PixelShuffles(), IMG)
+    assert (result.model.a.out_channels, result.model.b.in_channels, result.model.b.out_channels,
+            result.model.c.in_channels) == (16, 4, 2, 8)
+    assert result.report.verification["masking_error"] < 1e-6
+
+
+class SpatialIndexSelect(nn.Module):
+    def __init__(self, channel_dim: bool = False) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8 if not channel_dim else 3, 4, 1)
+        self.register_buffer("rows", torch.tensor([0, 2, 3]))
+        self.dim = 1 if channel_dim else 2
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).index_select(self.dim, self.rows))
+
+
+def test_index_select_along_space_passes_channels_and_along_channels_blocks() -> None:
+    group = group_with(structprune.analyze(SpatialIndexSelect().eval(), IMG), "a.weight:0")
+    assert group.prunable and group.exact and refs(group) == {"a.weight:0", "a.bias:0", "b.weight:1"}
+    result = compress(SpatialIndexSelect(), IMG)
+    assert result.model.a.out_channels == result.model.b.in_channels == 4
+    assert outputs(result.model, IMG).shape == (2, 4, 3, 8)
+    blocked = structprune.analyze(SpatialIndexSelect(channel_dim=True).eval(), IMG)
+    for ref in ("a.weight:0", "b.weight:1"):
+        group = group_with(blocked, ref)
+        assert not group.prunable and reason_kinds(group) == {ReasonKind.FIXED_SIZE}
+        assert "index_select along a channel dim" in group.reasons[0].detail
+
+
+class Resample(nn.Module):
+    def __init__(self, mode: str, **kw) -> None:
+        super().__init__()
+        self.mode, self.kw = mode, kw
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.interpolate(torch.relu(self.a(x)), mode=self.mode, **self.kw))
+
+
+@pytest.mark.parametrize("mode,kw", [
+    ("nearest", {"scale_factor": 2}), ("bilinear", {"scale_factor": 1.5}), ("bicubic", {"scale_factor": 2, "antialias": True}),
+    ("nearest-exact", {"size": (5, 5)}), ("area", {"size": (4, 4)}), ("bilinear", {"scale_factor": 0.5, "antialias": True}),
+])
+def test_interpolate_passes_channels_through(mode: str, kw: dict) -> None:
+    group = group_with(structprune.analyze(Resample(mode, **kw).eval(), IMG), "a.weight:0")
+    assert group.prunable and group.exact and refs(group) == {"a.weight:0", "a.bias:0", "b.weight:1"}
+    result = compress(Resample(mode, **kw), IMG)
+    assert result.model.a.out_channels == result.model.b.in_channels == 4
+
+
+class UnbindQKV(nn.Module):
+    """One projection to q, k, v, split by unbind (timm style); the 16-wide head dim is prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.o = nn.Linear(8, 3 * 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(x.shape[0], 3, -1).unbind(1)
+        return self.o(q * torch.sigmoid(k) + v)
+
+
+def test_unbind_of_stacked_projections_ties_q_k_v_by_index() -> None:
+    group = group_with(structprune.analyze(UnbindQKV().eval(), torch.randn(2, 8)), "qkv.weight:0")
+    assert group.prunable and group.size == 16
+    assert positions(group, "qkv.weight:0") == list(range(16)) * 3 and positions(group, "o.weight:1") == list(range(16))
+    result = compress(UnbindQKV(), torch.randn(2, 8))
+    assert result.model.qkv.out_features == 24 and result.model.o.in_features == 8
+
+
+def test_unbind_along_the_only_channel_dim_blocks() -> None:
+    net = nn.Sequential(nn.Linear(8, 3), _Unbind0())
+    group = group_with(structprune.analyze(net.eval(), torch.randn(2, 8)), "0.weight:0")
+    assert not group.prunable and ReasonKind.FIXED_SIZE in reason_kinds(group)
+    assert any(r.detail == "unbind along a channel dim uses sizes fixed in the code" for r in group.reasons)
+
+
+class _Unbind0(nn.Module):
+    def forward(self, x):
+        a, b, c = x.unbind(1)
+        return a * b + c

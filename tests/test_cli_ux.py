@@ -183,6 +183,13 @@ def test_summary_counts_blocked_groups_with_top_reasons_and_the_prunable_share()
     assert lines[-2:] == ["verification: passed", "artifacts: out/"]
 
 
+def test_summary_and_markdown_add_the_prunable_macs_share_from_the_section() -> None:
+    report = make_report(prunable={"groups": 2, "channels": 48, "macs": 3000, "macs_total": 8000, "macs_share": 0.375})
+    line = "groups: 2 of 6 prunable, holding 48 of 77 channels (62.3%) and 37.5% of MACs"
+    assert line in job_summary(report, Path("out")).splitlines()
+    assert line in render_markdown(report).splitlines()
+
+
 def test_top_blocked_reasons_count_each_reason_once_per_group() -> None:
     twice = [{"id": "g", "size": 4, "kept": 4, "prunable": False,
               "why": "tied to a model output: output 0 (node a); tied to a model output: output 0 (node b)"}]

@@ -82,17 +82,18 @@ def test_fully_prunable_mlp_has_all_its_macs_prunable() -> None:
     assert group_lines([_row(g) for g in graph.groups], prunable_section(graph)) == MLP_LINES
 
 
-def test_summary_report_md_and_json_state_the_shares_of_a_compressed_model(tmp_path: Path) -> None:
-    model, x = blocked_cnn()
-    result = compress(model, x, ratio=0.5)
+@pytest.mark.parametrize("make, lines, shares", [(blocked_cnn, BLOCKED_LINES, (0.3725, 0.1356)),
+                                                  (mlp, MLP_LINES, (1.0, 0.5714))])
+def test_summary_report_md_and_json_state_the_shares_of_a_compressed_model(make, lines, shares, tmp_path) -> None:
+    result = compress(*make(), ratio=0.5)
     rows = result.report.to_json()["groups"]
     section = prunable_section(result.graph, [g["id"] for g in rows if g["prunable"]])
     report = result.report.with_extra(prunable=section).to_json()  # what api.build_report is to add
     summary = job_summary(report, tmp_path).splitlines()
-    assert summary[summary.index(BLOCKED_LINES[0]) + 1] == BLOCKED_LINES[1]
-    assert "\n\n".join(BLOCKED_LINES) in render_markdown(report)
+    assert summary[summary.index(lines[0]) + 1] == lines[1]
+    assert "\n\n".join(lines) in render_markdown(report)
     written = load_report_json(write_report_json(report, tmp_path / "report.json"))
-    assert (written["prunable"]["macs_share"], written["prunable"]["channel_share"]) == (0.3725, 0.1356)
+    assert (written["prunable"]["macs_share"], written["prunable"]["channel_share"]) == shares
 
 
 @pytest.mark.xfail(strict=True, reason="api.build_report does not add the `prunable` section yet (api.py is "

@@ -249,3 +249,148 @@ class _Unbind0(nn.Module):
     def forward(self, x):
         a, b, c = x.unbind(1)
         return a * b + c
+
+
+class Autoencoder(nn.Module):
+    """Linear(16 -> 8·4·4) -> nn.Unflatten(1, (8, 4, 4)) -> Conv(8 -> 3): the unflattened axis is channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.unflatten, self.dec = nn.Linear(16, 128), nn.Unflatten(1, (8, 4, 4)), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.dec(torch.relu(self.unflatten(self.enc(x))))
+
+
+def test_unflatten_makes_the_unflattened_axis_a_prunable_channel_of_blocks() -> None:
+    group = group_with(structprune.analyze(Autoencoder().eval(), torch.randn(2, 16)), "enc.weight:0")
+    assert group.prunable and group.exact and group.size == 8
+    assert positions(group, "enc.weight:0") == [c for c in range(8) for _ in range(16)]
+    assert positions(group, "dec.weight:1") == list(range(8))
+    result = compress(Autoencoder(), torch.randn(2, 16))
+    assert result.model.enc.out_features == 64 and result.model.dec.in_channels == 4
+
+
+# ---- einsum ------------------------------------------------------------------------------------------
+
+class EinsumMLP(nn.Module):
+    """Projections written with einsum: x (b, n, 8) -> 16 hidden -> 4, the second weight stored (out, in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 16) * 0.3), nn.Parameter(torch.randn(16) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(4, 16) * 0.3)
+
+    def forward(self, x):
+        h = torch.relu(torch.einsum("bnd,de->bne", x, self.w1) + self.b1)
+        return torch.einsum("...e,fe->...f", h, self.w2)
+
+
+def test_einsum_projection_ties_the_contracted_label_like_a_linear_layer() -> None:
+    x = torch.randn(2, 5, 8)
+    graph = structprune.analyze(EinsumMLP().eval(), x)
+    hidden = group_with(graph, "w1:1")
+    assert hidden.prunable and hidden.exact and refs(hidden) == {"w1:1", "b1:0", "w2:1"}
+    assert {m.role for m in hidden.members if m.fqn == "w2"} == {"in"}
+    assert len(graph.groups) == 3  # w1's input axis (model input), the hidden width, w2's outputs (model output)
+    result = compress(EinsumMLP(), x)
+    assert result.model.w1.shape == (8, 8) and result.model.w2.shape == (4, 8)
+    assert result.report.verification["masking_error"] < 1e-6
+
+
+class EinsumAttention(nn.Module):
+    """Multi-head attention written with einsum on (b, n, h, d) and (b, h, n, d) layouts."""
+
+    def __init__(self, heads_first: bool) -> None:
+        super().__init__()
+        self.heads_first, self.num_heads = heads_first, 4
+        self.q, self.k, self.v, self.o = (nn.Linear(16, 16) for _ in range(4))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (f(x).view(b, n, self.num_heads, -1) for f in (self.q, self.k, self.v))
+        if self.heads_first:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            attn = torch.einsum("bhnd,bhmd->bhnm", q, k).softmax(-1)
+            out = torch.einsum("bhnm,bhmd->bhnd", attn, v).transpose(1, 2)
+        else:
+            attn = torch.einsum("bnhd,bmhd->bhnm", q, k).softmax(-1)
+            out = torch.einsum("bhnm,bmhd->bnhd", attn, v)
+        return self.o(out.reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("heads_first", [True, False], ids=["bhnd", "bnhd"])
+def test_einsum_attention_prunes_whole_heads(heads_first: bool) -> None:
+    x = torch.randn(2, 5, 16)
+    graph = structprune.analyze(EinsumAttention(heads_first).eval(), x)
+    heads = group_with(graph, "q.weight:0")
+    assert heads.prunable and heads.size == 4
+    assert refs(heads) >= {"q.weight:0", "k.weight:0", "v.weight:0", "o.weight:1"}
+    assert positions(heads, "q.weight:0") == [h for h in range(4) for _ in range(4)]  # head h = 4 rows
+    result = compress(EinsumAttention(heads_first), x)
+    assert result.model.q.out_features == result.model.o.in_features == 8 and result.model.num_heads == 2
+    assert result.report.verification["masking_error"] < 1e-5
+
+
+def test_einsum_attention_in_head_dims_mode_keeps_every_head() -> None:
+    x = torch.randn(2, 5, 16)
+    dims = group_with(structprune.analyze(EinsumAttention(True).eval(), x, attention="head_dims"), "q.weight:0")
+    assert dims.prunable and dims.size == 4 and positions(dims, "q.weight:0") == list(range(4)) * 4
+    result = compress(EinsumAttention(True), x, attention="head_dims")
+    assert result.model.num_heads == 4 and result.model.q.out_features == 8
+
+
+class Einsum(nn.Module):
+    def __init__(self, equation: str, operands: int = 2, width: int = 8) -> None:
+        super().__init__()
+        self.equation = equation
+        self.layers = nn.ModuleList(nn.Linear(4, width) for _ in range(operands))
+
+    def forward(self, x):
+        return torch.einsum(self.equation, *(layer(x) for layer in self.layers))
+
+
+@pytest.mark.parametrize("equation,operands,kind,detail", [
+    ("bi,bj,bk->bijk", 3, ReasonKind.UNSUPPORTED_OP, "aten.einsum (3 operands)"),
+    ("bi,bj->bij", 2, ReasonKind.DATA_DIMENSION, "einsum output would be a product of channels"),
+])
+def test_einsum_blocks_what_it_cannot_express_with_the_reason(equation, operands, kind, detail) -> None:
+    graph = structprune.analyze(Einsum(equation, operands).eval(), torch.randn(2, 4))
+    group = group_with(graph, "layers.0.weight:0")
+    assert not group.prunable and kind in reason_kinds(group)
+    assert any(r.detail == detail for r in group.reasons)
+
+
+def test_einsum_with_a_repeated_label_blocks_naming_it() -> None:
+    net = nn.Sequential(nn.Linear(4, 16), nn.Unflatten(1, (4, 4)), _Diagonal(), nn.Linear(4, 2))
+    group = group_with(structprune.analyze(net.eval(), torch.randn(2, 4)), "0.weight:0")
+    assert not group.prunable and reason_kinds(group) == {ReasonKind.UNSUPPORTED_OP}
+    assert group.reasons[0].detail == "aten.einsum (a label repeated within one operand)"
+
+
+class _Diagonal(nn.Module):
+    def forward(self, x):
+        return torch.einsum("bii->bi", x)
+
+
+def test_einsum_of_one_operand_permutes_and_sums() -> None:
+    net = Sandwich(lambda t: torch.einsum("bchw->bcwh", t))
+    group = group_with(structprune.analyze(net.eval(), IMG), "a.weight:0")
+    assert group.prunable and group.exact and "c.weight:1" in refs(group)
+    summed = group_with(structprune.analyze(Sandwich(lambda t: torch.einsum("bchw->bhw", t)[:, None]).eval(), IMG),
+                        "a.weight:0")
+    assert not summed.exact and "einsum" in summed.inexact_ops
+    assert compress(Sandwich(lambda t: torch.einsum("bchw->bcwh", t)), IMG).model.c.in_channels == 4
+
+
+class Sandwich(nn.Module):
+    """Conv(3 -> 8) -> fn -> Conv(8 or 1 -> 4)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.a = nn.Conv2d(3, 8, 1)
+        self.c = nn.Conv2d(fn(torch.zeros(1, 8, 2, 2)).shape[1], 4, 1)
+
+    def forward(self, x):
+        return self.c(self.fn(torch.relu(self.a(x))))

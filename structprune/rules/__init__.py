@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 
 from structprune.errors import UsageError
-from structprune.rules import (attention, elementwise, indexing, layers, modules, norms, recurrent, reduce, shape,
-                               weights)
+from structprune.rules import (advanced_index, attention, creation, einsum, elementwise, indexing, layers, modules, norms, recurrent, reduce,
+                               shape, weights)
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import rule_elementwise
 from structprune.rules.fallback import op_key, rule_unsupported
@@ -69,6 +69,7 @@ _TABLE |= _aten(("embedding",), _same(layers.rule_embedding))
 _TABLE |= _aten(("prelu", "_prelu_kernel"), _same(layers.rule_prelu))
 _TABLE |= _aten(("mm", "bmm", "matmul", "addmm", "baddbmm"), _named(attention.rule_matmul))
 _TABLE |= _aten(("scaled_dot_product_attention",), _same(attention.rule_sdpa))
+_TABLE["aten.einsum"] = einsum.rule_einsum
 _TABLE |= _aten(("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
                  "native_batch_norm", "instance_norm", "cudnn_batch_norm"), _same(norms.rule_batch_norm))
 _TABLE |= _aten(("layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm"), _same(norms.rule_layer_norm))
@@ -80,6 +81,8 @@ _TABLE |= _aten(reduce.SPATIAL_OPS, _named(reduce.rule_spatial))
 _TABLE |= _aten(recurrent.RECURRENT_OPS, _same(recurrent.rule_rnn))
 _TABLE |= {"aten.pixel_shuffle": indexing.rule_pixel_shuffle, "aten.pixel_unshuffle": indexing.rule_pixel_unshuffle,
            "aten.index_select": indexing.rule_index_select}
+_TABLE["aten.index"] = advanced_index.rule_index
+_TABLE |= _aten(creation.NEW_TENSOR_OPS, _same(creation.rule_new_tensor))
 _TABLE["aten._weight_norm"] = partial(rule_unsupported, why="weight norm read other than as a layer weight")
 _TABLE |= {key: weights.deferrable(rule) for key, rule in _TABLE.items() if key in weights.EDGES}
 
@@ -113,6 +116,7 @@ _HEAD_DIM_OVERRIDES: dict[str, Rule] = {}
 _HEAD_DIM_OVERRIDES |= _aten(("mm", "bmm", "matmul", "addmm", "baddbmm"),
                              lambda name: partial(attention.rule_matmul, op=name, head_dims=True))
 _HEAD_DIM_OVERRIDES |= _aten(("scaled_dot_product_attention",), _same(partial(attention.rule_sdpa, head_dims=True)))
+_HEAD_DIM_OVERRIDES["aten.einsum"] = partial(einsum.rule_einsum, head_dims=True)
 # mode -> (op rule overrides, module rule overrides)
 ATTENTION_MODES: MappingProxyType = MappingProxyType({
     "heads": (MappingProxyType({}), MappingProxyType({})),

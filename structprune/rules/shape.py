@@ -25,23 +25,24 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 def rule_reshape(ctx: RuleContext, node: fx.Node) -> None:
     """view / reshape / flatten / unflatten / squeeze / unsqueeze: shapes from the graph's metadata."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
-    if src is None or out_shape is None:
-        ctx.set(node, None)
-        return
+    ctx.set(node, None if src is None or out_shape is None else reshape_abstract(ctx, src, out_shape))
+
+
+def reshape_abstract(ctx: RuleContext, src: Abstract, out_shape: tuple[int, ...]) -> Abstract:
+    """The value `src` reshaped to `out_shape` (ids move exactly as elements do)."""
     segments = reshape_segments(src.shape, out_shape)
     chan_in = {d for seg_in, _ in segments if any(src.chan[i] for i in seg_in) for d in seg_in}
     chan_out = {d for seg_in, seg_out in segments if set(seg_in) & chan_in for d in seg_out}
     size = int(np.prod([src.shape[d] for d in chan_in])) if chan_in else 1
     if size > MAX_RESHAPE_IDS:
         ctx.block(src.ids, ReasonKind.TOO_LARGE, f"{size} ids")
-        ctx.set(node, ctx.fresh_data(out_shape))
-        return
+        return ctx.fresh_data(out_shape)
     ids = expand_to(src, chan_in)
     target = tuple(s if d in chan_out else 1 for d, s in enumerate(out_shape))
     out = make(ids.reshape(target), out_shape)
     if sum(out.chan) >= 2:
         ctx.grids.append(out.ids)  # a channel dim split into a grid: must be pruned as a sub-grid
-    ctx.set(node, out)
+    return out
 
 
 def reshape_segments(shape_in, shape_out) -> list[tuple[list[int], list[int]]]:
@@ -88,8 +89,13 @@ def rule_transpose(ctx: RuleContext, node: fx.Node) -> None:
 
 
 def _set_permuted(ctx, node, src: Abstract, perm) -> None:
+    ctx.set(node, permuted(src, perm))
+
+
+def permuted(src: Abstract, perm) -> Abstract:
+    """`src` with its dims in the order `perm` (output dim i is input dim perm[i])."""
     ids = np.transpose(src.ids, perm)
-    ctx.set(node, make_with_chan(ids, tuple(src.chan[p] for p in perm), tuple(src.shape[p] for p in perm)))
+    return make_with_chan(ids, tuple(src.chan[p] for p in perm), tuple(src.shape[p] for p in perm))
 
 
 def rule_expand(ctx: RuleContext, node: fx.Node) -> None:

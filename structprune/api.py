@@ -18,6 +18,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
+from structprune.rewrite.attention_attrs import attention_shape
 from structprune.rewrite.width_attrs import refreshed_attributes
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.scoring import group_views
@@ -36,7 +37,7 @@ class CompressResult:
 
 
 def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_RULES,
-            attention: str = "heads") -> ChannelGraph:
+            attention: str = "heads", input_width_ties: Iterable[str] = ()) -> ChannelGraph:
     """Capture the model and find every group of coupled channels. `attention="head_dims"` prunes
     attention by per-head dims (every head keeps its count, all lose the same dims) instead of heads.
 
@@ -48,7 +49,14 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     """
     check_attention_mode(attention)  # an unknown mode fails before the (slower) capture
     modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
-    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules, attention=attention)
+    ties = frozenset(type(m) for m in (modules or {}).values() if class_name(type(m)) in set(input_width_ties))
+    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules, attention=attention,
+                               input_width_ties=ties)
+
+
+def class_name(cls: type) -> str:
+    """A class's importable name, as plans record the attention classes tied to their input width."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio: float = 0.5,
@@ -93,7 +101,7 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     >>> apply_plan(net, torch.randn(2, 4), plan)[0].out_features
     3
     """
-    graph = graph or analyze(model, example_inputs, attention=plan_attention(plan))
+    graph = graph or analyze(model, example_inputs, **plan_analysis(plan))
     if not verify:
         return rewrite_model(model, graph, plan)
     return compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture).model
@@ -104,21 +112,37 @@ def plan_attention(plan: Plan) -> str:
     return str(plan.meta.get("attention", "heads"))
 
 
+def plan_analysis(plan: Plan) -> dict:
+    """The `analyze` options a plan was made with, so that re-applying it finds the same groups."""
+    return {"attention": plan_attention(plan), "input_width_ties": tuple(plan.meta.get(TIES_KEY, ()))}
+
+
 MAX_REPLANS = 4  # verification rounds that may block localised groups before the failure is final
+TIES_KEY = "input_width_ties"  # plan.meta: attention classes whose heads x head_dim follows their input
+
+
+class _InputWidthTieNeeded(Exception):
+    """Re-capture failed in an attention module of a class not yet tied to its input width."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
-                       recapture: bool = True, strict: bool = False) -> CompressResult:
+                       recapture: bool = True, strict: bool = False, _may_tie: bool = False) -> CompressResult:
     """Like compress, but with a given plan instead of scoring (what `structprune apply` runs).
 
     When verification localises a failure to groups (masking equivalence names them, or re-capture
     fails inside a module), those groups are kept whole and the rest is rewritten and verified again,
     at most MAX_REPLANS times; `plan.meta["blocked_by_verification"]` says which and why. A model is
     never returned unverified. `strict=True` raises on the first failure instead."""
-    graph = graph or analyze(model, example_inputs, attention=plan_attention(plan))
+    graph = graph or analyze(model, example_inputs, **plan_analysis(plan))
     for _ in range(MAX_REPLANS + 1):
         pruned = rewrite_model(model, graph, plan)
         verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
+        if _may_tie and not verdict.ok:
+            _raise_if_a_tie_may_help(model, verdict, plan)
         if verdict.ok or strict or not verdict.failing_groups:
             break
         plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
@@ -129,6 +153,18 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, gra
     if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
         report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
     return CompressResult(pruned, plan, report, graph)
+
+
+def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> None:
+    """Signal `compress` to analyse again with the failing attention class tied to its input width."""
+    try:
+        module = model.get_submodule(verdict.failing_module) if verdict.failing_module else None
+    except AttributeError:
+        return
+    if module is not None and attention_shape(module) is not None:
+        name = class_name(type(module))
+        if name not in plan.meta.get(TIES_KEY, ()):
+            raise _InputWidthTieNeeded(name)
 
 
 def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
@@ -152,11 +188,19 @@ def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, crite
     """
     check_ratio(ratio)
     crit = get_criterion(criterion)
-    graph = analyze(model, example_inputs, rules=rules, attention=attention)
-    plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
-                  round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
-                  seed=seed, data=data)
-    result = compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture, strict=strict)
+    ties: tuple[str, ...] = ()
+    for _ in range(MAX_REPLANS + 1):
+        graph = analyze(model, example_inputs, rules=rules, attention=attention, input_width_ties=ties)
+        plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
+                      round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
+                      seed=seed, data=data)
+        plan = plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
+        try:
+            result = compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture,
+                                        strict=strict, _may_tie=len(ties) < MAX_REPLANS)
+            break
+        except _InputWidthTieNeeded as needed:
+            ties += (needed.name,)
     if data is None:
         return result
     refit = bool(getattr(crit, "needs_data", False)) if reconstruct is None else reconstruct

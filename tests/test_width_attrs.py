@@ -115,5 +115,6 @@ def test_an_ambiguous_width_is_left_alone_and_verification_keeps_its_groups_whol
     assert result.report.verification["ok"]
     assert result.model.inner.width == 8
     blocked = dict(result.plan.meta["blocked_by_verification"])
-    assert blocked == {"inner.a.weight:0": "verification_failed: re-capture failed in module 'inner' (every TwoOfAKind)"}
+    why = "verification_failed: re-capture failed in module 'inner' (every TwoOfAKind)"
+    assert blocked == {"inner.a.weight:0": why}
     assert "refreshed_attributes" not in result.report.extra

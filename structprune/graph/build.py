@@ -15,7 +15,7 @@ from structprune.graph.reasons import Reason, ReasonKind
 from structprune.graph.unify import IdSpace, Solution
 from structprune.rules import DEFAULT_RULES, op_key, rule_unsupported, attention_tables
 from structprune.rules.context import ROLE_IN, RuleContext, StateMap
-from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules
+from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules, with_input_width_ties
 
 
 def build_channel_graph(
@@ -24,9 +24,11 @@ def build_channel_graph(
     modules: Mapping[str, nn.Module] | None = None,
     module_rules: Mapping = DEFAULT_MODULE_RULES,
     attention: str = "heads",
+    input_width_ties: frozenset[type] = frozenset(),
 ) -> ChannelGraph:
     """Analyse a captured model: which channels are coupled, which groups can be pruned and why not.
     `attention` picks the unit attention is pruned by: "heads" (whole heads) or "head_dims".
+    `input_width_ties`: attention classes whose heads x head_dim is tied to their input width.
 
     >>> import torch
     >>> from structprune.capture import capture
@@ -36,6 +38,8 @@ def build_channel_graph(
     [('0.weight:0', 8, True), ('2.weight:0', 2, False)]
     """
     rules, module_rules = attention_tables(attention, rules, module_rules)
+    if input_width_ties:
+        module_rules = with_input_width_ties(module_rules, input_width_ties)
     space = IdSpace()
     ctx = RuleContext(captured, space)
     for node in captured.graph.nodes:

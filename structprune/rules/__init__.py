@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 
 from structprune.errors import UsageError
-from structprune.rules import (attention, einsum, elementwise, indexing, layers, modules, norms, recurrent, reduce,
-                               shape, weights)
+from structprune.rules import (advanced_index, attention, creation, einsum, elementwise, indexing, layers, modules,
+                               norms, recurrent, reduce, shape, weights)
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import rule_elementwise
 from structprune.rules.fallback import op_key, rule_unsupported
@@ -81,6 +81,8 @@ _TABLE |= _aten(reduce.SPATIAL_OPS, _named(reduce.rule_spatial))
 _TABLE |= _aten(recurrent.RECURRENT_OPS, _same(recurrent.rule_rnn))
 _TABLE |= {"aten.pixel_shuffle": indexing.rule_pixel_shuffle, "aten.pixel_unshuffle": indexing.rule_pixel_unshuffle,
            "aten.index_select": indexing.rule_index_select}
+_TABLE["aten.index"] = advanced_index.rule_index
+_TABLE |= _aten(creation.NEW_TENSOR_OPS, _same(creation.rule_new_tensor))
 _TABLE["aten._weight_norm"] = partial(rule_unsupported, why="weight norm read other than as a layer weight")
 _TABLE |= {key: weights.deferrable(rule) for key, rule in _TABLE.items() if key in weights.EDGES}
 

@@ -52,6 +52,37 @@ def _one_head_dim(ctx: RuleContext, prefix: str, module: nn.Module) -> None:
             return
 
 
+def tie_input_width(ctx: RuleContext, prefix: str, module: nn.Module) -> None:
+    """For attention code that takes its width from the input (`B, N, C = x.shape`, then
+    `reshape(B, N, 3, self.num_heads, C // self.num_heads)` and `reshape(B, N, C)`): heads x head_dim
+    must stay equal to the input width, so each q/k/v block's rows are tied element-wise to the
+    projection's input columns. Whole heads (or per-head dims) then take their share of the input
+    width with them, and every width agrees at any ratio."""
+    for name, blocks in QUERY_PROJECTIONS.items():
+        rows, cols = ctx.axis_ids(f"{prefix}{name}.weight", 0), ctx.axis_ids(f"{prefix}{name}.weight", 1)
+        if rows is None or cols is None or rows.size != blocks * cols.size:
+            continue
+        for block in rows.reshape(blocks, -1):
+            ctx.union(block, cols)
+        value = ctx.axis_ids(f"{prefix}{VALUE_PROJECTIONS.get(name, '')}.weight", 0)
+        if value is not None and value.size == cols.size:
+            ctx.union(value, cols)
+        return
+
+
+def with_input_width_ties(table: Mapping, classes) -> Mapping:
+    """`table` plus `tie_input_width` for every module of `classes` (after that class's own rule)."""
+    def chained(base):
+        def rule(ctx: RuleContext, prefix: str, module: nn.Module) -> None:
+            if base is not None:
+                base(ctx, prefix, module)
+            tie_input_width(ctx, prefix, module)
+        return rule
+
+    extra = {cls: chained(next((table[c] for c in cls.__mro__ if c in table), None)) for cls in classes}
+    return MappingProxyType({**table, **extra})
+
+
 DEFAULT_MODULE_RULES = MappingProxyType({nn.MultiheadAttention: _mha})
 HEAD_DIM_MODULE_OVERRIDES = MappingProxyType({nn.Module: _one_head_dim})
 

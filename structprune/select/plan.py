@@ -52,6 +52,10 @@ class Plan:
         """Ids of the groups that lose at least one channel."""
         return [g for g, kept in self.keep.items() if len(kept) < self.sizes[g]]
 
+    def with_meta(self, **entries: Any) -> "Plan":
+        """The same plan with `entries` added to its meta."""
+        return Plan(self.keep, self.sizes, {**dict(self.meta), **entries})
+
     def keeping_whole(self, reasons: Mapping[str, str]) -> "Plan":
         """The same plan with the groups in `reasons` kept whole; `meta.blocked_by_verification`
         records group id -> why (a rewrite of that group did not verify).

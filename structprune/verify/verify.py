@@ -32,6 +32,7 @@ from structprune.report.metrics import MacCounter, macs_of
 from structprune.rewrite import ReplacedOnRead, component_keep, kept_indices, rewrite_model, sliced_on_read
 from structprune.rules.context import ROLE_IN
 from structprune.select.plan import Plan, dropped_mask
+from structprune.verify.locate import ModelRunError, run_locating
 
 RTOL = 1e-4
 
@@ -54,6 +55,7 @@ class Verdict:
     pruned_capture: object = field(default=None, repr=False, compare=False)
     pruned_macs: int | None = None  # from the re-capture, or counted on the output check's forward
     failing_groups: tuple[tuple[str, str], ...] = ()  # (group id, what failed) where a failure was localised
+    failing_module: str | None = None  # the module re-capture failed in, where it names one
 
     @property
     def recaptured(self) -> bool:
@@ -90,6 +92,7 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     inexact = tuple(sorted(pruned_groups - set(exact)))
     checks, recaptured = [], None
     failing: list[tuple[str, str]] = []
+    module = None
     if recapture:
         capture_check, recaptured, module = _check_capture(pruned, example_inputs)
         checks.append(capture_check)
@@ -101,11 +104,14 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     checks += structural
     error = None
     if exact and all(c.ok for c in structural):
-        check, error, culprits = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
+        check, error, culprits, failed_in = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
         checks.append(check)
         failing += [(g, "masking equivalence") for g in culprits]
+        failing += [(g, f"pruned alone, it fails in module '{failed_in}' ({kind})")
+                    for g, kind in _groups_in_module(model, graph, plan, failed_in or "")]
+        module = module or failed_in
     return Verdict(tuple(checks), error, exact, inexact, recaptured, _pruned_macs(recaptured, counter, output_check),
-                   tuple(failing))
+                   tuple(failing), module or None)
 
 
 def _groups_in_module(model: nn.Module, graph: ChannelGraph, plan: Plan, module: str) -> list[tuple[str, str]]:
@@ -183,14 +189,29 @@ def _canonical_names(state: dict, indices: dict) -> dict[str, str]:
     return {alias: known for names in by_tensor.values() for known in names if known in indices for alias in names}
 
 
-def _check_masking(model, pruned_out, example_inputs, graph, plan, exact) -> tuple[Check, float, list[str]]:
-    error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact)
+def _check_masking(model, pruned_out, example_inputs, graph, plan, exact):
+    """(check, error, culprit groups, the module the exact-only model failed in or None)."""
+    try:
+        error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact)
+    except ModelRunError as failed:
+        return Check("masking_equivalence", False, "the model pruned in its exact groups alone does not run "
+                     f"{failed}"), math.inf, [], failed.module
     if error <= RTOL:
-        return Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups"), error, []
-    culprits = [g for g in exact[:20] if _masking_error(model, None, example_inputs, graph, plan, (g,)) > RTOL]
+        passed = Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups")
+        return passed, error, [], None
+    culprits = [g for g in exact[:20] if _alone_error(model, example_inputs, graph, plan, g) > RTOL]
     names = ", ".join(culprits) or "the combination of groups"
     return Check("masking_equivalence", False,
-                 f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error, culprits
+                 f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error, culprits, None
+
+
+def _alone_error(model, example_inputs, graph, plan, group: str) -> float:
+    """The masking error with only `group` pruned; infinite when the model pruned in that group alone
+    does not run (its widths only agree together with other groups')."""
+    try:
+        return _masking_error(model, None, example_inputs, graph, plan, (group,))
+    except Exception:  # noqa: BLE001 - a group that cannot be checked alone is a culprit
+        return math.inf
 
 
 def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> float:
@@ -233,7 +254,8 @@ def _pruned_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, 
         out = None
     if out is not None and all(bool(torch.isfinite(t).all()) for t in out if t.is_floating_point() or t.is_complex()):
         return out
-    return run_model(rewrite_model(model, graph, plan, share_unchanged=True), example_inputs)
+    pruned = rewrite_model(model, graph, plan, share_unchanged=True)
+    return run_locating(pruned, partial(run_model, pruned, example_inputs))
 
 
 def _masked_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, plan: Plan,

@@ -1,0 +1,46 @@
+"""Advanced indexing, `x[idx]` (`aten.index`): index tensors pick entries along some dims of x.
+
+A relative position bias table `table[index]` (Swin, MaxViT, BEiT) picks rows of a (positions, heads)
+table, so the heads axis passes through whole. The rule: when every indexed dim is a data dim, the
+other dims keep their channels; the indexed dims are replaced by the index's (data) dims, in place
+when they are adjacent and in front otherwise, as torch lays them out. Indexing along a channel dim
+picks fixed entries, so it blocks; on a parameter (a lookup table) the indexed axes are positions,
+whose entries are tied to each other and kept whole while the other axes stay prunable.
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch import fx
+
+from structprune.graph.abstract import Abstract, make_with_chan
+from structprune.graph.reasons import ReasonKind
+from structprune.rules.context import RuleContext
+
+
+def rule_index(ctx: RuleContext, node: fx.Node) -> None:
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    indexed = [d for d, index in enumerate(node.args[1]) if index is not None]
+    if ctx.fqn(node.args[0]) is not None:  # a parameter table: its indexed axes are positions, kept whole
+        for d in (d for d in indexed if src.chan[d]):
+            ctx.union(src.ids, src.ids.take([0], axis=d))
+    elif any(src.chan[d] for d in indexed):
+        rid = ctx.space.reason_id(ctx.reason(ReasonKind.FIXED_SIZE, "advanced indexing along a channel dim"))
+        ctx.union(src.ids, rid)
+        ctx.set(node, _data(out_shape, rid))
+        return
+    kept = [d for d in range(src.ndim) if d not in indexed]
+    index_ndim = len(out_shape) - len(kept)
+    first = indexed[0] if indexed == list(range(indexed[0], indexed[-1] + 1)) else 0
+    ids = np.squeeze(src.ids[tuple(slice(0, 1) if d in indexed else slice(None) for d in range(src.ndim))],
+                     axis=tuple(indexed))
+    chan = [src.chan[d] for d in kept]
+    ids = np.expand_dims(ids, axis=tuple(range(first, first + index_ndim)))
+    chan[first:first] = [False] * index_ndim
+    ctx.set(node, make_with_chan(ids, tuple(chan), out_shape))
+
+
+def _data(shape: tuple[int, ...], ident: int) -> Abstract:
+    return Abstract(np.full((1,) * len(shape), ident, dtype=np.int64), (False,) * len(shape), shape)

@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from structprune.capture import capture
 from structprune.criteria import ScoringContext, get_criterion
-from structprune.errors import PlanError, VerificationError
+from structprune.errors import AnalysisError, PlanError, RewriteError, VerificationError, stage_errors
 from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
@@ -50,8 +50,10 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     check_attention_mode(attention)  # an unknown mode fails before the (slower) capture
     modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
     ties = frozenset(type(m) for m in (modules or {}).values() if class_name(type(m)) in set(input_width_ties))
-    return build_channel_graph(capture(model, example_inputs), rules=rules, modules=modules, attention=attention,
-                               input_width_ties=ties)
+    captured = capture(model, example_inputs)
+    with stage_errors(AnalysisError, "finding the coupled channels of the captured graph"):
+        return build_channel_graph(captured, rules=rules, modules=modules, attention=attention,
+                                   input_width_ties=ties)
 
 
 def class_name(cls: type) -> str:
@@ -68,8 +70,9 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio:
     if getattr(crit, "needs_data", False) and data is None:
         raise PlanError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader, or --data SPEC)")
     ctx = ScoringContext(model, example_inputs, data, seed)
-    views = group_views(graph, model)
-    scores = crit.score(views, ctx)
+    with stage_errors(PlanError, f"scoring the groups with criterion '{crit.name}'"):
+        views = group_views(graph, model)
+        scores = crit.score(views, ctx)
     meta = {"criterion": crit.name, "seed": seed, "attention": graph.attention}
     plan = select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
                        ignore=ignore, max_group_ratio=max_group_ratio, meta=meta)
@@ -139,15 +142,18 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, gra
     never returned unverified. `strict=True` raises on the first failure instead."""
     graph = graph or analyze(model, example_inputs, **plan_analysis(plan))
     for _ in range(MAX_REPLANS + 1):
-        pruned = rewrite_model(model, graph, plan)
-        verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
+        with stage_errors(RewriteError, f"rewriting the model for {len(plan.pruned_groups())} pruned groups"):
+            pruned = rewrite_model(model, graph, plan)
+        with stage_errors(VerificationError, "verifying the rewrite"):
+            verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
         if _may_tie and not verdict.ok:
             _raise_if_a_tie_may_help(model, verdict, plan)
         if verdict.ok or strict or not verdict.failing_groups:
             break
         plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
     _raise_if_failed(verdict)
-    report = build_report(model, pruned, example_inputs, graph, plan, verdict)
+    with stage_errors(VerificationError, "measuring the pruned model for the report"):
+        report = build_report(model, pruned, example_inputs, graph, plan, verdict)
     from structprune.calibrate import SCALES_KEY, apply_channel_scales
 
     if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels

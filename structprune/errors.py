@@ -1,6 +1,9 @@
 """Errors structprune raises: each names the stage, and the node or module where it can."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class StructpruneError(Exception):
     """Base class; `stage` says which pipeline stage failed."""
@@ -46,3 +49,27 @@ class QualityError(StructpruneError):
     """The result exists but fails a quality bar (ONNX parity, accuracy gate): the CLI exits 1."""
 
     stage = "quality"
+
+
+@contextmanager
+def stage_errors(error: type[StructpruneError], doing: str) -> Iterator[None]:
+    """Re-raise any exception that is not already a structprune error as `error`, saying what was being
+    done (`doing`: the stage's work, with the module or group where known). No bare exception leaves
+    a pipeline stage.
+
+    >>> try:
+    ...     with stage_errors(RewriteError, "slicing 'fc.weight'"):
+    ...         raise IndexError("index 9 is out of bounds")
+    ... except RewriteError as exc:
+    ...     print(exc)
+    [rewrite] slicing 'fc.weight' failed: IndexError: index 9 is out of bounds (a structprune bug or a model \
+construct it does not support: please report it with the model)
+    """
+    try:
+        yield
+    except StructpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - typed and re-raised
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise error(f"{doing} failed: {type(exc).__name__}: {first} (a structprune bug or a model construct it "
+                    "does not support: please report it with the model)") from exc

@@ -124,7 +124,9 @@ def test_ignore_globs_keep_matching_groups_whole() -> None:
     net = models_zoo.create("resnet20").eval()
     x = models_zoo.example_inputs("resnet20")
     plan, graph = plan_for(net, x, ratio=0.5, ignore=["stages.2.*"])
-    ignored = [g for g in graph.prunable if any(f.startswith("stages.2.") for f in g.member_fqns())]
+    ignored = [g for g in graph.prunable if any(m.fqn.startswith("stages.2.") and m.role != "in" for m in g.members)]
+    reads_only = [g for g in graph.prunable if g not in ignored and any(f.startswith("stages.2.") for f in g.member_fqns())]
+    assert reads_only  # the group stage 2 reads from stage 1 stays prunable
     assert ignored and set(plan.meta["ignored_groups"]) == {g.id for g in ignored}
     for group in graph.prunable:
         whole = plan.keep[group.id] == tuple(range(group.size))
@@ -132,14 +134,16 @@ def test_ignore_globs_keep_matching_groups_whole() -> None:
     assert plan.meta["ignore"] == ["stages.2.*"]
 
 
-def test_ignore_a_module_name_matches_its_parameters() -> None:
+def test_ignore_a_module_name_protects_its_outputs_not_its_inputs() -> None:
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
     result = structprune.compress(net, torch.randn(2, 4), ratio=0.5, ignore=["2"])
-    # layer 2's weight is in both hidden groups (as consumer of the first, producer of the second)
-    assert result.plan.pruned_groups() == []
-    result = structprune.compress(net, torch.randn(2, 4), ratio=0.5, ignore=["4"])
-    assert result.plan.pruned_groups() == ["0.weight:0"]
+    # layer 2 reads the first hidden group and produces the second: only its outputs are kept
+    assert result.plan.pruned_groups() == ["0.weight:0"] and result.plan.meta["ignored_groups"] == ["2.weight:0"]
     assert (result.model[0].out_features, result.model[2].out_features) == (4, 8)
+    result = structprune.compress(net, torch.randn(2, 4), ratio=0.5, ignore=["4"])
+    # ignoring the classifier keeps its classes (an output anyway), not the width of what it reads
+    assert result.plan.pruned_groups() == ["0.weight:0", "2.weight:0"] and result.plan.meta["ignored_groups"] == []
+    assert (result.model[0].out_features, result.model[2].out_features, result.model[4].in_features) == (4, 4, 4)
 
 
 def test_is_ignored_glob_semantics() -> None:

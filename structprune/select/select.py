@@ -20,9 +20,16 @@ def check_ratio(ratio: float) -> float:
 
 
 def is_ignored(member_fqns: Iterable[str], ignore: Iterable[str]) -> bool:
-    """True if any member FQN matches any glob (a glob 'layer4' also matches 'layer4.*')."""
+    """True if any FQN matches any glob (a glob 'layer4' also matches 'layer4.*')."""
     patterns = [p for g in ignore for p in (g, f"{g}.*")]
     return any(fnmatch.fnmatchcase(f, p) for f in member_fqns for p in patterns)
+
+
+def output_fqns(group) -> list[str]:
+    """The tensors whose own output channels the group removes (not those that only read them): what
+    `ignore` protects, as Torch-Pruning's `ignored_layers` does. Ignoring a classifier keeps its
+    classes, not the width of the features it reads."""
+    return sorted({m.fqn for m in group.members if m.role != "in"})
 
 
 def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, global_pruning: bool = False,
@@ -36,7 +43,7 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
     if not 0.0 < float(max_group_ratio) <= 1.0:
         raise PlanError(f"max_group_ratio must be in (0, 1] (the most of one group global pruning may remove), "
                         f"got {max_group_ratio!r}")
-    active = [g for g in groups if g.prunable and not is_ignored(g.member_fqns(), ignore)]
+    active = [g for g in groups if g.prunable and not is_ignored(output_fqns(g), ignore)]
     counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
     keep = {g.id: tuple(range(g.size)) for g in groups}
     for g in active:

@@ -22,6 +22,7 @@ class InputWidthAttention(nn.Module):
         self.bias_table = nn.Parameter(torch.randn(2 * positions - 1, heads) * 0.1)
         index = torch.arange(positions)[:, None] - torch.arange(positions)[None, :] + positions - 1
         self.register_buffer("bias_index", index.flatten(), persistent=False)
+        self.register_buffer("window_mask", torch.zeros(positions, positions), persistent=False)  # Swin's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -29,7 +30,8 @@ class InputWidthAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         bias = self.bias_table[self.bias_index].view(N, N, -1).permute(2, 0, 1)
         mask = x.new_zeros((N, N))  # a literal-size tensor built from the input: reads no channel
-        attn = ((q @ k.transpose(-2, -1)) * (C // self.num_heads) ** -0.5 + bias + mask).softmax(-1)
+        scores = (q @ k.transpose(-2, -1)) * (C // self.num_heads) ** -0.5
+        attn = (scores + bias + mask + self.window_mask).softmax(-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
 
 
@@ -98,3 +100,5 @@ def test_a_bias_table_indexed_by_positions_keeps_its_heads_axis_prunable() -> No
     heads = [g for g in graph.groups if any(m.ref == "bias_table:1" for m in g.members)]
     assert len(heads) == 1 and heads[0].prunable and heads[0].size == 4
     assert not any("new_zeros" in str(r) for g in graph.groups for r in g.reasons)
+    # a buffer over token positions, added to the logits, has no channel to lose
+    assert not [g.id for g in graph.prunable if g.size > 1 and "window_mask" in str(g.member_fqns())]

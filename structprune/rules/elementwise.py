@@ -32,6 +32,7 @@ def broadcast_union(ctx: RuleContext, inputs: list[Abstract], out_shape: tuple[i
     chan_dims = [d for d, c in enumerate(out_chan) if c]
     reference = _reference(ctx, aligned, out_shape, out_chan)
     for shape_in, ids_in, chan_in in aligned:
+        ids_in = _collapse_on_data_dims(ctx, ids_in, chan_in, shape_in, out_shape, out_chan)
         broadcast = [d for d in chan_dims if shape_in[d] == 1 and out_shape[d] > 1]
         if chan_dims and len(broadcast) == len(chan_dims):
             continue  # shared across every channel: couples with nothing
@@ -42,6 +43,16 @@ def broadcast_union(ctx: RuleContext, inputs: list[Abstract], out_shape: tuple[i
                 ref = ref.take([0], axis=d)
         ctx.union(ids_in, ref)
     return make_with_chan(reference, out_chan, out_shape)
+
+
+def _collapse_on_data_dims(ctx, ids, chan, shape, out_shape, out_chan) -> np.ndarray:
+    """An input's channel dim that meets a data dim of the output at full size (a mask buffer over
+    token positions) cannot shrink: its entries are tied to each other there."""
+    for d in range(len(out_shape)):
+        if chan[d] and not out_chan[d] and shape[d] == out_shape[d] > 1 and ids.shape[d] > 1:
+            ctx.union(ids, ids.take([0], axis=d))
+            ids = ids.take([0], axis=d)
+    return ids
 
 
 def _align(v: Abstract, ndim: int) -> tuple[tuple[int, ...], np.ndarray, tuple[bool, ...]]:

@@ -35,8 +35,8 @@ def _mha(ctx: RuleContext, prefix: str, module: nn.MultiheadAttention) -> None:
 
 
 # attribute names attention modules use (the rewrite reads them too)
-QUERY_PROJECTIONS = MappingProxyType({"qkv": 3, "query": 1, "q_proj": 1, "q": 1})  # name -> q/k/v blocks
-VALUE_PROJECTIONS = MappingProxyType({"query": "value", "q_proj": "v_proj", "q": "v"})
+QUERY_PROJECTIONS = MappingProxyType({"qkv": 3, "to_qkv": 3, "qk": 2, "query": 1, "q_proj": 1, "q": 1})  # -> blocks
+VALUE_PROJECTIONS = MappingProxyType({"qk": "v", "query": "value", "q_proj": "v_proj", "q": "v"})
 HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
 HEAD_SIZES = ("head_dim", "attention_head_size", "head_size")
 

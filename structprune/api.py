@@ -16,10 +16,12 @@ from structprune.errors import AnalysisError, PlanError, RewriteError, Verificat
 from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import count_macs, count_params, macs_of
+from structprune.report.prunable import prunable_section
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
 from structprune.rewrite.attention_attrs import attention_shape
-from structprune.rewrite.width_attrs import refreshed_attributes
+from structprune.rewrite.width_attrs import (AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes,
+                                             refreshed_in)
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.scoring import group_views
 from structprune.select import Plan, check_ratio, select_plan
@@ -56,9 +58,7 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
                                    input_width_ties=ties)
 
 
-def class_name(cls: type) -> str:
-    """A class's importable name, as plans record the attention classes tied to their input width."""
-    return f"{cls.__module__}.{cls.__qualname__}"
+class_name = qualified_name  # plans record the attention classes tied to their input width by this name
 
 
 def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio: float = 0.5,
@@ -148,6 +148,9 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, gra
             verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
         if _may_tie and not verdict.ok:
             _raise_if_a_tie_may_help(model, verdict, plan)
+        if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan):
+            plan = plan.with_meta(**{AS_IS_KEY: sorted(kept_as_is(plan) | {_failing_class(model, verdict)})})
+            continue
         if verdict.ok or strict or not verdict.failing_groups:
             break
         plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
@@ -161,10 +164,22 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, gra
     return CompressResult(pruned, plan, report, graph)
 
 
+def _failing_class(model: nn.Module, verdict: Verdict) -> str:
+    return qualified_name(type(model.get_submodule(verdict.failing_module)))
+
+
+def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, plan: Plan) -> bool:
+    """Verification failed in a module whose width attributes the rewrite refreshed (and whose class
+    is not yet left as it is): the next round keeps that class's attributes as they were."""
+    if verdict.failing_module is None or not refreshed_in(model, pruned, verdict.failing_module):
+        return False
+    return _failing_class(model, verdict) not in kept_as_is(plan)
+
+
 def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> None:
     """Signal `compress` to analyse again with the failing attention class tied to its input width."""
     try:
-        module = model.get_submodule(verdict.failing_module) if verdict.failing_module else None
+        module = model.get_submodule(verdict.failing_module) if verdict.failing_module is not None else None
     except AttributeError:
         return
     if module is not None and attention_shape(module) is not None:
@@ -278,6 +293,7 @@ def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan,
     pruned_macs = verdict.pruned_macs if verdict.pruned_macs is not None else count_macs(pruned, example_inputs)
     report = Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
                     verdict.to_json(), dict(plan.meta))
+    report = report.with_extra(prunable=prunable_section(graph, [r.id for r in rows if r.prunable]))
     refreshed = refreshed_attributes(model, pruned)
     return report.with_extra(refreshed_attributes=list(refreshed)) if refreshed else report
 

@@ -28,15 +28,18 @@ WORKING = [
     ("timm", "cspresnet50"), ("timm", "mobilevit_s"), ("timm", "regnetx_002"), ("timm", "ghostnet_050"),
     # verified since partial pruning (c09ea16): the modules whose re-capture fails keep their groups whole
     ("torchvision", "swin_t"), ("timm", "poolformer_s12"), ("timm", "edgenext_small"),
+    # width attributes (hidden_dim, a layer scale's shape) and attention tied to its input width
+    ("torchvision", "vit_b_16"), ("timm", "cait_xxs24_224"), ("timm", "convit_tiny"),
 ]
 
-# (source, name) -> why compress raises VerificationError today: the re-capture of the pruned model
-# fails in a reshape whose size the forward derives from a module attribute or from another tensor's
-# width that the rewrite left inconsistent with the pruned layers.
-KNOWN_FAILURES = {
-    ("torchvision", "vit_b_16"): "VisionTransformer._process_input reshapes to the unrefreshed hidden_dim 768 "
-                                 "(shape '[1, 768, 16]' is invalid for input of size 6144)",
-}
+# pruned deep, not only verified: the least params reduction each of these reaches at ratio 0.5
+# (measured at SIDE; before the width-attribute refresh and the attention width tie they reached
+# 1.44x to 1.66x, or failed)
+MIN_REDUCTION = {"vit_b_16": 3.5, "swin_t": 3.5, "poolformer_s12": 3.5, "cait_xxs24_224": 3.5,
+                 "convit_tiny": 3.5, "resnet18": 3.5}
+
+# (source, name) -> why compress raises VerificationError today (none at present).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _params():
@@ -78,4 +81,4 @@ def test_foreign_model_is_verified_and_pruned(zoos, source, name):
     model = build(zoos, source, name)
     result = structprune.compress(model, torch.randn(1, 3, SIDE, SIDE), ratio=0.5)
     assert result.report.verification["ok"]
-    assert result.report.params_after < result.report.params_before
+    assert result.report.params_before / result.report.params_after >= MIN_REDUCTION.get(name, 1.05)

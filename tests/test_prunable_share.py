@@ -96,8 +96,6 @@ def test_summary_report_md_and_json_state_the_shares_of_a_compressed_model(make,
     assert (written["prunable"]["macs_share"], written["prunable"]["channel_share"]) == shares
 
 
-@pytest.mark.xfail(strict=True, reason="api.build_report does not add the `prunable` section yet (api.py is "
-                                       "not this change's file); remove this mark once it does")
 def test_compress_report_carries_the_prunable_section() -> None:
     report = compress(*blocked_cnn(), ratio=0.5).report.to_json()
     assert report["prunable"]["macs_share"] == 0.3725

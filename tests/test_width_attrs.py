@@ -118,3 +118,28 @@ def test_an_ambiguous_width_is_left_alone_and_verification_keeps_its_groups_whol
     why = "verification_failed: re-capture failed in module 'inner' (every TwoOfAKind)"
     assert blocked == {"inner.a.weight:0": why}
     assert "refreshed_attributes" not in result.report.extra
+
+
+class HalfSplit(nn.Module):
+    """CSP-style: `x.split(self.expand_chs // 2)` reads half of a width, so refreshing the attribute
+    to the pruned total is wrong when the halves lose different counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand_chs = 16
+        self.expand, self.inner, self.merge = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, worked = self.expand(x).split(self.expand_chs // 2, dim=1)
+        return self.merge(torch.cat([kept, torch.relu(self.inner(worked))], dim=1))
+
+
+def test_a_refresh_that_verification_rejects_is_undone_for_that_class_and_recorded_in_the_plan() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 6)
+    result = _compress(HalfSplit(), x)
+    assert result.report.verification["ok"] and result.report.params_after < result.report.params_before
+    assert result.plan.meta["width_attributes_as_is"] == [f"{HalfSplit.__module__}.HalfSplit"]
+    assert result.model.expand_chs == 16
+    replayed = structprune.apply_plan(HalfSplit().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
+    assert replayed.expand_chs == 16 and replayed.expand.out_channels == result.model.expand.out_channels

@@ -18,8 +18,8 @@ from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.rewrite.on_read import ReplacedOnRead
 from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
 from structprune.rewrite.shrink import refresh_attributes, snapshot
-from structprune.rewrite.width_attrs import refresh_width_attributes, width_snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
+from structprune.rewrite.width_attrs import kept_as_is, refresh_width_attributes, width_snapshot
 from structprune.select.plan import Plan
 
 
@@ -29,7 +29,8 @@ def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_un
     lose nothing are then the caller's own, not copies."""
     keep = component_keep(graph, plan)
     memo = _sliced_memo(model, kept_indices(graph, keep))
-    return _rewritten_copy(model, graph, keep, (_own_tensors(model) | memo) if share_unchanged else memo)
+    return _rewritten_copy(model, graph, keep, (_own_tensors(model) | memo) if share_unchanged else memo,
+                           kept_as_is(plan))
 
 
 @contextmanager
@@ -49,13 +50,15 @@ def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan) -> Iterato
         stand_in = _nan_stand_in(tensor, reduce(_sliced, steps, _meta_like(tensor)).shape)
         memo[id(tensor)] = stand_in
         replacements[id(stand_in)] = (stand_in, partial(reduce, _sliced, steps, tensor))
-    pruned = _rewritten_copy(model, graph, keep, memo)  # outside the block: shapes come from the stand-ins
+    pruned = _rewritten_copy(model, graph, keep, memo, kept_as_is(plan))  # outside the block: stand-in shapes
     with ReplacedOnRead(replacements):
         yield pruned
 
 
-def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict) -> nn.Module:
-    """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes."""
+def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict,
+                    as_is: frozenset[str] = frozenset()) -> nn.Module:
+    """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes
+    (width attributes of the classes named in `as_is` stay as they were)."""
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
@@ -66,7 +69,7 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
         return pruned
     originals = width_snapshot(pruned)  # attributes only: still the unsliced ones
     attention = _refresh_table_attributes(pruned, graph)
-    refresh_width_attributes(pruned, originals, graph, keep, attention)
+    refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
     return pruned
 
 

@@ -90,13 +90,30 @@ def _abstracts(value) -> Iterator[Abstract]:
             yield from _abstracts(item)
 
 
+AS_IS_KEY = "width_attributes_as_is"  # plan.meta: classes whose width attributes the rewrite leaves alone
+
+
+def qualified_name(cls: type) -> str:
+    """A class's importable name, as plans record classes."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def kept_as_is(plan) -> frozenset[str]:
+    """The classes whose width attributes a plan's rewrite leaves as they were (verification rejected
+    their refresh once: `x.split(self.expand_chs // 2)` holds half of a width, not a width)."""
+    return frozenset(plan.meta.get(AS_IS_KEY, ()))
+
+
 def refresh_width_attributes(pruned: nn.Module, originals: dict[str, dict], graph: ChannelGraph,
-                             keep: np.ndarray, managed: dict[str, Iterable[str]]) -> None:
+                             keep: np.ndarray, managed: dict[str, Iterable[str]],
+                             as_is: frozenset[str] = frozenset()) -> None:
     """Set every width attribute of `pruned`'s modules that a pruned size determines. `originals`:
     each module's attributes before any refresh (`width_snapshot`); `managed`: per module, the
-    attribute names another refresh owns (the attention heads)."""
+    attribute names another refresh owns (the attention heads); `as_is`: classes left alone."""
     tiers = scoped_size_changes(graph, keep)
     for name, module in pruned.named_modules():
+        if qualified_name(type(module)) in as_is:
+            continue
         skip = set(managed.get(name, ()))
         for attr, old in originals.get(name, {}).items():
             if attr in skip or getattr(module, attr, None) != old:  # another refresh set it already
@@ -153,6 +170,15 @@ def _mapped_size(size: int, scopes: list[SizeMap]) -> int:
             targets = scope[size]
             return next(iter(targets)) if len(targets) == 1 else AMBIGUOUS
     return size
+
+
+def refreshed_in(model: nn.Module, pruned: nn.Module, module: str) -> bool:
+    """Whether the rewrite changed a width attribute of `module` (searched ones, not the tables')."""
+    try:
+        before, after = model.get_submodule(module), pruned.get_submodule(module)
+    except AttributeError:
+        return False
+    return any(getattr(after, attr, old) != old for attr, old in _candidates(before).items())
 
 
 def refreshed_attributes(model: nn.Module, pruned: nn.Module) -> tuple[str, ...]:

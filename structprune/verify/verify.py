@@ -55,7 +55,7 @@ class Verdict:
     pruned_capture: object = field(default=None, repr=False, compare=False)
     pruned_macs: int | None = None  # from the re-capture, or counted on the output check's forward
     failing_groups: tuple[tuple[str, str], ...] = ()  # (group id, what failed) where a failure was localised
-    failing_module: str | None = None  # the module re-capture failed in, where it names one
+    failing_module: str | None = None  # the module a failed run or re-capture names ("" the root); else None
 
     @property
     def recaptured(self) -> bool:
@@ -95,9 +95,10 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     module = None
     if recapture:
         capture_check, recaptured, module = _check_capture(pruned, example_inputs)
+        module = None if capture_check.ok else _submodule_path(pruned, module)
         checks.append(capture_check)
         failing += [(g, f"re-capture failed in module '{module}' ({kind})")
-                    for g, kind in _groups_in_module(model, graph, plan, module)]
+                    for g, kind in _groups_in_module(model, graph, plan, module or "")]
     with nullcontext() if recapture else MacCounter() as counter:
         output_check, pruned_out = _check_outputs(_output_shapes(graph), pruned, example_inputs)
     structural = [output_check, _check_sizes(model, pruned, graph, plan)]
@@ -109,9 +110,9 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
         failing += [(g, "masking equivalence") for g in culprits]
         failing += [(g, f"pruned alone, it fails in module '{failed_in}' ({kind})")
                     for g, kind in _groups_in_module(model, graph, plan, failed_in or "")]
-        module = module or failed_in
+        module = module if module is not None else failed_in
     return Verdict(tuple(checks), error, exact, inexact, recaptured, _pruned_macs(recaptured, counter, output_check),
-                   tuple(failing), module or None)
+                   tuple(failing), module)
 
 
 def _groups_in_module(model: nn.Module, graph: ChannelGraph, plan: Plan, module: str) -> list[tuple[str, str]]:
@@ -135,6 +136,11 @@ def _pruned_macs(recaptured, counter: MacCounter | None, output_check: Check) ->
     if recaptured is not None:
         return macs_of(recaptured)
     return counter.total if counter is not None and output_check.ok else None
+
+
+def _submodule_path(model: nn.Module, module: str) -> str:
+    """A capture error's module as a path: "" for the root, which the error names by its class."""
+    return "" if module == type(model).__name__ and not hasattr(model, module) else module
 
 
 def _check_capture(pruned: nn.Module, example_inputs: Any):

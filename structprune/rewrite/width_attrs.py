@@ -47,11 +47,11 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
         value = graph.values.get(node.name)
         if not stack or value is None:
             continue
-        if isinstance(value, Abstract):
-            for old, new in _literal_sizes(node, value, new_shape(value, keep, graph.component)):
-                literals[stack[-1]][old].add(new)
         for value in _abstracts(value):
             shape = new_shape(value, keep, graph.component)
+            if value is graph.values[node.name]:  # a single output: its literal size arguments line up
+                for old, new in _literal_sizes(node, value, shape):
+                    literals[stack[-1]][old].add(new)
             for old, new in (p for p, chan in zip(zip(value.shape, shape), value.chan) if chan):
                 own[stack[-1]][old].add(new)
                 for path in stack:

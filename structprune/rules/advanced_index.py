@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan
+from structprune.graph.abstract import data_value, make_with_chan
 from structprune.graph.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
@@ -29,7 +29,7 @@ def rule_index(ctx: RuleContext, node: fx.Node) -> None:
     elif any(src.chan[d] for d in indexed):
         rid = ctx.space.reason_id(ctx.reason(ReasonKind.FIXED_SIZE, "advanced indexing along a channel dim"))
         ctx.union(src.ids, rid)
-        ctx.set(node, _data(out_shape, rid))
+        ctx.set(node, data_value(out_shape, rid))
         return
     kept = [d for d in range(src.ndim) if d not in indexed]
     index_ndim = len(out_shape) - len(kept)
@@ -41,6 +41,3 @@ def rule_index(ctx: RuleContext, node: fx.Node) -> None:
     chan[first:first] = [False] * index_ndim
     ctx.set(node, make_with_chan(ids, tuple(chan), out_shape))
 
-
-def _data(shape: tuple[int, ...], ident: int) -> Abstract:
-    return Abstract(np.full((1,) * len(shape), ident, dtype=np.int64), (False,) * len(shape), shape)

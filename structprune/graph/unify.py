@@ -39,6 +39,7 @@ class IdSpace:
         self._reason_ids: dict[Reason, int] = {}
         self._reason_of: dict[int, Reason] = {}
         self._inexact: list[tuple[np.ndarray, str]] = []
+        self._mixing: list[tuple[np.ndarray, str]] = []
 
     @property
     def size(self) -> int:
@@ -82,6 +83,12 @@ class IdSpace:
         """Mark ids whose masking equivalence cannot be exact (a normalisation mixes them)."""
         self._inexact.append((np.asarray(ids, dtype=np.int64).ravel(), op))
 
+    def flag_inexact_unless_whole(self, fibres: np.ndarray, op: str) -> None:
+        """Mark the ids of each row of `fibres` (n_fibres x fibre length) inexact unless that row ends
+        up one unit: an op that mixes along a fibre (softmax over a head's dims) stays exact when the
+        whole fibre is kept or removed together."""
+        self._mixing.append((np.asarray(fibres, dtype=np.int64).reshape(len(fibres), -1), op))
+
     def solve(self) -> Solution:
         """The component of every id, and the reasons and inexact ops of each component."""
         a, b = self._pairs()
@@ -119,9 +126,19 @@ class IdSpace:
         """Which components some op flagged inexact, and the ops that did."""
         inexact = np.zeros(int(comp.max()) + 1 if comp.size else 0, dtype=bool)
         inexact_ops: dict[int, set[str]] = {}
-        for ids, op in self._inexact:
+        for ids, op in self._inexact + self._split_fibres(comp):
             comps = np.unique(comp[ids])
             inexact[comps] = True
             for c in comps.tolist():
                 inexact_ops.setdefault(c, set()).add(op)
         return inexact, inexact_ops
+
+    def _split_fibres(self, comp: np.ndarray) -> list[tuple[np.ndarray, str]]:
+        """The ids of every fibre flagged by `flag_inexact_unless_whole` that spans several components."""
+        found = []
+        for fibres, op in self._mixing:
+            c = comp[fibres]
+            split = (c != c[:, :1]).any(axis=1)
+            if split.any():
+                found.append((fibres[split].ravel(), op))
+        return found

@@ -44,6 +44,8 @@ def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: s
     _tie_contraction(ctx, a, b, op)
     a_rep, b_rep = a.ids.take([0], axis=ka), b.ids.take([0], axis=kb)   # (..., M, 1), (..., 1, N)
     a_chan_m, b_chan_n = a.chan[-2], b.chan[-1]
+    if a_chan_m and b_chan_n and any(a.chan[:-2]) and any(b.chan[:-2]):
+        return _per_head_product(ctx, a, b, a_rep, b_rep, out_shape)
     if a_chan_m and b_chan_n:
         ctx.block(np.concatenate([a.ids.ravel(), b.ids.ravel()]), ReasonKind.DATA_DIMENSION,
                   f"{op} output would be a product of channels")
@@ -59,6 +61,17 @@ def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: s
     if batch is not None and any(batch.ids.shape[d] > ids.shape[d] for d in range(ndim - 2)):
         ctx.block(batch.ids, ReasonKind.DATA_DIMENSION, f"{op} output would be a product of channels")
     chan = tuple(ids.shape[d] > 1 for d in range(ndim - 2)) + (a_chan_m, b_chan_n)
+    return make_with_chan(ids, chan, out_shape)
+
+
+def _per_head_product(ctx: RuleContext, a: Abstract, b: Abstract, a_rep, b_rep, out_shape) -> Abstract:
+    """A product of channels on M and N inside heads (channel attention, XCA: qᵀk is head_dim × head_dim
+    per head). Each head's fibres of a and b are already one unit, so the head's whole M × N block goes
+    with it: the output carries the head's id on the batch, M and N axes."""
+    _tie_batch(ctx, a, b, a_rep, b_rep, out_shape)
+    ndim = len(out_shape)
+    ids = np.ascontiguousarray(np.broadcast_to(_fit_batch(a_rep, ndim), _fit_batch(a_rep, ndim).shape[:-1] + (out_shape[-1],)))
+    chan = tuple(ids.shape[d] > 1 for d in range(ndim - 2)) + (True, True)
     return make_with_chan(ids, chan, out_shape)
 
 

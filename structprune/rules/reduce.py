@@ -70,10 +70,11 @@ def _dims_for(node: fx.Node, ndim: int, op: str) -> list[int]:
 
 
 def rule_softmax(ctx: RuleContext, node: fx.Node, op: str) -> None:
-    """softmax / log_softmax / cumsum(x, dim): shape-preserving, mixes along `dim`."""
+    """softmax / log_softmax / cumsum(x, dim): shape-preserving, mixes along `dim` (exact when every
+    fibre along `dim` is one unit, e.g. a whole head's block in channel attention)."""
     x = ctx.value(node.args[0])
     if x is not None and x.chan[node.args[1] % x.ndim]:
-        ctx.flag_inexact(x.ids, op)
+        ctx.flag_inexact_unless_whole(x, node.args[1] % x.ndim, op)
     ctx.set(node, x)
 
 

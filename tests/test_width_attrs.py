@@ -143,3 +143,53 @@ def test_a_refresh_that_verification_rejects_is_undone_for_that_class_and_record
     assert result.model.expand_chs == 16
     replayed = structprune.apply_plan(HalfSplit().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
     assert replayed.expand_chs == 16 and replayed.expand.out_channels == result.model.expand.out_channels
+
+
+class Partition(nn.Module):
+    """Splits the tokens into windows of p x p (data dims), as torchvision MaxViT's WindowPartition."""
+
+    def forward(self, x: torch.Tensor, p: int) -> torch.Tensor:
+        B, N, C = x.shape
+        return x.reshape(B, N // (p * p), p, p, C).reshape(B, N // (p * p), p * p, C)
+
+
+class WindowHeads(nn.Module):
+    """Multi-head attention inside each window, its head count a stored attribute."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, G, P, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, G, P, 3, self.heads, self.head_dim).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        out = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return self.proj(out.permute(0, 1, 3, 2, 4).reshape(B, G, P, self.heads * self.head_dim))
+
+
+class WindowedLayer(nn.Module):
+    """A partition size equal to the head count by chance: both are 4 (MaxViT's grid attention at
+    28x28 has p = 4 and 4 heads); a child reshapes a data dim by it, the attention a channel dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = 4
+        self.embed, self.partition, self.attn = nn.Linear(6, 32), Partition(), WindowHeads(32, 4)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.partition(self.embed(x), self.p)
+        h = h + self.attn(h)
+        return self.head(h.mean((1, 2)))
+
+
+def test_a_size_a_child_reshapes_a_data_dim_by_is_not_taken_for_a_head_count() -> None:
+    torch.manual_seed(0)
+    result = structprune.compress(WindowedLayer().eval(), torch.randn(2, 32, 6), ratio=0.5)
+    assert result.report.verification["ok"]
+    assert result.model.p == 4 and result.model.attn.heads == 2
+    assert "blocked_by_verification" not in result.plan.meta
+    assert result.model.attn.qkv.weight.shape[0] == 3 * 2 * 8
+    assert "<root>.p: 4 -> 2" not in result.report.extra["refreshed_attributes"]
+

@@ -4,9 +4,11 @@ refreshed after the rewrite by a general search rather than a list of names.
 
 The captured graph says which sizes changed where: every node records the modules it ran in
 (`nn_module_stack`), and the analysis gives each value's old and new shape. For a module M the
-evidence comes in three tiers, strongest first: the literal sizes M's own nodes pass (a view's sizes,
+evidence comes in four tiers, strongest first: the literal sizes M's own nodes pass (a view's sizes,
 an unflatten's: on a channel dim they change, on a data dim they stay), the channel dims of the values
-M's own nodes compute, then the channel dims of every node inside M. An integer attribute of M equal
+M's own nodes compute, then the literal sizes and the channel dims of every node inside M (so a
+partition size that a child reshapes by, equal to a head count by chance, is seen as both and left
+alone, as in torchvision MaxViT's grid attention). An integer attribute of M equal
 to a size the first tier that knows it maps one way only takes the new size; a tuple or list is
 mapped element by element. A size that becomes two different things there is ambiguous and left
 alone. Verification proves the result: a wrong or missing refresh fails re-capture in that module,
@@ -38,10 +40,10 @@ SizeMap = dict[int, set[int]]  # old dim size -> the sizes it becomes
 
 def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str, SizeMap]]:
     """Per module FQN, old -> new sizes by strength of evidence: the literal sizes its own nodes pass
-    (view/reshape/expand/unflatten sizes: on a channel dim they change, on a data dim they stay), then
-    the channel dims of the values its own nodes compute, then those of every node inside it."""
-    tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(3)]
-    literals, own, within = tiers
+    (view/reshape/expand/unflatten sizes: on a channel dim they change, on a data dim they stay), the
+    channel dims of the values its own nodes compute, then the same two for every node inside it."""
+    tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(4)]
+    literals, own, literals_within, within = tiers
     for node in graph.captured.graph.nodes:
         stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
         value = graph.values.get(node.name)
@@ -52,6 +54,8 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
             if value is graph.values[node.name]:  # a single output: its literal size arguments line up
                 for old, new in _literal_sizes(node, value, shape):
                     literals[stack[-1]][old].add(new)
+                    for path in stack:
+                        literals_within[path][old].add(new)
             for old, new in (p for p, chan in zip(zip(value.shape, shape), value.chan) if chan):
                 own[stack[-1]][old].add(new)
                 for path in stack:

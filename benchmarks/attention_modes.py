@@ -24,7 +24,7 @@ import structprune
 from structprune.data import evaluate_accuracy, load_data
 from structprune.recover import RecoveryConfig, recover
 from structprune.report.tables import format_table
-from structprune.select import Plan
+from structprune.selection import Plan
 
 VIT = dict(in_chans=1, image_size=8, num_classes=10, embed_dim=32, depth=2, num_heads=4)
 MODES = ("heads", "head_dims")

@@ -34,7 +34,7 @@ from structprune.criteria import Coreset, ScoringContext, SelectingCriterion, ge
 from structprune.data import evaluate_accuracy, load_data
 from structprune.rewrite import rewrite_model
 from structprune.scoring import group_views
-from structprune.select import Plan, select_plan
+from structprune.selection import Plan, select_plan
 
 MODELS = {"mlp": ((64,), {}, 30), "vgg": ((1, 8, 8), {}, 15), "resnet20": ((1, 8, 8), {}, 15),
           "mobilenet_v2": ((1, 8, 8), {}, 15)}

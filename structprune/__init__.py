@@ -10,7 +10,7 @@ from structprune.api import CompressResult, analyze, apply_plan, compress, compr
 from structprune.errors import (AnalysisError, CaptureError, PlanError, RewriteError, StructpruneError,
                                 VerificationError)
 from structprune.graph.channel_graph import ChannelGraph, ChannelGroup
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ from structprune.rewrite.width_attrs import (AS_IS_KEY, kept_as_is, qualified_na
                                              refreshed_in)
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.scoring import group_views
-from structprune.select import Plan, check_ratio, select_plan
+from structprune.selection import Plan, check_ratio, select_plan
 from structprune.verify import Verdict, run_model, verify_rewrite
 
 

@@ -30,7 +30,7 @@ from structprune.io.probe import first_line
 from structprune.io.pt2 import SavedPt2
 from structprune.onnx.inputs import flat_outputs, run_torch
 from structprune.onnx.parity import Parity, output_parity
-from structprune.select import Plan
+from structprune.selection import Plan
 
 ARTIFACT_ATOL = 1e-4  # torch vs a re-loaded torch program: same kernels, decomposed ops may reorder sums
 ARTIFACT_RTOL = 1e-3

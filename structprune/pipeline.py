@@ -26,7 +26,7 @@ from structprune.quality import (check_gate_can_run, check_labels_fit, quality_g
 from structprune.recovery_step import iterative_result, recover_result, recovery_config
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
-from structprune.select import Plan, check_ratio
+from structprune.selection import Plan, check_ratio
 
 
 @dataclass(frozen=True)

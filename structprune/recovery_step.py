@@ -11,7 +11,7 @@ from structprune.api import CompressResult
 from structprune.data import evaluate_accuracy
 from structprune.errors import UsageError
 from structprune.report.metrics import count_macs, count_params
-from structprune.select import Plan
+from structprune.selection import Plan
 
 
 def recovery_config(options):

@@ -17,7 +17,7 @@ from structprune.capture.deploy import export_for_deployment
 from structprune.data import accuracy_unmeasurable, evaluate_accuracy
 from structprune.errors import VerificationError
 from structprune.io import atomic_torch_save, atomic_write_text, save_pt2
-from structprune.select import Plan
+from structprune.selection import Plan
 
 
 class BatchNormNet(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 import structprune
 from structprune.calibrate import (apply_channel_scales, calibration_batches, forward_hooks, recalibrate_batchnorm,
                                    reconstruct, run_until)
-from structprune.select import Plan
+from structprune.selection import Plan
 
 
 @pytest.fixture(autouse=True, scope="module")

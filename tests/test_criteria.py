@@ -21,7 +21,7 @@ from structprune.criteria.magnitude import L2
 from structprune.calibrate import calibration_batches
 from structprune.data import load_data
 from structprune.scoring import group_views
-from structprune.select import Plan
+from structprune.selection import Plan
 
 DATA_DRIVEN = sorted(name for name, c in CRITERIA.items() if getattr(c, "needs_data", False))
 

@@ -12,7 +12,7 @@ from torch import nn
 import models_zoo
 import structprune
 from structprune.errors import UsageError
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 from test_sp_helpers import MHABlock, group_with, outputs, positions, refs
 
 X = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))

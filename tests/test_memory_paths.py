@@ -20,7 +20,7 @@ from structprune.capture import normalize_inputs
 from structprune.criteria.magnitude import L1, L2, _RowSums
 from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
 from structprune.scoring import group_views
-from structprune.select import Plan
+from structprune.selection import Plan
 from structprune.verify import run_model
 
 

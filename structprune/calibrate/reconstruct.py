@@ -26,7 +26,7 @@ from structprune.calibrate.hooks import call_order, eval_mode, run_until
 from structprune.calibrate.layers import input_rows, refittable, take_rows
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 
 
 @dataclass(frozen=True)

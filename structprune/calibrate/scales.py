@@ -13,7 +13,7 @@ from torch import nn
 
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 
 SCALES_KEY = "channel_scales"
 

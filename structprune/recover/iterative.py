@@ -158,7 +158,7 @@ def _load_cycle(config: RecoveryConfig, cycle: int, current: nn.Module, example_
     if data is None:
         return None
     from structprune.api import apply_plan
-    from structprune.select.plan import Plan
+    from structprune.selection.plan import Plan
     plan = Plan.from_json(data["plan"])
     model = apply_plan(current, example_inputs, plan, verify=False)
     model.load_state_dict(data["state"])

@@ -20,7 +20,7 @@ from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
 from structprune.rewrite.shrink import refresh_attributes, snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.rewrite.width_attrs import kept_as_is, refresh_width_attributes, width_snapshot
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 
 
 def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_unchanged: bool = False) -> nn.Module:

@@ -6,7 +6,7 @@ import numpy as np
 from structprune.errors import PlanError, RewriteError
 from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.select.plan import Plan, dropped_mask
+from structprune.selection.plan import Plan, dropped_mask
 
 
 def validate_plan(graph: ChannelGraph, plan: Plan) -> None:

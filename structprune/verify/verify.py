@@ -31,7 +31,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import MacCounter, macs_of
 from structprune.rewrite import ReplacedOnRead, component_keep, kept_indices, rewrite_model, sliced_on_read
 from structprune.rules.context import ROLE_IN
-from structprune.select.plan import Plan, dropped_mask
+from structprune.selection.plan import Plan, dropped_mask
 from structprune.verify.locate import ModelRunError, run_locating
 
 RTOL = 1e-4

@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from structprune.errors import PlanError
-from structprune.select.plan import Plan
+from structprune.selection.plan import Plan
 
 
 def check_ratio(ratio: float) -> float:

@@ -4,6 +4,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+__all__ = ["AnalysisError", "CaptureError", "ExportError", "PlanError", "QualityError", "RewriteError",
+           "StructpruneError", "UsageError", "VerificationError", "stage_errors"]
+
 
 class StructpruneError(Exception):
     """Base class; `stage` says which pipeline stage failed."""
@@ -20,23 +23,39 @@ class StructpruneError(Exception):
 
 
 class CaptureError(StructpruneError):
+    """torch.export could not capture the model; the message names the module and what to try."""
+
     stage = "capture"
 
 
 class AnalysisError(StructpruneError):
+    """Finding the coupled channels of the captured graph failed; the message names the node."""
+
     stage = "analyze"
 
 
 class PlanError(StructpruneError, ValueError):
+    """Bad selection options, or a plan that does not fit the model (unknown group, wrong size)."""
+
     stage = "select"
 
 
 class RewriteError(StructpruneError):
+    """Slicing the model's tensors or refreshing its attributes failed."""
+
     stage = "rewrite"
 
 
 class VerificationError(StructpruneError):
+    """The pruned model failed verification (or ONNX parity) and is not returned."""
+
     stage = "verify"
+
+
+class ExportError(StructpruneError):
+    """Neither ONNX exporter produced a valid, batch-dynamic model; the message names both failures."""
+
+    stage = "export"
 
 
 class UsageError(StructpruneError, ValueError):

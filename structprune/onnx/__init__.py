@@ -8,7 +8,7 @@
 >>> check_parity(pruned, exported.path, x).ok
 True
 """
-from structprune.onnx.errors import ExportError
+from structprune.errors import ExportError
 from structprune.onnx.export import OnnxExport, export_onnx
 from structprune.onnx.latency import Latency, compare_latency, ort_latency, session_options
 from structprune.onnx.parity import Parity, check_parity

@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 
 from structprune.capture import eval_mode, normalize_inputs
 from structprune.capture.batch import batch_size, is_tokens, resize_batch, shorter_sequence
-from structprune.onnx.errors import ExportError
+from structprune.errors import ExportError
 from structprune.onnx.inputs import bound_inputs, input_names, ort_feed, run_torch
 
 MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GiB limit, with room for the graph itself

@@ -120,29 +120,39 @@ def test_an_ambiguous_width_is_left_alone_and_verification_keeps_its_groups_whol
     assert "refreshed_attributes" not in result.report.extra
 
 
-class HalfSplit(nn.Module):
-    """CSP-style: `x.split(self.expand_chs // 2)` reads half of a width, so refreshing the attribute
-    to the pruned total is wrong when the halves lose different counts."""
+class TokenWindow(nn.Module):
+    """Weights the first `k` tokens, and `k` equals the hidden width (8) by chance: the search takes it
+    for a width, and verification rejects that refresh."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.expand_chs = 16
-        self.expand, self.inner, self.merge = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.k = 8
+        self.a = nn.Linear(4, 8)
+        self.token_weights = nn.Parameter(torch.linspace(0.1, 1.0, 8).unsqueeze(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kept, worked = self.expand(x).split(self.expand_chs // 2, dim=1)
-        return self.merge(torch.cat([kept, torch.relu(self.inner(worked))], dim=1))
+        return (torch.relu(self.a(x))[:, : self.k] * self.token_weights).sum(1)
+
+
+class Pooled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.fc = TokenWindow(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x))
 
 
 def test_a_refresh_that_verification_rejects_is_undone_for_that_class_and_recorded_in_the_plan() -> None:
     torch.manual_seed(0)
-    x = torch.randn(1, 3, 6, 6)
-    result = _compress(HalfSplit(), x)
+    x = torch.randn(2, 10, 4)
+    result = _compress(Pooled(), x)
     assert result.report.verification["ok"] and result.report.params_after < result.report.params_before
-    assert result.plan.meta["width_attributes_as_is"] == [f"{HalfSplit.__module__}.HalfSplit"]
-    assert result.model.expand_chs == 16
-    replayed = structprune.apply_plan(HalfSplit().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
-    assert replayed.expand_chs == 16 and replayed.expand.out_channels == result.model.expand.out_channels
+    assert result.plan.meta["width_attributes_as_is"] == [f"{TokenWindow.__module__}.TokenWindow"]
+    assert result.model.pool.k == 8 and result.model.pool.a.out_features == 4
+    assert "blocked_by_verification" not in result.plan.meta
+    replayed = structprune.apply_plan(Pooled().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
+    assert replayed.pool.k == 8 and replayed.pool.a.out_features == 4
 
 
 class Partition(nn.Module):
@@ -193,3 +203,45 @@ def test_a_size_a_child_reshapes_a_data_dim_by_is_not_taken_for_a_head_count() -
     assert result.model.attn.qkv.weight.shape[0] == 3 * 2 * 8
     assert "<root>.p: 4 -> 2" not in result.report.extra["refreshed_attributes"]
 
+
+class CrossStage(nn.Module):
+    """A CSP block: the expanded width split in two halves by a size derived from an attribute (timm's
+    `x.split(self.expand_chs // 2, dim=1)`), or by a literal written in the code."""
+
+    def __init__(self, literal: bool = False) -> None:
+        super().__init__()
+        self.expand_chs, self.literal = 16, literal
+        self.expand = nn.Conv2d(3, 16, 1)
+        self.blocks = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.transition = nn.Conv2d(16, 12, 1)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, xb = self.expand(x).split(8 if self.literal else self.expand_chs // 2, dim=1)
+        out = self.transition(torch.cat([xs, self.blocks(xb)], dim=1))
+        return self.head(out.mean((2, 3)))
+
+
+def test_a_split_size_derived_from_an_attribute_is_pruned_in_equal_halves() -> None:
+    torch.manual_seed(0)
+    model = CrossStage().eval()
+    result = structprune.compress(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.report.verification["ok"]
+    assert "blocked_by_verification" not in result.plan.meta
+    assert result.model.expand.out_channels == 8 and result.model.expand_chs == 8
+    assert "<root>.expand_chs: 16 -> 8" in result.report.extra["refreshed_attributes"]
+    kept = result.model.expand.weight.detach()
+    halves = model.expand.weight.detach()[:8], model.expand.weight.detach()[8:]
+    first = [i for i in range(8) if any(torch.equal(kept[j], halves[0][i]) for j in range(4))]
+    second = [i for i in range(8) if any(torch.equal(kept[j], halves[1][i]) for j in range(4, 8))]
+    assert first == second and len(first) == 4  # each half keeps the same local channels
+
+
+def test_a_split_size_written_as_a_literal_keeps_its_group_whole_after_verification() -> None:
+    torch.manual_seed(0)
+    result = structprune.compress(CrossStage(literal=True).eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.report.verification["ok"]
+    assert result.model.expand.out_channels == 16
+    reasons = result.plan.meta["blocked_by_verification"]
+    assert any(r.startswith("verification_failed:") for r in reasons.values())
+    assert result.model.transition.out_channels == 6  # the rest is still pruned

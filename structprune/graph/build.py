@@ -203,6 +203,7 @@ def _make_groups(specs, members, vectors, comp_group, comp_channel, solution) ->
     groups, seen = [], {}
     group_reasons = _per_group(solution.reasons, comp_group, len(specs))
     group_ops = _per_group(solution.inexact_ops, comp_group, len(specs))
+    group_assumptions = _per_group(solution.assumptions, comp_group, len(specs))
     positions = _member_positions(specs, vectors, comp_group, comp_channel)
     for gi, (sig, ordered) in enumerate(specs):
         group_members = tuple(Member(*members[m], positions=positions[gi, m]) for m in sig)
@@ -215,7 +216,7 @@ def _make_groups(specs, members, vectors, comp_group, comp_channel, solution) ->
         if not has_consumer and not ops:
             ops = ("no consumer layer",)
         groups.append(ChannelGroup(gid, int(ordered.size), group_members, not reasons, reasons,
-                                   not ops, ops, ordered))
+                                   not ops, ops, ordered, tuple(sorted(group_assumptions[gi]))))
     return groups
 
 

@@ -41,6 +41,7 @@ class ChannelGroup:
     exact: bool
     inexact_ops: tuple[str, ...]
     components: np.ndarray = field(repr=False)
+    assumptions: tuple[str, ...] = ()  # what pruning it relies on that only verification confirms
 
     def member_fqns(self) -> list[str]:
         return sorted({m.fqn for m in self.members})

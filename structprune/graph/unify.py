@@ -7,7 +7,7 @@ exact is *flagged inexact*. `solve()` returns the component of every id.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -24,6 +24,7 @@ class Solution:
     reasons: dict[int, tuple[Reason, ...]]  # component -> reasons that block it
     inexact: np.ndarray              # component -> bool
     inexact_ops: dict[int, tuple[str, ...]]  # component -> ops that made it inexact
+    assumptions: dict[int, tuple[str, ...]] = field(default_factory=dict)  # component -> what it relies on
 
     def is_blocked(self, comp: int) -> bool:
         return comp in self.reasons
@@ -40,6 +41,7 @@ class IdSpace:
         self._reason_of: dict[int, Reason] = {}
         self._inexact: list[tuple[np.ndarray, str]] = []
         self._mixing: list[tuple[np.ndarray, str]] = []
+        self._assumed: list[tuple[np.ndarray, str]] = []
 
     @property
     def size(self) -> int:
@@ -89,6 +91,12 @@ class IdSpace:
         whole fibre is kept or removed together."""
         self._mixing.append((np.asarray(fibres, dtype=np.int64).reshape(len(fibres), -1), op))
 
+    def assume(self, ids: np.ndarray, what: str) -> None:
+        """Record that pruning these ids relies on something only verification can confirm (a split size
+        in the model's code that must follow the width): where a failure cannot be localised otherwise,
+        verification keeps the groups that rely on an assumption whole first."""
+        self._assumed.append((np.asarray(ids, dtype=np.int64).ravel(), what))
+
     def solve(self) -> Solution:
         """The component of every id, and the reasons and inexact ops of each component."""
         a, b = self._pairs()
@@ -108,6 +116,7 @@ class IdSpace:
             reasons={c: tuple(sorted(r, key=str)) for c, r in reasons.items()},
             inexact=inexact,
             inexact_ops={c: tuple(sorted(o)) for c, o in inexact_ops.items()},
+            assumptions=self._assumptions(comp),
         )
 
     def _components(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,3 +151,10 @@ class IdSpace:
             if split.any():
                 found.append((fibres[split].ravel(), op))
         return found
+
+    def _assumptions(self, comp: np.ndarray) -> dict[int, tuple[str, ...]]:
+        found: dict[int, set[str]] = {}
+        for ids, what in self._assumed:
+            for c in np.unique(comp[ids]).tolist():
+                found.setdefault(c, set()).add(what)
+        return {c: tuple(sorted(w)) for c, w in found.items()}

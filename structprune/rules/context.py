@@ -159,6 +159,10 @@ class RuleContext:
     def flag_inexact(self, ids: np.ndarray, op: str) -> None:
         self.space.flag_inexact(ids, op)
 
+    def assume(self, ids: np.ndarray, what: str) -> None:
+        """Pruning these ids relies on `what`, which only verification can confirm (see IdSpace.assume)."""
+        self.space.assume(ids, what)
+
     def flag_inexact_unless_whole(self, av: Abstract, dim: int, op: str) -> None:
         """Flag `av`'s channels inexact where an op mixes along `dim` across more than one unit."""
         ids = np.broadcast_to(av.ids, av.ids.shape)

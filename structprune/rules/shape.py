@@ -171,16 +171,27 @@ def rule_split(ctx: RuleContext, node: fx.Node) -> None:
 
 
 def _constrain_split(ctx: RuleContext, src: Abstract, dim: int, sizes: list[int], name: str) -> None:
-    """chunk recomputes its pieces at run time: tie local indices so every piece keeps the same
-    count. Other splits along the only channel dim carry literal sizes from the model's code."""
+    """chunk recomputes its pieces at run time: tie local indices so every piece keeps the same count.
+    A split into equal pieces along the only channel dim (CSP's `x.split(self.expand_chs // 2, dim=1)`)
+    is tied the same way on the assumption that its size follows the width (the rewrite refreshes the
+    attribute it comes from); a size written as a literal breaks that, and verification then keeps the
+    group whole. Other splits along the only channel dim carry fixed sizes: blocked."""
     if not src.chan[dim] or len(sizes) < 2:
         return
-    if name == "chunk" and len(set(sizes)) == 1:
-        moved = np.moveaxis(src.ids, dim, -1)
-        pieces = moved.reshape(moved.shape[:-1] + (len(sizes), sizes[0]))
-        ctx.union(pieces, pieces[..., :1, :])
+    equal = len(set(sizes)) == 1
+    if equal and name == "chunk":
+        _tie_equal_pieces(ctx, src, dim, sizes)
+    elif equal and sizes[0] > 1 and name in ("split", "split_with_sizes") and sum(src.chan) == 1:
+        _tie_equal_pieces(ctx, src, dim, sizes)
+        ctx.assume(src.ids, f"{name} into {len(sizes)} x {sizes[0]} channels follows the pruned width")
     elif sum(src.chan) == 1:
         ctx.block(src.ids, ReasonKind.FIXED_SIZE, f"{name} along a channel dim uses sizes fixed in the code")
+
+
+def _tie_equal_pieces(ctx: RuleContext, src: Abstract, dim: int, sizes: list[int]) -> None:
+    moved = np.moveaxis(src.ids, dim, -1)
+    pieces = moved.reshape(moved.shape[:-1] + (len(sizes), sizes[0]))
+    ctx.union(pieces, pieces[..., :1, :])
 
 
 def _fixed_index_block(ctx: RuleContext, src: Abstract, dim: int, op: str) -> None:

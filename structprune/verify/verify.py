@@ -111,8 +111,18 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
         failing += [(g, f"pruned alone, it fails in module '{failed_in}' ({kind})")
                     for g, kind in _groups_in_module(model, graph, plan, failed_in or "")]
         module = module if module is not None else failed_in
+    if not failing and not all(c.ok for c in checks):
+        failing = _groups_on_assumptions(graph, plan)
     return Verdict(tuple(checks), error, exact, inexact, recaptured, _pruned_macs(recaptured, counter, output_check),
                    tuple(failing), module)
+
+
+def _groups_on_assumptions(graph: ChannelGraph, plan: Plan) -> list[tuple[str, str]]:
+    """(group, why) for the pruned groups that rely on an assumption (a split size that must follow the
+    width): the suspects when a failure names no module below the root."""
+    pruned = set(plan.pruned_groups())
+    return [(g.id, f"{g.assumptions[0]}: not so in the model's code") for g in graph.groups
+            if g.id in pruned and g.assumptions]
 
 
 def _groups_in_module(model: nn.Module, graph: ChannelGraph, plan: Plan, module: str) -> list[tuple[str, str]]:

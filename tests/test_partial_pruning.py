@@ -51,3 +51,32 @@ def test_groups_inside_a_module_that_does_not_recapture_are_kept_whole() -> None
 def test_strict_fails_instead_of_replanning() -> None:
     with pytest.raises(VerificationError, match="re-capture|recapture"):
         structprune.compress(_net(), torch.randn(2, 8), ratio=0.5, strict=True)
+
+
+class LeNet(nn.Module):
+    """The classic script: a flatten written as a literal, `x.view(-1, 16 * 5 * 5)` or `x.view(B, 400)`."""
+
+    def __init__(self, batch_in_view: bool) -> None:
+        super().__init__()
+        self.batch_in_view = batch_in_view
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = x.view(x.shape[0], 16 * 5 * 5) if self.batch_in_view else x.view(-1, 16 * 5 * 5)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("batch_in_view, why", [
+    (False, "verification_failed: re-capture failed in module 'fc1' (its input)"),  # fails in fc1: 400 != 200
+    (True, "verification_failed: view to sizes that follow the pruned width: not so in the model's code"),  # in the root
+])
+def test_a_literal_flatten_keeps_only_the_group_it_reads_whole(batch_in_view, why) -> None:
+    torch.manual_seed(0)
+    result = structprune.compress(LeNet(batch_in_view).eval(), torch.randn(2, 1, 32, 32), ratio=0.5)
+    assert result.report.verification["ok"]
+    assert result.plan.meta["blocked_by_verification"] == {"conv2.weight:0": why}
+    model = result.model
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features, model.fc2.out_features) == (3, 16, 60, 42)

@@ -22,10 +22,19 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+_SIZED_VIEWS = ("view", "reshape", "_unsafe_view", "unflatten", "view_copy", "_reshape_alias")
+
+
 def rule_reshape(ctx: RuleContext, node: fx.Node) -> None:
-    """view / reshape / flatten / unflatten / squeeze / unsqueeze: shapes from the graph's metadata."""
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze: shapes from the graph's metadata.
+    A view given sizes that cover a channel dim relies on those sizes following the width (read from
+    the input's shape, or from an attribute the rewrite refreshes; not a literal such as
+    `x.view(-1, 16 * 5 * 5)`): recorded as an assumption verification falls back on."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
-    ctx.set(node, None if src is None or out_shape is None else reshape_abstract(ctx, src, out_shape))
+    out = None if src is None or out_shape is None else reshape_abstract(ctx, src, out_shape)
+    if out is not None and any(out.chan) and _op_name(node) in _SIZED_VIEWS:
+        ctx.assume(out.ids, f"{_op_name(node)} to sizes that follow the pruned width")
+    ctx.set(node, out)
 
 
 def reshape_abstract(ctx: RuleContext, src: Abstract, out_shape: tuple[int, ...]) -> Abstract:

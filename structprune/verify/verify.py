@@ -127,17 +127,20 @@ def _groups_on_assumptions(graph: ChannelGraph, plan: Plan) -> list[tuple[str, s
 
 def _groups_in_module(model: nn.Module, graph: ChannelGraph, plan: Plan, module: str) -> list[tuple[str, str]]:
     """(group, how) for the pruned groups with a member parameter inside `module` or inside another
-    module of the same class (code that failed once fails in every copy of itself); empty for no
-    module or the root."""
+    module of the same class (code that failed once fails in every copy of itself); for one of torch's
+    own layers, the groups of its input axes in that module alone; empty for no module or the root."""
     try:
         culprit = model.get_submodule(module) if module else None
     except AttributeError:
         culprit = None
     if culprit is None or culprit is model:
         return []
+    pruned = set(plan.pruned_groups())
+    if type(culprit).__module__.startswith("torch."):  # torch's layers are right: what they were fed is not
+        return [(g.id, "its input") for g in graph.groups if g.id in pruned
+                and any(m.role == ROLE_IN and m.fqn.startswith(f"{module}.") for m in g.members)]
     kind = type(culprit).__name__
     prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and type(m) is type(culprit))
-    pruned = set(plan.pruned_groups())
     return [(g.id, f"every {kind}") for g in graph.groups
             if g.id in pruned and any(f.startswith(prefixes) for f in g.member_fqns())]
 

@@ -21,14 +21,12 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils.data import DataLoader
 
-from structprune.capture import normalize_inputs
 from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
 from structprune.data import evaluate_accuracy
-from structprune.data.batches import run_model
+from structprune.data.running import eval_outputs, flat_outputs, model_logits, normalize_inputs
 from structprune.errors import VerificationError
 from structprune.io.probe import first_line
 from structprune.io.pt2 import SavedPt2
-from structprune.onnx.inputs import flat_outputs, run_torch
 from structprune.onnx.parity import Parity, output_parity
 from structprune.selection import Plan
 
@@ -161,7 +159,7 @@ class AtFixedBatch(nn.Module):
         outputs = []
         for start in range(0, rows, self.batch):
             chunk = _rows(inputs, start, min(start + self.batch, rows))
-            outputs.append(run_model(self.model, resize_batch(chunk, self.batch))[: batch_size(chunk)])
+            outputs.append(model_logits(self.model, resize_batch(chunk, self.batch))[: batch_size(chunk)])
         return torch.cat(outputs)
 
 
@@ -200,8 +198,8 @@ def _two_batches(example_inputs: Any) -> tuple[int, int]:
 def _parity(artifact: nn.Module, reference: nn.Module, inputs: Any, as_loaded: bool = False) -> Parity:
     """Outputs of `artifact` against `reference` (eval mode). `as_loaded` runs the artifact exactly
     as it was loaded, without switching it to eval mode, as a user of a `.pt2` would."""
-    expected = [t.detach().cpu().numpy() for t in run_torch(reference, inputs)]
-    run = _outputs_as_loaded if as_loaded else run_torch
+    expected = [t.detach().cpu().numpy() for t in eval_outputs(reference, inputs)]
+    run = _outputs_as_loaded if as_loaded else eval_outputs
     try:
         actual = [t.detach().cpu().numpy() for t in run(artifact, inputs)]
     except Exception as exc:  # noqa: BLE001 - the artifact does not run: a failed check, not a crash
@@ -210,7 +208,7 @@ def _parity(artifact: nn.Module, reference: nn.Module, inputs: Any, as_loaded: b
 
 
 def _outputs_as_loaded(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    """`run_torch` without the switch to eval mode."""
+    """`eval_outputs` without the switch to eval mode."""
     args, kwargs = normalize_inputs(inputs)
     with torch.no_grad():
         return flat_outputs(model(*args, **kwargs))

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from structprune.artifacts import published_accuracy
-from structprune.capture import eval_mode
 from structprune.data import DataBundle, accuracy_unmeasurable, evaluate_accuracy
-from structprune.data.batches import run_model
+from structprune.data.running import call_model, eval_mode, find_logits
 from structprune.errors import QualityError, UsageError
 from structprune.io.load import LoadedModel
 from structprune.io.pt2 import SavedPt2
@@ -37,7 +36,7 @@ def check_labels_fit(loaded: LoadedModel, bundle: DataBundle | None) -> None:
     if bundle is None or bundle.num_classes is None:
         return
     with eval_mode(loaded.model), torch.no_grad():
-        logits = run_model(loaded.model, loaded.example_inputs)
+        logits = find_logits(call_model(loaded.model, loaded.example_inputs))
     if isinstance(logits, torch.Tensor) and logits.dim() == 2 and bundle.num_classes > logits.shape[1]:
         raise UsageError(f"the labels of --data {bundle.name} go up to {bundle.num_classes - 1} but the model has "
                          f"{logits.shape[1]} outputs; pass data whose labels are 0..{logits.shape[1] - 1}, or "

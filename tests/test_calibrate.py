@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import structprune
-from structprune.calibrate import (apply_channel_scales, calibration_batches, forward_hooks, recalibrate_batchnorm,
-                                   reconstruct, run_until)
+from structprune.calibrate import apply_channel_scales, recalibrate_batchnorm, reconstruct
+from structprune.data.batches import calibration_batches
+from structprune.data.running import forward_hooks, run_until
 from structprune.selection import Plan
 
 

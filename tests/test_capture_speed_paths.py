@@ -21,7 +21,8 @@ from structprune.capture.export import lean_export
 from structprune.errors import CaptureError
 from structprune.rewrite import rewrite_model
 from structprune.rules.context import ROLE_IN
-from structprune.verify import run_model, verify_rewrite
+from structprune.data.running import eval_outputs as run_model
+from structprune.verify import verify_rewrite
 from structprune.verify.verify import _masked_outputs, _masked_state
 
 

@@ -18,7 +18,7 @@ from structprune.criteria.curvature import channel_elements
 from structprune.criteria.ispasp import capture_block, residual, select_block
 from structprune.criteria.taps import consumer_taps
 from structprune.criteria.magnitude import L2
-from structprune.calibrate import calibration_batches
+from structprune.data.batches import calibration_batches
 from structprune.data import load_data
 from structprune.scoring import group_views
 from structprune.selection import Plan

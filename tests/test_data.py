@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from structprune.data import calibration_batches, evaluate_accuracy, load_data
+from structprune.data import evaluate_accuracy, first_training_inputs, load_data
 from structprune.errors import UsageError
 
 DIGITS_COUNT = 1797
@@ -277,17 +277,17 @@ def test_accuracy_refuses_unlabelled_batches() -> None:
         evaluate_accuracy(Oracle(2), DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2))
 
 
-def test_calibration_batches_are_the_first_samples_deterministically() -> None:
+def test_first_training_inputs_are_the_first_samples_deterministically() -> None:
     bundle = load_data("digits", batch_size=64)
-    batches = calibration_batches(bundle, 100)
+    batches = first_training_inputs(bundle, 100)
     assert [len(b) for b in batches] == [64, 36]
-    again = calibration_batches(bundle, 100)
+    again = first_training_inputs(bundle, 100)
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
     first_samples = torch.stack([bundle.train.dataset[i][0] for i in range(100)])
     assert torch.equal(torch.cat(batches), first_samples)
-    assert sum(len(b) for b in calibration_batches(bundle, 10_000)) == len(bundle.train.dataset)
+    assert sum(len(b) for b in first_training_inputs(bundle, 10_000)) == len(bundle.train.dataset)
     with pytest.raises(UsageError):
-        calibration_batches(bundle, 0)
+        first_training_inputs(bundle, 0)
 
 
 @pytest.mark.parametrize("key", ["labels", "label", "y"])
@@ -299,7 +299,7 @@ def test_dict_batches_give_their_labels_under_any_accepted_key(key: str) -> None
 
 
 def test_recovery_refuses_batches_without_labels_and_says_what_it_needs() -> None:
-    from structprune.recover.batches import labelled_batch
+    from structprune.data.batches import labelled_batch
 
     assert labelled_batch((torch.zeros(2, 3), torch.tensor([0, 1])))[1].tolist() == [0, 1]
     with pytest.raises(TypeError, match=r"recovery needs loaders that yield \(inputs, targets\) pairs .* got a Tensor"):

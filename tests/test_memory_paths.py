@@ -21,7 +21,7 @@ from structprune.criteria.magnitude import L1, L2, _RowSums
 from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
 from structprune.scoring import group_views
 from structprune.selection import Plan
-from structprune.verify import run_model
+from structprune.data.running import eval_outputs as run_model
 
 
 def _setup(name: str):

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from structprune.calibrate.batches import calibration_batches, model_device, run_model
-from structprune.calibrate.hooks import train_mode_only
+from structprune.data.batches import calibration_batches
+from structprune.data.running import call_model, model_device, train_mode_only
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -54,5 +54,5 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, *, max_samples: in
     ids = {id(m) for m in layers}
     with train_mode_only(model, lambda m: id(m) in ids), _cumulative_momentum(layers), torch.no_grad():
         for batch in calibration_batches(loader, max_samples, device, who="BatchNorm recalibration"):
-            run_model(model, batch.x)
+            call_model(model, batch.x)
     return len(layers)

@@ -21,9 +21,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from structprune.calibrate.batches import calibration_batches, model_device
-from structprune.calibrate.hooks import call_order, eval_mode, run_until
 from structprune.calibrate.layers import input_rows, refittable, take_rows
+from structprune.data.batches import calibration_batches
+from structprune.data.running import call_order, eval_mode, model_device, run_until
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.selection.plan import Plan

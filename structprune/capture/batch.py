@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from structprune.capture.export import normalize_inputs
+from structprune.data.running import normalize_inputs
 
 
 def batch_size(example_inputs: Any) -> int:

@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from structprune.capture.batch import batch_size, is_tokens, resize_batch
-from structprune.capture.export import eval_mode, lean_export, normalize_inputs
+from structprune.capture.export import lean_export
+from structprune.data.running import eval_mode, normalize_inputs
 
 _BATCH_AXIS, _SEQUENCE_AXIS = 0, 1
 

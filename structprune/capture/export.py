@@ -12,6 +12,7 @@ from torch.export.graph_signature import InputKind
 from torch.fx import config as fx_config
 from torch.fx._lazy_graph_module import _use_lazy_graph_module
 
+from structprune.data.running import eval_mode, normalize_inputs  # the one place that runs a model
 from structprune.errors import CaptureError
 
 
@@ -35,20 +36,6 @@ class Captured:
         return self.program.graph_module.graph
 
 
-def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """A tensor, a tuple/list of tensors, or a dict of keyword inputs -> (args, kwargs)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    raise ValueError(
-        f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword inputs, "
-        f"got {type(example_inputs).__name__}"
-    )
-
-
 def capture(model: nn.Module, example_inputs: Any) -> Captured:
     """Export `model` (eval mode, strict=False) on `example_inputs`.
 
@@ -65,27 +52,6 @@ def capture(model: nn.Module, example_inputs: Any) -> Captured:
             error.module = _failing_module(model, exc)
             raise error from exc
     return _index_program(program, args, kwargs)
-
-
-@contextmanager
-def eval_mode(model: nn.Module | None) -> Iterator[nn.Module | None]:
-    """Eval mode inside the block; afterwards every module's own training flag is restored. `None`
-    is allowed (an optional teacher). A GraphModule from ExportedProgram.module() cannot switch modes
-    (it keeps the mode it was exported in) and is left as it is."""
-    if model is None:
-        yield None
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-    except (NotImplementedError, RuntimeError):
-        yield model
-        return
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 @contextmanager

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.calibrate.batches import Batch, calibration_batches, model_device, run_model
-from structprune.calibrate.hooks import eval_mode
 from structprune.criteria.base import GroupView, ScoringContext
 from structprune.criteria.taps import Tap, as_samples, observe_inputs, taps_by_group, to_channels
+from structprune.data.batches import Batch, calibration_batches
+from structprune.data.running import call_model, eval_mode, model_device
 
 DATA_HELP = "pass data=<a DataLoader yielding (x, y) or x> (CLI: --data SPEC)"
 
@@ -46,7 +46,7 @@ def mean_abs_activation(model: nn.Module, taps: list[Tap], batches: Iterable[Bat
 
     with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad():
         for batch in batches:
-            run_model(model, batch.x)
+            call_model(model, batch.x)
     return _per_group(taps, {k: (v / max(counts[k], 1)).numpy() for k, v in sums.items()}, counts)
 
 

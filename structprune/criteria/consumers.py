@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structprune.calibrate.batches import run_model
-from structprune.calibrate.hooks import forward_hooks
+from structprune.data.running import call_model, forward_hooks
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +46,7 @@ def consumers(model: nn.Module, names: list[str], x: Any) -> dict[str, Consumer]
     norms = [n for n, m in model.named_modules() if getattr(m, "running_var", None) is not None]
     with forward_hooks(model, pre={n: match(n) for n in norms}, post={n: record(n) for n in set(names)}), \
             torch.no_grad():
-        run_model(model, x)
+        call_model(model, x)
     return {n: Consumer(model.get_submodule(n), model.get_submodule(following[n]) if n in following else None)
             for n in names}
 

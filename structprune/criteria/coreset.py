@@ -26,14 +26,13 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from structprune.calibrate.batches import run_model
-from structprune.calibrate.hooks import eval_mode
 from structprune.calibrate.scales import SCALES_KEY
 from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.budget import Allocation, ParamModel, allocate, expected_unique
 from structprune.criteria.sensitivity import output_units, tap_sensitivity
 from structprune.criteria.taps import Tap, consumer_taps, observe_inputs
+from structprune.data.running import call_model, eval_mode
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class Coreset:
 
         with eval_mode(ctx.model), observe_inputs(ctx.model, taps, see), torch.no_grad():
             for batch in batches:
-                run_model(ctx.model, batch.x)
+                call_model(ctx.model, batch.x)
         return _per_group(taps, best), eta
 
     def select(self, groups: list[GroupView], ctx: ScoringContext, keep_counts: Mapping[str, int],

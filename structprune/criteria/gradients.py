@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from structprune.calibrate.batches import Batch, logits_of, run_model
+from structprune.data.batches import Batch
+from structprune.data.running import model_logits
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,7 +36,7 @@ def requiring_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
 
 def batch_loss(model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
     """The loss of one labelled batch."""
-    return loss_fn(logits_of(run_model(model, batch.x)), batch.y)
+    return loss_fn(model_logits(model, batch.x), batch.y)
 
 
 def gradients(model: nn.Module, batch: Batch, params: Sequence[torch.Tensor], loss_fn: LossFn) -> list[torch.Tensor]:

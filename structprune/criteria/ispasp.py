@@ -31,13 +31,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from structprune.calibrate.batches import run_model
-from structprune.calibrate.hooks import call_order, eval_mode
 from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.consumers import Consumer, consumers, is_affine
 from structprune.criteria.taps import Tap, as_samples, consumer_taps, masked_channels, observe_inputs, \
     taps_by_group, to_channels
+from structprune.data.running import call_model, call_order, eval_mode
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,7 +166,7 @@ def capture_block(model, group: GroupView, taps: list[Tap], batches, *, all_taps
         for batch in batches:
             if budget[0] <= 0:
                 break
-            run_model(model, batch.x)
+            call_model(model, batch.x)
     usable = [i for i, t in enumerate(taps) if hidden[i] and is_affine(fns[t.module], hidden[i][0])]
     if not usable:
         return None

@@ -32,12 +32,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from structprune.calibrate.batches import calibration_batches, model_device
-from structprune.calibrate.hooks import eval_mode, forward_hooks
 from structprune.criteria.activations import require_data
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.gradients import LossFn, batch_loss, cross_entropy
 from structprune.criteria.taps import Tap, as_samples, consumer_taps, masked_channels, taps_by_group
+from structprune.data.batches import calibration_batches
+from structprune.data.running import eval_mode, forward_hooks, model_device
 
 
 @dataclass(frozen=True)

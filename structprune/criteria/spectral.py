@@ -23,11 +23,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from structprune.calibrate.hooks import eval_mode
 from structprune.criteria.activations import load_batches
 from structprune.criteria.base import GroupView, ScoringContext
 from structprune.criteria.curvature import ChannelElements, channel_elements, colours, rademacher
 from structprune.criteria.gradients import LossFn, cross_entropy, hessian_vector_product, requiring_grad
+from structprune.data.running import eval_mode
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.calibrate.hooks import forward_hooks
 from structprune.criteria.base import GroupView
+from structprune.data.running import forward_hooks
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from structprune.calibrate.hooks import eval_mode
 from structprune.criteria.activations import load_batches
 from structprune.criteria.base import GroupView, MemberSlice, ScoringContext, rows_of
 from structprune.criteria.gradients import LossFn, cross_entropy, gradients, requiring_grad
+from structprune.data.running import eval_mode
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,35 @@
-"""What a batch looks like to structprune: inputs (tensor, tuple or dict) plus optional labels.
+"""What a batch looks like to structprune, and the one place that splits, sizes, moves and trims one.
 
 Accepted batches: `(inputs, labels)`, `(inputs,)`, a bare tensor, or a dict of keyword inputs
 with an optional "labels" entry (the Hugging Face convention; "label" and "y" are accepted too).
-Every stage that reads batches (scoring, calibration, recovery, evaluation) splits them here.
+Inputs are a tensor, a tuple/list of positional inputs or a dict of keyword inputs, nested as deep
+as the model wants; every tensor carries the batch on dim 0. Scoring, calibration, recovery and
+evaluation all read batches through `split_batch` and `calibration_batches`; `data.running` calls
+the model on what they return.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch.utils import _pytree as pytree
 
 LABEL_KEYS = ("labels", "label", "y")  # dict entries that hold labels, first found wins
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One batch read for calibration or scoring: model inputs `x` (tensor, tuple or dict) and labels
+    `y` (or None)."""
+
+    x: Any
+    y: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return batch_size_of(self.x)
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -29,46 +46,66 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     return batch, None
 
 
-def run_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Call the model on tensor / tuple / dict inputs and return its logits tensor."""
-    output = _CALLERS[_input_kind(inputs)](model, inputs)
-    if hasattr(output, "logits"):
-        return output.logits
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def move_to(inputs: Any, device: torch.device) -> Any:
-    """The same inputs with every tensor on `device`."""
-    return _MAPPERS[_input_kind(inputs)](inputs, lambda t: t.to(device))
-
-
-def take_first(inputs: Any, count: int) -> Any:
-    """The first `count` samples of a batch of inputs."""
-    return _MAPPERS[_input_kind(inputs)](inputs, lambda t: t[:count])
+def labelled_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, targets) of a batch that must carry labels (recovery); a batch without labels is an
+    error that says what was expected."""
+    inputs, targets = split_batch(batch)
+    if targets is None:
+        raise TypeError("recovery needs loaders that yield (inputs, targets) pairs or dicts with a 'labels' key; "
+                        f"got a {type(batch).__name__} without labels")
+    return inputs, targets
 
 
 def batch_size_of(inputs: Any) -> int:
-    """Number of samples in a batch of inputs (the first tensor's leading size)."""
-    if isinstance(inputs, torch.Tensor):
-        return len(inputs)
-    values = inputs.values() if isinstance(inputs, Mapping) else inputs
-    return batch_size_of(next(iter(values)))
+    """Number of samples in a batch of inputs: the leading size of its first tensor.
+
+    >>> batch_size_of({"ids": torch.zeros(3, 5), "mask": torch.ones(3, 5)})
+    3
+    """
+    first = next((t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)), None)
+    if first is None:
+        raise ValueError(f"a batch of inputs holds no tensor (got a {type(inputs).__name__}); "
+                         "yield tensors, tuples of tensors or dicts of tensors")
+    return int(first.shape[0])
 
 
-def _input_kind(inputs: Any) -> str:
-    if isinstance(inputs, Mapping):
-        return "keywords"
-    return "positional" if isinstance(inputs, (tuple, list)) else "tensor"
+def to_device(value: Any, device: torch.device) -> Any:
+    """The same (nested) value with every tensor on `device`; other leaves are left as they are."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), value)
 
 
-_CALLERS: Mapping[str, Callable[[nn.Module, Any], Any]] = {
-    "tensor": lambda model, x: model(x),
-    "positional": lambda model, args: model(*args),
-    "keywords": lambda model, kwargs: model(**kwargs),
-}
+def take_first(value: Any, count: int) -> Any:
+    """The same (nested) value with only the first `count` samples of every tensor."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t[:count], value)
 
-_MAPPERS: Mapping[str, Callable[[Any, Callable[[torch.Tensor], torch.Tensor]], Any]] = {
-    "tensor": lambda x, fn: fn(x),
-    "positional": lambda args, fn: type(args)(fn(a) for a in args),
-    "keywords": lambda kwargs, fn: {k: fn(v) for k, v in kwargs.items()},
-}
+
+def calibration_batches(loader: Iterable | None, max_samples: int | None, device: torch.device | None = None,
+                        *, need_labels: bool = False, who: str = "calibration") -> Iterator[Batch]:
+    """Batches of `loader` in its order, moved to `device` (None: left where they are), until
+    `max_samples` samples were read (None: all; the last batch is trimmed). `who` names the caller
+    in errors.
+
+    >>> loader = [(torch.zeros(4, 2), torch.arange(4))] * 2
+    >>> [b.size for b in calibration_batches(loader, 6)]
+    [4, 2]
+    """
+    if loader is None:
+        raise ValueError(f"{who} needs calibration data: pass data=<DataLoader yielding (x, y)>")
+    seen = 0
+    for raw in loader:
+        batch = _read_batch(raw, device, need_labels, who)
+        if max_samples is not None and seen + batch.size > max_samples:
+            batch = Batch(take_first(batch.x, max_samples - seen), take_first(batch.y, max_samples - seen))
+        if batch.size == 0:
+            return
+        seen += batch.size
+        yield batch
+        if max_samples is not None and seen >= max_samples:
+            return
+
+
+def _read_batch(raw: Any, device: torch.device | None, need_labels: bool, who: str) -> Batch:
+    x, y = split_batch(raw)
+    if need_labels and y is None:
+        raise ValueError(f"{who} needs labelled data: the loader must yield (x, y) pairs")
+    return Batch(x, y) if device is None else Batch(to_device(x, device), to_device(y, device))

@@ -1,4 +1,4 @@
-"""Top-1 accuracy on a loader, and deterministic calibration batches from a bundle."""
+"""Top-1 accuracy on a loader, and the first training samples of a bundle (deterministic)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from structprune.capture.export import eval_mode
-from structprune.data.batches import batch_size_of, move_to, run_model, split_batch, take_first
+from structprune.data.batches import calibration_batches, split_batch, to_device
 from structprune.data.bundle import DataBundle
+from structprune.data.running import call_model, eval_mode, find_logits, model_device, model_logits
 from structprune.errors import UsageError
 
 
@@ -53,49 +53,38 @@ def accuracy_unmeasurable(model: nn.Module, loader: DataLoader | None) -> str:
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
         return f"the labels are not class indices (dtype {labels.dtype}, shape {tuple(labels.shape)})"
     with eval_mode(model), torch.no_grad():
-        logits = run_model(model, move_to(inputs, _device_of(model)))
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        output = call_model(model, to_device(inputs, model_device(model)))
+    logits = find_logits(output)
+    if logits is None or logits.dim() != 2:
+        shape = tuple(logits.shape) if logits is not None else type(output).__name__
         return f"the model's output is {shape}, not (batch, classes) logits"
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
         return f"labels go up to {int(labels.max())} but the model has {logits.shape[1]} outputs (classes)"
     return ""
 
 
-def calibration_batches(bundle: DataBundle, n_samples: int) -> list[Any]:
-    """Inputs of the first `n_samples` training samples (dataset order, not shuffled), in batches.
+def first_training_inputs(bundle: DataBundle, n_samples: int) -> list[Any]:
+    """Inputs of the first `n_samples` training samples (dataset order, not shuffled), in batches, where
+    they are (no device move): `calibration_batches` over the unshuffled training set.
 
     Fewer samples come back when the training set is smaller.
     """
     if n_samples < 1:
         raise UsageError(f"calibration needs at least 1 sample, got {n_samples}")
-    batches, remaining = [], n_samples
-    for batch in _in_order(bundle.train):
-        inputs, _ = split_batch(batch)
-        taken = take_first(inputs, remaining)
-        batches.append(taken)
-        remaining -= batch_size_of(taken)
-        if remaining <= 0:
-            break
-    return batches
+    return [batch.x for batch in calibration_batches(_in_order(bundle.train), n_samples)]
 
 
 def _count_correct(model: nn.Module, loader: DataLoader) -> tuple[int, int]:
-    device = _device_of(model)
+    device = model_device(model)
     correct = total = 0
     for batch in loader:
         inputs, labels = split_batch(batch)
         if labels is None:
             raise UsageError("accuracy needs labelled data, but the batches carry no labels")
-        predicted = run_model(model, move_to(inputs, device)).argmax(dim=-1)
+        predicted = model_logits(model, to_device(inputs, device)).argmax(dim=-1)
         correct += int((predicted.cpu() == labels.cpu()).sum())
         total += len(labels)
     return correct, total
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _in_order(loader: DataLoader) -> DataLoader:

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture import eval_mode, normalize_inputs
 from structprune.capture.batch import batch_size, is_tokens, resize_batch, shorter_sequence
+from structprune.data.running import eval_mode, eval_outputs, normalize_inputs
 from structprune.errors import ExportError
-from structprune.onnx.inputs import bound_inputs, input_names, ort_feed, run_torch
+from structprune.onnx.inputs import bound_inputs, input_names, ort_feed
 
 MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GiB limit, with room for the graph itself
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -107,7 +107,7 @@ def _run_for_export(model: nn.Module, example_inputs: Any):
     if batch == 1 and (outputs := _outputs_or_none(model, other)) is not None:
         return other, outputs, True
     try:
-        outputs = run_torch(model, example_inputs)
+        outputs = eval_outputs(model, example_inputs)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise ExportError(f"{type(model).__name__} does not run on the example inputs ({_first_line(exc)}); "
                           "pass the inputs forward() expects (a dict for keyword inputs)") from exc
@@ -116,7 +116,7 @@ def _run_for_export(model: nn.Module, example_inputs: Any):
 
 def _outputs_or_none(model: nn.Module, inputs: Any):
     try:
-        return run_torch(model, inputs)
+        return eval_outputs(model, inputs)
     except Exception:  # noqa: BLE001 - a static batch axis: the caller falls back
         return None
 

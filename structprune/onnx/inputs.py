@@ -1,4 +1,5 @@
-"""Example inputs for export and onnxruntime: input names, onnxruntime feeds, torch outputs.
+"""Example inputs for export and onnxruntime: input names and onnxruntime feeds (torch outputs come
+from `data.running.eval_outputs`).
 
 `batch_size` and `resize_batch` live in capture.batch (the batch axis is shared with `.pt2` export).
 """
@@ -10,9 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
-
-from structprune.capture import eval_mode, normalize_inputs
 
 
 def bound_inputs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -36,18 +34,6 @@ def input_names(model: nn.Module, args: tuple, kwargs: dict) -> list[str]:
         elif isinstance(value, dict):
             names += [k for k, v in value.items() if isinstance(v, torch.Tensor)]
     return names
-
-
-def flat_outputs(output: Any) -> list[torch.Tensor]:
-    """Tensor leaves of a model output (tensor, tuple, dict, ...) in pytree order."""
-    return [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
-
-
-def run_torch(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    """Eval-mode, no-grad outputs as a flat list (the training flag is restored)."""
-    args, kwargs = normalize_inputs(example_inputs)
-    with eval_mode(model), torch.no_grad():
-        return flat_outputs(model(*args, **kwargs))
 
 
 def ort_feed(session: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from structprune.capture import normalize_inputs
+from structprune.data.running import normalize_inputs
 from structprune.onnx.inputs import ort_feed
 
 

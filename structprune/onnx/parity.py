@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from torch import nn
 
-from structprune.capture import normalize_inputs
 from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
-from structprune.onnx.inputs import ort_feed, run_torch
+from structprune.data.running import eval_outputs, normalize_inputs
+from structprune.onnx.inputs import ort_feed
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs:
 
 
 def _compare(model: nn.Module, session: Any, inputs: Any, atol: float, rtol: float) -> Parity:
-    expected = [t.detach().cpu().numpy() for t in run_torch(model, inputs)]
+    expected = [t.detach().cpu().numpy() for t in eval_outputs(model, inputs)]
     actual = session.run(None, ort_feed(session, *normalize_inputs(inputs)))
     return output_parity(actual, expected, atol=atol, rtol=rtol, source="onnxruntime")
 

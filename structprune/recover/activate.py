@@ -35,7 +35,7 @@ from torch import nn
 
 from structprune.criteria import get_criterion
 from structprune.criteria.base import GroupView, ScoringContext
-from structprune.recover.batches import forward_inputs
+from structprune.data.running import forward_inputs
 
 AP_DEFAULT_SHARE = 0.02
 _CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

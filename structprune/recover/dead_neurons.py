@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from structprune.recover.batches import forward_inputs
+from structprune.data.running import forward_inputs
 from structprune.recover.distributed import all_reduce_sum
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6)

@@ -8,7 +8,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from structprune.capture import eval_mode
+from structprune.data.running import eval_mode
 from structprune.recover.config import RecoveryConfig, RecoveryResult
 from structprune.recover.distributed import shard_loader
 from structprune.recover.schedules import allr_initial_lr, relative_norm_drop

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from structprune.recover.batches import forward, labelled_batch, model_device, to_device
+from structprune.data.batches import labelled_batch, to_device
+from structprune.data.running import model_device, model_logits
 from structprune.recover.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from structprune.recover.config import EpochRecord, RecoveryConfig
 from structprune.recover.dead_neurons import DeadNeuronMeter
@@ -50,7 +51,7 @@ def evaluate(model: nn.Module, loader: Iterable | None) -> tuple[float | None, f
         with torch.no_grad():
             for batch in loader:
                 inputs, targets = to_device(labelled_batch(batch), device)
-                logits = forward(model, inputs)
+                logits = model_logits(model, inputs)
                 total += _batch_totals(logits, targets, cross_entropy(logits, targets))
     finally:
         model.train(was_training)
@@ -144,8 +145,8 @@ class _EpochRunner:
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = forward(self.teacher.eval(), inputs)
-        logits = forward(self.training, inputs)
+                teacher_logits = model_logits(self.teacher.eval(), inputs)
+        logits = model_logits(self.training, inputs)
         loss = self.loss_fn(logits, targets, teacher_logits)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

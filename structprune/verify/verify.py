@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.capture import capture, eval_mode, normalize_inputs
+from structprune.capture import capture
+from structprune.data.running import eval_mode, eval_outputs, flat_outputs, normalize_inputs
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.report.metrics import MacCounter, macs_of
 from structprune.rewrite import ReplacedOnRead, component_keep, kept_indices, rewrite_model, sliced_on_read
@@ -73,14 +74,6 @@ class Verdict:
                 "masking_error": self.masking_error if self.masking_error is None or
                 math.isfinite(self.masking_error) else None,
                 "exact_groups": list(self.exact_groups), "inexact_groups": list(self.inexact_groups)}
-
-
-def run_model(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    """Eval-mode outputs as a flat list of tensors (training mode restored afterwards)."""
-    args, kwargs = normalize_inputs(example_inputs)
-    with eval_mode(model), torch.no_grad():
-        out = model(*args, **kwargs)
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, graph: ChannelGraph,
@@ -175,7 +168,7 @@ def _output_shapes(graph: ChannelGraph) -> list[tuple[int, ...]]:
 
 def _check_outputs(want: list[tuple[int, ...]], pruned: nn.Module, example_inputs: Any):
     try:
-        pruned_out = run_model(pruned, example_inputs)
+        pruned_out = eval_outputs(pruned, example_inputs)
     except Exception as exc:  # noqa: BLE001
         return Check("runs", False, f"pruned model failed to run: {str(exc).splitlines()[0][:300]}"), None
     got = [tuple(t.shape) for t in pruned_out]
@@ -268,13 +261,13 @@ def _pruned_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, 
     met a NaN stand-in), a built copy runs instead, its unchanged tensors shared with `model`."""
     try:
         with sliced_on_read(model, graph, plan) as pruned:
-            out = run_model(pruned, example_inputs)
+            out = eval_outputs(pruned, example_inputs)
     except Exception:  # noqa: BLE001 - the built copy below fails the same way if the rewrite is at fault
         out = None
     if out is not None and all(bool(torch.isfinite(t).all()) for t in out if t.is_floating_point() or t.is_complex()):
         return out
     pruned = rewrite_model(model, graph, plan, share_unchanged=True)
-    return run_locating(pruned, partial(run_model, pruned, example_inputs))
+    return run_locating(pruned, partial(eval_outputs, pruned, example_inputs))
 
 
 def _masked_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, plan: Plan,
@@ -296,7 +289,7 @@ def _masked_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, 
         else:
             masked = _masked_state(model, graph, plan, exact)
             out = torch.func.functional_call(model, masked, args, kwargs, tie_weights=True, strict=False)
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return flat_outputs(out)
 
 
 def _consumer_masks(model: nn.Module, graph: ChannelGraph, plan: Plan,

@@ -80,3 +80,15 @@ def test_a_literal_flatten_keeps_only_the_group_it_reads_whole(batch_in_view, wh
     assert result.plan.meta["blocked_by_verification"] == {"conv2.weight:0": why}
     model = result.model
     assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features, model.fc2.out_features) == (3, 16, 60, 42)
+
+
+def test_a_pruned_model_that_fails_to_run_names_the_innermost_module_it_failed_in() -> None:
+    """Where re-capture names no module below the root (torch.export's error can lose the frames),
+    the failed forward still says where, so the groups there can be kept whole."""
+    from structprune.verify.verify import _check_outputs
+
+    net = Net().eval()
+    net.block.back = nn.Linear(15, 16)  # what a stale width does: the block fails inside
+    check, outputs, failed_in = _check_outputs([(2, 4)], net, torch.randn(2, 8))
+    assert (check.name, check.ok, outputs, failed_in) == ("runs", False, None, "block.back")
+    assert "mat1 and mat2 shapes cannot be multiplied" in check.detail

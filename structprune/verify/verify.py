@@ -93,7 +93,11 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
         failing += [(g, f"re-capture failed in module '{module}' ({kind})")
                     for g, kind in _groups_in_module(model, graph, plan, module or "")]
     with nullcontext() if recapture else MacCounter() as counter:
-        output_check, pruned_out = _check_outputs(_output_shapes(graph), pruned, example_inputs)
+        output_check, pruned_out, run_failed_in = _check_outputs(_output_shapes(graph), pruned, example_inputs)
+    if not module and run_failed_in:  # re-capture named no module below the root; the forward does
+        module = run_failed_in
+        failing += [(g, f"fails to run in module '{module}' ({kind})")
+                    for g, kind in _groups_in_module(model, graph, plan, module)]
     structural = [output_check, _check_sizes(model, pruned, graph, plan)]
     checks += structural
     error = None
@@ -167,16 +171,17 @@ def _output_shapes(graph: ChannelGraph) -> list[tuple[int, ...]]:
 
 
 def _check_outputs(want: list[tuple[int, ...]], pruned: nn.Module, example_inputs: Any):
+    """(check, the pruned outputs or None, the module a failed run failed in or None)."""
     try:
-        pruned_out = eval_outputs(pruned, example_inputs)
-    except Exception as exc:  # noqa: BLE001
-        return Check("runs", False, f"pruned model failed to run: {str(exc).splitlines()[0][:300]}"), None
+        pruned_out = run_locating(pruned, partial(eval_outputs, pruned, example_inputs))
+    except ModelRunError as exc:
+        return Check("runs", False, f"pruned model failed to run: {exc.message}"), None, exc.module
     got = [tuple(t.shape) for t in pruned_out]
     if want != got:
-        return Check("output_shapes", False, f"expected {want}, got {got}"), None
+        return Check("output_shapes", False, f"expected {want}, got {got}"), None, None
     if not all(bool(torch.isfinite(t).all()) for t in pruned_out if t.is_floating_point()):
-        return Check("output_shapes", False, "pruned model produced non-finite values"), None
-    return Check("output_shapes", True, f"{got}"), pruned_out
+        return Check("output_shapes", False, "pruned model produced non-finite values"), None, None
+    return Check("output_shapes", True, f"{got}"), pruned_out, None
 
 
 def _check_sizes(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan) -> Check:

@@ -223,8 +223,13 @@ class BakedWidth(nn.Module):
 
 
 def test_a_rewrite_that_fails_verification_is_not_returned() -> None:
+    x = torch.randn(2, 5, 12)
     with pytest.raises(VerificationError, match="failed verification and is not returned: recapture"):
-        structprune.compress(BakedWidth().eval(), torch.randn(2, 5, 12), ratio=0.5)
+        structprune.compress(BakedWidth().eval(), x, ratio=0.5, strict=True)
+    result = structprune.compress(BakedWidth().eval(), x, ratio=0.5)  # the group the view reads is kept whole
+    assert result.report.verification["ok"] and result.model.q.out_features == 12
+    assert result.plan.meta["blocked_by_verification"] == {
+        "q.weight:0": "verification_failed: reshape to sizes that follow the pruned width: not so in the model's code"}
 
 
 # ---- the caller's model, reports, determinism ------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_compress_without_recapture_gives_the_same_model_and_report_numbers(name
 def test_without_recapture_a_broken_rewrite_still_fails_verification() -> None:
     with pytest.raises(VerificationError, match="failed verification and is not returned: runs: pruned model "
                                                 "failed to run"):
-        structprune.compress(BakedWidth().eval(), torch.randn(2, 5, 12), ratio=0.5, recapture=False)
+        structprune.compress(BakedWidth().eval(), torch.randn(2, 5, 12), ratio=0.5, recapture=False, strict=True)
 
 
 def test_verification_label_names_a_skipped_recapture() -> None:

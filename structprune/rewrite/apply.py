@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial, reduce
 
@@ -17,24 +17,26 @@ from structprune.rewrite.graph_module import fix_literal_shapes
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.rewrite.on_read import ReplacedOnRead
 from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
-from structprune.rewrite.shrink import refresh_attributes, snapshot
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES, refresh_attributes, snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.rewrite.width_attrs import kept_as_is, refresh_width_attributes, width_snapshot
 from structprune.selection.plan import Plan
 
 
-def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_unchanged: bool = False) -> nn.Module:
-    """A smaller copy of `model` with the plan's dropped channels physically removed.
-    `share_unchanged=True` is for a throwaway copy that is only run (verification): tensors that
-    lose nothing are then the caller's own, not copies."""
+def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_unchanged: bool = False,
+                  shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> nn.Module:
+    """A smaller copy of `model` with the plan's dropped channels physically removed; `shrink_rules`
+    refreshes the modules' attributes (see rewrite/shrink.py). `share_unchanged=True` is for a throwaway
+    copy that is only run (verification): tensors that lose nothing are then the caller's own, not copies."""
     keep = component_keep(graph, plan)
     memo = _sliced_memo(model, kept_indices(graph, keep))
     return _rewritten_copy(model, graph, keep, (_own_tensors(model) | memo) if share_unchanged else memo,
-                           kept_as_is(plan))
+                           kept_as_is(plan), shrink_rules)
 
 
 @contextmanager
-def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan) -> Iterator[nn.Module]:
+def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan, *,
+                   shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> Iterator[nn.Module]:
     """A throwaway `rewrite_model(model, graph, plan)` that holds no sliced float tensor. Its modules
     are rewritten copies and its tensors are the caller's own, except that a float tensor the plan
     slices is a stand-in of the sliced shape holding one NaN: inside the block, each torch call that
@@ -50,13 +52,13 @@ def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan) -> Iterato
         stand_in = _nan_stand_in(tensor, reduce(_sliced, steps, _meta_like(tensor)).shape)
         memo[id(tensor)] = stand_in
         replacements[id(stand_in)] = (stand_in, partial(reduce, _sliced, steps, tensor))
-    pruned = _rewritten_copy(model, graph, keep, memo, kept_as_is(plan))  # outside the block: stand-in shapes
+    pruned = _rewritten_copy(model, graph, keep, memo, kept_as_is(plan), shrink_rules)  # outside: stand-in shapes
     with ReplacedOnRead(replacements):
         yield pruned
 
 
 def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict,
-                    as_is: frozenset[str] = frozenset()) -> nn.Module:
+                    as_is: frozenset[str] = frozenset(), shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> nn.Module:
     """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes
     (width attributes of the classes named in `as_is` stay as they were)."""
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
@@ -64,21 +66,22 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
         pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
     recompute_weight_norms(pruned)
     if isinstance(pruned, fx.GraphModule):
-        _refresh_table_attributes(pruned, graph)
+        _refresh_table_attributes(pruned, graph, shrink_rules)
         fix_literal_shapes(pruned, graph, keep)
         return pruned
     originals = width_snapshot(pruned)  # attributes only: still the unsliced ones
-    attention = _refresh_table_attributes(pruned, graph)
+    attention = _refresh_table_attributes(pruned, graph, shrink_rules)
     refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
     return pruned
 
 
-def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph) -> dict[str, tuple[str, ...]]:
+def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph,
+                              shrink_rules: Mapping) -> dict[str, tuple[str, ...]]:
     """Refresh the shrink table's and the attention modules' attributes; returns, per attention module,
     the head attributes that refresh owns."""
-    before = [(name, m, snapshot(m)) for name, m in pruned.named_modules()]
+    before = [(name, m, snapshot(m, shrink_rules)) for name, m in pruned.named_modules()]
     for _, module, old in reversed(before):  # children before parents
-        refresh_attributes(module, old, graph.attention)
+        refresh_attributes(module, old, graph.attention, shrink_rules)
     return {name: HEAD_ATTRIBUTES for name, _, old in before if "attention_shape" in old}
 
 

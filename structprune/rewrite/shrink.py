@@ -1,10 +1,23 @@
 """The shrink table: after tensors are sliced, how each module type refreshes its attributes.
 
-Keyed by class (looked up along the MRO). Attention modules that store head attributes are refreshed
-by rewrite/attention_attrs.py; nn.MultiheadAttention loses heads ("heads" attention mode) or head dims
-("head_dims" mode)."""
+Keyed by class (looked up along the MRO); an entry is `(refresh, attrs)`: `refresh(module, old)` sets
+the module's attributes from its sliced tensors, where `old` holds the attributes named in `attrs` as
+they were before slicing, and "attention", the graph's attention mode. Extend it without mutating the
+default, and pass the result to `compress`/`apply_plan` (`shrink_rules=`):
+
+>>> class ChannelScale(nn.Module):  # a user's layer: forward reads self.channels and self.scale
+...     pass
+>>> def refresh_channel_scale(module, old):
+...     module.channels = module.scale.shape[0]
+>>> my_rules = DEFAULT_SHRINK_RULES | {ChannelScale: (refresh_channel_scale, ())}
+>>> ChannelScale in my_rules and nn.Linear in my_rules
+True
+
+Attention modules that store head attributes are refreshed by rewrite/attention_attrs.py;
+nn.MultiheadAttention loses heads ("heads" attention mode) or head dims ("head_dims" mode)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from torch import nn
@@ -68,7 +81,7 @@ def _rnn(m: nn.RNNBase, old: dict) -> None:
     m._init_flat_weights()
 
 
-SHRINK_TABLE = MappingProxyType({
+DEFAULT_SHRINK_RULES = MappingProxyType({
     nn.modules.conv._ConvNd: (_conv, ("groups", "in_channels", "out_channels")),
     nn.Linear: (_linear, ()),
     nn.modules.batchnorm._NormBase: (_norm_features, ()),
@@ -79,23 +92,25 @@ SHRINK_TABLE = MappingProxyType({
     nn.PReLU: (_prelu, ()),
     nn.RNNBase: (_rnn, ()),
 })
+SHRINK_TABLE = DEFAULT_SHRINK_RULES  # the earlier name, which rewrite/width_attrs.py still imports
 
 
-def snapshot(module: nn.Module) -> dict:
+def snapshot(module: nn.Module, table: Mapping = DEFAULT_SHRINK_RULES) -> dict:
     """The attributes the table (and the attention refresh) need from before slicing."""
     shape = attention_shape(module)
     old = {"attention_shape": shape} if shape is not None else {}
     for cls in type(module).__mro__:
-        if cls in SHRINK_TABLE:
-            return old | {a: getattr(module, a) for a in SHRINK_TABLE[cls][1]}
+        if cls in table:
+            return old | {a: getattr(module, a) for a in table[cls][1]}
     return old
 
 
-def refresh_attributes(module: nn.Module, old: dict, attention: str = "heads") -> None:
+def refresh_attributes(module: nn.Module, old: dict, attention: str = "heads",
+                       table: Mapping = DEFAULT_SHRINK_RULES) -> None:
     """Make the module's attributes agree with its sliced tensors (`attention`: the graph's mode)."""
     for cls in type(module).__mro__:
-        if cls in SHRINK_TABLE:
-            SHRINK_TABLE[cls][0](module, {**old, "attention": attention})
+        if cls in table:
+            table[cls][0](module, {**old, "attention": attention})
             break
     if "attention_shape" in old:
         refresh_attention(module, old["attention_shape"], attention)

@@ -1,6 +1,6 @@
 """Selection: scores -> Plan. The `select` stage; the package is named `selection` so that it does not
 shadow `structprune.select`, the API function."""
 from structprune.selection.plan import Plan
-from structprune.selection.select import check_ratio, is_ignored, select_plan
+from structprune.selection.select import check_max_group_ratio, check_ratio, check_round_to, is_ignored, select_plan
 
-__all__ = ["Plan", "check_ratio", "is_ignored", "select_plan"]
+__all__ = ["Plan", "check_max_group_ratio", "check_ratio", "check_round_to", "is_ignored", "select_plan"]

@@ -14,9 +14,23 @@ from structprune.selection.plan import Plan
 
 
 def check_ratio(ratio: float) -> float:
+    """`ratio` as a float; PlanError unless it is a number in [0, 1)."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
         raise PlanError(f"ratio must be a number in [0, 1) (the fraction of channels to remove), got {ratio!r}")
     return float(ratio)
+
+
+def check_round_to(round_to: int) -> None:
+    """PlanError unless `round_to` is a positive integer."""
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
+
+
+def check_max_group_ratio(max_group_ratio: float) -> None:
+    """PlanError unless `max_group_ratio` is in (0, 1]."""
+    if not 0.0 < float(max_group_ratio) <= 1.0:
+        raise PlanError(f"max_group_ratio must be in (0, 1] (the most of one group global pruning may remove), "
+                        f"got {max_group_ratio!r}")
 
 
 def is_ignored(member_fqns: Iterable[str], ignore: Iterable[str]) -> bool:
@@ -37,12 +51,9 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
                 meta: Mapping | None = None) -> Plan:
     """Choose kept channels for every prunable group (others keep everything)."""
     ratio = check_ratio(ratio)
-    if not isinstance(round_to, int) or round_to < 1:
-        raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
+    check_round_to(round_to)
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
-    if not 0.0 < float(max_group_ratio) <= 1.0:
-        raise PlanError(f"max_group_ratio must be in (0, 1] (the most of one group global pruning may remove), "
-                        f"got {max_group_ratio!r}")
+    check_max_group_ratio(max_group_ratio)
     active = [g for g in groups if g.prunable and not is_ignored(output_fqns(g), ignore)]
     counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
     keep = {g.id: tuple(range(g.size)) for g in groups}

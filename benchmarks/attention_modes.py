@@ -49,7 +49,7 @@ def attention_only(plan: Plan, graph) -> Plan:
 def ours(dense: nn.Module, example, mode: str, ratio: float) -> nn.Module:
     graph = structprune.analyze(dense, example, attention=mode)
     plan = attention_only(structprune.select(dense, example, graph, ratio=ratio, criterion="l2"), graph)
-    return structprune.compress_with_plan(dense, example, plan, graph=graph).model
+    return structprune.apply_plan(dense, example, plan, graph=graph)
 
 
 def torch_pruning(dense: nn.Module, example, mode: str, ratio: float) -> nn.Module:

@@ -1,47 +1,44 @@
-"""The Python API: analyze, select, apply_plan, compress. The CLI only parses and calls these."""
+"""The Python API: analyze, select, compress, apply_plan, recalibrate, export. The CLI only parses and calls these.
+
+Entry points that prune take their options as a CompressConfig (`config=`) and/or keyword arguments
+named like its fields, laid over `config`; the options are checked once, when the config is built.
+"""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Iterable
-
 import copy
+import warnings
+from collections.abc import Mapping
+from typing import Any, Iterable
 
 import torch
 from torch import fx, nn
 
 from structprune.capture import capture
+from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import ScoringContext, get_criterion
-from structprune.errors import AnalysisError, PlanError, RewriteError, VerificationError, stage_errors
+from structprune.data.running import eval_outputs
+from structprune.errors import AnalysisError, PlanError, VerificationError, stage_errors
 from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.report.metrics import count_macs, count_params, macs_of
-from structprune.report.prunable import prunable_section
-from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
-from structprune.rewrite.attention_attrs import attention_shape
-from structprune.rewrite.width_attrs import (AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes,
-                                             refreshed_in)
 from structprune.rules import DEFAULT_RULES, check_attention_mode
+from structprune.rules.modules import DEFAULT_MODULE_RULES
 from structprune.scoring import group_views
-from structprune.selection import Plan, check_ratio, select_plan
-from structprune.verify import Verdict, run_model, verify_rewrite
+from structprune.selection import Plan, select_plan
+from structprune.verified import (MAX_REPLANS, TIES_KEY, CompressResult, InputWidthTieNeeded, class_name,
+                                  verified_rewrite)
+from structprune.verified import build_report  # noqa: F401 - re-exported: benchmarks time the report step
 
-
-@dataclass(frozen=True, eq=False)
-class CompressResult:
-    """The pruned model, the plan that made it, the report, and the analysis it came from."""
-
-    model: nn.Module
-    plan: Plan
-    report: Report
-    graph: ChannelGraph
+__all__ = ["CompressConfig", "CompressResult", "analyze", "apply_plan", "compress", "export", "recalibrate", "select"]
 
 
 def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_RULES,
-            attention: str = "heads", input_width_ties: Iterable[str] = ()) -> ChannelGraph:
-    """Capture the model and find every group of coupled channels. `attention="head_dims"` prunes
-    attention by per-head dims (every head keeps its count, all lose the same dims) instead of heads.
+            module_rules: Mapping = DEFAULT_MODULE_RULES, attention: str = "heads",
+            input_width_ties: Iterable[str] = ()) -> ChannelGraph:
+    """Capture the model and find every group of coupled channels. `rules` (op key -> rule) and
+    `module_rules` (module class -> rule) are the tables; extend the defaults for a custom layer.
+    `attention="head_dims"` prunes attention by per-head dims (every head keeps its count, all lose
+    the same dims) instead of heads.
 
     >>> import torch
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
@@ -54,28 +51,34 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     ties = frozenset(type(m) for m in (modules or {}).values() if class_name(type(m)) in set(input_width_ties))
     captured = capture(model, example_inputs)
     with stage_errors(AnalysisError, "finding the coupled channels of the captured graph"):
-        return build_channel_graph(captured, rules=rules, modules=modules, attention=attention,
-                                   input_width_ties=ties)
+        return build_channel_graph(captured, rules=rules, modules=modules, module_rules=module_rules,
+                                   attention=attention, input_width_ties=ties)
 
 
-class_name = qualified_name  # plans record the attention classes tied to their input width by this name
+def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config: CompressConfig | None = None,
+           data: Any = None, **options: Any) -> Plan:
+    """Score the prunable groups with the config's criterion and choose the channels to keep (by its
+    ratio, global_pruning, max_group_ratio, round_to, ignore and seed). `data`: calibration batches
+    for a data-driven criterion.
 
-
-def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, ratio: float = 0.5,
-           criterion: Any = "l2", ignore: Iterable[str] = (), round_to: int = 1,
-           global_pruning: bool = False, max_group_ratio: float = 0.9, seed: int = 0, data: Any = None) -> Plan:
-    """Score the prunable groups with `criterion` and choose the channels to keep."""
-    check_ratio(ratio)
-    crit = get_criterion(criterion)
+    >>> import torch
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> x = torch.randn(2, 4)
+    >>> len(select(net, x, analyze(net, x), ratio=0.25).keep["0.weight:0"])
+    6
+    """
+    config = compress_config(config, options)
+    crit = get_criterion(config.criterion)
     if getattr(crit, "needs_data", False) and data is None:
         raise PlanError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader, or --data SPEC)")
-    ctx = ScoringContext(model, example_inputs, data, seed)
+    ctx = ScoringContext(model, example_inputs, data, config.seed)
     with stage_errors(PlanError, f"scoring the groups with criterion '{crit.name}'"):
         views = group_views(graph, model)
         scores = crit.score(views, ctx)
-    meta = {"criterion": crit.name, "seed": seed, "attention": graph.attention}
-    plan = select_plan(graph.groups, scores, ratio=ratio, global_pruning=global_pruning, round_to=round_to,
-                       ignore=ignore, max_group_ratio=max_group_ratio, meta=meta)
+    meta = {"criterion": crit.name, "seed": config.seed, "attention": graph.attention}
+    plan = select_plan(graph.groups, scores, ratio=config.ratio, global_pruning=config.global_pruning,
+                       round_to=config.round_to, ignore=config.ignore, max_group_ratio=config.max_group_ratio,
+                       meta=meta)
     if callable(getattr(crit, "select", None)):
         plan = _criterion_selection(crit, views, ctx, plan)
     return plan
@@ -93,10 +96,61 @@ def _criterion_selection(crit, views, ctx, plan: Plan) -> Plan:
     return Plan(keep, plan.sizes, {**dict(plan.meta), **dict(selection.meta)})
 
 
+def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | None = None, data: Any = None,
+             plan: Plan | None = None, **options: Any) -> CompressResult:
+    """Analyze, score, select, rewrite and verify; with `plan`, apply that plan instead of scoring
+    (what `structprune apply` runs). The caller's model is never modified. Options: a CompressConfig
+    and/or its fields as keywords (ratio, criterion, ignore, round_to, global_pruning, ...).
+
+    Groups whose rewrite fails verification are kept whole and the rest verified again
+    (`plan.meta["blocked_by_verification"]`); `strict=True` fails instead. `recapture=False` skips
+    verification's torch.export of the pruned model (a third of the time on a ResNet-50); shapes, sizes
+    and masking equivalence are still checked, and MACs are counted on the verification forward.
+    With `data`, BatchNorm statistics are re-estimated afterwards (and layers refit, see `recalibrate`).
+
+    >>> import torch, models_zoo
+    >>> net = models_zoo.create("resnet20").eval()
+    >>> result = compress(net, torch.randn(1, 3, 32, 32), ratio=0.5)
+    >>> result.report.verification["ok"], result.report.params_after < result.report.params_before
+    (True, True)
+    """
+    config = compress_config(config, options)
+    if plan is None:
+        result = _choose_and_rewrite(model, example_inputs, config, data)
+    else:
+        result = verified_rewrite(model, example_inputs, plan, _analysis_for(model, example_inputs, plan, config),
+                                  config)
+    if data is None:
+        return result
+    crit = get_criterion(config.criterion)
+    refit = bool(getattr(crit, "needs_data", False)) if config.reconstruct is None else config.reconstruct
+    return recalibrate(model, result, example_inputs, data, recalibrate_bn=config.recalibrate_bn,
+                       reconstruct=refit, seed=config.seed)
+
+
+def _choose_and_rewrite(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any) -> CompressResult:
+    """Analyse, select, rewrite and verify. When re-capture fails inside an attention module that takes
+    its width from its input, analyse again with that class tied to its input width (at most
+    MAX_REPLANS classes; `plan.meta["input_width_ties"]`, re-applied from JSON)."""
+    ties: tuple[str, ...] = ()
+    while True:
+        graph = analyze(model, example_inputs, rules=config.rules, module_rules=config.module_rules,
+                        attention=config.attention, input_width_ties=ties)
+        plan = select(model, example_inputs, graph, config=config, data=data)
+        plan = plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
+        try:
+            return verified_rewrite(model, example_inputs, plan, graph, config, may_tie=len(ties) < MAX_REPLANS)
+        except InputWidthTieNeeded as needed:
+            ties += (needed.name,)
+
+
 def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
-               verify: bool = True, recapture: bool = True) -> nn.Module:
-    """Apply a saved plan (no scoring) and verify the result; raises VerificationError on failure.
-    `recapture=False` verifies without re-exporting the pruned model (see `compress`).
+               verify: bool = True, config: CompressConfig | None = None, **options: Any) -> nn.Module:
+    """Apply a saved plan (no scoring), verify the result and return the pruned model; raises
+    VerificationError on failure. `compress(model, example_inputs, plan=plan)` returns the report too.
+    `verify=False` returns the bare rewrite (to rebuild an architecture whose weights are loaded next).
+    Options as for `compress`; those of analysis, rewrite and verification apply (recapture, strict,
+    rules, module_rules, shrink_rules).
 
     >>> import torch
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -104,10 +158,21 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     >>> apply_plan(net, torch.randn(2, 4), plan)[0].out_features
     3
     """
-    graph = graph or analyze(model, example_inputs, **plan_analysis(plan))
+    config = compress_config(config, options)
+    graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
     if not verify:
-        return rewrite_model(model, graph, plan)
-    return compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture).model
+        return rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)
+    return verified_rewrite(model, example_inputs, plan, graph, config).model
+
+
+def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
+                       recapture: bool = True, strict: bool = False) -> CompressResult:
+    """Deprecated: `compress(model, example_inputs, plan=plan)`, or `apply_plan` for the model alone."""
+    warnings.warn("structprune.compress_with_plan is deprecated: use structprune.compress(model, example_inputs, "
+                  "plan=plan)", DeprecationWarning, stacklevel=2)
+    config = CompressConfig(recapture=recapture, strict=strict)
+    graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
+    return verified_rewrite(model, example_inputs, plan, graph, config)
 
 
 def plan_attention(plan: Plan) -> str:
@@ -120,120 +185,26 @@ def plan_analysis(plan: Plan) -> dict:
     return {"attention": plan_attention(plan), "input_width_ties": tuple(plan.meta.get(TIES_KEY, ()))}
 
 
-MAX_REPLANS = 4  # verification rounds that may block localised groups before the failure is final
-TIES_KEY = "input_width_ties"  # plan.meta: attention classes whose heads x head_dim follows their input
+def _analysis_for(model: nn.Module, example_inputs: Any, plan: Plan, config: CompressConfig) -> ChannelGraph:
+    """The channel graph `plan` was made on: the config's tables, the plan's analysis options."""
+    return analyze(model, example_inputs, rules=config.rules, module_rules=config.module_rules,
+                   **plan_analysis(plan))
 
 
-class _InputWidthTieNeeded(Exception):
-    """Re-capture failed in an attention module of a class not yet tied to its input width."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
-                       recapture: bool = True, strict: bool = False, _may_tie: bool = False) -> CompressResult:
-    """Like compress, but with a given plan instead of scoring (what `structprune apply` runs).
-
-    When verification localises a failure to groups (masking equivalence names them, or re-capture
-    fails inside a module), those groups are kept whole and the rest is rewritten and verified again,
-    at most MAX_REPLANS times; `plan.meta["blocked_by_verification"]` says which and why. A model is
-    never returned unverified. `strict=True` raises on the first failure instead."""
-    graph = graph or analyze(model, example_inputs, **plan_analysis(plan))
-    for _ in range(MAX_REPLANS + 1):
-        with stage_errors(RewriteError, f"rewriting the model for {len(plan.pruned_groups())} pruned groups"):
-            pruned = rewrite_model(model, graph, plan)
-        with stage_errors(VerificationError, "verifying the rewrite"):
-            verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=recapture)
-        if _may_tie and not verdict.ok:
-            _raise_if_a_tie_may_help(model, verdict, plan)
-        if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan):
-            plan = plan.with_meta(**{AS_IS_KEY: sorted(kept_as_is(plan) | {_failing_class(model, verdict)})})
-            continue
-        if verdict.ok or strict or not verdict.failing_groups:
-            break
-        plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
-    _raise_if_failed(verdict)
-    with stage_errors(VerificationError, "measuring the pruned model for the report"):
-        report = build_report(model, pruned, example_inputs, graph, plan, verdict)
-    from structprune.calibrate import SCALES_KEY, apply_channel_scales
-
-    if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
-        report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
-    return CompressResult(pruned, plan, report, graph)
-
-
-def _failing_class(model: nn.Module, verdict: Verdict) -> str:
-    return qualified_name(type(model.get_submodule(verdict.failing_module)))
-
-
-def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, plan: Plan) -> bool:
-    """Verification failed in a module whose width attributes the rewrite refreshed (and whose class
-    is not yet left as it is): the next round keeps that class's attributes as they were."""
-    if verdict.failing_module is None or not refreshed_in(model, pruned, verdict.failing_module):
-        return False
-    return _failing_class(model, verdict) not in kept_as_is(plan)
-
-
-def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> None:
-    """Signal `compress` to analyse again with the failing attention class tied to its input width."""
-    try:
-        module = model.get_submodule(verdict.failing_module) if verdict.failing_module is not None else None
-    except AttributeError:
-        return
-    if module is not None and attention_shape(module) is not None:
-        name = class_name(type(module))
-        if name not in plan.meta.get(TIES_KEY, ()):
-            raise _InputWidthTieNeeded(name)
-
-
-def compress(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, criterion: Any = "l2",
-             ignore: Iterable[str] = (), round_to: int = 1, global_pruning: bool = False,
-             max_group_ratio: float = 0.9, seed: int = 0, data: Any = None, recalibrate_bn: bool = True,
-             reconstruct: bool | None = None, rules: Mapping = DEFAULT_RULES,
-             attention: str = "heads", recapture: bool = True, strict: bool = False) -> CompressResult:
-    """Analyze, score, select, rewrite and verify. The caller's model is never modified.
-    Groups whose rewrite fails verification are kept whole and the rest verified again (see
-    `compress_with_plan`); `strict=True` fails instead.
-    `attention` is "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
-    `recapture=False` skips verification's torch.export of the pruned model (a third of the time on
-    a ResNet-50); shapes, sizes and masking equivalence are still checked, and MACs are counted on
-    the verification forward. For loops that compress many times; the default verifies fully.
-
-    >>> import torch, models_zoo
-    >>> net = models_zoo.create("resnet20").eval()
-    >>> result = compress(net, torch.randn(1, 3, 32, 32), ratio=0.5)
-    >>> result.report.verification["ok"], result.report.params_after < result.report.params_before
-    (True, True)
-    """
-    check_ratio(ratio)
-    crit = get_criterion(criterion)
-    ties: tuple[str, ...] = ()
-    for _ in range(MAX_REPLANS + 1):
-        graph = analyze(model, example_inputs, rules=rules, attention=attention, input_width_ties=ties)
-        plan = select(model, example_inputs, graph, ratio=ratio, criterion=crit, ignore=ignore,
-                      round_to=round_to, global_pruning=global_pruning, max_group_ratio=max_group_ratio,
-                      seed=seed, data=data)
-        plan = plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
-        try:
-            result = compress_with_plan(model, example_inputs, plan, graph=graph, recapture=recapture,
-                                        strict=strict, _may_tie=len(ties) < MAX_REPLANS)
-            break
-        except _InputWidthTieNeeded as needed:
-            ties += (needed.name,)
-    if data is None:
-        return result
-    refit = bool(getattr(crit, "needs_data", False)) if reconstruct is None else reconstruct
-    return calibrate(model, result, example_inputs, data, recalibrate_bn=recalibrate_bn, reconstruct=refit,
-                     seed=seed)
-
-
-def calibrate(model: nn.Module, result: CompressResult, example_inputs: Any, data: Any, *,
-              recalibrate_bn: bool = True, reconstruct: bool = False, seed: int = 0) -> CompressResult:
+def recalibrate(model: nn.Module, result: CompressResult, example_inputs: Any, data: Any, *,
+                recalibrate_bn: bool = True, reconstruct: bool = False, seed: int = 0) -> CompressResult:
     """After a verified rewrite: re-estimate BatchNorm statistics and/or refit consumer layers by least
-    squares on calibration data. These change weights on purpose, so they run after the structural
-    verification; the calibrated model is then checked to run and give finite outputs of the same shapes."""
+    squares on calibration data (`compress` with `data` runs it). These change weights on purpose, so
+    they run after the structural verification; the calibrated model is then checked to run and give
+    finite outputs of the same shapes.
+
+    >>> import torch
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> result = compress(net, x, ratio=0.5)
+    >>> recalibrate(net, result, x, [x]).report.extra["calibration"]
+    {'batchnorm_layers_recalibrated': 1}
+    """
     from structprune.calibrate import recalibrate_batchnorm
     from structprune.calibrate import reconstruct as refit_layers
 
@@ -243,8 +214,8 @@ def calibrate(model: nn.Module, result: CompressResult, example_inputs: Any, dat
         section["reconstructed_layers"] = len(fits.layers)
     if recalibrate_bn:
         section["batchnorm_layers_recalibrated"] = recalibrate_batchnorm(pruned, data)
-    shapes = [tuple(t.shape) for t in run_model(result.model, example_inputs)]
-    out = run_model(pruned, example_inputs)
+    shapes = [tuple(t.shape) for t in eval_outputs(result.model, example_inputs)]
+    out = eval_outputs(pruned, example_inputs)
     if [tuple(t.shape) for t in out] != shapes or not all(bool(torch.isfinite(t).all()) for t in out):
         raise VerificationError("calibration produced a model with different output shapes or non-finite outputs")
     return CompressResult(pruned, result.plan, result.report.with_extra(calibration=section), result.graph)
@@ -278,28 +249,3 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
             reference = export_onnx(dense, example_inputs, os.path.join(tmp, "dense.onnx"))
             latency = compare_latency(reference.path, exported.path, example_inputs, runs=latency_runs)
     return onnx_section(exported, parity, latency)
-
-
-def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
-    """Params and MACs before/after, one row per group (groups that verification blocked are shown
-    blocked, with its reason), the verdict and the plan's settings."""
-    blocked = dict(plan.meta.get("blocked_by_verification", {}))
-    rows = tuple(
-        GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable and g.id not in blocked,
-                 g.exact, blocked.get(g.id) or "; ".join(sorted({str(r) for r in g.reasons}))
-                 or ", ".join(g.inexact_ops))
-        for g in graph.groups
-    )
-    pruned_macs = verdict.pruned_macs if verdict.pruned_macs is not None else count_macs(pruned, example_inputs)
-    report = Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
-                    verdict.to_json(), dict(plan.meta))
-    report = report.with_extra(prunable=prunable_section(graph, [r.id for r in rows if r.prunable]))
-    refreshed = refreshed_attributes(model, pruned)
-    return report.with_extra(refreshed_attributes=list(refreshed)) if refreshed else report
-
-
-def _raise_if_failed(verdict: Verdict) -> None:
-    if not verdict.ok:
-        raise VerificationError(
-            "the pruned model failed verification and is not returned: " + "; ".join(verdict.failures())
-        )

@@ -269,9 +269,32 @@ def _job_options(args: argparse.Namespace):
     from structprune.pipeline import JobOptions
 
     fields = {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__}
-    fields["input_shape"] = _sample_shape(args)
-    fields["ignore"] = tuple(getattr(args, "ignore", ()))
+    fields.update(input_shape=_sample_shape(args), compress=_compress_config(args), recovery=_recovery_config(args))
     return JobOptions(**fields)
+
+
+def _compress_config(args: argparse.Namespace):
+    """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
+    from structprune.compress_config import CompressConfig
+
+    try:
+        return CompressConfig(**{k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__})
+    except ValueError as exc:  # PlanError and UsageError are ValueErrors too: all are bad flags
+        raise UsageError(getattr(exc, "message", str(exc))) from exc
+
+
+def _recovery_config(args: argparse.Namespace):
+    """The RecoveryConfig of the recovery flags (--finetune-epochs E is its `epochs`; 0: no recovery)."""
+    from structprune.recover.config import RecoveryConfig
+
+    try:
+        return RecoveryConfig(method=args.recover, epochs=args.finetune_epochs, lr=args.lr, optimizer=args.optimizer,
+                              schedule=args.lr_schedule, label_smoothing=args.label_smoothing,
+                              distill_weight=args.distill_weight, temperature=args.temperature,
+                              checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+                              dense_epochs=args.dense_epochs or args.finetune_epochs or None)
+    except ValueError as exc:
+        raise UsageError(f"recovery options: {exc}") from exc
 
 
 def _run_compress(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import models_zoo
+from structprune.compress_config import CompressConfig
 from structprune.data import evaluate_accuracy, load_data
 from structprune.io import atomic_torch_save
 from structprune.pipeline import JobOptions, run_job
@@ -50,9 +51,10 @@ def run_demo(out: str = "export/demo", criterion: str = "taylor") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "resnet20_digits.pt"
         atomic_torch_save(dense.state_dict(), weights)
-        options = JobOptions(model=str(weights), arch=f"zoo:{ARCH}", arch_kwargs=ARCH_KWARGS, ratio=0.5,
-                             criterion=criterion, data="digits", out=out, force=True,
-                             finetune_epochs=RECOVER_EPOCHS, recover="distill", lr=0.01)
+        recovery = RecoveryConfig(method="distill", epochs=RECOVER_EPOCHS, lr=0.01, dense_epochs=RECOVER_EPOCHS)
+        options = JobOptions(model=str(weights), compress=CompressConfig(ratio=0.5, criterion=criterion),
+                             recovery=recovery, arch=f"zoo:{ARCH}", arch_kwargs=ARCH_KWARGS, data="digits", out=out,
+                             force=True)
         result = run_job(options)
     lines += [result.summary, f"total {time.perf_counter() - start:.0f}s"]
     return "\n".join(lines)

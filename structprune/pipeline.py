@@ -12,63 +12,56 @@ from typing import Any, Mapping
 import torch
 from tqdm import tqdm
 
-from structprune.api import CompressResult, apply_plan, compress, compress_with_plan, export
+from structprune.api import CompressResult, apply_plan, compress, export
 from structprune.artifacts import Written, read_back
+from structprune.compress_config import CompressConfig
 from structprune.criteria import get_criterion
 from structprune.data import DataBundle, load_data
-from structprune.errors import UsageError
+from structprune.errors import PlanError, UsageError
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
 from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
 from structprune.io.pt2 import SavedPt2
 from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
                                  with_published_accuracy)
-from structprune.recovery_step import iterative_result, recover_result, recovery_config
+from structprune.recover.config import RecoveryConfig
+from structprune.recovery_step import iterative_result, recover_result
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
-from structprune.selection import Plan, check_ratio
+from structprune.selection import Plan
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """Options of `structprune compress` / `apply` (the CLI flags, one to one)."""
+    """Options of `structprune compress` / `apply`: how to prune and verify (`compress`, whose seed
+    also seeds zoo weights and the data split), how to recover (`recovery`; none while its epochs
+    are 0), and the job's own flags. Building one checks the flags that depend on each other
+    (UsageError, worded for the command line); each config checks its own fields.
+
+    >>> JobOptions("zoo:mlp", CompressConfig(ratio=0.3), data="digits").compress.ratio
+    0.3
+    """
 
     model: str
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(epochs=0))
     arch: str | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
     input_shape: tuple[int, ...] | None = None
-    ratio: float = 0.5
-    criterion: str = "l2"
-    global_pruning: bool = False
-    round_to: int = 1
-    attention: str = "heads"
-    ignore: tuple[str, ...] = ()
-    max_group_ratio: float = 0.9
     data: str | None = None
     batch_size: int = 64
-    seed: int = 0
     out: str | None = None
     force: bool = False
     onnx: bool = True
-    recapture: bool = True
-    strict: bool = False
     plan: str | None = None
     latency_runs: int = 20
-    finetune_epochs: int = 0
-    recover: str = "auto"
-    lr_schedule: str = "cosine"
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    label_smoothing: float = 0.0
-    temperature: float = 4.0
-    distill_weight: float = 0.5
-    dense_epochs: int | None = None
     iterative: int = 0
     ap: float | None = None
     max_accuracy_drop: float | None = None
-    checkpoint_dir: str | None = None
-    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _check_job(self)
 
 
 @dataclass(frozen=True)
@@ -81,8 +74,7 @@ class JobResult:
 def run_job(options: JobOptions) -> JobResult:
     """Run one compress/apply job and write its artifacts; raises UsageError for bad input,
     VerificationError or QualityError for a result that does not hold up."""
-    _check_options(options)
-    torch.manual_seed(options.seed)  # zoo:NAME models are built from the seed, so runs are reproducible
+    torch.manual_seed(options.compress.seed)  # zoo:NAME models are built from the seed, so runs are reproducible
     loaded = load_model(options.model, arch=options.arch, arch_kwargs=dict(options.arch_kwargs),
                         trust_pickle=options.trust_pickle, input_shape=options.input_shape)
     bundle = _load_bundle(options, loaded)
@@ -154,28 +146,19 @@ def _barrier() -> None:
     barrier()
 
 
-def _check_options(options: JobOptions) -> None:
-    try:
-        check_ratio(options.ratio)
-        criterion = get_criterion(options.criterion)
-    except ValueError as exc:
-        raise UsageError(str(exc).replace("[select] ", "")) from exc
-    if getattr(criterion, "needs_data", False) and options.data is None:
-        raise UsageError(f"--criterion {options.criterion} is data-driven: pass --data (digits, PATH.npz, a folder, "
+def _check_job(options: JobOptions) -> None:
+    """UsageError for flags that contradict each other or need others (the configs check their own)."""
+    criterion = options.compress.criterion
+    if getattr(get_criterion(criterion), "needs_data", False) and options.data is None:
+        raise UsageError(f"--criterion {criterion} is data-driven: pass --data (digits, PATH.npz, a folder, "
                          "or module:function)")
-    if not isinstance(options.round_to, int) or options.round_to < 1:
-        raise UsageError(f"--round-to must be a positive integer, got {options.round_to!r}")
-    if options.finetune_epochs and options.data is None:
+    if options.recovery.epochs and options.data is None:
         raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or module:function")
     if options.max_accuracy_drop is not None and options.data is None:
         raise UsageError("--max-accuracy-drop needs labelled validation data: pass --data")
     if options.max_accuracy_drop is not None and options.max_accuracy_drop < 0:
         raise UsageError(f"--max-accuracy-drop is in accuracy points and must be >= 0, got {options.max_accuracy_drop:g}")
-    try:
-        recovery_config(options)
-    except ValueError as exc:
-        raise UsageError(f"recovery options: {exc}") from exc
-    if options.resume and not options.checkpoint_dir:
+    if options.recovery.resume and not options.recovery.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir (the folder the interrupted run saved its checkpoints in)")
     if options.out is not None and not str(options.out).strip():
         raise UsageError("--out is empty; pass a folder name, or leave --out out for export/<model-name>/")
@@ -187,7 +170,7 @@ def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
     if options.data is None:
         return None
     shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
-    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.seed)
+    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.compress.seed)
 
 
 def _load_plan(path: str) -> Plan:
@@ -211,23 +194,19 @@ def _criterion(options: JobOptions):
     from structprune.recover import ActivateWhilePruning, AllReducedCriterion
     from structprune.recover.distributed import current_context
 
-    criterion = get_criterion(options.criterion)
+    criterion = get_criterion(options.compress.criterion)
     if options.ap is not None:
-        criterion = ActivateWhilePruning(options.criterion, share=options.ap)
+        criterion = ActivateWhilePruning(options.compress.criterion, share=options.ap)
     return AllReducedCriterion(criterion) if current_context().enabled else criterion
 
 
 def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
     if plan is not None:
         try:
-            return compress_with_plan(loaded.model, loaded.example_inputs, plan, recapture=options.recapture,
-                                      strict=options.strict)
-        except ValueError as exc:  # a plan that does not fit the model
-            raise UsageError(str(exc).replace("[select] ", "")) from exc
-    return compress(loaded.model, loaded.example_inputs, ratio=options.ratio, criterion=_criterion(options),
-                    ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
-                    max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
-                    recapture=options.recapture, strict=options.strict,
+            return compress(loaded.model, loaded.example_inputs, config=options.compress, plan=plan)
+        except PlanError as exc:  # a plan that does not fit the model is bad input
+            raise UsageError(exc.message) from exc
+    return compress(loaded.model, loaded.example_inputs, config=options.compress, criterion=_criterion(options),
                     data=calibration_loader(bundle) if bundle else None)
 
 

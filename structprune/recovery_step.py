@@ -14,26 +14,14 @@ from structprune.report.metrics import count_macs, count_params
 from structprune.selection import Plan
 
 
-def recovery_config(options):
-    """RecoveryConfig from job options (raises ValueError for out-of-range values)."""
-    from structprune.recover import RecoveryConfig
-
-    return RecoveryConfig(method=options.recover, epochs=options.finetune_epochs, lr=options.lr,
-                          optimizer=options.optimizer, schedule=options.lr_schedule,
-                          label_smoothing=options.label_smoothing, distill_weight=options.distill_weight,
-                          temperature=options.temperature, checkpoint_dir=options.checkpoint_dir,
-                          resume=options.resume, seed=options.seed,
-                          dense_epochs=options.dense_epochs or options.finetune_epochs or None)
-
-
 def recover_result(result: CompressResult, loaded, options, bundle) -> CompressResult:
     """Fine-tune / distill / retrain the pruned model when epochs and data are given."""
-    if not options.finetune_epochs or bundle is None:
+    if not options.recovery.epochs or bundle is None:
         return result
     from structprune.recover import recover
 
     report = result.report
-    recovered = recover(result.model, bundle.train, bundle.val, recovery_config(options), dense=loaded.model,
+    recovered = recover(result.model, bundle.train, bundle.val, options.recovery, dense=loaded.model,
                         dense_macs=report.macs_before, pruned_macs=report.macs_after)
     return CompressResult(recovered.model, result.plan, report.with_extra(recovery=recovered.to_json()),
                           result.graph)
@@ -43,17 +31,14 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
     """`--iterative N`: N cycles, each pruning 1-(1-ratio)^(1/N) of what remains, then recovering."""
     from structprune.recover import iterative_prune
 
-    if bundle is None or not options.finetune_epochs:
+    if bundle is None or not options.recovery.epochs:
         raise UsageError("--iterative needs --data and --finetune-epochs (recovery runs after every cycle)")
-    fraction = 1.0 - (1.0 - options.ratio) ** (1.0 / options.iterative)
-    dense = loaded.model if options.recover in ("auto", "distill") else None
-    kwargs = dict(ignore=options.ignore, round_to=options.round_to, global_pruning=options.global_pruning,
-                  max_group_ratio=options.max_group_ratio, seed=options.seed, attention=options.attention,
-                  recapture=options.recapture, strict=options.strict)
+    fraction = 1.0 - (1.0 - options.compress.ratio) ** (1.0 / options.iterative)
+    dense = loaded.model if options.recovery.method in ("auto", "distill") else None
     outcome = iterative_prune(loaded.model, loaded.example_inputs, bundle.train, bundle.val,
-                              cycles=options.iterative, fraction=fraction, criterion=options.criterion,
-                              config=recovery_config(options), dense=dense, ap_share=options.ap,
-                              compress_kwargs=kwargs)
+                              cycles=options.iterative, fraction=fraction, criterion=options.compress.criterion,
+                              config=options.recovery, dense=dense, ap_share=options.ap,
+                              compress_kwargs={"config": options.compress})
     last = outcome.cycles[-1].report
     report = dataclasses.replace(last, params_before=count_params(loaded.model),
                                  macs_before=count_macs(loaded.model, loaded.example_inputs))

@@ -92,7 +92,7 @@ def test_torch_pruning_with_our_attention_indices_builds_the_same_vit(attention:
     heads = [g for g in graph.prunable if attention_rows(g) is not None]
     keep = {g: (k if g in {h.id for h in heads} else tuple(range(full.sizes[g]))) for g, k in full.keep.items()}
     plan = structprune.Plan(keep, full.sizes, full.meta)
-    ours = structprune.compress_with_plan(net, x, plan, graph=graph).model
+    ours = structprune.apply_plan(net, x, plan, graph=graph)
 
     theirs = copy.deepcopy(net)
     dg = tp.DependencyGraph().build_dependency(theirs, example_inputs=x, verbose=False)

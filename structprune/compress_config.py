@@ -1,0 +1,73 @@
+"""CompressConfig: every option of `compress`, checked once, when the config is built.
+
+The API, the CLI and the CLI's JobOptions all build one; nothing downstream checks the options again.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from structprune.criteria import get_criterion
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
+from structprune.rules import DEFAULT_RULES, check_attention_mode
+from structprune.rules.modules import DEFAULT_MODULE_RULES
+from structprune.selection import check_max_group_ratio, check_ratio, check_round_to
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """How `compress` chooses, rewrites and verifies. Building one checks every field (PlanError for
+    ratio, round_to and max_group_ratio, ValueError for an unknown criterion, UsageError for an unknown
+    attention mode).
+
+    - ratio: fraction of each prunable group's channels to remove, in [0, 1); with `global_pruning`, of
+      all prunable channels together, never more than `max_group_ratio` of one group.
+    - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
+    - ignore: module FQN globs whose own outputs stay whole; round_to: kept counts are multiples of it.
+    - attention: "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
+    - recapture, strict: how verification runs (see `compress`).
+    - recalibrate_bn, reconstruct: what runs after the rewrite when `compress` is given data
+      (reconstruct=None: only for a data-driven criterion).
+    - rules, module_rules, shrink_rules: the op, module and shrink tables, extended with a user's layers
+      (`structprune.DEFAULT_RULES | {...}`).
+
+    >>> config = CompressConfig(ratio=0.3, ignore="fc")
+    >>> config.ignore, config.with_options(ratio=0.6).ratio
+    (('fc',), 0.6)
+    """
+
+    ratio: float = 0.5
+    criterion: Any = "l2"
+    global_pruning: bool = False
+    max_group_ratio: float = 0.9
+    round_to: int = 1
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+    attention: str = "heads"
+    recapture: bool = True
+    strict: bool = False
+    recalibrate_bn: bool = True
+    reconstruct: bool | None = None
+    rules: Mapping = field(default_factory=lambda: DEFAULT_RULES, repr=False)
+    module_rules: Mapping = field(default_factory=lambda: DEFAULT_MODULE_RULES, repr=False)
+    shrink_rules: Mapping = field(default_factory=lambda: DEFAULT_SHRINK_RULES, repr=False)
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio)
+        get_criterion(self.criterion)  # an unknown name raises, listing the registered ones
+        check_round_to(self.round_to)
+        check_max_group_ratio(self.max_group_ratio)
+        check_attention_mode(self.attention)
+        ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
+        object.__setattr__(self, "ignore", ignore)
+
+    def with_options(self, **options: Any) -> CompressConfig:
+        """This config with `options` (field names) replaced, checked again."""
+        return replace(self, **options) if options else self
+
+
+def compress_config(config: CompressConfig | None, options: Mapping[str, Any]) -> CompressConfig:
+    """`config` (default: CompressConfig()) with keyword `options` laid over: what every API entry
+    point does with its `config=` and keyword arguments."""
+    return (config if config is not None else CompressConfig()).with_options(**options)

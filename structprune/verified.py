@@ -1,0 +1,123 @@
+"""verified_rewrite: rewrite a model by a plan, verify it, and report; groups whose rewrite fails
+verification are kept whole and the rest is verified again. The only way a pruned model leaves the API."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from structprune.compress_config import CompressConfig
+from structprune.errors import RewriteError, VerificationError, stage_errors
+from structprune.graph.channel_graph import ChannelGraph
+from structprune.report.metrics import count_macs, count_params, macs_of
+from structprune.report.prunable import prunable_section
+from structprune.report.report import GroupRow, Report
+from structprune.rewrite import rewrite_model
+from structprune.rewrite.attention_attrs import attention_shape
+from structprune.rewrite.width_attrs import AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes, refreshed_in
+from structprune.selection import Plan
+from structprune.verify import Verdict, verify_rewrite
+
+MAX_REPLANS = 4  # verification rounds that may block localised groups before the failure is final
+TIES_KEY = "input_width_ties"  # plan.meta: attention classes whose heads x head_dim follows their input
+class_name = qualified_name  # plans record the attention classes tied to their input width by this name
+
+
+@dataclass(frozen=True, eq=False)
+class CompressResult:
+    """The pruned model, the plan that made it, the report, and the analysis it came from."""
+
+    model: nn.Module
+    plan: Plan
+    report: Report
+    graph: ChannelGraph
+
+
+class InputWidthTieNeeded(Exception):
+    """Re-capture failed in an attention module of a class not yet tied to its input width."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: ChannelGraph, config: CompressConfig,
+                     *, may_tie: bool = False) -> CompressResult:
+    """Rewrite `model` by `plan` and verify it (`config`: recapture, strict, shrink_rules).
+
+    When verification localises a failure to groups (masking equivalence names them, or re-capture
+    fails inside a module), those groups are kept whole and the rest is rewritten and verified again,
+    at most MAX_REPLANS times; `plan.meta["blocked_by_verification"]` says which and why. A model is
+    never returned unverified. `config.strict` raises on the first failure instead. `may_tie`: raise
+    InputWidthTieNeeded when tying a failing attention class to its input width may help."""
+    for _ in range(MAX_REPLANS + 1):
+        with stage_errors(RewriteError, f"rewriting the model for {len(plan.pruned_groups())} pruned groups"):
+            pruned = rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)
+        with stage_errors(VerificationError, "verifying the rewrite"):
+            verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=config.recapture)
+        if may_tie and not verdict.ok:
+            _raise_if_a_tie_may_help(model, verdict, plan)
+        if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan):
+            plan = plan.with_meta(**{AS_IS_KEY: sorted(kept_as_is(plan) | {_failing_class(model, verdict)})})
+            continue
+        if verdict.ok or config.strict or not verdict.failing_groups:
+            break
+        plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
+    _raise_if_failed(verdict)
+    with stage_errors(VerificationError, "measuring the pruned model for the report"):
+        report = build_report(model, pruned, example_inputs, graph, plan, verdict)
+    from structprune.calibrate import SCALES_KEY, apply_channel_scales
+
+    if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
+        report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
+    return CompressResult(pruned, plan, report, graph)
+
+
+def _failing_class(model: nn.Module, verdict: Verdict) -> str:
+    return qualified_name(type(model.get_submodule(verdict.failing_module)))
+
+
+def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, plan: Plan) -> bool:
+    """Verification failed in a module whose width attributes the rewrite refreshed (and whose class
+    is not yet left as it is): the next round keeps that class's attributes as they were."""
+    if verdict.failing_module is None or not refreshed_in(model, pruned, verdict.failing_module):
+        return False
+    return _failing_class(model, verdict) not in kept_as_is(plan)
+
+
+def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> None:
+    """Signal `compress` to analyse again with the failing attention class tied to its input width."""
+    try:
+        module = model.get_submodule(verdict.failing_module) if verdict.failing_module is not None else None
+    except AttributeError:
+        return
+    if module is not None and attention_shape(module) is not None:
+        name = class_name(type(module))
+        if name not in plan.meta.get(TIES_KEY, ()):
+            raise InputWidthTieNeeded(name)
+
+
+def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
+    """Params and MACs before/after, one row per group (groups that verification blocked are shown
+    blocked, with its reason), the verdict and the plan's settings."""
+    blocked = dict(plan.meta.get("blocked_by_verification", {}))
+    rows = tuple(
+        GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable and g.id not in blocked,
+                 g.exact, blocked.get(g.id) or "; ".join(sorted({str(r) for r in g.reasons}))
+                 or ", ".join(g.inexact_ops))
+        for g in graph.groups
+    )
+    pruned_macs = verdict.pruned_macs if verdict.pruned_macs is not None else count_macs(pruned, example_inputs)
+    report = Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
+                    verdict.to_json(), dict(plan.meta))
+    report = report.with_extra(prunable=prunable_section(graph, [r.id for r in rows if r.prunable]))
+    refreshed = refreshed_attributes(model, pruned)
+    return report.with_extra(refreshed_attributes=list(refreshed)) if refreshed else report
+
+
+def _raise_if_failed(verdict: Verdict) -> None:
+    if not verdict.ok:
+        raise VerificationError(
+            "the pruned model failed verification and is not returned: " + "; ".join(verdict.failures())
+        )

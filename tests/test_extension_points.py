@@ -1,0 +1,149 @@
+"""A user teaches structprune a layer it does not know, without editing the package: an op rule for its
+fused kernel (analysis), a shrink rule for its width (rewrite), a module rule for a tie its graph does
+not show; passed to analyze/compress/apply_plan as rules=, shrink_rules=, module_rules=."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import structprune
+from structprune import DEFAULT_MODULE_RULES, DEFAULT_RULES, DEFAULT_SHRINK_RULES, CompressConfig
+from structprune.rules.context import ROLE_ELEM
+
+X = torch.randn(2, 3, 8, 8)
+KERNEL = "structprune_ext_test.channel_scale"
+
+
+@torch.library.custom_op("structprune_ext_test::channel_scale", mutates_args=())
+def channel_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A fused per-channel scale: torch.export keeps such a kernel as one op that no rule knows."""
+    return x * scale.view(1, -1, 1, 1)
+
+
+@channel_scale.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    channels: int
+
+
+class ChannelScale(nn.Module):
+    """A learned scale per channel through the fused kernel; its width lives in a config object (as in
+    Hugging Face code), which no general attribute search looks into, and forward checks it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.config = ScaleConfig(channels)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.config.channels:
+            raise ValueError(f"ChannelScale expects {self.config.channels} channels, got {x.shape[1]}")
+        return channel_scale(x, self.scale)
+
+
+def rule_channel_scale(ctx, node) -> None:
+    """channel_scale(x, scale): scale[c] multiplies channel c (dim 1) of x; the output has x's channels."""
+    x = ctx.value(node.args[0])
+    ctx.tie_dim(x, 1, ctx.state_axis(node.args[1], 0, ROLE_ELEM), "channel_scale")
+    ctx.set(node, x)
+
+
+def refresh_channel_scale(module: ChannelScale, old: dict) -> None:
+    module.config = dataclasses.replace(module.config, channels=module.scale.shape[0])
+
+
+RULES = DEFAULT_RULES | {KERNEL: rule_channel_scale}
+SHRINK_RULES = DEFAULT_SHRINK_RULES | {ChannelScale: (refresh_channel_scale, ())}
+
+
+def scaled_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ChannelScale(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+
+
+def test_an_unknown_kernel_blocks_its_channels_and_names_the_op() -> None:
+    group = {g.id: g for g in structprune.analyze(scaled_net(), X).groups}["0.weight:0"]
+    assert not group.prunable
+    assert any(KERNEL in str(reason) for reason in group.reasons)
+
+
+def test_the_users_op_rule_makes_the_channels_through_the_kernel_prunable() -> None:
+    graph = structprune.analyze(scaled_net(), X, rules=RULES)
+    group = {g.id: g for g in graph.groups}["0.weight:0"]
+    assert group.prunable and group.size == 8
+    assert {"0.weight", "1.scale", "3.weight"} <= set(group.member_fqns())
+
+
+def test_without_the_shrink_rule_verification_keeps_the_layer_whole() -> None:
+    result = structprune.compress(scaled_net(), X, ratio=0.5, rules=RULES)
+    assert "0.weight:0" in result.plan.meta["blocked_by_verification"]
+    assert result.model[1].scale.shape == (8,) and result.model[1].config.channels == 8
+
+
+def test_with_the_users_rules_the_layer_is_pruned_through_and_verified() -> None:
+    net = scaled_net()
+    config = CompressConfig(ratio=0.5, rules=RULES, shrink_rules=SHRINK_RULES)
+    result = structprune.compress(net, X, config=config)
+    pruned = result.model
+    assert result.report.verification["ok"] and result.report.verification["exact_groups"] == ["0.weight:0"]
+    assert "blocked_by_verification" not in result.plan.meta
+    assert (pruned[0].out_channels, pruned[1].scale.shape, pruned[1].config.channels, pruned[3].in_channels) == \
+        (4, (4,), 4, 4)
+    kept = list(result.plan.keep["0.weight:0"])
+    assert torch.equal(pruned[1].scale.detach(), net[1].scale.detach()[kept])
+    assert net[1].config.channels == 8  # the caller's model is untouched
+
+
+def test_keywords_and_config_give_the_same_plan_and_a_plan_replays_with_the_same_tables() -> None:
+    net = scaled_net()
+    by_config = structprune.compress(net, X, config=CompressConfig(rules=RULES, shrink_rules=SHRINK_RULES))
+    by_keywords = structprune.compress(net, X, rules=RULES, shrink_rules=SHRINK_RULES)
+    assert by_config.plan == by_keywords.plan
+    replayed = structprune.apply_plan(net, X, by_config.plan, rules=RULES, shrink_rules=SHRINK_RULES)
+    assert replayed[1].config.channels == 4
+    assert all(torch.equal(a, b) for a, b in zip(replayed.state_dict().values(),
+                                                 by_config.model.state_dict().values()))
+
+
+class NoisyScale(nn.Module):
+    """y = x * scale, plus learned per-channel noise in training: the eval graph never reads `noise`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+        self.noise = nn.Parameter(torch.full((channels,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale.view(1, -1, 1, 1)
+        if self.training:
+            y = y + self.noise.view(1, -1, 1, 1) * torch.randn_like(y)
+        return y
+
+
+def tie_noise_to_scale(ctx, prefix: str, module: NoisyScale) -> None:
+    """NoisyScale's noise loses the channels its scale loses."""
+    noise = next(n for n in ctx.captured.graph.nodes if ctx.fqn(n) == f"{prefix}noise")
+    ctx.union(ctx.state_axis(noise, 0, ROLE_ELEM), ctx.axis_ids(f"{prefix}scale", 0))
+
+
+def noisy_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), NoisyScale(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("with_rule", [False, True])
+def test_a_module_rule_ties_a_parameter_the_graph_does_not_read(with_rule: bool) -> None:
+    module_rules = DEFAULT_MODULE_RULES | {NoisyScale: tie_noise_to_scale} if with_rule else DEFAULT_MODULE_RULES
+    result = structprune.compress(noisy_net(), X, ratio=0.5, module_rules=module_rules)
+    pruned = result.model
+    assert result.report.verification["ok"] and pruned[1].scale.shape == (4,)
+    assert pruned[1].noise.shape == ((4,) if with_rule else (8,))
+    if with_rule:  # the training path runs on the pruned model too
+        assert pruned.train()(X).shape == (2, 4, 8, 8)

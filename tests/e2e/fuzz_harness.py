@@ -60,7 +60,8 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> Outcome:
 
 def run_cli(argv: list[str], cwd: Path) -> Outcome:
     """`python -m structprune ARGV` in `cwd` (real exit code and stderr, logging included)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = Path(__file__).resolve().parents[2]  # the repository: tests/e2e/ is two folders below it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, "-m", "structprune", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=SUBPROCESS_TIMEOUT_S)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)

@@ -11,7 +11,7 @@ from torch import nn
 import models_zoo
 import structprune
 from structprune import CaptureError, Plan, PlanError, VerificationError
-from test_sp_helpers import assert_state_equal, outputs, snapshot_state
+from helpers import BakedWidth, TiedEmbedding, assert_state_equal, outputs, snapshot_state
 
 X = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
 
@@ -209,18 +209,6 @@ def test_capture_failure_names_the_module_and_suggests_a_fix() -> None:
         structprune.analyze(Outer().eval(), X)
 
 
-class BakedWidth(nn.Module):
-    """Reshapes with the *input* width: pruning the projection makes the view invalid."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.q, self.o = nn.Linear(12, 12), nn.Linear(12, 2)
-
-    def forward(self, x):
-        b, n, d = x.shape
-        h = self.q(x).view(b, n, 3, d // 3)
-        return self.o(torch.relu(h).reshape(b, n, -1))
-
 
 def test_a_rewrite_that_fails_verification_is_not_returned() -> None:
     x = torch.randn(2, 5, 12)
@@ -245,17 +233,6 @@ def test_compress_never_mutates_the_callers_model(training: bool) -> None:
     assert result.model is not net
     assert all(p.data_ptr() not in {q.data_ptr() for q in net.parameters()} for p in result.model.parameters())
 
-
-class TiedEmbedding(nn.Module):
-    """Embedding table shared with the output projection (weight tying, as in GPT-2/T5)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed, self.hidden, self.out = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
-        self.out.weight = self.embed.weight
-
-    def forward(self, ids):
-        return self.out(torch.relu(self.hidden(self.embed(ids))))
 
 
 def test_tied_weights_are_analysed_as_one_tensor() -> None:

@@ -18,7 +18,8 @@ import torch
 import structprune
 from structprune.errors import VerificationError
 
-TVSHIM = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "tvshim.py"
+REPO = Path(__file__).resolve().parents[2]  # tests/zoo/ is two folders below the repository
+TVSHIM = REPO.parent / "shared" / "tools" / "tvshim.py"
 SIDE = 64  # small inputs keep a dozen models affordable on a 2-core CPU
 OWN_SIDE = {"maxvit_t": 224}  # its 7x7 windows need 224 x 224
 

@@ -13,7 +13,7 @@ import models_zoo
 import structprune
 from structprune.errors import UsageError
 from structprune.selection.plan import Plan
-from test_sp_helpers import MHABlock, group_with, outputs, positions, refs
+from helpers import MHABlock, group_with, outputs, positions, refs
 
 X = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))
 

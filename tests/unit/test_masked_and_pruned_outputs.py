@@ -1,15 +1,16 @@
-"""The memory-saving paths keep their results: tensors replaced on read (masked or sliced per call) give
-the outputs that materialised copies give, without holding those copies all at once and without touching
-the caller's model; the throwaway rewrite shares its unchanged tensors; scoring through one scratch
-buffer gives the scores fresh temporaries give; and a timm-style `attn_dim` width follows pruning."""
+"""The two forwards verification compares, computed without materialised copies of the model: the masked
+dense reference (consumer weights zeroed when read) gives the outputs of a deep copy zeroed in place,
+holding one masked copy at a time; the pruned outputs (tensors sliced when read) give the built
+rewrite's. Tied tensors, reads that escape torch-function dispatch (TorchScript), and the caller's model,
+left untouched."""
 from __future__ import annotations
 
+import copy
 import weakref
 
 import numpy as np
 import pytest
 import torch
-from test_api import TiedEmbedding
 from torch import nn
 
 import models_zoo
@@ -17,11 +18,12 @@ import structprune
 import structprune.rewrite.apply as rewrite_apply
 import structprune.verify.verify as verify_module
 from structprune.capture import normalize_inputs
-from structprune.criteria.magnitude import L1, L2, _RowSums
-from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
-from structprune.scoring import group_views
-from structprune.selection import Plan
 from structprune.data.running import eval_outputs as run_model
+from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
+from structprune.rules.context import ROLE_IN
+from structprune.selection import Plan
+
+from helpers import TiedEmbedding
 
 
 def _setup(name: str):
@@ -47,6 +49,20 @@ def _assert_untouched(model: nn.Module, before: dict) -> None:
         assert torch.equal(value, before[key][0]) and value._version == before[key][1], key
 
 
+def _deepcopy_masked_outputs(model, x, graph, plan, exact) -> list[torch.Tensor]:
+    """The reference the masked state replaces: a deep copy with the consumer-side weights zeroed in place."""
+    masked = copy.deepcopy(model)
+    state = dict(masked.named_parameters(remove_duplicate=False)) | dict(masked.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for group in (graph.group(g) for g in exact):
+            dropped = np.setdiff1d(np.arange(group.size), np.asarray(plan.keep[group.id]))
+            for member in group.members:
+                rows = np.flatnonzero(np.isin(member.positions, dropped))
+                if member.role == ROLE_IN and rows.size and member.fqn in state:
+                    state[member.fqn].index_fill_(member.axis, torch.as_tensor(rows), 0.0)
+    return run_model(masked, x)
+
+
 class _LiveCopies:
     """Wraps a function that returns new tensors; records the most of its results (with data: meta
     tensors hold none) alive at once."""
@@ -68,6 +84,40 @@ def test_replaced_on_read_feeds_the_replacement_to_every_call_and_its_views() ->
                  nn.functional.linear(torch.ones(1, 3), weight).sum(), other.sum()]
     assert [float(r) for r in reads] == [0.0, 0.0, 0.0, 0.0, 0.0, 10.0]
     assert float(weight.detach().sum()) == 6.0 and weight._version == 0
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet20", "densenet", "vit"])
+def test_masked_outputs_equal_the_deep_copy_reference(name: str) -> None:
+    model, x, graph, plan = _setup(name)
+    _, exact = _exact_only(graph, plan)
+    assert exact
+    got = verify_module._masked_outputs(model, x, graph, plan, exact)
+    want = _deepcopy_masked_outputs(model, x, graph, plan, exact)
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_masked_outputs_zero_a_tied_weight_under_every_name() -> None:
+    model, ids = TiedEmbedding().eval(), torch.randint(0, 10, (2, 5))
+    graph = structprune.analyze(model, ids)
+    plan = structprune.select(model, ids, graph, ratio=0.5)
+    _, exact = _exact_only(graph, plan)
+    state = verify_module._masked_state(model, graph, plan, exact)
+    assert state["out.weight"] is state["embed.weight"]
+    assert int((state["out.weight"] == 0).all(dim=0).sum()) == 4  # half of the 8 hidden columns zeroed
+    got = verify_module._masked_outputs(model, ids, graph, plan, exact)
+    want = _deepcopy_masked_outputs(model, ids, graph, plan, exact)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_masked_outputs_leave_the_callers_model_untouched() -> None:
+    model, x, graph, plan = _setup("resnet20")
+    model.train()
+    params = dict(model.named_parameters())
+    before = _state(model)
+    verify_module._masked_outputs(model, x, graph, plan, _exact_only(graph, plan)[1])
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p is params[k] for k, p in model.named_parameters())
+    _assert_untouched(model, before)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "densenet", "convnext", "vit"])
@@ -116,16 +166,6 @@ def test_sliced_on_read_slices_a_tied_tensor_by_each_of_its_names() -> None:
     assert torch.equal(got[0], run_model(rewrite_model(model, graph, plan), ids)[0])
 
 
-def test_rewrite_sharing_unchanged_tensors_slices_the_same_and_copies_nothing_else() -> None:
-    model, _, graph, plan = _setup("convnext")
-    built, shared = rewrite_model(model, graph, plan), rewrite_model(model, graph, plan, share_unchanged=True)
-    dense = dict(model.named_parameters())
-    same = [k for k, p in shared.named_parameters() if p is dense[k]]
-    assert same and not any(p is dense[k] for k, p in built.named_parameters())
-    for key, value in built.state_dict().items():
-        assert torch.equal(shared.state_dict()[key], value), key
-
-
 @torch.jit.script
 def _scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return x @ weight.t() + bias
@@ -158,56 +198,3 @@ def test_masking_check_confirms_a_failure_on_masked_copies_before_reporting_it()
     verdict = structprune.verify.verify_rewrite(model, pruned, x, graph, plan, recapture=False)
     assert verdict.ok and "masking_equivalence" in [c.name for c in verdict.checks]
     assert verdict.masking_error <= verify_module.RTOL
-
-
-@pytest.mark.parametrize("criterion, p", [(L1, 1), (L2, 2)])
-def test_scoring_through_one_scratch_buffer_gives_the_scores_of_fresh_temporaries(criterion, p) -> None:
-    model, _, graph, _ = _setup("vit")
-    model.head.weight = nn.Parameter(model.head.weight.detach().t().contiguous().t())  # a non-contiguous member
-    views = group_views(graph, model)
-    scores = criterion.score(views, None)
-    for view in views:
-        want = np.zeros(view.size)
-        for m in (m for m in view.members if m.is_param):
-            if m.axis == 0 and m.full.is_contiguous():
-                rows = torch.linalg.vector_norm(m.tensor, ord=p, dim=1).pow(p)
-            else:
-                powers = m.full.abs() if p == 1 else torch.square(m.full)
-                rows = powers.sum(dim=[d for d in range(m.full.ndim) if d != m.axis])
-            kept = np.flatnonzero(m.positions >= 0)
-            np.add.at(want, m.positions[kept], rows.double().numpy()[kept])
-        assert np.array_equal(scores[view.group_id], want), view.group_id
-
-
-def test_row_sums_reuse_one_scratch_buffer_per_dtype() -> None:
-    sums = _RowSums()
-    small, big = torch.ones(3, 4), torch.ones(5, 6)
-    first = sums.buffer_like(big)
-    assert first.shape == big.shape and sums.buffer_like(small).data_ptr() == first.data_ptr()
-    assert len(sums.scratch) == 1 and sums.buffer_like(big.t()).shape == (6, 5)
-
-
-class _TimmStyleAttention(nn.Module):
-    """timm's Attention (>= 1.0.2x): reshapes the heads' output with a stored width, `attn_dim`."""
-
-    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.attn_dim = self.num_heads * self.head_dim
-        self.qkv, self.proj = nn.Linear(dim, self.attn_dim * 3), nn.Linear(self.attn_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, self.attn_dim))
-
-
-def test_a_timm_style_attn_dim_width_follows_the_pruned_heads() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(_TimmStyleAttention(), nn.Linear(16, 3)).eval()
-    result = structprune.compress(model, torch.randn(2, 5, 16), ratio=0.5)
-    attn = result.model[0]
-    assert result.report.verification["ok"] and attn.num_heads < 4
-    assert attn.attn_dim == attn.num_heads * attn.head_dim == attn.proj.in_features
-    assert model[0].attn_dim == 16

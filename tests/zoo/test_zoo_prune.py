@@ -7,7 +7,7 @@ import torch
 
 import models_zoo
 import structprune
-from test_sp_helpers import assert_state_equal, outputs, snapshot_state
+from helpers import assert_state_equal, outputs, snapshot_state
 
 ZOO = models_zoo.list_models()
 

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
 import structprune
-from test_sp_helpers import group_with, outputs, refs
+from helpers import group_with, outputs, refs
 
 X = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(0))
 

@@ -10,7 +10,7 @@ import torch
 import models_zoo
 import structprune
 from structprune.graph.reasons import Reason, ReasonKind
-from test_sp_helpers import group_with, positions, reason_kinds, refs, snapshot_state, assert_state_equal
+from helpers import group_with, positions, reason_kinds, refs, snapshot_state, assert_state_equal
 
 ZOO = models_zoo.list_models()
 _GRAPHS: dict[str, structprune.ChannelGraph] = {}

@@ -11,7 +11,7 @@ from torch import nn
 import structprune
 from structprune.graph.reasons import ReasonKind
 from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
-from test_sp_helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
+from helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
 
 IMG = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
 

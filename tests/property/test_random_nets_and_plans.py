@@ -11,7 +11,7 @@ from torch import nn
 
 import structprune
 from structprune import Plan
-from test_sp_helpers import assert_state_equal, outputs, randomize_norm_stats
+from helpers import assert_state_equal, outputs, randomize_norm_stats
 
 IN_CHANS, SIZE, BATCH = 3, 4, 2
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,
@@ -210,7 +210,7 @@ def test_random_net_random_plan_compresses_verifies_and_replays(net_and_specs, o
 
     loaded = Plan.from_json(result.plan.to_json())
     assert loaded == result.plan
-    # re-analysis and re-verification of a replay are covered on zoo models in test_api.py
+    # re-analysis and re-verification of a replay are covered on zoo models in unit/test_api.py
     replayed = structprune.apply_plan(net, x, loaded, graph=result.graph, verify=False)
     assert_state_equal(replayed.state_dict(), result.model.state_dict())
     torch.testing.assert_close(outputs(replayed, x), pruned_out, rtol=0, atol=0)

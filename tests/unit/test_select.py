@@ -12,7 +12,7 @@ import structprune
 from structprune.criteria import CRITERIA, PerGroupCriterion, get_criterion
 from structprune.errors import PlanError
 from structprune.selection import is_ignored, select_plan
-from test_sp_helpers import group_with
+from helpers import group_with
 
 X4 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
 

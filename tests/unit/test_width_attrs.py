@@ -245,3 +245,29 @@ def test_a_split_size_written_as_a_literal_keeps_its_group_whole_after_verificat
     reasons = result.plan.meta["blocked_by_verification"]
     assert any(r.startswith("verification_failed:") for r in reasons.values())
     assert result.model.transition.out_channels == 6  # the rest is still pruned
+
+
+class _TimmStyleAttention(nn.Module):
+    """timm's Attention (>= 1.0.2x): reshapes the heads' output with a stored width, `attn_dim`."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = self.num_heads * self.head_dim
+        self.qkv, self.proj = nn.Linear(dim, self.attn_dim * 3), nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+def test_a_timm_style_attn_dim_width_follows_the_pruned_heads() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_TimmStyleAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 5, 16), ratio=0.5)
+    attn = result.model[0]
+    assert result.report.verification["ok"] and attn.num_heads < 4
+    assert attn.attn_dim == attn.num_heads * attn.head_dim == attn.proj.in_features
+    assert model[0].attn_dim == 16

@@ -14,7 +14,7 @@ from structprune.capture import capture, normalize_inputs
 from structprune.cli import main
 from structprune.report.metrics import MacCounter, macs_of
 from structprune.report.report import verification_label
-from test_api import BakedWidth
+from helpers import BakedWidth
 
 
 @pytest.mark.parametrize("name", models_zoo.list_models())

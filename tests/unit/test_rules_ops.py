@@ -9,7 +9,7 @@ from torch import nn
 
 import structprune
 from structprune.graph.reasons import ReasonKind
-from test_sp_helpers import group_with, outputs, positions, reason_kinds, refs
+from helpers import group_with, outputs, positions, reason_kinds, refs
 
 SEQ = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1))
 IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -1,0 +1,120 @@
+"""Helpers and small models shared by the test files in every folder under tests/ (no tests here).
+
+Imported as `from helpers import ...`: pyproject's `[tool.pytest.ini_options] pythonpath` puts tests/
+on sys.path, so no sys.path hacks are needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from structprune.graph.channel_graph import ChannelGraph, ChannelGroup, Member
+
+
+def outputs(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Eval-mode, no-grad forward on a tensor, a tuple of tensors or a dict of keyword inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(inputs, dict):
+                return model(**inputs)
+            if isinstance(inputs, (tuple, list)):
+                return model(*inputs)
+            return model(inputs)
+    finally:
+        model.train(was_training)
+
+
+def group_with(graph: ChannelGraph, ref: str) -> ChannelGroup:
+    """The only group that has member `ref` ('fqn:axis'); fails if zero or several groups do."""
+    found = [g for g in graph.groups if any(m.ref == ref for m in g.members)]
+    assert len(found) == 1, f"{ref} is in {len(found)} groups: {[g.id for g in found]}"
+    return found[0]
+
+
+def member(group: ChannelGroup, ref: str) -> Member:
+    found = [m for m in group.members if m.ref == ref]
+    assert len(found) == 1, f"{ref} not a member of {group.id}: {[m.ref for m in group.members]}"
+    return found[0]
+
+
+def refs(group: ChannelGroup) -> set[str]:
+    return {m.ref for m in group.members}
+
+
+def positions(group: ChannelGroup, ref: str) -> list[int]:
+    return member(group, ref).positions.tolist()
+
+
+def reason_kinds(group: ChannelGroup) -> set:
+    return {r.kind for r in group.reasons}
+
+
+def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert value.shape == b[key].shape, key
+        assert torch.equal(value, b[key]), key
+
+
+def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial affine params and running stats (eval mode is not identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model
+
+
+def dropped(group: ChannelGroup, kept) -> np.ndarray:
+    return np.setdiff1d(np.arange(group.size), np.asarray(kept, dtype=np.int64))
+
+
+class MHABlock(nn.Module):
+    """Linear(4 -> 12) -> nn.MultiheadAttention(12, 3 heads) -> Linear(12 -> 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mha, self.fc = nn.Linear(4, 12), nn.MultiheadAttention(12, 3, batch_first=True), nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.fc(self.mha(h, h, h, need_weights=False)[0])
+
+
+class BakedWidth(nn.Module):
+    """Reshapes with the *input* width: pruning the projection makes the view invalid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.o = nn.Linear(12, 12), nn.Linear(12, 2)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.q(x).view(b, n, 3, d // 3)
+        return self.o(torch.relu(h).reshape(b, n, -1))
+
+
+class TiedEmbedding(nn.Module):
+    """Embedding table shared with the output projection (weight tying, as in GPT-2/T5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.hidden, self.out = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.hidden(self.embed(ids))))

@@ -9,12 +9,13 @@ from torch import fx, nn
 
 from structprune.capture import Captured
 from structprune.errors import AnalysisError
-from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph, ChannelGroup, Member
-from structprune.graph.reasons import Reason, ReasonKind
-from structprune.graph.unify import IdSpace, Solution
+from structprune.ir.abstract import Abstract
+from structprune.ir.reasons import Reason, ReasonKind
+from structprune.ir.roles import ROLE_IN, StateMap
+from structprune.ir.unify import IdSpace, Solution
 from structprune.rules import DEFAULT_RULES, op_key, rule_unsupported, attention_tables
-from structprune.rules.context import ROLE_IN, RuleContext, StateMap
+from structprune.rules.context import RuleContext
 from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules, with_input_width_ties
 
 

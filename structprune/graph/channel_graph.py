@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from structprune.graph.reasons import Reason
+from structprune.ir.reasons import Reason
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from structprune.errors import PlanError, RewriteError
-from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.ir.abstract import Abstract
 from structprune.selection.plan import Plan, dropped_mask
 
 

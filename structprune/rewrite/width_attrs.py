@@ -27,8 +27,8 @@ from types import MappingProxyType
 import numpy as np
 from torch import nn
 
-from structprune.graph.abstract import Abstract
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.ir.abstract import Abstract
 from structprune.rewrite.keep import new_shape
 from structprune.rewrite.shrink import SHRINK_TABLE
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import data_value, make_with_chan
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.abstract import data_value, make_with_chan
+from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
 

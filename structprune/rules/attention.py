@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan
-from structprune.graph.reasons import ReasonKind
-from structprune.rules.context import ROLE_IN, ROLE_OUT, RuleContext
+from structprune.ir.abstract import Abstract, make_with_chan
+from structprune.ir.reasons import ReasonKind
+from structprune.ir.roles import ROLE_IN, ROLE_OUT
+from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
 from structprune.rules.fallback import rule_unsupported
 from structprune.rules.layers import _tie_bias, contract_last

@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import fx
 
 from structprune.capture import Captured
-from structprune.graph.abstract import Abstract, channel_vector, data_value, make_with_chan
-from structprune.graph.reasons import Reason, ReasonKind
-from structprune.graph.unify import IdSpace
-
-ROLE_IN, ROLE_OUT, ROLE_ELEM = "in", "out", "elem"
-
-
-@dataclass(frozen=True, eq=False)
-class StateMap:
-    """Ids of one parameter/buffer: `ids` broadcasts to the tensor's shape (size 1 on axes it does
-    not cover). `role` says how masking treats it: 'in' = consumer input axis (zeroed to mask)."""
-
-    fqn: str
-    ids: np.ndarray
-    role: str
-    axis: int | None = None  # the axis a per-axis map covers; None for a joint map
+from structprune.ir.abstract import Abstract, channel_vector, data_value, make_with_chan
+from structprune.ir.reasons import Reason, ReasonKind
+from structprune.ir.roles import ROLE_ELEM, StateMap
+from structprune.ir.unify import IdSpace
 
 
 class RuleContext:

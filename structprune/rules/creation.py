@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from torch import fx
 
-from structprune.graph.abstract import data_value
-from structprune.graph.reasons import ReasonKind
-from structprune.rules.fallback import op_key
+from structprune.ir.abstract import data_value
+from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
+from structprune.rules.fallback import op_key
 
 NEW_TENSOR_OPS = ("new_zeros", "new_ones", "new_empty", "new_full", "new_empty_strided")
 

@@ -17,9 +17,10 @@ from collections import Counter
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan, representative
+from structprune.ir.abstract import Abstract, make_with_chan, representative
+from structprune.ir.roles import ROLE_IN, ROLE_OUT
 from structprune.rules.attention import matmul_abstract
-from structprune.rules.context import ROLE_IN, ROLE_OUT, RuleContext
+from structprune.rules.context import RuleContext
 from structprune.rules.fallback import rule_unsupported
 from structprune.rules.layers import contract_last
 from structprune.rules.shape import permuted, reshape_abstract

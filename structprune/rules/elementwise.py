@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan
+from structprune.ir.abstract import Abstract, make_with_chan
 from structprune.rules.context import RuleContext, tensor_inputs
 
 

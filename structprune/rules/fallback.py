@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from structprune.graph.reasons import Reason, ReasonKind
+from structprune.ir.abstract import data_value
+from structprune.ir.reasons import Reason, ReasonKind
 from structprune.rules.context import RuleContext, tensor_inputs
 
 
@@ -29,8 +30,6 @@ def rule_unsupported(ctx: RuleContext, node: fx.Node, why: str = "") -> None:
 
 
 def _blocked_outputs(ctx: RuleContext, node: fx.Node, rid: int):
-    from structprune.graph.abstract import data_value
-
     val = node.meta.get("val")
     if isinstance(val, torch.Tensor):
         return data_value(tuple(val.shape), rid)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan
-from structprune.graph.reasons import Reason, ReasonKind
+from structprune.ir.abstract import Abstract, make_with_chan
+from structprune.ir.reasons import Reason, ReasonKind
 from structprune.rules.context import RuleContext
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, channel_vector, make_with_chan, representative
-from structprune.graph.reasons import ReasonKind
-from structprune.rules.context import ROLE_ELEM, ROLE_IN, ROLE_OUT, RuleContext
+from structprune.ir.abstract import Abstract, channel_vector, make_with_chan, representative
+from structprune.ir.reasons import ReasonKind
+from structprune.ir.roles import ROLE_ELEM, ROLE_IN, ROLE_OUT
+from structprune.rules.context import RuleContext
 from structprune.rules.fallback import rule_unsupported
 from structprune.rules.weights import resolvable, weight_axis_ids
 

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from torch import nn
 
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
 

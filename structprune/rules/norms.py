@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from torch import fx
 
-from structprune.graph.abstract import Abstract, make_with_chan
-from structprune.rules.context import ROLE_ELEM, RuleContext
+from structprune.ir.abstract import Abstract, make_with_chan
+from structprune.ir.roles import ROLE_ELEM
+from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import channel_vector, make_with_chan
-from structprune.rules.context import ROLE_IN, ROLE_OUT, RuleContext
+from structprune.ir.abstract import channel_vector, make_with_chan
+from structprune.ir.roles import ROLE_IN, ROLE_OUT
+from structprune.rules.context import RuleContext
 from structprune.rules.fallback import op_key, rule_unsupported
 
 STATE_FACTORIES = ("aten.zeros", "aten.new_zeros", "aten.zeros_like")

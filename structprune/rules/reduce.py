@@ -11,8 +11,8 @@ import re
 import torch
 from torch import fx
 
-from structprune.graph.abstract import make_with_chan, representative
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.abstract import make_with_chan, representative
+from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
 

@@ -8,8 +8,8 @@ import operator
 import numpy as np
 from torch import fx
 
-from structprune.graph.abstract import Abstract, expand_to, make, make_with_chan
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan
+from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
 

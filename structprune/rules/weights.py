@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from structprune.rules.context import ROLE_OUT, RuleContext, tensor_inputs
+from structprune.ir.roles import ROLE_OUT
+from structprune.rules.context import RuleContext, tensor_inputs
 from structprune.rules.elementwise import ELEMENTWISE_OPS
 from structprune.rules.fallback import op_key
 from structprune.rules.shape import reshape_segments

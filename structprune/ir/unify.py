@@ -13,7 +13,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from structprune.graph.reasons import Reason
+from structprune.ir.reasons import Reason
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import models_zoo
 import structprune
 from structprune.api import build_report
 from structprune.capture import capture
-from structprune.graph.build import build_channel_graph
 from structprune.report.tables import format_table
 from structprune.rewrite import rewrite_model
+from structprune.rules.build import build_channel_graph
 from structprune.verify import verify_rewrite
 
 CONFIGS = {

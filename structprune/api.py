@@ -18,10 +18,10 @@ from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import ScoringContext, get_criterion
 from structprune.data.running import eval_outputs
 from structprune.errors import AnalysisError, PlanError, VerificationError, stage_errors
-from structprune.graph.build import build_channel_graph
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES, check_attention_mode
+from structprune.rules.build import build_channel_graph
 from structprune.rules.modules import DEFAULT_MODULE_RULES
 from structprune.scoring import group_views
 from structprune.selection import Plan, select_plan

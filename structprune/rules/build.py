@@ -36,7 +36,7 @@ def build_channel_graph(
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> cg = build_channel_graph(capture(net, torch.randn(1, 4)))
     >>> [(g.id, g.size, g.prunable) for g in cg.groups]
-    [('0.weight:0', 8, True), ('2.weight:0', 2, False)]
+    [('0.weight:1', 4, False), ('0.weight:0', 8, True), ('2.weight:0', 2, False)]
     """
     rules, module_rules = attention_tables(attention, rules, module_rules)
     if input_width_ties:

@@ -19,7 +19,7 @@ import torch_pruning as tp
 import models_zoo
 import structprune
 from structprune.capture import normalize_inputs
-from structprune.report.metrics import count_params
+from structprune.graph.cost import count_params
 from structprune.report.tables import markdown_table
 
 

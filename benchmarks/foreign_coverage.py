@@ -3,7 +3,7 @@ classification zoo, pruned at one ratio by structprune and by Torch-Pruning in t
 
 Every model runs each side in its own fresh subprocess with a timeout. Ours: `structprune.compress`
 (verified, or it raises), params and MACs reduction, the prunable shares of channels and MACs as
-report.json's `prunable` section defines them (`structprune.report.prunable.prunable_section`: a
+report.json's `prunable` section defines them (`structprune.graph.cost.prunable_section`: a
 conv/linear/matmul/attention op's MACs count when one of its inputs or its output carries a channel of
 a group that is prunable and that verification did not block), then ONNX export with onnxruntime parity.
 Torch-Pruning: MetaPruner with group-L2 magnitude importance, the classifier ignored, `num_heads`
@@ -204,7 +204,8 @@ def first_line(exc: BaseException, width: int = 400) -> str:
 def ours_worker(source: str, name: str, max_size: int, ratio: float) -> dict:
     """Compress, verify and export one model; a dict for the parent (its errors recorded, not raised)."""
     import structprune
-    from structprune.report.prunable import prunable_section, top_blocked_reasons
+    from structprune.graph.cost import prunable_section
+    from structprune.report.prunable import top_blocked_reasons
 
     model, x, _ = build_and_run(source, name, max_size)
     result = {"input": "x".join(map(str, x.shape[1:]))}

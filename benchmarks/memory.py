@@ -122,7 +122,7 @@ def prune_ours(model, x, ratio: float) -> dict:
 def prune_tp(model, x, ratio: float) -> dict:
     import torch_pruning as tp
 
-    from structprune.report.metrics import count_params
+    from structprune.graph.cost import count_params
 
     before = count_params(model)
     heads = {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}

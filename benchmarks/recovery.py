@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import models_zoo
 import structprune
+from structprune.graph.cost import count_macs
 from structprune.recover import RecoveryConfig, evaluate, iterative_prune, recover
-from structprune.report.metrics import count_macs
 
 ONE_SHOT = ("finetune", "distill", "scratch-e", "scratch-b")
 ITERATIVE = ("silo", "lrw", "cosine", "allr")

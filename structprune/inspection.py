@@ -8,9 +8,9 @@ import numpy as np
 from structprune.api import analyze
 from structprune.data.messages import one_line
 from structprune.errors import UsageError
+from structprune.graph.cost import group_dicts, layer_costs, macs_of, prunable_section
 from structprune.io import load_model
-from structprune.report.metrics import layer_costs, macs_of
-from structprune.report.prunable import group_dicts, group_lines, prunable_section
+from structprune.report.prunable import group_lines
 from structprune.report.tables import format_table
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from structprune.api import CompressResult
 from structprune.data import evaluate_accuracy
 from structprune.errors import UsageError
-from structprune.report.metrics import count_macs, count_params
+from structprune.graph.cost import count_macs, count_params
 from structprune.selection import Plan
 
 

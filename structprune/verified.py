@@ -10,8 +10,7 @@ from torch import nn
 from structprune.compress_config import CompressConfig
 from structprune.errors import RewriteError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.report.metrics import count_macs, count_params, macs_of
-from structprune.report.prunable import prunable_section
+from structprune.graph.cost import count_macs, count_params, macs_of, prunable_section
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
 from structprune.rewrite.attention_attrs import attention_shape

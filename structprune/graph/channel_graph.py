@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from structprune.ir.reasons import Reason
+from structprune.report.tables import format_table
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,8 +86,6 @@ class ChannelGraph:
 
     def summary(self) -> str:
         """A readable table: one row per group."""
-        from structprune.report.tables import format_table
-
         rows = [
             [g.id, g.size, "yes" if g.prunable else "no", "exact" if g.exact else "inexact",
              len(g.members), _why(g)]

@@ -1,9 +1,9 @@
-"""What could be pruned and what was not: the report's `prunable` section (groups, channels and MACs in
-prunable groups) and the lines the CLI summary, report.md and `structprune inspect` print from it.
+"""What could be pruned and what was not: the lines the CLI summary, report.md and `structprune inspect`
+print from the report's groups and its `prunable` section (built by `graph.cost.prunable_section`).
 
 A group is *prunable* when the analysis allows pruning it and verification did not block it; groups a
 user ignores still count (that is a choice, not a limit). The channel share is the prunable groups'
-channels over all groups' channels; the MACs share is `metrics.prunable_macs`: the MACs of the ops
+channels over all groups' channels; the MACs share is `graph.cost.prunable_macs`: the MACs of the ops
 that touch a prunable group over all MACs.
 
 >>> groups = [{"id": "a:0", "size": 30, "kept": 15, "prunable": True, "why": ""},
@@ -16,32 +16,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
-
-from structprune.report.metrics import prunable_macs
 
 TOP_REASONS = 3
-
-
-def prunable_section(graph, prunable_ids: Iterable[str] | None = None) -> dict:
-    """The report's `prunable` section for a ChannelGraph: prunable groups, their channels and the MACs
-    of the ops touching them, each with its total and share (SCHEMA.md). `prunable_ids`: the groups
-    counted as prunable (default: the analysis's; a report leaves out those verification blocked).
-
-    >>> import torch
-    >>> from torch import nn
-    >>> from structprune.api import analyze
-    >>> graph = analyze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
-    >>> prunable_section(graph)["channel_share"], prunable_section(graph)["macs_share"]
-    (0.5714, 1.0)
-    """
-    ids = {g.id for g in graph.prunable} if prunable_ids is None else set(prunable_ids)
-    chosen = [g for g in graph.groups if g.id in ids]
-    channels, all_channels = sum(g.size for g in chosen), sum(g.size for g in graph.groups)
-    macs = prunable_macs(graph, ids)
-    return {"groups": len(chosen), "groups_total": len(graph.groups),
-            "channels": channels, "channels_total": all_channels, "channel_share": _share(channels, all_channels),
-            "macs": macs.prunable, "macs_total": macs.total, "macs_share": _share(macs.prunable, macs.total)}
 
 
 def group_lines(groups: list[dict], prunable: dict | None = None) -> list[str]:
@@ -61,13 +37,6 @@ def group_lines(groups: list[dict], prunable: dict | None = None) -> list[str]:
         reasons = "; ".join(f"{text} ({count})" for text, count in top_blocked_reasons(groups))
         lines.append(f"blocked: {blocked} group{'s' * (blocked != 1)}, top reasons: {reasons}")
     return lines
-
-
-def group_dicts(graph) -> list[dict]:
-    """A ChannelGraph's groups as report rows (id, size, kept, prunable, why), nothing pruned: what
-    `group_lines` reads when there is no report (`structprune inspect`)."""
-    return [{"id": g.id, "size": g.size, "kept": g.size, "prunable": g.prunable,
-             "why": "; ".join(sorted({str(r) for r in g.reasons}))} for g in graph.groups]
 
 
 def nothing_pruned_warning(report: dict) -> list[str]:
@@ -97,7 +66,3 @@ def top_blocked_reasons(groups: list[dict], top: int = TOP_REASONS) -> list[tupl
             reasons = {re.sub(r" \(node [^)]*\)$", "", r.strip()) for r in (group.get("why") or "").split("; ")}
             counts.update(r or "(no reason recorded)" for r in reasons)
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
-
-
-def _share(part: int, total: int) -> float | None:
-    return round(part / total, 4) if total else None

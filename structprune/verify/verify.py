@@ -29,8 +29,8 @@ from torch.utils import _pytree as pytree
 from structprune.capture import capture
 from structprune.data.running import eval_mode, eval_outputs, flat_outputs, normalize_inputs
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.graph.cost import MacCounter, macs_of
 from structprune.ir.roles import ROLE_IN
-from structprune.report.metrics import MacCounter, macs_of
 from structprune.rewrite import ReplacedOnRead, component_keep, kept_indices, rewrite_model, sliced_on_read
 from structprune.selection.plan import Plan, dropped_mask
 from structprune.verify.locate import ModelRunError, run_locating

@@ -3,7 +3,9 @@
 MACs come from one small rule table over the ops that carry essentially all the arithmetic —
 convolutions, linear layers, matrix products, attention — counted the way torch's FlopCounterMode
 counts them (FLOPs / 2). The table reads either a captured graph's shapes (`macs_of`, no forward
-pass) or the ops of a forward that runs anyway (`MacCounter`)."""
+pass) or the ops of a forward that runs anyway (`MacCounter`). This is the cost model verification,
+the report and `structprune inspect` share; `prunable_macs`/`prunable_section` say how much of it the
+prunable groups of a ChannelGraph can shrink (the report's `prunable` section)."""
 from __future__ import annotations
 
 import math
@@ -178,3 +180,35 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     24
     """
     return macs_of(capture(model, example_inputs))
+
+
+def prunable_section(graph, prunable_ids: Iterable[str] | None = None) -> dict:
+    """The report's `prunable` section for a ChannelGraph: prunable groups, their channels and the MACs
+    of the ops touching them, each with its total and share (SCHEMA.md). `prunable_ids`: the groups
+    counted as prunable (default: the analysis's; a report leaves out those verification blocked).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from structprune.api import analyze
+    >>> graph = analyze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
+    >>> prunable_section(graph)["channel_share"], prunable_section(graph)["macs_share"]
+    (0.5714, 1.0)
+    """
+    ids = {g.id for g in graph.prunable} if prunable_ids is None else set(prunable_ids)
+    chosen = [g for g in graph.groups if g.id in ids]
+    channels, all_channels = sum(g.size for g in chosen), sum(g.size for g in graph.groups)
+    macs = prunable_macs(graph, ids)
+    return {"groups": len(chosen), "groups_total": len(graph.groups),
+            "channels": channels, "channels_total": all_channels, "channel_share": _share(channels, all_channels),
+            "macs": macs.prunable, "macs_total": macs.total, "macs_share": _share(macs.prunable, macs.total)}
+
+
+def group_dicts(graph) -> list[dict]:
+    """A ChannelGraph's groups as report rows (id, size, kept, prunable, why), nothing pruned: what
+    `group_lines` reads when there is no report (`structprune inspect`)."""
+    return [{"id": g.id, "size": g.size, "kept": g.size, "prunable": g.prunable,
+             "why": "; ".join(sorted({str(r) for r in g.reasons}))} for g in graph.groups]
+
+
+def _share(part: int, total: int) -> float | None:
+    return round(part / total, 4) if total else None

@@ -13,10 +13,8 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from held_job import interrupt_held_compress
 
 CNN_KWARGS = '{"in_chans":1,"image_size":8}'
 BASE_ARTIFACTS = {"model.pt2", "state_dict.pt", "plan.json", "report.json", "report.md", "report.png"}
@@ -510,47 +510,23 @@ def test_demo(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Ctrl-C
-
-
-def interrupt_compress(cwd: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    """Start a resnet50 compress, wait until it stages its output (so it is inside the job), let it
-    work ~1 s more, then send SIGINT."""
-    cmd = [sys.executable, "-m", "structprune", "compress", "zoo:resnet50", "--arch-kwargs", '{"image_size":64}',
-           "--out", "out", *extra]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(cwd.glob(".out.staging-*")):
-            assert proc.poll() is None, f"exited before staging: {proc.communicate()}"
-            assert time.monotonic() < deadline, "no staging folder appeared"
-            time.sleep(0.05)
-        time.sleep(1.0)
-        assert proc.poll() is None, "the job finished before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+# 6. Ctrl-C, sent at a point of the job (held_job.py: the pruned model is running), not after a delay
 
 
 def test_ctrl_c_leaves_nothing_behind(tmp_path):
-    proc = interrupt_compress(tmp_path, ["--no-onnx"])
-    assert proc.returncode != 0, describe(proc)
+    proc, job = interrupt_held_compress(tmp_path, ["--no-onnx"])  # see held_job: Ctrl-C inside the staged job
+    assert proc.returncode == 130, describe(proc)
     assert "interrupted; no outputs were written" in proc.stderr, describe(proc)
     assert_no_traceback(proc)
-    assert list(tmp_path.iterdir()) == [], "output, staging folder or partial file left behind"
+    assert list(job.iterdir()) == [], "output, staging folder or partial file left behind"
 
 
-@pytest.mark.slow
 def test_ctrl_c_with_force_keeps_previous_out(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("previous run")
-    before = snapshot(tmp_path)
-    proc = interrupt_compress(tmp_path, ["--force"])  # ONNX on: interrupted in export or earlier
-    assert proc.returncode != 0, describe(proc)
+    (tmp_path / "job" / "out").mkdir(parents=True)
+    (tmp_path / "job" / "out" / "keep.txt").write_text("previous run")
+    before = snapshot(tmp_path / "job")
+    proc, job = interrupt_held_compress(tmp_path, ["--force"])
+    assert proc.returncode == 130, describe(proc)
     assert "interrupted" in proc.stderr, describe(proc)
-    assert snapshot(tmp_path) == before
+    assert_no_traceback(proc)
+    assert snapshot(job) == before

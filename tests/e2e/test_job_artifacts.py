@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 import structprune.pipeline as pipeline
 from structprune.cli import main
+
+from held_job import interrupt_held_compress
 
 USER_PACKAGE = '''\
 """A user's model and data, written as the README describes (module:function returning loaders)."""
@@ -158,18 +161,6 @@ def test_errors_cross_processes_without_a_doubled_stage_prefix() -> None:
 
 
 def test_sigterm_unwinds_like_ctrl_c(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    process = subprocess.Popen([sys.executable, "-m", "structprune", "compress", "zoo:resnet20", "--data", "digits",
-                                "--finetune-epochs", "50", "--out", "out"], cwd=tmp_path, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.time() + 240
-    while not any(p.name.startswith(".out.staging") for p in tmp_path.iterdir()) and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted; no outputs were written" in err
-    assert list(tmp_path.iterdir()) == []
+    proc, job = interrupt_held_compress(tmp_path, ["--no-onnx"], signal.SIGTERM)  # inside the staged job
+    assert proc.returncode == 130 and "interrupted; no outputs were written" in proc.stderr, proc.stderr
+    assert list(job.iterdir()) == []

@@ -22,11 +22,11 @@ from torch.utils import _pytree as pytree
 from torch.utils.data import DataLoader
 
 from structprune.capture.batch import batch_size, resize_batch, shorter_sequence
+from structprune.capture.deploy import SavedPt2
 from structprune.data import evaluate_accuracy
 from structprune.data.running import eval_outputs, flat_outputs, model_logits, normalize_inputs
 from structprune.errors import VerificationError
 from structprune.io.probe import first_line
-from structprune.io.pt2 import SavedPt2
 from structprune.onnx.parity import Parity, output_parity
 from structprune.selection import Plan
 

@@ -14,14 +14,14 @@ from tqdm import tqdm
 
 from structprune.api import CompressResult, apply_plan, compress, export
 from structprune.artifacts import Written, read_back
+from structprune.capture.deploy import SavedPt2, save_pt2
 from structprune.compress_config import CompressConfig
 from structprune.criteria import get_criterion
 from structprune.data import DataBundle, load_data
 from structprune.errors import PlanError, UsageError
-from structprune.io import atomic_torch_save, atomic_write_text, load_model, save_pt2, staged_output_dir
+from structprune.io import atomic_torch_save, atomic_write_text, load_model, staged_output_dir
 from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
-from structprune.io.pt2 import SavedPt2
 from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
                                  with_published_accuracy)
 from structprune.recover.config import RecoveryConfig

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from structprune.artifacts import published_accuracy
+from structprune.capture.deploy import SavedPt2
 from structprune.data import DataBundle, accuracy_unmeasurable, evaluate_accuracy
 from structprune.data.running import call_model, eval_mode, find_logits
 from structprune.errors import QualityError, UsageError
 from structprune.io.load import LoadedModel
-from structprune.io.pt2 import SavedPt2
 from structprune.recover.gate import check_quality_gate
 
 

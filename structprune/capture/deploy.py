@@ -4,12 +4,15 @@ The analysis captures at the example's exact shapes; an artifact a user deploys 
 batch axis (dim 0 of every tensor input) and the sequence axis of token inputs (dim 1 of integer
 tensors with two or more dims) are exported as `Dim.AUTO`: torch.export keeps them symbolic where
 the model allows and specialises them where it does not (a reshape to a literal batch, a fixed
-position table), instead of failing. `DeployedProgram` says which axes stayed free.
+position table), instead of failing. `DeployedProgram` says which axes stayed free; `save_pt2` exports
+and writes a `.pt2` archive atomically (io.pt2 checks and loads one).
 """
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +22,9 @@ from torch.utils import _pytree as pytree
 from structprune.capture.batch import batch_size, is_tokens, resize_batch
 from structprune.capture.export import lean_export
 from structprune.data.running import eval_mode, normalize_inputs
+from structprune.errors import CaptureError
+from structprune.io.atomic import write_atomically
+from structprune.io.probe import first_line
 
 _BATCH_AXIS, _SEQUENCE_AXIS = 0, 1
 
@@ -99,3 +105,39 @@ def _free_axes(program: torch.export.ExportedProgram) -> set[int]:
 
 def _is_symbolic(size: Any) -> bool:
     return isinstance(size, torch.SymInt) and not isinstance(size.node.maybe_as_int(), int)
+
+
+@dataclass(frozen=True)
+class SavedPt2:
+    """A `.pt2` archive written by `save_pt2`: where, and which axes stayed free (as in
+    DeployedProgram); `example_inputs` are the inputs it was traced with (also stored inside it)."""
+
+    path: Path
+    dynamic_batch: bool
+    dynamic_sequence: bool
+    has_tokens: bool
+    example_inputs: Any
+
+
+def save_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str]) -> SavedPt2:
+    """Export `model` in eval mode with a free batch axis (and token axis) and save it atomically.
+
+    `example_inputs` is a tensor, a tuple of positional inputs, or a dict of keyword inputs. The
+    model's own training flags are left as they were.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "linear.pt2"
+    >>> saved = save_pt2(torch.nn.Linear(4, 2), torch.randn(1, 4), target)
+    >>> saved.path.name, saved.dynamic_batch
+    ('linear.pt2', True)
+    """
+    try:
+        deployed = export_for_deployment(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise CaptureError(
+            f"torch.export could not capture {type(model).__name__} to save {path} "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+    written = write_atomically(path, lambda stream: torch.export.save(deployed.program, stream))
+    return SavedPt2(written, deployed.dynamic_batch, deployed.dynamic_sequence, deployed.has_tokens,
+                    deployed.example_inputs)

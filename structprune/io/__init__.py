@@ -7,7 +7,6 @@ torch.Size([1, 64])
 from structprune.io.atomic import (atomic_torch_save, atomic_write_bytes, atomic_write_text,
                                    staged_output_dir, write_atomically)
 from structprune.io.load import MODEL_LOADERS, LoadedModel, load_model, safe_name
-from structprune.io.pt2 import save_pt2
 
 __all__ = ["MODEL_LOADERS", "LoadedModel", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text",
-           "load_model", "safe_name", "save_pt2", "staged_output_dir", "write_atomically"]
+           "load_model", "safe_name", "staged_output_dir", "write_atomically"]

@@ -1,4 +1,4 @@
-"""torch.export `.pt2` archives: check they hold only plain tensors, load them, save them atomically.
+"""torch.export `.pt2` archives: check they hold only plain tensors, and load them (capture.deploy saves them).
 
 `torch.export.load` unpickles some archive parts with `weights_only=False` (tensor-subclass weights
 and constants, opaque/custom objects, sample inputs that fail a weights-only load, the pre-2.7
@@ -12,19 +12,13 @@ import contextlib
 import io
 import json
 import logging
-import os
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from structprune.capture.deploy import export_for_deployment
-from structprune.errors import CaptureError, UsageError
-from structprune.io.atomic import write_atomically
+from structprune.errors import UsageError
 from structprune.io.probe import check_entry_names, first_line
 from structprune.io.pt2_program import code_in_program
 
@@ -92,42 +86,6 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
                 f"{path} looks like a torch.export archive but cannot be loaded "
                 f"({type(cause).__name__}: {first_line(cause)}); export and save it again"
             ) from exc
-
-
-@dataclass(frozen=True)
-class SavedPt2:
-    """A `.pt2` archive written by `save_pt2`: where, and which axes stayed free (see
-    capture.deploy); `example_inputs` are the inputs it was traced with (also stored inside it)."""
-
-    path: Path
-    dynamic_batch: bool
-    dynamic_sequence: bool
-    has_tokens: bool
-    example_inputs: Any
-
-
-def save_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str]) -> SavedPt2:
-    """Export `model` in eval mode with a free batch axis (and token axis) and save it atomically.
-
-    `example_inputs` is a tensor, a tuple of positional inputs, or a dict of keyword inputs. The
-    model's own training flags are left as they were.
-
-    >>> import tempfile, pathlib
-    >>> target = pathlib.Path(tempfile.mkdtemp()) / "linear.pt2"
-    >>> saved = save_pt2(torch.nn.Linear(4, 2), torch.randn(1, 4), target)
-    >>> saved.path.name, saved.dynamic_batch
-    ('linear.pt2', True)
-    """
-    try:
-        deployed = export_for_deployment(model, example_inputs)
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise CaptureError(
-            f"torch.export could not capture {type(model).__name__} to save {path} "
-            f"({type(exc).__name__}: {first_line(exc)})"
-        ) from exc
-    written = write_atomically(path, lambda stream: torch.export.save(deployed.program, stream))
-    return SavedPt2(written, deployed.dynamic_batch, deployed.dynamic_sequence, deployed.has_tokens,
-                    deployed.example_inputs)
 
 
 class _ExceptionLog(logging.Handler):

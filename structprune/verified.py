@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from structprune.calibrate import apply_channel_scales
 from structprune.compress_config import CompressConfig
+from structprune.criteria.base import SCALES_KEY
 from structprune.errors import RewriteError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.graph.cost import count_macs, count_params, macs_of, prunable_section
@@ -66,8 +68,6 @@ def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: C
     _raise_if_failed(verdict)
     with stage_errors(VerificationError, "measuring the pruned model for the report"):
         report = build_report(model, pruned, example_inputs, graph, plan, verdict)
-    from structprune.calibrate import SCALES_KEY, apply_channel_scales
-
     if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
         report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
     return CompressResult(pruned, plan, report, graph)

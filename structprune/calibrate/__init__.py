@@ -3,7 +3,6 @@ rescaling. Batches and model runs (hooks, eval mode) come from `structprune.data
 `structprune.data.running`."""
 from structprune.calibrate.batchnorm import recalibrate_batchnorm
 from structprune.calibrate.reconstruct import LayerFit, ReconstructionReport, reconstruct
-from structprune.calibrate.scales import SCALES_KEY, apply_channel_scales
+from structprune.calibrate.scales import apply_channel_scales
 
-__all__ = ["LayerFit", "ReconstructionReport", "SCALES_KEY", "apply_channel_scales", "recalibrate_batchnorm",
-           "reconstruct"]
+__all__ = ["LayerFit", "ReconstructionReport", "apply_channel_scales", "recalibrate_batchnorm", "reconstruct"]

@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from structprune.criteria.base import SCALES_KEY
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.selection.plan import Plan
-
-SCALES_KEY = "channel_scales"
 
 
 def apply_channel_scales(pruned: nn.Module, graph: ChannelGraph, plan: Plan) -> int:

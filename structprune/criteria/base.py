@@ -97,6 +97,11 @@ class Selection:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+# The plan meta key of a sampled selection's per-channel factors, {group_id: [factor per kept channel]};
+# calibrate.apply_channel_scales multiplies the consumers' weights by them after the rewrite.
+SCALES_KEY = "channel_scales"
+
+
 @runtime_checkable
 class SelectingCriterion(Protocol):
     """A criterion whose method is not a plain top-k of scores (i-SpaSP, coreset allocation,

@@ -26,9 +26,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from structprune.calibrate.scales import SCALES_KEY
 from structprune.criteria.activations import load_batches, with_fallback
-from structprune.criteria.base import GroupView, ScoringContext, Selection
+from structprune.criteria.base import SCALES_KEY, GroupView, ScoringContext, Selection
 from structprune.criteria.budget import Allocation, ParamModel, allocate, expected_unique
 from structprune.criteria.sensitivity import output_units, tap_sensitivity
 from structprune.criteria.taps import Tap, consumer_taps, observe_inputs

@@ -31,9 +31,9 @@ import models_zoo
 import structprune
 from structprune.calibrate import apply_channel_scales, recalibrate_batchnorm, reconstruct
 from structprune.criteria import Coreset, ScoringContext, SelectingCriterion, get_criterion
+from structprune.criteria.views import group_views
 from structprune.data import evaluate_accuracy, load_data
 from structprune.rewrite import rewrite_model
-from structprune.scoring import group_views
 from structprune.selection import Plan, select_plan
 
 MODELS = {"mlp": ((64,), {}, 30), "vgg": ((1, 8, 8), {}, 15), "resnet20": ((1, 8, 8), {}, 15),

@@ -16,6 +16,7 @@ from torch import fx, nn
 from structprune.capture import capture
 from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import ScoringContext, get_criterion
+from structprune.criteria.views import group_views
 from structprune.data.running import eval_outputs
 from structprune.errors import AnalysisError, PlanError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
@@ -23,7 +24,6 @@ from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.build import build_channel_graph
 from structprune.rules.modules import DEFAULT_MODULE_RULES
-from structprune.scoring import group_views
 from structprune.selection import Plan, select_plan
 from structprune.verified import (MAX_REPLANS, TIES_KEY, CompressResult, InputWidthTieNeeded, class_name,
                                   verified_rewrite)

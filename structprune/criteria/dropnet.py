@@ -37,7 +37,7 @@ class DropNet:
     'global' (= `minimum`); `iterative` drops `fraction` of the remaining channels per cycle.
 
     >>> import torch, structprune
-    >>> from structprune.scoring import group_views
+    >>> from structprune.criteria.views import group_views
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
     >>> graph = structprune.analyze(net, torch.randn(2, 4))
     >>> ctx = ScoringContext(net, torch.randn(2, 4), [(torch.randn(16, 4), None)])

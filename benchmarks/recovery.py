@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import models_zoo
 import structprune
 from structprune.graph.cost import count_macs
-from structprune.recover import RecoveryConfig, evaluate, iterative_prune, recover
+from structprune.iterative import iterative_prune
+from structprune.recover import RecoveryConfig, evaluate, recover
 
 ONE_SHOT = ("finetune", "distill", "scratch-e", "scratch-b")
 ITERATIVE = ("silo", "lrw", "cosine", "allr")

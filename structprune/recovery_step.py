@@ -29,7 +29,7 @@ def recover_result(result: CompressResult, loaded, options, bundle) -> CompressR
 
 def iterative_result(loaded, options, bundle) -> CompressResult:
     """`--iterative N`: N cycles, each pruning 1-(1-ratio)^(1/N) of what remains, then recovering."""
-    from structprune.recover import iterative_prune
+    from structprune.iterative import iterative_prune
 
     if bundle is None or not options.recovery.epochs:
         raise UsageError("--iterative needs --data and --finetune-epochs (recovery runs after every cycle)")

@@ -2,7 +2,10 @@
 own LR schedule: SILO (max_lr on an S-curve of the fraction pruned so far), LR rewinding, ALLR (LLR
 scaled by this cycle's weight-norm drop), or any fixed schedule. Each cycle's plan applies to the
 previous cycle's pruned model. With a checkpoint_dir, every finished cycle is saved (plan + weights),
-and a resumed run rebuilds finished cycles from their plans instead of recomputing them."""
+and a resumed run rebuilds finished cycles from their plans instead of recomputing them.
+
+It sits above the API (each cycle is `compress`, a resumed one `apply_plan`) and uses recover/ for
+the recovery, its schedules and its distributed helpers."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +17,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from structprune.api import apply_plan, compress
+from structprune.criteria import get_criterion
 from structprune.recover.activate import ActivateWhilePruning
 from structprune.recover.config import EpochRecord, RecoveryConfig, RecoveryResult
 from structprune.recover.dead_neurons import dead_neuron_rate
-from structprune.criteria import get_criterion
 from structprune.recover.distributed import AllReducedCriterion, barrier, from_rank_zero, is_active, is_main_process
 from structprune.recover.recover import SCRATCH_METHODS, recover
 from structprune.recover.schedules import silo_max_lr
+from structprune.selection.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, train_loader, val_loa
     (9, [0.03, 0.0302])
     """
     if compress_fn is None:
-        from structprune.api import compress as compress_fn
+        compress_fn = compress
     if config.method in SCRATCH_METHODS:
         raise ValueError("iterative pruning recovers the kept weights each cycle; use finetune or distill")
     criterion = ActivateWhilePruning(criterion, ap_share) if ap_share else criterion
@@ -157,8 +162,6 @@ def _load_cycle(config: RecoveryConfig, cycle: int, current: nn.Module, example_
     data = from_rank_zero(lambda: torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None)
     if data is None:
         return None
-    from structprune.api import apply_plan
-    from structprune.selection.plan import Plan
     plan = Plan.from_json(data["plan"])
     model = apply_plan(current, example_inputs, plan, verify=False)
     model.load_state_dict(data["state"])

@@ -5,6 +5,7 @@ succeeded, so a failure (bad input, failed verification, failed parity, Ctrl-C) 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,16 +20,18 @@ from structprune.compress_config import CompressConfig
 from structprune.criteria import get_criterion
 from structprune.data import DataBundle, load_data
 from structprune.errors import PlanError, UsageError
+from structprune.graph.cost import count_macs, count_params
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, staged_output_dir
 from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
+from structprune.iterative import iterative_prune
 from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
                                  with_published_accuracy)
+from structprune.recover import recover
 from structprune.recover.config import RecoveryConfig
-from structprune.recovery_step import iterative_result, recover_result
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
-from structprune.selection import Plan
+from structprune.selection import Plan, compose_plans
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,38 @@ def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, 
             raise UsageError(exc.message) from exc
     return compress(loaded.model, loaded.example_inputs, config=options.compress, criterion=_criterion(options),
                     data=calibration_loader(bundle) if bundle else None)
+
+
+def recover_result(result: CompressResult, loaded, options, bundle) -> CompressResult:
+    """Fine-tune / distill / retrain the pruned model when epochs and data are given."""
+    if not options.recovery.epochs or bundle is None:
+        return result
+    report = result.report
+    recovered = recover(result.model, bundle.train, bundle.val, options.recovery, dense=loaded.model,
+                        dense_macs=report.macs_before, pruned_macs=report.macs_after)
+    return CompressResult(recovered.model, result.plan, report.with_extra(recovery=recovered.to_json()),
+                          result.graph)
+
+
+def iterative_result(loaded, options, bundle) -> CompressResult:
+    """`--iterative N`: N cycles, each pruning 1-(1-ratio)^(1/N) of what remains, then recovering. The
+    cycles' plans are composed into one plan on the dense model's groups, so `structprune apply` can
+    rebuild the final architecture from the original one."""
+    if bundle is None or not options.recovery.epochs:
+        raise UsageError("--iterative needs --data and --finetune-epochs (recovery runs after every cycle)")
+    fraction = 1.0 - (1.0 - options.compress.ratio) ** (1.0 / options.iterative)
+    dense = loaded.model if options.recovery.method in ("auto", "distill") else None
+    outcome = iterative_prune(loaded.model, loaded.example_inputs, bundle.train, bundle.val,
+                              cycles=options.iterative, fraction=fraction, criterion=options.compress.criterion,
+                              config=options.recovery, dense=dense, ap_share=options.ap,
+                              compress_kwargs={"config": options.compress})
+    last = outcome.cycles[-1].report
+    report = dataclasses.replace(last, params_before=count_params(loaded.model),
+                                 macs_before=count_macs(loaded.model, loaded.example_inputs))
+    section = {**outcome.to_json(), "fraction_per_cycle": round(fraction, 6),
+               "accuracy_per_cycle": [c.recovery.final_val_accuracy for c in outcome.cycles]}
+    return CompressResult(outcome.model, compose_plans(outcome.plans), report.with_extra(iterative=section),
+                          None)
 
 
 def calibration_loader(bundle: DataBundle, samples: int = 1024):

@@ -87,3 +87,21 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         return cls.from_json(Path(path).read_text())
+
+
+def compose_plans(plans) -> Plan:
+    """One plan on the first plan's groups equivalent to applying `plans` in order.
+
+    >>> a = Plan({"g": (0, 2, 3)}, {"g": 4}); b = Plan({"g": (1, 2)}, {"g": 3})
+    >>> compose_plans([a, b]).keep["g"]
+    (2, 3)
+    """
+    first, *rest = plans
+    keep = {g: list(k) for g, k in first.keep.items()}
+    for plan in rest:
+        for gid, kept in plan.keep.items():
+            if gid not in keep or len(keep[gid]) != plan.sizes[gid]:
+                raise ValueError(f"cannot compose plans: group '{gid}' does not line up between cycles")
+            keep[gid] = [keep[gid][i] for i in kept]
+    meta = {**first.meta, "composed_from_cycles": len(plans)}
+    return Plan(keep, first.sizes, meta)

@@ -314,7 +314,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from structprune.inspection import bench_onnx
+    from structprune.onnx.bench import bench_onnx
 
     print(bench_onnx(args.onnx_model, against=args.against, runs=args.runs, batch=args.batch))
     return 0

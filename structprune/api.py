@@ -242,7 +242,8 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
     if not parity.ok:
         os.remove(exported.path)
         raise VerificationError(f"onnxruntime output differs from the torch model (max abs error "
-                                f"{parity.max_abs_error:.3g}, max rel error {parity.max_rel_error:.3g}) {parity.detail}")
+                                f"{parity.max_abs_error:.3g}, max rel error {parity.max_rel_error:.3g}) "
+                                f"{parity.detail}")
     latency = None
     if dense is not None:
         with tempfile.TemporaryDirectory() as tmp:

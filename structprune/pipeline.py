@@ -156,11 +156,13 @@ def _check_job(options: JobOptions) -> None:
         raise UsageError(f"--criterion {criterion} is data-driven: pass --data (digits, PATH.npz, a folder, "
                          "or module:function)")
     if options.recovery.epochs and options.data is None:
-        raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or module:function")
+        raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or "
+                         "module:function")
     if options.max_accuracy_drop is not None and options.data is None:
         raise UsageError("--max-accuracy-drop needs labelled validation data: pass --data")
     if options.max_accuracy_drop is not None and options.max_accuracy_drop < 0:
-        raise UsageError(f"--max-accuracy-drop is in accuracy points and must be >= 0, got {options.max_accuracy_drop:g}")
+        raise UsageError("--max-accuracy-drop is in accuracy points and must be >= 0, got "
+                         f"{options.max_accuracy_drop:g}")
     if options.recovery.resume and not options.recovery.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir (the folder the interrupted run saved its checkpoints in)")
     if options.out is not None and not str(options.out).strip():

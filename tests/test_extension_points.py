@@ -65,7 +65,8 @@ SHRINK_RULES = DEFAULT_SHRINK_RULES | {ChannelScale: (refresh_channel_scale, ())
 
 def scaled_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ChannelScale(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    layers = (nn.Conv2d(3, 8, 3, padding=1), ChannelScale(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    return nn.Sequential(*layers).eval()
 
 
 def test_an_unknown_kernel_blocks_its_channels_and_names_the_op() -> None:
@@ -109,7 +110,7 @@ def test_keywords_and_config_give_the_same_plan_and_a_plan_replays_with_the_same
     replayed = structprune.apply_plan(net, X, by_config.plan, rules=RULES, shrink_rules=SHRINK_RULES)
     assert replayed[1].config.channels == 4
     assert all(torch.equal(a, b) for a, b in zip(replayed.state_dict().values(),
-                                                 by_config.model.state_dict().values()))
+                                                 by_config.model.state_dict().values(), strict=True))
 
 
 class NoisyScale(nn.Module):

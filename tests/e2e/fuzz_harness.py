@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper
 
 import models_zoo
+from structprune.capture.deploy import save_pt2
 from structprune.cli import main
-from structprune.io import save_pt2
 
 ERROR_PREFIX = "structprune: error: "
 SUBPROCESS_TIMEOUT_S = 120

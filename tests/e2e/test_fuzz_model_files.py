@@ -1,7 +1,7 @@
 """Fuzzing model files: damaged, crafted and code-carrying files are refused and never run code.
 
 Starting from a valid zoo:mlp state_dict (`torch.save(model.state_dict())`, zip and legacy format)
-and a `.pt2` (`structprune.io.save_pt2`), each case builds one file (see fuzz_files, fuzz_pt2_files):
+and a `.pt2` (`structprune.capture.deploy.save_pt2`), each case builds one file (see fuzz_files, fuzz_pt2_files):
 truncated, bit-flipped, with wrong dtypes, NaN/Inf or mis-shaped weights, a crafted huge tensor, zip
 entries that leave the archive's folder or repeat, a pickle whose `__reduce__` runs code, or a `.pt2`
 whose program JSON or layout makes torch evaluate code. Then `inspect` or `compress` runs on it

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from structprune.graph.build import _group_components
-from structprune.graph.reasons import Reason, ReasonKind
-from structprune.graph.unify import IdSpace, Solution
+from structprune.ir.reasons import Reason, ReasonKind
+from structprune.ir.unify import IdSpace, Solution
+from structprune.rules.build import _group_components
 
 OUTPUT = Reason(ReasonKind.MODEL_OUTPUT, "output 0", "out")
 

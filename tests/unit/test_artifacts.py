@@ -13,10 +13,10 @@ import models_zoo
 from structprune.api import apply_plan, compress
 from structprune.artifacts import (AtFixedBatch, Written, artifacts_section, check_plan, check_pt2, check_state_dict, onnx_check,
                                    deployment_cases, published_accuracy, read_back)
-from structprune.capture.deploy import export_for_deployment
+from structprune.capture.deploy import export_for_deployment, save_pt2
 from structprune.data import accuracy_unmeasurable, evaluate_accuracy
 from structprune.errors import VerificationError
-from structprune.io import atomic_torch_save, atomic_write_text, save_pt2
+from structprune.io import atomic_torch_save, atomic_write_text
 from structprune.selection import Plan
 
 

@@ -20,7 +20,7 @@ from structprune.criteria.taps import consumer_taps
 from structprune.criteria.magnitude import L2
 from structprune.data.batches import calibration_batches
 from structprune.data import load_data
-from structprune.scoring import group_views
+from structprune.criteria.views import group_views
 from structprune.selection import Plan
 
 DATA_DRIVEN = sorted(name for name, c in CRITERIA.items() if getattr(c, "needs_data", False))

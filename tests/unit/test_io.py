@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import models_zoo
+from structprune.capture.deploy import save_pt2
 from structprune.errors import UsageError
 from structprune.io import (MODEL_LOADERS, LoadedModel, atomic_torch_save, atomic_write_bytes, atomic_write_text,
-                            load_model, save_pt2, staged_output_dir)
+                            load_model, staged_output_dir)
 
 FACTORY_MODULE = '''
 import torch

@@ -11,7 +11,7 @@ from torch import nn
 import models_zoo
 import structprune
 from structprune.criteria.magnitude import L1, L2, _RowSums
-from structprune.scoring import group_views
+from structprune.criteria.views import group_views
 
 
 def reference_magnitude(view, p: int) -> np.ndarray:

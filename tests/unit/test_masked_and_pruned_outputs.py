@@ -19,8 +19,8 @@ import structprune.rewrite.apply as rewrite_apply
 import structprune.verify.verify as verify_module
 from structprune.capture import normalize_inputs
 from structprune.data.running import eval_outputs as run_model
+from structprune.ir.roles import ROLE_IN
 from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
-from structprune.rules.context import ROLE_IN
 from structprune.selection import Plan
 
 from helpers import TiedEmbedding

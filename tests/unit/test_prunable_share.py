@@ -16,9 +16,9 @@ from torch import nn
 
 from structprune.api import analyze, compress
 from structprune.cli import main
+from structprune.graph.cost import PrunableMacs, macs_of, prunable_macs, prunable_section
 from structprune.inspection import inspect_model
-from structprune.report.metrics import PrunableMacs, macs_of, prunable_macs
-from structprune.report.prunable import group_lines, prunable_section
+from structprune.report.prunable import group_lines
 from structprune.report.summary import job_summary
 from structprune.report.writers import load_report_json, render_markdown, write_report_json
 

@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import structprune
+from structprune.iterative import iterative_prune
 from structprune.recover import (ActivateWhilePruning, DeadNeuronMeter, RecoveryConfig, ap_scores, channel_dead_rates,
-                                 check_quality_gate, dead_neuron_rate, iterative_prune, recover, scratch_b_epochs,
-                                 silo_max_lr)
+                                 check_quality_gate, dead_neuron_rate, recover, scratch_b_epochs, silo_max_lr)
 
 EXAMPLE = torch.zeros(2, 64)
 
@@ -205,7 +205,7 @@ def test_meter_removes_its_hooks_even_when_the_body_raises() -> None:
 def test_channel_dead_rates_and_ap_scores() -> None:
     net = _constructed_layer()
     graph = structprune.analyze(net, torch.zeros(2, 2))
-    from structprune.scoring import group_views
+    from structprune.criteria.views import group_views
     views = group_views(graph, net)
     rates = channel_dead_rates(net, _pm_one_batches(), views)
     assert rates["0.weight:0"] == pytest.approx([0.5, 0.5, 1.0, 0.0])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import structprune
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.reasons import ReasonKind
 from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
 from helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import structprune
-from structprune.graph.reasons import ReasonKind
+from structprune.ir.reasons import ReasonKind
 from helpers import group_with, outputs, positions, reason_kinds, refs
 
 SEQ = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1))

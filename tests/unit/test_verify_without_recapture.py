@@ -12,7 +12,7 @@ import structprune
 from structprune import VerificationError
 from structprune.capture import capture, normalize_inputs
 from structprune.cli import main
-from structprune.report.metrics import MacCounter, macs_of
+from structprune.graph.cost import MacCounter, macs_of
 from structprune.report.report import verification_label
 from helpers import BakedWidth
 

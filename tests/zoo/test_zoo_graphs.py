@@ -9,7 +9,7 @@ import torch
 
 import models_zoo
 import structprune
-from structprune.graph.reasons import Reason, ReasonKind
+from structprune.ir.reasons import Reason, ReasonKind
 from helpers import group_with, positions, reason_kinds, refs, snapshot_state, assert_state_equal
 
 ZOO = models_zoo.list_models()

@@ -1,5 +1,8 @@
 """Per-rule tests on one-, two- and three-op modules: which axes each rule ties, which it blocks and
-why, and that pruning the resulting groups rewrites the module into one that runs and verifies."""
+why, and that pruning the resulting groups rewrites the module into one that runs and verifies.
+
+Tests of what a single op does to channels use `rule_harness.op_groups` (the op between parameter
+probes `in{i}` / `out{j}`); the others build the few layers they need."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +15,7 @@ import structprune
 from structprune.ir.reasons import ReasonKind
 from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
 from helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
+from rule_harness import op_groups
 
 IMG = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
 
@@ -122,12 +126,18 @@ class CatConvs(nn.Module):
 
 
 def test_cat_gives_two_groups_that_split_the_consumer_input_axis() -> None:
-    graph = analyze(CatConvs(), IMG)
-    first, second = group_with(graph, "a.weight:0"), group_with(graph, "b.weight:0")
-    assert (first.size, second.size) == (4, 6)
-    assert first.prunable and second.prunable and first.id != second.id
-    assert positions(first, "c.weight:1") == [0, 1, 2, 3] + [-1] * 6
-    assert positions(second, "c.weight:1") == [-1] * 4 + [0, 1, 2, 3, 4, 5]
+    cat = op_groups(lambda a, b: torch.cat([a, b], 1), (2, 4, 6, 6), (2, 6, 6, 6))
+    first, second = cat.of("in0"), cat.of("in1")
+    assert [(g.size, g.prunable, g.exact) for g in cat.groups] == [(4, True, True), (6, True, True)]
+    assert first.positions["out0"] == (0, 1, 2, 3) + (-1,) * 6
+    assert second.positions["out0"] == (-1,) * 4 + (0, 1, 2, 3, 4, 5)
+
+
+def test_cat_along_the_last_dim_offsets_each_part_into_the_output() -> None:
+    cat = op_groups(lambda a, b, c: torch.cat([a, b, c], -1), (2, 5, 2), (2, 5, 3), (2, 5, 1))
+    assert [(g.size, g.prunable) for g in cat.groups] == [(2, True), (3, True), (1, True)]
+    assert [g.positions["out0"] for g in cat.groups] == [(0, 1, -1, -1, -1, -1), (-1, -1, 0, 1, 2, -1),
+                                                         (-1, -1, -1, -1, -1, 0)]
 
 
 def test_cat_pruning_slices_the_consumer_columns_of_each_part() -> None:
@@ -162,32 +172,28 @@ def test_chunk_ties_local_indices_so_both_pieces_keep_the_same_count() -> None:
     assert result.model.b.in_channels == result.model.c.in_channels == 2
 
 
-class SplitConvs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(5, 5, 1)
-
-    def forward(self, x):
-        p, q = self.a(x).split([3, 5], dim=1)
-        return self.b(p) + self.c(q)
-
-
 def test_split_with_literal_sizes_blocks_both_parts_as_fixed_size() -> None:
-    graph = analyze(SplitConvs(), IMG)
-    parts = [g for g in graph.groups if g.id.startswith("a.weight:0")]
-    assert sorted((g.id, g.size) for g in parts) == [("a.weight:0", 3), ("a.weight:0#2", 5)]
-    for g in parts:
-        assert reason_kinds(g) == {ReasonKind.FIXED_SIZE}
-        assert "split" in g.reasons[0].detail
-    assert positions(graph.group("a.weight:0"), "a.weight:0") == [0, 1, 2] + [-1] * 5
-    assert positions(graph.group("a.weight:0#2"), "c.weight:1") == [0, 1, 2, 3, 4]
+    split = op_groups(lambda x: x.split([3, 5], dim=1), (2, 8, 6, 6))
+    assert [(g.size, g.prunable, g.reasons) for g in split.groups] == [(3, False, {ReasonKind.FIXED_SIZE}),
+                                                                        (5, False, {ReasonKind.FIXED_SIZE})]
+    assert all("split" in g.details[0] for g in split.groups)
+    assert split.of("out0").positions["in0"] == (0, 1, 2) + (-1,) * 5
+    assert split.of("out1").positions == {"in0": (-1,) * 3 + (0, 1, 2, 3, 4), "out1": (0, 1, 2, 3, 4)}
+
+
+def test_split_into_equal_pieces_ties_the_same_local_channels_of_each_piece() -> None:
+    split = op_groups(lambda x: x.split(4, dim=1), (2, 8, 6, 6))
+    [group] = split.groups
+    assert (group.size, group.prunable, group.exact) == (4, True, True)
+    assert group.positions == {"in0": (0, 1, 2, 3, 0, 1, 2, 3), "out0": (0, 1, 2, 3), "out1": (0, 1, 2, 3)}
+    assert group.assumptions == ("split into 2 x 4 channels follows the pruned width",)  # verification checks it
 
 
 def test_slice_of_channels_blocks_as_fixed_size() -> None:
-    net = Sandwich(Lambda(lambda t: t[:, :4]), c=nn.Conv2d(4, 4, 1))
-    graph = analyze(net, IMG)
-    assert graph.prunable == ()
-    assert ReasonKind.FIXED_SIZE in reason_kinds(group_with(graph, "c.weight:1"))
+    sliced = op_groups(lambda t: t[:, :4], (2, 8, 6, 6))
+    assert [(g.size, g.prunable, g.reasons) for g in sliced.groups] == [(4, False, {ReasonKind.FIXED_SIZE})] * 2
+    kept = sliced.of("out0")
+    assert kept.positions == {"in0": (0, 1, 2, 3, -1, -1, -1, -1), "out0": (0, 1, 2, 3)}
 
 
 # ---- depthwise / grouped convolutions -----------------------------------------------------------------
@@ -408,10 +414,19 @@ def test_hand_written_channel_mean_keeps_per_channel_groups_flagged_inexact() ->
     assert compress(net, IMG).model.c.in_channels == 4
 
 
-def test_softmax_over_channels_is_inexact_but_prunable() -> None:
-    group = group_with(analyze(Sandwich(nn.Softmax(dim=1)), IMG), "a.weight:0")
-    assert group.size == 8 and group.prunable and not group.exact
-    assert any("softmax" in op for op in group.inexact_ops)
+@pytest.mark.parametrize(("softmax", "shape"), [
+    pytest.param(nn.Softmax(dim=1), (2, 8, 6, 6), id="images_dim_1"),
+    pytest.param(lambda t: t.softmax(-1), (2, 5, 8), id="tokens_last_dim"),
+])
+def test_softmax_over_the_channel_dim_is_prunable_but_inexact(softmax, shape) -> None:
+    [group] = op_groups(softmax, shape).groups
+    assert (group.size, group.prunable, group.exact, group.inexact_ops) == (8, True, False, ("softmax",))
+    assert group.positions == {"in0": tuple(range(8)), "out0": tuple(range(8))}
+
+
+def test_softmax_over_a_spatial_dim_keeps_the_channels_exact() -> None:
+    [group] = op_groups(lambda t: t.softmax(-1), (2, 8, 6, 6)).groups
+    assert (group.size, group.prunable, group.exact, group.inexact_ops) == (8, True, True, ())
 
 
 # ---- embeddings and attention -------------------------------------------------------------------------
@@ -611,10 +626,9 @@ def test_conv_transpose_output_axis_is_weight_axis_one() -> None:
 
 
 def test_padding_the_channel_dim_blocks_with_the_reason() -> None:
-    net = Sandwich(Lambda(lambda t: F.pad(t, (0, 0, 0, 0, 0, 2))), c=nn.Conv2d(10, 4, 1))
-    group = group_with(analyze(net, IMG), "a.weight:0")
-    assert not group.prunable and reason_kinds(group) == {ReasonKind.UNSUPPORTED_OP}
-    assert "padding along a channel dim" in group.reasons[0].detail
+    group = op_groups(lambda t: F.pad(t, (0, 0, 0, 0, 0, 2)), (2, 8, 6, 6)).of("in0")
+    assert not group.prunable and group.reasons == {ReasonKind.UNSUPPORTED_OP}
+    assert "padding along a channel dim" in group.details[0]
 
 
 class ConstantScale(nn.Module):
@@ -693,9 +707,8 @@ def test_extended_rule_table_makes_the_custom_op_prunable_without_mutating_the_d
 
 
 def test_overriding_a_default_rule_changes_the_analysis() -> None:
-    net, x = TwoLinear(8), torch.randn(2, 4)
-    assert analyze(net, x).prunable
-    graph = structprune.analyze(net.eval(), x, rules=DEFAULT_RULES | {"aten.relu": rule_unsupported})
-    hidden = group_with(graph, "fc1.weight:0")
-    assert not hidden.prunable
-    assert [r.detail for r in hidden.reasons if r.kind == ReasonKind.UNSUPPORTED_OP] == ["aten.relu"]
+    assert op_groups(torch.relu, (2, 8)).of("in0").prunable
+    relu = op_groups(torch.relu, (2, 8), rules=DEFAULT_RULES | {"aten.relu": rule_unsupported})
+    hidden = relu.of("in0")
+    assert not hidden.prunable and hidden.reasons == {ReasonKind.UNSUPPORTED_OP}
+    assert [r.detail for r in relu.graph.group(hidden.id).reasons] == ["aten.relu"]

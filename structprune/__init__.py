@@ -15,6 +15,7 @@ DEFAULT_SHRINK_RULES (module class -> `(refresh(module, old), attrs)`, which set
 `out_channels` from the sliced tensors). Extend a copy (`DEFAULT_RULES | {...}`) and pass it to
 `analyze`/`compress`/`apply_plan` as `rules=`, `module_rules=`, `shrink_rules=`.
 """
+from structprune import api
 from structprune.api import CompressConfig, CompressResult, analyze, apply_plan, compress, export, recalibrate, select
 from structprune.errors import (AnalysisError, CaptureError, ExportError, PlanError, QualityError, RewriteError,
                                 StructpruneError, UsageError, VerificationError)
@@ -45,7 +46,5 @@ _DEPRECATED = ("compress_with_plan",)  # use compress(model, example_inputs, pla
 def __getattr__(name: str):
     """Deprecated names: still served (they warn when called), not part of `__all__`."""
     if name in _DEPRECATED:
-        from structprune import api
-
         return getattr(api, name)
     raise AttributeError(f"module 'structprune' has no attribute '{name}'")

@@ -6,6 +6,8 @@ named like its fields, laid over `config`; the options are checked once, when th
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any, Iterable
@@ -13,6 +15,8 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
+from structprune.calibrate import recalibrate_batchnorm
+from structprune.calibrate import reconstruct as refit_layers  # `recalibrate` has a flag named `reconstruct`
 from structprune.capture import capture
 from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import ScoringContext, get_criterion
@@ -205,9 +209,6 @@ def recalibrate(model: nn.Module, result: CompressResult, example_inputs: Any, d
     >>> recalibrate(net, result, x, [x]).report.extra["calibration"]
     {'batchnorm_layers_recalibrated': 1}
     """
-    from structprune.calibrate import recalibrate_batchnorm
-    from structprune.calibrate import reconstruct as refit_layers
-
     pruned, section = copy.deepcopy(result.model), {}
     if reconstruct:
         fits = refit_layers(model, pruned, result.graph, result.plan, data, seed=seed)
@@ -231,9 +232,7 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
     >>> export(net, torch.randn(2, 4), os.path.join(tempfile.mkdtemp(), "m.onnx"))["parity"]["ok"]
     True
     """
-    import os
-    import tempfile
-
+    # lazy: structprune.onnx loads onnx and onnxruntime, which `import structprune` should not pay for
     from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
 
     exported = export_onnx(model, example_inputs, path)

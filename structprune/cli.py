@@ -16,9 +16,16 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import NoReturn
 
+from structprune import __version__
+from structprune.compress_config import CompressConfig
 from structprune.criteria import CRITERIA
+from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
-from structprune.recover.config import METHODS
+from structprune.inspection import inspect_model
+from structprune.onnx.bench import bench_onnx
+from structprune.pipeline import JobOptions, run_job
+from structprune.recover import distributed_session
+from structprune.recover.config import METHODS, RecoveryConfig
 from structprune.recover.schedules import SCHEDULES
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
@@ -39,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version (0), or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        with _distributed(), _terminate_as_interrupt():
+        with distributed_session(), _terminate_as_interrupt():  # joins torchrun's process group, if any
             return args.handler(args)
     except USAGE_ERRORS as exc:
         return _fail(exc, 2)
@@ -73,8 +80,6 @@ def package_version() -> str:
     try:
         return metadata.version("structprune")
     except metadata.PackageNotFoundError:
-        from structprune import __version__
-
         return __version__
 
 
@@ -94,13 +99,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         if default is None or isinstance(default, bool) or default in ([], {}, ()):
             return action.help
         return super()._get_help_string(action)
-
-
-def _distributed():
-    """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
-    from structprune.recover import distributed_session
-
-    return distributed_session()
 
 
 def _fail(exc: Exception, code: int) -> int:
@@ -266,8 +264,6 @@ def _sample_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
 
 
 def _job_options(args: argparse.Namespace):
-    from structprune.pipeline import JobOptions
-
     fields = {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__}
     fields.update(input_shape=_sample_shape(args), compress=_compress_config(args), recovery=_recovery_config(args))
     return JobOptions(**fields)
@@ -275,8 +271,6 @@ def _job_options(args: argparse.Namespace):
 
 def _compress_config(args: argparse.Namespace):
     """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
-    from structprune.compress_config import CompressConfig
-
     try:
         return CompressConfig(**{k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__})
     except ValueError as exc:  # PlanError and UsageError are ValueErrors too: all are bad flags
@@ -285,8 +279,6 @@ def _compress_config(args: argparse.Namespace):
 
 def _recovery_config(args: argparse.Namespace):
     """The RecoveryConfig of the recovery flags (--finetune-epochs E is its `epochs`; 0: no recovery)."""
-    from structprune.recover.config import RecoveryConfig
-
     try:
         return RecoveryConfig(method=args.recover, epochs=args.finetune_epochs, lr=args.lr, optimizer=args.optimizer,
                               schedule=args.lr_schedule, label_smoothing=args.label_smoothing,
@@ -298,30 +290,22 @@ def _recovery_config(args: argparse.Namespace):
 
 
 def _run_compress(args: argparse.Namespace) -> int:
-    from structprune.pipeline import run_job
-
     result = run_job(_job_options(args))
     print(result.summary)
     return 0
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from structprune.inspection import inspect_model
-
     print(inspect_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
                         input_shape=_sample_shape(args)))
     return 0
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from structprune.onnx.bench import bench_onnx
-
     print(bench_onnx(args.onnx_model, against=args.against, runs=args.runs, batch=args.batch))
     return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from structprune.demo import run_demo
-
     print(run_demo(out=args.out))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from structprune.api import CompressResult, apply_plan, compress, export
@@ -27,8 +28,9 @@ from structprune.io.load import LoadedModel
 from structprune.iterative import iterative_prune
 from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
                                  with_published_accuracy)
-from structprune.recover import recover
+from structprune.recover import ActivateWhilePruning, AllReducedCriterion, is_main_process, recover
 from structprune.recover.config import RecoveryConfig
+from structprune.recover.distributed import barrier, current_context
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
 from structprune.selection import Plan, compose_plans
@@ -85,15 +87,15 @@ def run_job(options: JobOptions) -> JobResult:
     check_gate_can_run(options, loaded, bundle)
     plan = _load_plan(options.plan) if options.plan else None
     out_dir = Path(options.out) if options.out else Path("export") / loaded.name
-    if not _is_main_process():  # under torchrun: take part in training and all-reduces, write nothing
+    if not is_main_process():  # under torchrun: take part in training and all-reduces, write nothing
         _compress(loaded, options, plan, bundle)
-        _barrier()
+        barrier()
         return JobResult(out_dir, {}, "")
     steps = tqdm(total=5 if options.onnx else 4, desc="structprune", unit="step", disable=None, leave=False)
     with staged_output_dir(out_dir, options.force) as stage:
         report = _build_artifacts(stage, loaded, options, plan, bundle, steps)
     steps.close()
-    _barrier()
+    barrier()
     return JobResult(out_dir, report, job_summary(report, out_dir))
 
 
@@ -135,18 +137,6 @@ def _rebuilder(loaded: LoadedModel, plan: Plan):
         return apply_plan(fresh, loaded.example_inputs, plan, verify=False)
 
     return rebuild
-
-
-def _is_main_process() -> bool:
-    from structprune.recover import is_main_process
-
-    return is_main_process()
-
-
-def _barrier() -> None:
-    from structprune.recover.distributed import barrier
-
-    barrier()
 
 
 def _check_job(options: JobOptions) -> None:
@@ -196,9 +186,6 @@ def _compress(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundl
 
 def _criterion(options: JobOptions):
     """The criterion object: AP-wrapped with --ap, rank-averaged under torchrun."""
-    from structprune.recover import ActivateWhilePruning, AllReducedCriterion
-    from structprune.recover.distributed import current_context
-
     criterion = get_criterion(options.compress.criterion)
     if options.ap is not None:
         criterion = ActivateWhilePruning(options.compress.criterion, share=options.ap)
@@ -250,8 +237,6 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
 def calibration_loader(bundle: DataBundle, samples: int = 1024):
     """A fixed, unshuffled loader over the first `samples` training samples (with labels), so scoring
     and calibration see the same data on every call (the training split is already in seeded order)."""
-    from torch.utils.data import DataLoader, Subset
-
     dataset = bundle.train.dataset
     return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from structprune.criteria.base import GroupView, ScoringContext
+from structprune.criteria.magnitude import L1
 from structprune.criteria.taps import Tap, as_samples, observe_inputs, taps_by_group, to_channels
 from structprune.data.batches import Batch, calibration_batches
 from structprune.data.running import call_model, eval_mode, model_device
@@ -61,7 +62,5 @@ def _per_group(taps: list[Tap], per_tap: dict, counts: dict) -> dict[str, np.nda
 
 def with_fallback(groups: list[GroupView], measured: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Groups no consumer input could be observed for are ranked by L1 magnitude instead."""
-    from structprune.criteria.magnitude import L1
-
     missing = [g for g in groups if g.group_id not in measured]
     return {**measured, **(L1.score(missing, None) if missing else {})}

@@ -18,7 +18,7 @@ import torch_pruning as tp
 
 import models_zoo
 import structprune
-from structprune.capture import normalize_inputs
+from structprune.data.running import normalize_inputs
 from structprune.graph.cost import count_params
 from structprune.report.tables import markdown_table
 

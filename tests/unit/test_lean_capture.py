@@ -12,11 +12,12 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 
 import models_zoo
 import structprune
-from structprune.capture import capture, normalize_inputs
+from structprune.capture import capture
 from structprune.capture.export import lean_export
+from structprune.data.running import eval_outputs as run_model
+from structprune.data.running import normalize_inputs
 from structprune.errors import CaptureError
 from structprune.rewrite import rewrite_model
-from structprune.data.running import eval_outputs as run_model
 from structprune.verify import verify_rewrite
 
 

@@ -1,13 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> installs, then runs `structprune demo` (train on digits, compress, recover, export ONNX)
-#   make test   -> installs, then runs the default test suite
+#   make test   -> installs, then runs the default test suite (tests/ and the docstring examples; see pyproject)
 # torch is installed explicitly at 2.13.0 first, so pip never resolves a multi-GB CUDA build.
 PY ?= python3
 PIP = $(PY) -m pip
 PYTEST = $(PY) -m pytest
 
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all golden bench
 
 setup:
 	$(PIP) install -q torch==2.13.0
@@ -21,6 +21,10 @@ test: setup
 
 test-all: setup
 	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider -m "slow or not slow"
+
+# rewrite tests/golden/<model>.txt from the current analysis of every zoo model; review `git diff tests/golden`
+golden: setup
+	STRUCTPRUNE_UPDATE_GOLDEN=1 OMP_NUM_THREADS=1 $(PYTEST) -q -p no:cacheprovider tests/zoo/test_golden.py
 
 bench: setup
 	$(PY) benchmarks/core_speed.py

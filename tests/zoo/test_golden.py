@@ -4,7 +4,7 @@ are prunable, their sizes, member counts, masking exactness or blocked reasons s
 
 After an intended change to the analysis, regenerate the files and review the diff before committing:
 
-    STRUCTPRUNE_UPDATE_GOLDEN=1 python -m pytest tests/zoo/test_golden.py
+    STRUCTPRUNE_UPDATE_GOLDEN=1 python -m pytest tests/zoo/test_golden.py     (or: make golden)
     git diff tests/golden
 """
 from __future__ import annotations

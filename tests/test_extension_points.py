@@ -11,7 +11,7 @@ from torch import nn
 
 import structprune
 from structprune import DEFAULT_MODULE_RULES, DEFAULT_RULES, DEFAULT_SHRINK_RULES, CompressConfig
-from structprune.rules.context import ROLE_ELEM
+from structprune.ir.roles import ROLE_ELEM
 
 X = torch.randn(2, 3, 8, 8)
 KERNEL = "structprune_ext_test.channel_scale"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import fx

@@ -12,7 +12,7 @@ from torch import nn
 import models_zoo
 import structprune
 from structprune.graph.channel_graph import ChannelGroup
-from test_sp_helpers import dropped, outputs
+from helpers import dropped, outputs
 
 tp = pytest.importorskip("torch_pruning")
 

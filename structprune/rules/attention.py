@@ -71,7 +71,8 @@ def _per_head_product(ctx: RuleContext, a: Abstract, b: Abstract, a_rep, b_rep, 
     with it: the output carries the head's id on the batch, M and N axes."""
     _tie_batch(ctx, a, b, a_rep, b_rep, out_shape)
     ndim = len(out_shape)
-    ids = np.ascontiguousarray(np.broadcast_to(_fit_batch(a_rep, ndim), _fit_batch(a_rep, ndim).shape[:-1] + (out_shape[-1],)))
+    heads = _fit_batch(a_rep, ndim)  # (..., M, 1): each head's id, one per row
+    ids = np.repeat(heads, out_shape[-1], axis=-1)
     chan = tuple(ids.shape[d] > 1 for d in range(ndim - 2)) + (True, True)
     return make_with_chan(ids, chan, out_shape)
 

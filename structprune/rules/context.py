@@ -152,8 +152,7 @@ class RuleContext:
 
     def flag_inexact_unless_whole(self, av: Abstract, dim: int, op: str) -> None:
         """Flag `av`'s channels inexact where an op mixes along `dim` across more than one unit."""
-        ids = np.broadcast_to(av.ids, av.ids.shape)
-        self.space.flag_inexact_unless_whole(np.moveaxis(ids, dim, -1).reshape(-1, ids.shape[dim]), op)
+        self.space.flag_inexact_unless_whole(np.moveaxis(av.ids, dim, -1).reshape(-1, av.ids.shape[dim]), op)
 
     def tie_dim(self, av: Abstract, dim: int, vec: np.ndarray, op: str) -> None:
         """Tie dim `dim` of value `av` with the 1-D id vector `vec` (a weight axis, say)."""

@@ -32,8 +32,9 @@ def rule_reshape(ctx: RuleContext, node: fx.Node) -> None:
     `x.view(-1, 16 * 5 * 5)`): recorded as an assumption verification falls back on."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
     out = None if src is None or out_shape is None else reshape_abstract(ctx, src, out_shape)
-    if out is not None and any(out.chan) and _op_name(node) in _SIZED_VIEWS:
-        ctx.assume(out.ids, f"{_op_name(node)} to sizes that follow the pruned width")
+    op = _op_name(node)
+    if out is not None and any(out.chan) and op in _SIZED_VIEWS:
+        ctx.assume(out.ids, f"{op} to sizes that follow the pruned width")
     ctx.set(node, out)
 
 

@@ -1,13 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> installs, then runs `structprune demo` (train on digits, compress, recover, export ONNX)
-#   make test   -> installs, then runs the default test suite (tests/ and the docstring examples; see pyproject)
+#   make test   -> installs, then lints (ruff) and runs the default test suite (tests/ and the docstring examples)
 # torch is installed explicitly at 2.13.0 first, so pip never resolves a multi-GB CUDA build.
 PY ?= python3
 PIP = $(PY) -m pip
 PYTEST = $(PY) -m pytest
 
 
-.PHONY: setup demo test test-all golden bench
+.PHONY: setup demo lint test test-all golden bench
 
 setup:
 	$(PIP) install -q torch==2.13.0
@@ -16,7 +16,11 @@ setup:
 demo: setup
 	$(PY) -m structprune demo
 
-test: setup
+# style CI enforces: [tool.ruff] in pyproject.toml (pyflakes, pycodestyle, bugbear, blind except, import order)
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider
 
 test-all: setup

@@ -142,8 +142,8 @@ def run_ours(name, dense, example, graph, calib, val, ratios, seed) -> dict:
         for target in TARGETS:
             ratio = ratios[target]
             if isinstance(crit, Coreset):
-                ratio = bisect_ratio(lambda r: macs(rewrite_model(dense, graph, our_plan(
-                    crit, views, ctx, graph, r, scores, cache)), example), ratios["dense"] / target)
+                ratio = bisect_ratio(lambda r: macs(rewrite_model(dense, graph, our_plan(  # noqa: B023 - called at once
+                    crit, views, ctx, graph, r, scores, cache)), example), ratios["dense"] / target)  # noqa: B023
             plan = our_plan(crit, views, ctx, graph, ratio, scores, cache)
             results[(target, crit_name)] = evaluate_plan(dense, graph, plan, calib, val)
     return results

@@ -40,7 +40,8 @@ RESULT_TAG = "RESULT "
 DENSE_OK_TAG = "DENSE_OK"
 SIZE_WORDS = ("atto", "femto", "pico", "nano", "micro", "xxxs", "xxs", "xs", "tiny", "mini", "small", "s",
               "lite", "light", "b0", "a0", "t", "base", "b", "m", "medium", "large", "l", "huge", "h", "giant", "g")
-PARAM_COUNT_RANKS = ((10, "tiny"), (100, "small"), (250, "base"), (500, "large"), (1000, "huge"), (float("inf"), "giant"))
+PARAM_COUNT_RANKS = ((10, "tiny"), (100, "small"), (250, "base"), (500, "large"), (1000, "huge"),
+                     (float("inf"), "giant"))
 CSV_FIELDS = ["model", "source", "input", "status", "ours_verdict", "ours_params_x", "ours_macs_x",
               "ours_prunable_macs_share", "ours_prunable_channel_share", "ours_onnx", "ours_onnx_max_abs_error",
               "ours_s", "ours_onnx_s", "ours_blocked_reasons", "tp_verdict", "tp_params_x", "tp_macs_x", "tp_s",
@@ -105,7 +106,8 @@ def pick_timm_models(per_family: int) -> list[str]:
         families.setdefault(timm_family(name), []).append(name)
     picked = []
     for family in sorted(families):
-        ranked = sorted(families[family], key=lambda n: (size_rank(n), timm_default_side(n), first_number(n), len(n), n))
+        ranked = sorted(families[family],
+                        key=lambda n: (size_rank(n), timm_default_side(n), first_number(n), len(n), n))
         picked += ranked[:per_family]
     return picked
 
@@ -505,10 +507,12 @@ def print_report(rows: list[dict], args: argparse.Namespace, seconds: float | No
 
     measured = sorted((r for r in rows if r["status"] == "measured"), key=lambda r: (relative_to_tp(r), r["model"]))
     if seconds is None:
-        print(f"{len(rows)} models read from {args.from_csv}; torch {torch.__version__}; torch-pruning {tp.__version__}")
+        print(f"{len(rows)} models read from {args.from_csv}; "
+              f"torch {torch.__version__}; torch-pruning {tp.__version__}")
     else:
         print(f"ratio {args.ratio}; max input side {args.max_size}; timeout {args.timeout:.0f} s per side; "
-              f"torch {torch.__version__}; torch-pruning {tp.__version__}; {len(rows)} models in {seconds / 60:.1f} min")
+              f"torch {torch.__version__}; torch-pruning {tp.__version__}; "
+              f"{len(rows)} models in {seconds / 60:.1f} min")
     print("prunable MACs: share of the dense MACs in conv/linear/matmul/attention ops that read or produce a "
           "channel of a prunable group")
     print(markdown_table(TABLE_HEADERS, [table_row(r) for r in measured]))
@@ -602,7 +606,8 @@ def main(argv=None) -> None:
             rows.append(row)
             write_csv_row(args.csv, row)
             print(f"[{len(rows)}/{len(models)} {(time.perf_counter() - start) / 60:.1f} min] {row['source']} "
-                  f"{row['model']}: {row.get('ours_verdict', row['status'])} | {row.get('tp_verdict', row.get('reason'))}",
+                  f"{row['model']}: {row.get('ours_verdict', row['status'])} | "
+                  f"{row.get('tp_verdict', row.get('reason'))}",
                   file=sys.stderr, flush=True)
     print_report(rows, args, time.perf_counter() - start)
 

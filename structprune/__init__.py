@@ -17,8 +17,17 @@ DEFAULT_SHRINK_RULES (module class -> `(refresh(module, old), attrs)`, which set
 """
 from structprune import api
 from structprune.api import CompressConfig, CompressResult, analyze, apply_plan, compress, export, recalibrate, select
-from structprune.errors import (AnalysisError, CaptureError, ExportError, PlanError, QualityError, RewriteError,
-                                StructpruneError, UsageError, VerificationError)
+from structprune.errors import (
+    AnalysisError,
+    CaptureError,
+    ExportError,
+    PlanError,
+    QualityError,
+    RewriteError,
+    StructpruneError,
+    UsageError,
+    VerificationError,
+)
 from structprune.graph.channel_graph import ChannelGraph, ChannelGroup
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rules import DEFAULT_RULES

@@ -29,9 +29,15 @@ from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.build import build_channel_graph
 from structprune.rules.modules import DEFAULT_MODULE_RULES
 from structprune.selection import Plan, select_plan
-from structprune.verified import (MAX_REPLANS, TIES_KEY, CompressResult, InputWidthTieNeeded, class_name,
-                                  verified_rewrite)
-from structprune.verified import build_report  # noqa: F401 - re-exported: benchmarks time the report step
+from structprune.verified import (
+    MAX_REPLANS,
+    TIES_KEY,
+    CompressResult,
+    InputWidthTieNeeded,
+    build_report,  # noqa: F401 - re-exported: benchmarks time the report step
+    class_name,
+    verified_rewrite,
+)
 
 __all__ = ["CompressConfig", "CompressResult", "analyze", "apply_plan", "compress", "export", "recalibrate", "select"]
 

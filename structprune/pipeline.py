@@ -26,8 +26,13 @@ from structprune.io import atomic_torch_save, atomic_write_text, load_model, sta
 from structprune.io.arch import build_arch
 from structprune.io.load import LoadedModel
 from structprune.iterative import iterative_prune
-from structprune.quality import (check_gate_can_run, check_labels_fit, quality_gate, with_accuracy,
-                                 with_published_accuracy)
+from structprune.quality import (
+    check_gate_can_run,
+    check_labels_fit,
+    quality_gate,
+    with_accuracy,
+    with_published_accuracy,
+)
 from structprune.recover import ActivateWhilePruning, AllReducedCriterion, is_main_process, recover
 from structprune.recover.config import RecoveryConfig
 from structprune.recover.distributed import barrier, current_context

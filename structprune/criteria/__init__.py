@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from structprune.criteria.base import (Criterion, GroupView, MemberSlice, PerGroupCriterion, ScoringContext,
-                                       SelectingCriterion, Selection, TensorAxis)
+from structprune.criteria.base import (
+    Criterion,
+    GroupView,
+    MemberSlice,
+    PerGroupCriterion,
+    ScoringContext,
+    SelectingCriterion,
+    Selection,
+    TensorAxis,
+)
 from structprune.criteria.coreset import Coreset
 from structprune.criteria.dropnet import DropNet
 from structprune.criteria.ispasp import ISpaSP

@@ -34,8 +34,15 @@ import torch
 from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.consumers import Consumer, consumers, is_affine
-from structprune.criteria.taps import Tap, as_samples, consumer_taps, masked_channels, observe_inputs, \
-    taps_by_group, to_channels
+from structprune.criteria.taps import (
+    Tap,
+    as_samples,
+    consumer_taps,
+    masked_channels,
+    observe_inputs,
+    taps_by_group,
+    to_channels,
+)
 from structprune.data.running import call_model, call_order, eval_mode
 
 

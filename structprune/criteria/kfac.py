@@ -146,7 +146,7 @@ def _factors(model, tap: Tap, data, max_batches: int, loss_fn):
         seen: list = []
 
         def grab(module, args, out) -> None:
-            seen.append((args[0], out))
+            seen.append((args[0], out))  # noqa: B023 - hooked and called within this iteration
 
         with eval_mode(model), forward_hooks(model, post={tap.module: grab}):
             loss = batch_loss(model, batch, loss_fn)

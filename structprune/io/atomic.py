@@ -25,13 +25,13 @@ from typing import Any, BinaryIO
 import torch
 
 from structprune.errors import UsageError
-from structprune.io.probe import first_line
 from structprune.io.leftovers import (
     claim,
     open_entry,
     sweep_files,
     sweep_output_siblings,
 )
+from structprune.io.probe import first_line
 
 _NEW_FILE_MODE = 0o644
 _NEW_DIR_MODE = 0o755

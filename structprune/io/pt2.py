@@ -160,7 +160,8 @@ def _payload_metas(config_bytes: bytes) -> list[tuple[str, dict]]:
     if not isinstance(config, dict):
         return []
     return [(fqn, meta) for fqn, meta in config.items()
-            if isinstance(meta, dict) and not meta.get("use_pickle", True) and isinstance(meta.get("tensor_meta"), dict)]
+            if isinstance(meta, dict) and not meta.get("use_pickle", True)
+            and isinstance(meta.get("tensor_meta"), dict)]
 
 
 def _declared_numel(meta: dict) -> int:

@@ -9,8 +9,13 @@ call the API's compress, are `structprune.iterative.iterative_prune`.
 from structprune.recover.activate import ActivateWhilePruning, ap_scores, channel_dead_rates
 from structprune.recover.config import EpochRecord, RecoveryConfig, RecoveryResult
 from structprune.recover.dead_neurons import DeadNeuronMeter, DeadRate, dead_neuron_rate
-from structprune.recover.distributed import (AllReducedCriterion, DistContext, all_reduce_scores, distributed_session,
-                                             is_main_process)
+from structprune.recover.distributed import (
+    AllReducedCriterion,
+    DistContext,
+    all_reduce_scores,
+    distributed_session,
+    is_main_process,
+)
 from structprune.recover.gate import check_quality_gate
 from structprune.recover.losses import RecoveryLoss, distillation_loss
 from structprune.recover.recover import recover, reinitialize, resolve_method, scratch_b_epochs

@@ -15,8 +15,16 @@ from structprune.data.running import model_device, model_logits
 from structprune.recover.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from structprune.recover.config import EpochRecord, RecoveryConfig
 from structprune.recover.dead_neurons import DeadNeuronMeter
-from structprune.recover.distributed import (all_reduce_sum, current_context, from_rank_zero, is_active,
-                                             set_sampler_epoch, shard_loader, sync_buffers, wrap_for_training)
+from structprune.recover.distributed import (
+    all_reduce_sum,
+    current_context,
+    from_rank_zero,
+    is_active,
+    set_sampler_epoch,
+    shard_loader,
+    sync_buffers,
+    wrap_for_training,
+)
 from structprune.recover.losses import RecoveryLoss
 from structprune.recover.schedules import lr_at
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from structprune.io.atomic import write_atomically
-from structprune.report.report import REPORT_SCHEMA, verification_label
 from structprune.report.prunable import group_lines
+from structprune.report.report import REPORT_SCHEMA, verification_label
 from structprune.report.summary import artifacts_section, md_cells, md_int, md_percent, md_sci, stage_sections
 from structprune.report.tables import markdown_table
 

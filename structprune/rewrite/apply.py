@@ -13,10 +13,10 @@ from torch import fx, nn
 
 from structprune.errors import RewriteError
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
 from structprune.rewrite.graph_module import fix_literal_shapes
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.rewrite.on_read import ReplacedOnRead
-from structprune.rewrite.attention_attrs import HEAD_ATTRIBUTES
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES, refresh_attributes, snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.rewrite.width_attrs import kept_as_is, refresh_width_attributes, width_snapshot

@@ -9,6 +9,7 @@ Softmax scale attributes (timm `scale`, HF `scaling`) are left as they were.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from torch import nn
 
 from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES, QUERY_PROJECTIONS

@@ -49,14 +49,14 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
         value = graph.values.get(node.name)
         if not stack or value is None:
             continue
-        for value in _abstracts(value):
-            shape = new_shape(value, keep, graph.component)
-            if value is graph.values[node.name]:  # a single output: its literal size arguments line up
-                for old, new in _literal_sizes(node, value, shape):
+        for part in _abstracts(value):
+            shape = new_shape(part, keep, graph.component)
+            if part is value:  # a single output: its literal size arguments line up
+                for old, new in _literal_sizes(node, part, shape):
                     literals[stack[-1]][old].add(new)
                     for path in stack:
                         literals_within[path][old].add(new)
-            for old, new in (p for p, chan in zip(zip(value.shape, shape), value.chan) if chan):
+            for old, new in (p for p, chan in zip(zip(part.shape, shape), part.chan) if chan):
                 own[stack[-1]][old].add(new)
                 for path in stack:
                     within[path][old].add(new)

@@ -19,8 +19,21 @@ from typing import Callable
 import torch
 
 from structprune.errors import UsageError
-from structprune.rules import (advanced_index, attention, creation, einsum, elementwise, indexing, layers, modules,
-                               norms, recurrent, reduce, shape, weights)
+from structprune.rules import (
+    advanced_index,
+    attention,
+    creation,
+    einsum,
+    elementwise,
+    indexing,
+    layers,
+    modules,
+    norms,
+    recurrent,
+    reduce,
+    shape,
+    weights,
+)
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import rule_elementwise
 from structprune.rules.fallback import op_key, rule_unsupported

@@ -14,7 +14,7 @@ from structprune.ir.abstract import Abstract
 from structprune.ir.reasons import Reason, ReasonKind
 from structprune.ir.roles import ROLE_IN, StateMap
 from structprune.ir.unify import IdSpace, Solution
-from structprune.rules import DEFAULT_RULES, op_key, rule_unsupported, attention_tables
+from structprune.rules import DEFAULT_RULES, attention_tables, op_key, rule_unsupported
 from structprune.rules.context import RuleContext
 from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules, with_input_width_ties
 

@@ -76,7 +76,7 @@ def _output_channels(aligned, out_shape) -> tuple[bool, ...]:
 def _reference(ctx, aligned, out_shape, out_chan) -> np.ndarray:
     """Output ids: from the first input that spans every output channel dim, reduced on data dims."""
     target = tuple(s if c else 1 for s, c in zip(out_shape, out_chan))
-    for shape_in, ids_in, chan_in in aligned:
+    for shape_in, ids_in, _chan_in in aligned:
         if all(shape_in[d] == out_shape[d] for d, c in enumerate(out_chan) if c):
             ids = ids_in
             for d in range(len(out_shape)):

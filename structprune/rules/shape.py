@@ -61,14 +61,22 @@ def reshape_segments(shape_in, shape_out) -> list[tuple[list[int], list[int]]]:
     while i < len(shape_in) or j < len(shape_out):
         seg_in, seg_out, p_in, p_out = [], [], 1, 1
         if i < len(shape_in):
-            seg_in.append(i); p_in *= shape_in[i]; i += 1
+            seg_in.append(i)
+            p_in *= shape_in[i]
+            i += 1
         if j < len(shape_out):
-            seg_out.append(j); p_out *= shape_out[j]; j += 1
+            seg_out.append(j)
+            p_out *= shape_out[j]
+            j += 1
         while p_in != p_out:
             if p_in < p_out and i < len(shape_in):
-                seg_in.append(i); p_in *= shape_in[i]; i += 1
+                seg_in.append(i)
+                p_in *= shape_in[i]
+                i += 1
             elif j < len(shape_out):
-                seg_out.append(j); p_out *= shape_out[j]; j += 1
+                seg_out.append(j)
+                p_out *= shape_out[j]
+                j += 1
             else:
                 break
         segments.append((seg_in, seg_out))

@@ -14,7 +14,6 @@ model itself."""
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field

@@ -10,8 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from fuzz_files import (MARKER, REFUSED, Mutant, Mutation, Originals, RunsCode, code_payloads, edit_json, rewrite_zip,
-                        saved)
+from fuzz_files import (
+    MARKER,
+    REFUSED,
+    Mutant,
+    Mutation,
+    Originals,
+    RunsCode,
+    code_payloads,
+    edit_json,
+    rewrite_zip,
+    saved,
+)
 from torch._export.serde.schema import SCHEMA_VERSION
 from torch._export.serde.serialize import serialize
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from held_job import interrupt_held_compress
 
 CNN_KWARGS = '{"in_chans":1,"image_size":8}'

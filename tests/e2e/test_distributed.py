@@ -17,8 +17,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import structprune
 from structprune.criteria import get_criterion
-from structprune.recover import (AllReducedCriterion, RecoveryConfig, all_reduce_scores, distributed_session,
-                                 is_main_process, recover)
+from structprune.recover import (
+    AllReducedCriterion,
+    RecoveryConfig,
+    all_reduce_scores,
+    distributed_session,
+    is_main_process,
+    recover,
+)
 from structprune.recover.distributed import context_from_env
 
 WORLD = 2

@@ -18,8 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_harness import (Outcome, assert_refused, fresh_folder, fuzz_settings, run_cli_many, run_main, snapshot,
-                          tiny_onnx, write_mlp_files)
+from fuzz_harness import (
+    Outcome,
+    assert_refused,
+    fresh_folder,
+    fuzz_settings,
+    run_cli_many,
+    run_main,
+    snapshot,
+    tiny_onnx,
+    write_mlp_files,
+)
 from hypothesis import example, given
 from hypothesis import strategies as st
 

@@ -22,10 +22,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from fuzz_files import (MARKER, RESHAPES, Mutant, Mutation, Originals, bit_flipped, crafted_storage, entry_trick,
-                        non_finite, pickled_code, reshaped, retyped, truncated)
-from fuzz_harness import (Outcome, assert_refused, fresh_folder, fuzz_settings, run_cli_many, run_main, snapshot,
-                          write_mlp_files)
+from fuzz_files import (
+    MARKER,
+    RESHAPES,
+    Mutant,
+    Mutation,
+    Originals,
+    bit_flipped,
+    crafted_storage,
+    entry_trick,
+    non_finite,
+    pickled_code,
+    reshaped,
+    retyped,
+    truncated,
+)
+from fuzz_harness import (
+    Outcome,
+    assert_refused,
+    fresh_folder,
+    fuzz_settings,
+    run_cli_many,
+    run_main,
+    snapshot,
+    write_mlp_files,
+)
 from fuzz_pt2_files import PT2_PICKLES, pt2_damaged_entry, pt2_pickled_code, pt2_program_code
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -71,7 +92,8 @@ def mutations() -> st.SearchStrategy[Mutation]:
         st.builds(Mutation, st.just("entry"), st.sampled_from(["state", "pt2"]), st.tuples(st.sampled_from(
             ["dotdot", "inner_dotdot", "absolute", "backslash", "nul", "root_escape", "duplicate", "second_root"]))),
         st.builds(Mutation, st.just("pickle"), st.just("state"), st.tuples(
-            st.sampled_from(["value", "top_level", "checkpoint", "legacy"]), st.sampled_from(["system", "open", "exec"]))),
+            st.sampled_from(["value", "top_level", "checkpoint", "legacy"]),
+            st.sampled_from(["system", "open", "exec"]))),
         st.builds(Mutation, st.just("pt2_pickle"), st.just("pt2"), st.tuples(
             st.sampled_from(sorted(PT2_PICKLES)), st.sampled_from(["system", "open", "exec"]))),
         st.builds(Mutation, st.just("pt2_program"), st.just("pt2"), st.tuples(st.sampled_from(

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from held_job import interrupt_held_compress
 
 import structprune.pipeline as pipeline
 from structprune.cli import main
-
-from held_job import interrupt_held_compress
 
 USER_PACKAGE = '''\
 """A user's model and data, written as the README describes (module:function returning loaders)."""

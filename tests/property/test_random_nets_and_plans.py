@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import structprune
-from structprune import Plan
 from helpers import assert_state_equal, outputs, randomize_norm_stats
+from structprune import Plan
 
 IN_CHANS, SIZE, BATCH = 3, 4, 2
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,

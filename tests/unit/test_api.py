@@ -10,8 +10,8 @@ from torch import nn
 
 import models_zoo
 import structprune
-from structprune import CaptureError, Plan, PlanError, VerificationError
 from helpers import BakedWidth, TiedEmbedding, assert_state_equal, outputs, snapshot_state
+from structprune import CaptureError, Plan, PlanError, VerificationError
 
 X = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
 

@@ -11,8 +11,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import models_zoo
 from structprune.api import apply_plan, compress
-from structprune.artifacts import (AtFixedBatch, Written, artifacts_section, check_plan, check_pt2, check_state_dict, onnx_check,
-                                   deployment_cases, published_accuracy, read_back)
+from structprune.artifacts import (
+    AtFixedBatch,
+    Written,
+    artifacts_section,
+    check_plan,
+    check_pt2,
+    check_state_dict,
+    deployment_cases,
+    onnx_check,
+    published_accuracy,
+    read_back,
+)
 from structprune.capture.deploy import export_for_deployment, save_pt2
 from structprune.data import accuracy_unmeasurable, evaluate_accuracy
 from structprune.errors import VerificationError

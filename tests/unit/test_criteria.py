@@ -10,17 +10,26 @@ from torch.func import functional_call
 
 import models_zoo
 import structprune
-from structprune.criteria import (CRITERIA, Coreset, DropNet, ISpaSP, KFACTrainPrune, ScoringContext, Spectral,
-                                  Taylor, get_criterion)
+from structprune.criteria import (
+    CRITERIA,
+    Coreset,
+    DropNet,
+    ISpaSP,
+    KFACTrainPrune,
+    ScoringContext,
+    Spectral,
+    Taylor,
+    get_criterion,
+)
 from structprune.criteria.budget import ParamModel, allocate
 from structprune.criteria.coreset import sample_channels
 from structprune.criteria.curvature import channel_elements
 from structprune.criteria.ispasp import capture_block, residual, select_block
-from structprune.criteria.taps import consumer_taps
 from structprune.criteria.magnitude import L2
-from structprune.data.batches import calibration_batches
-from structprune.data import load_data
+from structprune.criteria.taps import consumer_taps
 from structprune.criteria.views import group_views
+from structprune.data import load_data
+from structprune.data.batches import calibration_batches
 from structprune.selection import Plan
 
 DATA_DRIVEN = sorted(name for name, c in CRITERIA.items() if getattr(c, "needs_data", False))

@@ -11,9 +11,9 @@ from torch import nn
 
 import models_zoo
 import structprune
+from helpers import MHABlock, group_with, outputs, positions, refs
 from structprune.errors import UsageError
 from structprune.selection.plan import Plan
-from helpers import MHABlock, group_with, outputs, positions, refs
 
 X = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))
 

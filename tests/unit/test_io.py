@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import warnings
 import zipfile
@@ -14,8 +15,15 @@ import torch
 import models_zoo
 from structprune.capture.deploy import save_pt2
 from structprune.errors import UsageError
-from structprune.io import (MODEL_LOADERS, LoadedModel, atomic_torch_save, atomic_write_bytes, atomic_write_text,
-                            load_model, staged_output_dir)
+from structprune.io import (
+    MODEL_LOADERS,
+    LoadedModel,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_model,
+    staged_output_dir,
+)
 
 FACTORY_MODULE = '''
 import torch
@@ -288,7 +296,7 @@ def test_interrupted_atomic_write_leaves_old_file_and_no_temp(tmp_path: Path,
 
 
 def test_failing_torch_save_leaves_no_partial_file(tmp_path: Path) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local lambda: AttributeError
         atomic_torch_save({"w": torch.ones(3), "bad": lambda: None}, tmp_path / "model.pt")
     assert list(tmp_path.iterdir()) == []
 

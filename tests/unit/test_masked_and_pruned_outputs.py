@@ -17,13 +17,12 @@ import models_zoo
 import structprune
 import structprune.rewrite.apply as rewrite_apply
 import structprune.verify.verify as verify_module
+from helpers import TiedEmbedding
 from structprune.data.running import eval_outputs as run_model
 from structprune.data.running import normalize_inputs
 from structprune.ir.roles import ROLE_IN
 from structprune.rewrite import ReplacedOnRead, rewrite_model, sliced_on_read
 from structprune.selection import Plan
-
-from helpers import TiedEmbedding
 
 
 def _setup(name: str):

@@ -17,8 +17,16 @@ from torch import nn
 
 import models_zoo
 import structprune
-from structprune.onnx import (ExportError, Latency, OnnxExport, check_parity, compare_latency, export_onnx,
-                              onnx_section, ort_latency)
+from structprune.onnx import (
+    ExportError,
+    Latency,
+    OnnxExport,
+    check_parity,
+    compare_latency,
+    export_onnx,
+    onnx_section,
+    ort_latency,
+)
 
 ALL_MODELS = models_zoo.list_models()
 IMAGE_MODELS = {n for n in ALL_MODELS if models_zoo.spec(n).input_kind == "image"}

@@ -71,7 +71,8 @@ class LeNet(nn.Module):
 
 @pytest.mark.parametrize("batch_in_view, why", [
     (False, "verification_failed: re-capture failed in module 'fc1' (its input)"),  # fails in fc1: 400 != 200
-    (True, "verification_failed: view to sizes that follow the pruned width: not so in the model's code"),  # in the root
+    # in the root
+    (True, "verification_failed: view to sizes that follow the pruned width: not so in the model's code"),
 ])
 def test_a_literal_flatten_keeps_only_the_group_it_reads_whole(batch_in_view, why) -> None:
     torch.manual_seed(0)
@@ -79,7 +80,8 @@ def test_a_literal_flatten_keeps_only_the_group_it_reads_whole(batch_in_view, wh
     assert result.report.verification["ok"]
     assert result.plan.meta["blocked_by_verification"] == {"conv2.weight:0": why}
     model = result.model
-    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features, model.fc2.out_features) == (3, 16, 60, 42)
+    widths = (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features, model.fc2.out_features)
+    assert widths == (3, 16, 60, 42)
 
 
 def test_a_pruned_model_that_fails_to_run_names_the_innermost_module_it_failed_in() -> None:

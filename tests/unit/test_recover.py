@@ -13,8 +13,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import structprune
 from structprune.iterative import iterative_prune
-from structprune.recover import (ActivateWhilePruning, DeadNeuronMeter, RecoveryConfig, ap_scores, channel_dead_rates,
-                                 check_quality_gate, dead_neuron_rate, recover, scratch_b_epochs, silo_max_lr)
+from structprune.recover import (
+    ActivateWhilePruning,
+    DeadNeuronMeter,
+    RecoveryConfig,
+    ap_scores,
+    channel_dead_rates,
+    check_quality_gate,
+    dead_neuron_rate,
+    recover,
+    scratch_b_epochs,
+    silo_max_lr,
+)
 
 EXAMPLE = torch.zeros(2, 64)
 

@@ -14,8 +14,14 @@ from matplotlib.figure import Figure
 import models_zoo
 import structprune
 from structprune.io.atomic import write_atomically as atomic_write
-from structprune.report.writers import (load_report_json, render_markdown, write_report_json,
-                                        write_report_md, write_report_png, write_reports)
+from structprune.report.writers import (
+    load_report_json,
+    render_markdown,
+    write_report_json,
+    write_report_md,
+    write_report_png,
+    write_reports,
+)
 
 ONNX_SECTION = {"path": "model.onnx", "exporter": "dynamo", "fallback_reason": "", "input_names": ["x"],
                 "output_names": ["output"], "external_data": [],

@@ -10,9 +10,8 @@ from torch import nn
 
 import models_zoo
 import structprune
-from structprune.rewrite import rewrite_model
-
 from helpers import assert_state_equal, snapshot_state
+from structprune.rewrite import rewrite_model
 
 
 def _analysed(name: str):

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import structprune
-from structprune.ir.reasons import ReasonKind
-from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
 from helpers import MHABlock, group_with, outputs, positions, randomize_norm_stats, reason_kinds, refs
 from rule_harness import op_groups
+from structprune.ir.reasons import ReasonKind
+from structprune.rules import DEFAULT_RULES, rule_elementwise, rule_unsupported
 
 IMG = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
 

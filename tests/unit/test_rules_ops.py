@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import structprune
-from structprune.ir.reasons import ReasonKind
 from helpers import group_with, outputs, positions, reason_kinds, refs
+from structprune.ir.reasons import ReasonKind
 
 SEQ = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1))
 IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -72,7 +72,8 @@ def test_rnn_model_is_pruned_and_verified(cell) -> None:
 def test_stacked_bidirectional_lstm_keeps_one_hidden_size_for_every_layer_and_direction() -> None:
     graph = structprune.analyze(Recurrent(nn.LSTM, layers=2, bidirectional=True).eval(), SEQ)
     hidden = group_with(graph, "rnn.weight_hh_l0:1")
-    assert {"rnn.weight_hh_l1_reverse:1", "rnn.weight_ih_l1:1", "rnn.weight_ih_l1_reverse:1", "out.weight:1"} <= refs(hidden)
+    expected = {"rnn.weight_hh_l1_reverse:1", "rnn.weight_ih_l1:1", "rnn.weight_ih_l1_reverse:1", "out.weight:1"}
+    assert expected <= refs(hidden)
     assert positions(hidden, "rnn.weight_ih_l1:1") == list(range(16)) * 2  # cat(forward h, backward h)
     result = compress(Recurrent(nn.LSTM, layers=2, bidirectional=True), SEQ)
     rnn = result.model.rnn
@@ -208,8 +209,9 @@ class Resample(nn.Module):
 
 
 @pytest.mark.parametrize("mode,kw", [
-    ("nearest", {"scale_factor": 2}), ("bilinear", {"scale_factor": 1.5}), ("bicubic", {"scale_factor": 2, "antialias": True}),
-    ("nearest-exact", {"size": (5, 5)}), ("area", {"size": (4, 4)}), ("bilinear", {"scale_factor": 0.5, "antialias": True}),
+    ("nearest", {"scale_factor": 2}), ("bilinear", {"scale_factor": 1.5}),
+    ("bicubic", {"scale_factor": 2, "antialias": True}), ("nearest-exact", {"size": (5, 5)}),
+    ("area", {"size": (4, 4)}), ("bilinear", {"scale_factor": 0.5, "antialias": True}),
 ])
 def test_interpolate_passes_channels_through(mode: str, kw: dict) -> None:
     group = group_with(structprune.analyze(Resample(mode, **kw).eval(), IMG), "a.weight:0")

@@ -11,8 +11,18 @@ import torch
 from torch import nn
 
 from structprune.data.batches import batch_size_of, calibration_batches, split_batch, take_first, to_device
-from structprune.data.running import (call_model, eval_mode, eval_outputs, find_logits, forward_hooks,
-                                      forward_inputs, logits_of, model_device, model_logits, normalize_inputs)
+from structprune.data.running import (
+    call_model,
+    eval_mode,
+    eval_outputs,
+    find_logits,
+    forward_hooks,
+    forward_inputs,
+    logits_of,
+    model_device,
+    model_logits,
+    normalize_inputs,
+)
 
 
 class TwoInputs(nn.Module):

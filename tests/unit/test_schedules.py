@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from structprune.recover.schedules import (SCHEDULES, allr_initial_lr, lr_at, relative_norm_drop, silo_max_lr)
+from structprune.recover.schedules import SCHEDULES, allr_initial_lr, lr_at, relative_norm_drop, silo_max_lr
 
 T = 200
 

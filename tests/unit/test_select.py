@@ -9,10 +9,10 @@ from torch import nn
 
 import models_zoo
 import structprune
+from helpers import group_with
 from structprune.criteria import CRITERIA, PerGroupCriterion, get_criterion
 from structprune.errors import PlanError
 from structprune.selection import is_ignored, select_plan
-from helpers import group_with
 
 X4 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
 
@@ -125,7 +125,8 @@ def test_ignore_globs_keep_matching_groups_whole() -> None:
     x = models_zoo.example_inputs("resnet20")
     plan, graph = plan_for(net, x, ratio=0.5, ignore=["stages.2.*"])
     ignored = [g for g in graph.prunable if any(m.fqn.startswith("stages.2.") and m.role != "in" for m in g.members)]
-    reads_only = [g for g in graph.prunable if g not in ignored and any(f.startswith("stages.2.") for f in g.member_fqns())]
+    reads_only = [g for g in graph.prunable
+                  if g not in ignored and any(f.startswith("stages.2.") for f in g.member_fqns())]
     assert reads_only  # the group stage 2 reads from stage 1 stays prunable
     assert ignored and set(plan.meta["ignored_groups"]) == {g.id for g in ignored}
     for group in graph.prunable:

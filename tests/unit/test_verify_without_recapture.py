@@ -9,14 +9,13 @@ import torch
 
 import models_zoo
 import structprune
+from helpers import BakedWidth
 from structprune import VerificationError
 from structprune.capture import capture
 from structprune.cli import main
 from structprune.data.running import normalize_inputs
 from structprune.graph.cost import MacCounter, macs_of
 from structprune.report.report import verification_label
-
-from helpers import BakedWidth
 
 
 @pytest.mark.parametrize("name", models_zoo.list_models())

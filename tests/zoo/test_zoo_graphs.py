@@ -9,8 +9,8 @@ import torch
 
 import models_zoo
 import structprune
+from helpers import assert_state_equal, group_with, positions, reason_kinds, refs, snapshot_state
 from structprune.ir.reasons import Reason, ReasonKind
-from helpers import group_with, positions, reason_kinds, refs, snapshot_state, assert_state_equal
 
 ZOO = models_zoo.list_models()
 _GRAPHS: dict[str, structprune.ChannelGraph] = {}

@@ -11,8 +11,8 @@ from torch import nn
 
 import models_zoo
 import structprune
-from structprune.graph.channel_graph import ChannelGroup
 from helpers import dropped, outputs
+from structprune.graph.channel_graph import ChannelGroup
 
 tp = pytest.importorskip("torch_pruning")
 

@@ -36,6 +36,7 @@ from structprune.quality import (
 from structprune.recover import ActivateWhilePruning, AllReducedCriterion, is_main_process, recover
 from structprune.recover.config import RecoveryConfig
 from structprune.recover.distributed import barrier, current_context
+from structprune.recover.recover import SCRATCH_METHODS
 from structprune.report.summary import job_summary
 from structprune.report.writers import write_reports
 from structprune.selection import Plan, compose_plans
@@ -164,6 +165,10 @@ def _check_job(options: JobOptions) -> None:
         raise UsageError("--out is empty; pass a folder name, or leave --out out for export/<model-name>/")
     if options.iterative < 0 or (options.ap is not None and not 0.0 < options.ap < 1.0):
         raise UsageError("--iterative must be >= 0 and --ap a share in (0, 1), e.g. 0.02")
+    if options.iterative and options.recovery.method in SCRATCH_METHODS:
+        raise UsageError(f"--iterative recovers the kept weights after every cycle and --recover "
+                         f"{options.recovery.method} re-initialises them; use --recover finetune or distill with "
+                         "--iterative, or drop --iterative to retrain the pruned architecture once")
 
 
 def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:

@@ -143,6 +143,8 @@ def test_a_published_file_that_does_not_match_fails_the_job(in_user_dir: Path, c
 @pytest.mark.parametrize("flags, message", [
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--out", " "], "--out is empty"),
+    (["--data", "digits", "--recover", "scratch-b", "--finetune-epochs", "1", "--iterative", "2"],
+     "--iterative recovers the kept weights after every cycle and --recover scratch-b re-initialises them"),
 ])
 def test_options_that_would_be_silently_ignored_are_refused(flags, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

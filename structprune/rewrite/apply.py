@@ -69,7 +69,7 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
         _refresh_table_attributes(pruned, graph, shrink_rules)
         fix_literal_shapes(pruned, graph, keep)
         return pruned
-    originals = width_snapshot(pruned)  # attributes only: still the unsliced ones
+    originals = width_snapshot(pruned, shrink_rules)  # attributes only: still the unsliced ones
     attention = _refresh_table_attributes(pruned, graph, shrink_rules)
     refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
     return pruned

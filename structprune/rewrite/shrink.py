@@ -92,7 +92,6 @@ DEFAULT_SHRINK_RULES = MappingProxyType({
     nn.PReLU: (_prelu, ()),
     nn.RNNBase: (_rnn, ()),
 })
-SHRINK_TABLE = DEFAULT_SHRINK_RULES  # the earlier name, which rewrite/width_attrs.py still imports
 
 
 def snapshot(module: nn.Module, table: Mapping = DEFAULT_SHRINK_RULES) -> dict:

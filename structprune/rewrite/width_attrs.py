@@ -14,14 +14,15 @@ mapped element by element. A size that becomes two different things there is amb
 alone. Verification proves the result: a wrong or missing refresh fails re-capture in that module,
 and its groups are then kept whole.
 
-torch's own layers are left to the shrink table (their attributes are known exactly), except the
-few with a width attribute the table lacks (`BUILTIN_WIDTHS`). Attributes the shrink table or the
-attention refresh already changed are not touched again.
+torch's own layers, and every class the shrink rules in use know (the defaults, or a user's
+`shrink_rules=` with their own layers), are left to those rules (their attributes are known exactly),
+except the few with a width attribute the table lacks (`BUILTIN_WIDTHS`). Attributes the shrink rules
+or the attention refresh already changed are not touched again.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import nn
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.ir.abstract import Abstract
 from structprune.rewrite.keep import new_shape
-from structprune.rewrite.shrink import SHRINK_TABLE
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 
 BUILTIN_WIDTHS = MappingProxyType({nn.Unflatten: ("unflattened_size",)})
 AMBIGUOUS = -1
@@ -127,25 +128,26 @@ def refresh_width_attributes(pruned: nn.Module, originals: dict[str, dict], grap
                 setattr(module, attr, new)
 
 
-def width_snapshot(model: nn.Module) -> dict[str, dict]:
-    """Per module FQN, its candidate width attributes and their values (ints, tuples/lists of ints)."""
-    return {name: attrs for name, module in model.named_modules() if (attrs := _candidates(module))}
+def width_snapshot(model: nn.Module, shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> dict[str, dict]:
+    """Per module FQN, its candidate width attributes and their values (ints, tuples/lists of ints);
+    the classes `shrink_rules` knows have none beyond BUILTIN_WIDTHS (their rule refreshes them)."""
+    return {name: attrs for name, module in model.named_modules() if (attrs := _candidates(module, shrink_rules))}
 
 
-def _candidates(module: nn.Module) -> dict:
-    names = _builtin_widths(module)
+def _candidates(module: nn.Module, shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> dict:
+    names = _builtin_widths(module, shrink_rules)
     if names is None:
         names = [n for n in vars(module) if not n.startswith("__")]
     return {n: getattr(module, n) for n in names if _is_width(getattr(module, n, None))}
 
 
-def _builtin_widths(module: nn.Module) -> tuple[str, ...] | None:
-    """The width attributes of a torch layer or a subclass of one the shrink table knows (none unless
-    listed in BUILTIN_WIDTHS); None for other code, which is searched."""
+def _builtin_widths(module: nn.Module, shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> tuple[str, ...] | None:
+    """The width attributes of a torch layer or of a class `shrink_rules` knows (none unless listed in
+    BUILTIN_WIDTHS); None for other code, which is searched."""
     listed = next((names for cls, names in BUILTIN_WIDTHS.items() if isinstance(module, cls)), None)
     if listed is not None:
         return listed
-    known = type(module).__module__.startswith("torch.") or isinstance(module, tuple(SHRINK_TABLE))
+    known = type(module).__module__.startswith("torch.") or isinstance(module, tuple(shrink_rules))
     return () if known else None
 
 
@@ -176,21 +178,23 @@ def _mapped_size(size: int, scopes: list[SizeMap]) -> int:
     return size
 
 
-def refreshed_in(model: nn.Module, pruned: nn.Module, module: str) -> bool:
+def refreshed_in(model: nn.Module, pruned: nn.Module, module: str,
+                 shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> bool:
     """Whether the rewrite changed a width attribute of `module` (searched ones, not the tables')."""
     try:
         before, after = model.get_submodule(module), pruned.get_submodule(module)
     except AttributeError:
         return False
-    return any(getattr(after, attr, old) != old for attr, old in _candidates(before).items())
+    return any(getattr(after, attr, old) != old for attr, old in _candidates(before, shrink_rules).items())
 
 
-def refreshed_attributes(model: nn.Module, pruned: nn.Module) -> tuple[str, ...]:
-    """`module.attr: old -> new` for every width attribute the rewrite changed outside torch's layers
-    handled by the shrink table (those follow their weights by construction)."""
+def refreshed_attributes(model: nn.Module, pruned: nn.Module,
+                         shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> tuple[str, ...]:
+    """`module.attr: old -> new` for every width attribute the rewrite changed outside the layers that
+    `shrink_rules` handles (those follow their weights by construction)."""
     changes = []
     modules = dict(pruned.named_modules())
-    for name, attrs in width_snapshot(model).items():
+    for name, attrs in width_snapshot(model, shrink_rules).items():
         module = modules.get(name)
         for attr, old in attrs.items():
             new = getattr(module, attr, old)

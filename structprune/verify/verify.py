@@ -14,7 +14,7 @@ model itself."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +31,7 @@ from structprune.graph.channel_graph import ChannelGraph
 from structprune.graph.cost import MacCounter, macs_of
 from structprune.ir.roles import ROLE_IN
 from structprune.rewrite import ReplacedOnRead, component_keep, kept_indices, rewrite_model, sliced_on_read
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.selection.plan import Plan, dropped_mask
 from structprune.verify.locate import ModelRunError, run_locating
 
@@ -76,9 +77,10 @@ class Verdict:
 
 
 def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, graph: ChannelGraph,
-                   plan: Plan, *, recapture: bool = True) -> Verdict:
+                   plan: Plan, *, recapture: bool = True, shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> Verdict:
     """Run every check; never raises for a failed check (the caller decides). `recapture=False` skips
-    the torch.export re-capture (see the module docstring)."""
+    the torch.export re-capture (see the module docstring). `shrink_rules`: the ones `pruned` was
+    rewritten with; the models pruned in some groups only, that the masking check builds, use them too."""
     pruned_groups = set(plan.pruned_groups())
     exact = tuple(g.id for g in graph.groups if g.id in pruned_groups and g.exact)
     inexact = tuple(sorted(pruned_groups - set(exact)))
@@ -101,7 +103,8 @@ def verify_rewrite(model: nn.Module, pruned: nn.Module, example_inputs: Any, gra
     checks += structural
     error = None
     if exact and all(c.ok for c in structural):
-        check, error, culprits, failed_in = _check_masking(model, pruned_out, example_inputs, graph, plan, exact)
+        check, error, culprits, failed_in = _check_masking(model, pruned_out, example_inputs, graph, plan, exact,
+                                                           shrink_rules)
         checks.append(check)
         failing += [(g, "masking equivalence") for g in culprits]
         failing += [(g, f"pruned alone, it fails in module '{failed_in}' ({kind})")
@@ -205,32 +208,32 @@ def _canonical_names(state: dict, indices: dict) -> dict[str, str]:
     return {alias: known for names in by_tensor.values() for known in names if known in indices for alias in names}
 
 
-def _check_masking(model, pruned_out, example_inputs, graph, plan, exact):
+def _check_masking(model, pruned_out, example_inputs, graph, plan, exact, shrink_rules: Mapping):
     """(check, error, culprit groups, the module the exact-only model failed in or None)."""
     try:
-        error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact)
+        error = _masking_error(model, pruned_out, example_inputs, graph, plan, exact, shrink_rules)
     except ModelRunError as failed:
         return Check("masking_equivalence", False, "the model pruned in its exact groups alone does not run "
                      f"{failed}"), math.inf, [], failed.module
     if error <= RTOL:
         passed = Check("masking_equivalence", True, f"relative error {error:.2e} over {len(exact)} groups")
         return passed, error, [], None
-    culprits = [g for g in exact[:20] if _alone_error(model, example_inputs, graph, plan, g) > RTOL]
+    culprits = [g for g in exact[:20] if _alone_error(model, example_inputs, graph, plan, g, shrink_rules) > RTOL]
     names = ", ".join(culprits) or "the combination of groups"
     return Check("masking_equivalence", False,
                  f"relative error {error:.2e} > {RTOL}; failing group(s): {names}"), error, culprits, None
 
 
-def _alone_error(model, example_inputs, graph, plan, group: str) -> float:
+def _alone_error(model, example_inputs, graph, plan, group: str, shrink_rules: Mapping) -> float:
     """The masking error with only `group` pruned; infinite when the model pruned in that group alone
     does not run (its widths only agree together with other groups')."""
     try:
-        return _masking_error(model, None, example_inputs, graph, plan, (group,))
+        return _masking_error(model, None, example_inputs, graph, plan, (group,), shrink_rules)
     except Exception:  # noqa: BLE001 - a group that cannot be checked alone is a culprit
         return math.inf
 
 
-def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> float:
+def _masking_error(model, pruned_out, example_inputs, graph, plan, exact, shrink_rules: Mapping) -> float:
     """Relative error between the masked dense model and the model pruned in `exact` groups only
     (`pruned_out`, the full pruned model's outputs, is reused when the plan prunes nothing else).
     An error over RTOL is measured again against materialised masked copies before it counts: a
@@ -238,7 +241,7 @@ def _masking_error(model, pruned_out, example_inputs, graph, plan, exact) -> flo
     restricted = Plan({g: (plan.keep[g] if g in exact else tuple(range(plan.sizes[g]))) for g in plan.keep},
                       plan.sizes, plan.meta)
     if pruned_out is None or restricted != plan:
-        pruned_out = _pruned_outputs(model, example_inputs, graph, restricted)
+        pruned_out = _pruned_outputs(model, example_inputs, graph, restricted, shrink_rules)
     error = _relative_error(_masked_outputs(model, example_inputs, graph, restricted, exact), pruned_out)
     if error > RTOL:
         error = _relative_error(_masked_outputs(model, example_inputs, graph, restricted, exact, on_read=False),
@@ -259,18 +262,20 @@ def _relative_error(ref_out: list[torch.Tensor], out: list[torch.Tensor]) -> flo
     return worst
 
 
-def _pruned_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, plan: Plan) -> list[torch.Tensor]:
-    """Outputs of `model` pruned by `plan`, without holding the pruned copy's sliced tensors
-    (`sliced_on_read`). If that run fails or gives non-finite outputs (a read that bypassed torch calls
-    met a NaN stand-in), a built copy runs instead, its unchanged tensors shared with `model`."""
+def _pruned_outputs(model: nn.Module, example_inputs: Any, graph: ChannelGraph, plan: Plan,
+                    shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> list[torch.Tensor]:
+    """Outputs of `model` pruned by `plan` (rewritten with `shrink_rules`), without holding the pruned
+    copy's sliced tensors (`sliced_on_read`). If that run fails or gives non-finite outputs (a read that
+    bypassed torch calls met a NaN stand-in), a built copy runs instead, its unchanged tensors shared
+    with `model`."""
     try:
-        with sliced_on_read(model, graph, plan) as pruned:
+        with sliced_on_read(model, graph, plan, shrink_rules=shrink_rules) as pruned:
             out = eval_outputs(pruned, example_inputs)
     except Exception:  # noqa: BLE001 - the built copy below fails the same way if the rewrite is at fault
         out = None
     if out is not None and all(bool(torch.isfinite(t).all()) for t in out if t.is_floating_point() or t.is_complex()):
         return out
-    pruned = rewrite_model(model, graph, plan, share_unchanged=True)
+    pruned = rewrite_model(model, graph, plan, share_unchanged=True, shrink_rules=shrink_rules)
     return run_locating(pruned, partial(eval_outputs, pruned, example_inputs))
 
 

@@ -4,6 +4,7 @@ not show; passed to analyze/compress/apply_plan as rules=, shrink_rules=, module
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 import structprune
 from structprune import DEFAULT_MODULE_RULES, DEFAULT_RULES, DEFAULT_SHRINK_RULES, CompressConfig
 from structprune.ir.roles import ROLE_ELEM
+from structprune.rewrite import rewrite_model
+from structprune.verify import verify_rewrite
 
 X = torch.randn(2, 3, 8, 8)
 KERNEL = "structprune_ext_test.channel_scale"
@@ -148,3 +151,77 @@ def test_a_module_rule_ties_a_parameter_the_graph_does_not_read(with_rule: bool)
     assert pruned[1].noise.shape == ((4,) if with_rule else (8,))
     if with_rule:  # the training path runs on the pruned model too
         assert pruned.train()(X).shape == (2, 4, 8, 8)
+
+
+class FixedNormScale(nn.Module):
+    """y = x * scale / sqrt(fan_in): `channels` is the width forward checks, `fan_in` the normaliser fixed
+    when the layer was built (the trained function depends on it, so pruning must leave it). The general
+    attribute search sees two integers equal to the pruned width and would shrink both; the user's shrink
+    rule says that only `channels` follows the scale."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = self.fan_in = channels
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.channels:
+            raise ValueError(f"FixedNormScale expects {self.channels} features, got {x.shape[-1]}")
+        return x * self.scale / math.sqrt(self.fan_in)
+
+
+def refresh_fixed_norm_scale(module: FixedNormScale, old: dict) -> None:
+    module.channels = module.scale.shape[0]
+
+
+FIXED_NORM_RULES = DEFAULT_SHRINK_RULES | {FixedNormScale: (refresh_fixed_norm_scale, ())}
+FEATURES = torch.randn(5, 6)
+
+
+def fixed_norm_mlp(*, layer_norm: bool = False) -> nn.Module:
+    """Linear -> FixedNormScale -> ReLU [-> Linear -> LayerNorm, a group verified by shapes only] -> Linear."""
+    torch.manual_seed(0)
+    normed = (nn.Linear(16, 16), nn.LayerNorm(16)) if layer_norm else ()
+    return nn.Sequential(nn.Linear(6, 16), FixedNormScale(16), nn.ReLU(), *normed, nn.Linear(16, 4)).eval()
+
+
+@pytest.mark.parametrize(("shrink_rules", "fan_in"), [(DEFAULT_SHRINK_RULES, 8), (FIXED_NORM_RULES, 16)])
+def test_a_class_the_shrink_rules_in_use_know_is_left_to_them_by_the_width_search(shrink_rules, fan_in) -> None:
+    net = fixed_norm_mlp()
+    graph = structprune.analyze(net, FEATURES)
+    plan = structprune.select(net, FEATURES, graph, ratio=0.5)
+    pruned = rewrite_model(net, graph, plan, shrink_rules=shrink_rules)
+    assert (pruned[1].scale.shape, pruned[1].channels, pruned[1].fan_in) == ((8,), 8, fan_in)
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_compress_with_the_users_shrink_rule_prunes_the_layer_and_verifies_it(custom: bool) -> None:
+    net = fixed_norm_mlp()
+    result = structprune.compress(net, FEATURES, ratio=0.5,
+                                  shrink_rules=FIXED_NORM_RULES if custom else DEFAULT_SHRINK_RULES)
+    pruned = result.model
+    assert result.report.verification["ok"]
+    if not custom:  # the search shrinks fan_in too: masking equivalence fails and the layer is kept whole
+        assert result.plan.meta["blocked_by_verification"] == {
+            "0.weight:0": "verification_failed: masking equivalence"}
+        assert (pruned[1].scale.shape, pruned[1].channels, pruned[1].fan_in) == ((16,), 16, 16)
+        return
+    assert "blocked_by_verification" not in result.plan.meta
+    assert (pruned[0].out_features, pruned[1].scale.shape, pruned[1].channels, pruned[1].fan_in) == (8, (8,), 8, 16)
+    kept = list(result.plan.keep["0.weight:0"])
+    assert torch.equal(pruned[1].scale.detach(), net[1].scale.detach()[kept])
+
+
+def test_verification_rebuilds_its_partly_pruned_models_with_the_shrink_rules_it_is_given() -> None:
+    """The plan also prunes a LayerNorm group, so the masking check builds the model pruned in the exact
+    group alone: with the defaults that copy's fan_in is shrunk and the check fails on the user's layer."""
+    net = fixed_norm_mlp(layer_norm=True)
+    graph = structprune.analyze(net, FEATURES)
+    plan = structprune.select(net, FEATURES, graph, ratio=0.5)
+    assert set(plan.pruned_groups()) == {"0.weight:0", "3.weight:0"}
+    pruned = rewrite_model(net, graph, plan, shrink_rules=FIXED_NORM_RULES)
+    verdict = verify_rewrite(net, pruned, FEATURES, graph, plan, recapture=False, shrink_rules=FIXED_NORM_RULES)
+    assert verdict.ok and verdict.inexact_groups == ("3.weight:0",) and verdict.masking_error <= 1e-4
+    with_defaults = verify_rewrite(net, pruned, FEATURES, graph, plan, recapture=False)
+    assert not with_defaults.ok
+    assert with_defaults.failing_groups == (("0.weight:0", "masking equivalence"),)

@@ -15,6 +15,9 @@ DEFAULT_SHRINK_RULES (module class -> `(refresh(module, old), attrs)`, which set
 `out_channels` from the sliced tensors). Extend a copy (`DEFAULT_RULES | {...}`) and pass it to
 `analyze`/`compress`/`apply_plan` as `rules=`, `module_rules=`, `shrink_rules=`.
 """
+from structprune import compat  # noqa: F401  (first: a torch older than 2.13 fails here, in one clear line)
+
+# isort: split
 from structprune import api
 from structprune.api import CompressConfig, CompressResult, analyze, apply_plan, compress, export, recalibrate, select
 from structprune.errors import (

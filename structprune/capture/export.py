@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.export.graph_signature import InputKind
-from torch.fx import config as fx_config
-from torch.fx._lazy_graph_module import _use_lazy_graph_module
 
+from structprune.compat import lazy_graph_modules, no_fx_stack_traces
 from structprune.data.running import eval_mode, normalize_inputs  # the one place that runs a model
 from structprune.errors import CaptureError
 
@@ -68,13 +67,8 @@ def lean_export() -> Iterator[None]:
     >>> program.module()(torch.randn(1, 4)).shape
     torch.Size([1, 2])
     """
-    previous = fx_config.do_not_emit_stack_traces
-    fx_config.do_not_emit_stack_traces = True
-    try:
-        with _use_lazy_graph_module(True):
-            yield
-    finally:
-        fx_config.do_not_emit_stack_traces = previous
+    with no_fx_stack_traces(), lazy_graph_modules():
+        yield
 
 
 def _index_program(program: torch.export.ExportedProgram, args: tuple, kwargs: dict) -> Captured:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from structprune.compat import TORCH_EXPORT_LOGGERS
 from structprune.errors import UsageError
 from structprune.io.probe import check_entry_names, first_line
 from structprune.io.pt2_program import code_in_program
@@ -31,7 +32,6 @@ _LEGACY_PAYLOADS = (("data/weights/", ".pt"), ("data/constants/", ".pt"))  # pic
 _COMPILED_CODE = ("data/aotinductor/", "")  # AOTInductor shared libraries, which loading dlopens
 _LEGACY_LAYOUT_ENTRY = "version"  # a top-level entry: torch.export.load then tries the pickled pre-2.7 layout
 _TENSOR_CONSTANT_PREFIX = "tensor_"
-_TORCH_EXPORT_LOGGERS = ("torch.export", "torch._export.serde.serialize")  # they print tracebacks themselves
 
 
 def unsafe_archive_parts(path: Path) -> list[str]:
@@ -104,7 +104,7 @@ class _ExceptionLog(logging.Handler):
 def _captured_export_logs() -> Iterator[list[BaseException]]:
     """Route torch.export's log output into a list for the duration; always restores its handlers."""
     caught: list[BaseException] = []
-    loggers = [logging.getLogger(name) for name in _TORCH_EXPORT_LOGGERS]
+    loggers = [logging.getLogger(name) for name in TORCH_EXPORT_LOGGERS]  # they print tracebacks themselves
     saved = [(logger.handlers, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.handlers, logger.propagate = [_ExceptionLog(caught)], False

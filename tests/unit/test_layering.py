@@ -4,7 +4,7 @@ function (an import inside a function is still a dependency; it only hides it), 
 
 The stack, bottom to top (each layer may import the layers listed before it):
 
-    leaves   errors < data < io < report    anyone may import them; they import only leaves before them
+    leaves   compat < errors < data < io < report    anyone may import them; they import only leaves before them
     stages   capture < ir < graph < rules < criteria < selection < rewrite < verify < onnx < calibrate < recover
     top      api < pipeline < cli
 
@@ -20,6 +20,8 @@ they cannot import each other in a cycle. Top-level modules have these places:
                quality.py (the accuracy gate of a job), demo.py (a job on built-in data), inspection.py
                (`structprune inspect`)
     cli        cli.py, __main__.py
+    compat     compat.py (the bottom: every private torch API and the torch version check; it imports
+               only torch and the standard library, see tests/unit/test_compat.py)
     errors     errors.py (a leaf: every stage raises its errors)
 
 Importing any submodule runs structprune/__init__.py, which imports the API; that is Python's package
@@ -37,6 +39,7 @@ PACKAGE_DIR = Path(structprune.__file__).resolve().parent
 
 # bottom to top; the first name after "structprune." decides the layer ("" is structprune/__init__.py)
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names)) for layer, names in (
+    ("compat", {"compat"}),
     ("errors", {"errors"}),
     ("data", {"data"}),
     ("io", {"io"}),

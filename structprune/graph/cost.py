@@ -2,22 +2,31 @@
 
 MACs come from one small rule table over the ops that carry essentially all the arithmetic —
 convolutions, linear layers, matrix products, attention — counted the way torch's FlopCounterMode
-counts them (FLOPs / 2). The table reads either a captured graph's shapes (`macs_of`, no forward
-pass) or the ops of a forward that runs anyway (`MacCounter`). This is the cost model verification,
-the report and `structprune inspect` share; `prunable_macs`/`prunable_section` say how much of it the
-prunable groups of a ChannelGraph can shrink (the report's `prunable` section)."""
+counts them (FLOPs / 2), keyed by the op's bare name (`ir.ops.op_base`). The table reads either a
+captured graph's shapes (`macs_of`, no forward pass) or the ops of a forward that runs anyway
+(`MacCounter`). This is the cost model verification, the report and `structprune inspect` share;
+`prunable_macs`/`prunable_section` say how much of it the prunable groups of a ChannelGraph can shrink
+(the report's `prunable` section).
+
+An op the table does not know counts 0, which is right for the many ops without arithmetic worth
+counting (views, element-wise ops, norms) but wrong for one torch's own FLOP counter has a formula for
+(`torch.utils.flop_counter`, extended with `register_flop_formula`): such *uncounted* ops are named, by
+`uncounted_ops` for a graph and `MacCounter.uncounted` for a forward, and listed in the report."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch import fx, nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from structprune.capture import Captured, capture
+from structprune.compat import TorchDispatchMode
+from structprune.ir.ops import op_base, op_key, op_packet
 
 
 def count_params(model: nn.Module) -> int:
@@ -31,35 +40,40 @@ def _shape(value) -> tuple[int, ...]:
     return tuple(int(s) for s in tensor.shape)
 
 
-def _conv(target: str, args, out) -> int:
+_CONV_TRANSPOSE = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+_CONV_GENERIC = ("convolution", "_convolution")  # (input, weight, bias, stride, padding, dilation, transposed, ..)
+_ADD_MATMUL = ("addmm", "baddbmm")  # (self, a, b): the product's operands come second and third
+
+
+def _conv(op: str, args, out) -> int:
     w = _shape(args[1])
-    transposed = "transpose" in target or ("convolution" in target and len(args) > 6 and bool(args[6]))
+    transposed = op in _CONV_TRANSPOSE or (op in _CONV_GENERIC and len(args) > 6 and bool(args[6]))
     if transposed:
         return math.prod(_shape(args[0])) * math.prod(w[1:])
     return math.prod(_shape(out)) * math.prod(w[1:])
 
 
-def _linear(target: str, args, out) -> int:
+def _linear(op: str, args, out) -> int:
     return math.prod(_shape(out)) * _shape(args[1])[-1]
 
 
-def _matmul(target: str, args, out) -> int:
-    a = args[1] if "add" in target else args[0]
+def _matmul(op: str, args, out) -> int:
+    a = args[1] if op in _ADD_MATMUL else args[0]
     return math.prod(_shape(out)) * _shape(a)[-1]
 
 
-def _sdpa(target: str, args, out) -> int:
+def _sdpa(op: str, args, out) -> int:
     q, k, v = (_shape(a) for a in args[:3])
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
-# Keyed by op name: the export graph's ops (conv2d, linear, scaled_dot_product_attention) and, for
+# Keyed by op_base: the export graph's ops (conv2d, linear, scaled_dot_product_attention) and, for
 # MACs counted on a running forward, the ops they dispatch to (convolution, addmm, fused attention).
+# Each rule is called as rule(op_base, args, out).
 _MAC_RULES = {
-    **dict.fromkeys(("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
-                     "conv_transpose2d", "conv_transpose3d"), _conv),
+    **dict.fromkeys(("conv1d", "conv2d", "conv3d", *_CONV_GENERIC, *_CONV_TRANSPOSE), _conv),
     "linear": _linear,
-    **dict.fromkeys(("mm", "bmm", "matmul", "addmm", "baddbmm"), _matmul),
+    **dict.fromkeys(("mm", "bmm", "matmul", *_ADD_MATMUL), _matmul),
     **dict.fromkeys(("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                      "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                      "_scaled_dot_product_cudnn_attention"), _sdpa),
@@ -67,14 +81,40 @@ _MAC_RULES = {
 
 
 def _node_macs(node: fx.Node) -> int:
-    packet = getattr(node.target, "overloadpacket", None)
-    rule = _MAC_RULES.get(getattr(packet, "__name__", ""))
-    return rule(str(node.target), node.args, node) if rule is not None and node.op == "call_function" else 0
+    op = op_base(node.target)
+    rule = _MAC_RULES.get(op)
+    return rule(op, node.args, node) if rule is not None and node.op == "call_function" else 0
 
 
 def macs_of(captured: Captured) -> int:
     """MACs of the captured graph, from node shapes."""
     return int(sum(_node_macs(node) for node in captured.graph.nodes))
+
+
+def flop_counted_ops() -> frozenset:
+    """The ops torch's FlopCounterMode has a FLOP formula for (its packets and higher-order ops), read
+    each time so formulas registered with `torch.utils.flop_counter.register_flop_formula` count."""
+    return frozenset(FlopCounterMode().flop_registry)
+
+
+def is_uncounted(target, flop_ops: frozenset) -> bool:
+    """Does `target` do arithmetic torch's FLOP counter counts (it is in `flop_ops`) that our MAC rules
+    leave out (counted as 0)?"""
+    packet = op_packet(target)
+    return (target if packet is None else packet) in flop_ops and op_base(target) not in _MAC_RULES
+
+
+def uncounted_ops(captured: Captured) -> tuple[str, ...]:
+    """Op keys ("aten._slow_conv2d_forward") of the captured graph's ops whose arithmetic `macs_of` leaves
+    out (`is_uncounted`), sorted; empty when the MACs count every op torch's FLOP counter would.
+
+    >>> import torch
+    >>> uncounted_ops(capture(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)))
+    ()
+    """
+    flop_ops = flop_counted_ops()
+    return tuple(sorted({op_key(node.target) for node in captured.graph.nodes
+                         if node.op == "call_function" and is_uncounted(node.target, flop_ops)}))
 
 
 class MacCounter(TorchDispatchMode):
@@ -84,19 +124,30 @@ class MacCounter(TorchDispatchMode):
     >>> import torch
     >>> with MacCounter() as counter, torch.no_grad():
     ...     _ = nn.Linear(4, 3)(torch.randn(2, 4))
-    >>> counter.total
-    24
+    >>> counter.total, counter.uncounted
+    (24, ())
+
+    `uncounted`: the op keys of the ops that ran and whose arithmetic `total` leaves out (`is_uncounted`).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self._uncounted: set[str] = set()
+        self._flop_ops = flop_counted_ops()
+
+    @property
+    def uncounted(self) -> tuple[str, ...]:
+        return tuple(sorted(self._uncounted))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        rule = _MAC_RULES.get(func.overloadpacket.__name__)
+        op = op_base(func)
+        rule = _MAC_RULES.get(op)
         if rule is not None:
-            self.total += rule(str(func), args, out)
+            self.total += rule(op, args, out)
+        elif is_uncounted(func, self._flop_ops):
+            self._uncounted.add(op_key(func))
         return out
 
 
@@ -193,14 +244,25 @@ def prunable_section(graph, prunable_ids: Iterable[str] | None = None) -> dict:
     >>> graph = analyze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4))
     >>> prunable_section(graph)["channel_share"], prunable_section(graph)["macs_share"]
     (0.5714, 1.0)
+
+    A graph with ops whose arithmetic the MACs leave out (`uncounted_ops`) adds them as `uncounted_ops`
+    (a list of op keys) and warns once, naming them; the key is absent otherwise.
     """
     ids = {g.id for g in graph.prunable} if prunable_ids is None else set(prunable_ids)
     chosen = [g for g in graph.groups if g.id in ids]
     channels, all_channels = sum(g.size for g in chosen), sum(g.size for g in graph.groups)
     macs = prunable_macs(graph, ids)
-    return {"groups": len(chosen), "groups_total": len(graph.groups),
-            "channels": channels, "channels_total": all_channels, "channel_share": _share(channels, all_channels),
-            "macs": macs.prunable, "macs_total": macs.total, "macs_share": _share(macs.prunable, macs.total)}
+    section = {"groups": len(chosen), "groups_total": len(graph.groups),
+               "channels": channels, "channels_total": all_channels,
+               "channel_share": _share(channels, all_channels),
+               "macs": macs.prunable, "macs_total": macs.total, "macs_share": _share(macs.prunable, macs.total)}
+    uncounted = uncounted_ops(graph.captured)
+    if uncounted:
+        warnings.warn(f"MAC counts leave out {', '.join(uncounted)}: torch's FLOP counter counts arithmetic "
+                      "there that structprune's MAC rules do not (listed in report.json as "
+                      "prunable.uncounted_ops)", UserWarning, stacklevel=2)
+        section["uncounted_ops"] = list(uncounted)
+    return section
 
 
 def group_dicts(graph) -> list[dict]:

@@ -7,14 +7,10 @@ import torch
 from torch import fx
 
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.ir.ops import op_base
 from structprune.rewrite.keep import new_shape
 
 _SHAPE_ARG_OPS = {"view", "reshape", "_unsafe_view", "expand", "view_copy", "expand_copy"}
-
-
-def _name(node: fx.Node) -> str:
-    packet = getattr(node.target, "overloadpacket", None)
-    return getattr(packet, "__name__", "")
 
 
 def fix_literal_shapes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) -> None:
@@ -23,7 +19,7 @@ def fix_literal_shapes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.name not in values:
             continue
-        op = _name(node)
+        op = op_base(node.target)
         if op in _SHAPE_ARG_OPS and values[node.name] is not None:
             shape = new_shape(values[node.name], keep, graph.component)
             node.args = (node.args[0], list(shape)) + tuple(node.args[2:])

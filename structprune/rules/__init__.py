@@ -18,7 +18,9 @@ from typing import Callable
 
 import torch
 
+from structprune.compat import OpOverloadPacket
 from structprune.errors import UsageError
+from structprune.ir.ops import op_key
 from structprune.rules import (
     advanced_index,
     attention,
@@ -36,7 +38,7 @@ from structprune.rules import (
 )
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import rule_elementwise
-from structprune.rules.fallback import op_key, rule_unsupported
+from structprune.rules.fallback import rule_unsupported
 from structprune.rules.modules import DEFAULT_MODULE_RULES
 
 Rule = Callable[[RuleContext, object], None]
@@ -116,7 +118,7 @@ def with_inplace_variants(table: dict[str, Rule]) -> dict[str, Rule]:
 
 def _has_inplace(name: str) -> bool:
     try:
-        return isinstance(getattr(torch.ops.aten, f"{name}_"), torch._ops.OpOverloadPacket)
+        return isinstance(getattr(torch.ops.aten, f"{name}_"), OpOverloadPacket)
     except AttributeError:
         return False
 

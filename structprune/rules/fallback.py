@@ -5,16 +5,11 @@ import torch
 from torch import fx
 
 from structprune.ir.abstract import data_value
+from structprune.ir.ops import op_key  # the rule tables' key; re-exported here for the rule modules
 from structprune.ir.reasons import Reason, ReasonKind
 from structprune.rules.context import RuleContext, tensor_inputs
 
-
-def op_key(target) -> str:
-    """Normalised op key: 'aten.conv2d' for torch.ops.aten.conv2d.default, 'getitem' for getitem."""
-    packet = getattr(target, "overloadpacket", None)
-    if packet is not None:
-        return f"{packet._qualified_op_name.replace('::', '.')}"
-    return getattr(target, "__name__", str(target))
+__all__ = ["op_key", "rule_unsupported"]
 
 
 def rule_unsupported(ctx: RuleContext, node: fx.Node, why: str = "") -> None:

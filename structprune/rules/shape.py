@@ -3,12 +3,11 @@ op moves elements, so offsets (cat, split), blocks (flatten, heads) and permutat
 all fall out of running the op on the id array."""
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 from torch import fx
 
 from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan
+from structprune.ir.ops import op_base
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
@@ -32,7 +31,7 @@ def rule_reshape(ctx: RuleContext, node: fx.Node) -> None:
     `x.view(-1, 16 * 5 * 5)`): recorded as an assumption verification falls back on."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
     out = None if src is None or out_shape is None else reshape_abstract(ctx, src, out_shape)
-    op = _op_name(node)
+    op = op_base(node.target)
     if out is not None and any(out.chan) and op in _SIZED_VIEWS:
         ctx.assume(out.ids, f"{op} to sizes that follow the pruned width")
     ctx.set(node, out)
@@ -170,7 +169,7 @@ def rule_split(ctx: RuleContext, node: fx.Node) -> None:
     if src is None or not isinstance(outs, (list, tuple)):
         ctx.set(node, None)
         return
-    name = _op_name(node)
+    name = op_base(node.target)
     dim = _arg(node, 1, "dim", 0) if name == "unbind" else _arg(node, 2, "dim", 0)
     dim %= src.ndim
     sizes = [int(o.shape[dim]) if name != "unbind" else 1 for o in outs]
@@ -302,9 +301,3 @@ def rule_getitem(ctx: RuleContext, node: fx.Node) -> None:
     ctx.set(node, container[index] if isinstance(container, tuple) and isinstance(index, int) else None)
 
 
-def _op_name(node: fx.Node) -> str:
-    target = node.target
-    if target is operator.getitem:
-        return "getitem"
-    packet = getattr(target, "overloadpacket", None)
-    return getattr(packet, "__name__", str(target)).split(".")[-1]

@@ -3,7 +3,7 @@ verification are kept whole and the rest is verified again. The only way a prune
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -16,6 +16,7 @@ from structprune.graph.cost import count_macs, count_params, macs_of, prunable_s
 from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
 from structprune.rewrite.attention_attrs import attention_shape
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rewrite.width_attrs import AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes, refreshed_in
 from structprune.selection import Plan
 from structprune.verify import Verdict, verify_rewrite
@@ -56,10 +57,11 @@ def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: C
         with stage_errors(RewriteError, f"rewriting the model for {len(plan.pruned_groups())} pruned groups"):
             pruned = rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)
         with stage_errors(VerificationError, "verifying the rewrite"):
-            verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=config.recapture)
+            verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=config.recapture,
+                                     shrink_rules=config.shrink_rules)
         if may_tie and not verdict.ok:
             _raise_if_a_tie_may_help(model, verdict, plan)
-        if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan):
+        if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan, config.shrink_rules):
             plan = plan.with_meta(**{AS_IS_KEY: sorted(kept_as_is(plan) | {_failing_class(model, verdict)})})
             continue
         if verdict.ok or config.strict or not verdict.failing_groups:
@@ -67,7 +69,7 @@ def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: C
         plan = plan.keeping_whole({g: f"verification_failed: {what}" for g, what in verdict.failing_groups})
     _raise_if_failed(verdict)
     with stage_errors(VerificationError, "measuring the pruned model for the report"):
-        report = build_report(model, pruned, example_inputs, graph, plan, verdict)
+        report = build_report(model, pruned, example_inputs, graph, plan, verdict, config.shrink_rules)
     if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
         report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
     return CompressResult(pruned, plan, report, graph)
@@ -77,10 +79,11 @@ def _failing_class(model: nn.Module, verdict: Verdict) -> str:
     return qualified_name(type(model.get_submodule(verdict.failing_module)))
 
 
-def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, plan: Plan) -> bool:
+def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, plan: Plan,
+                      shrink_rules: Mapping) -> bool:
     """Verification failed in a module whose width attributes the rewrite refreshed (and whose class
     is not yet left as it is): the next round keeps that class's attributes as they were."""
-    if verdict.failing_module is None or not refreshed_in(model, pruned, verdict.failing_module):
+    if verdict.failing_module is None or not refreshed_in(model, pruned, verdict.failing_module, shrink_rules):
         return False
     return _failing_class(model, verdict) not in kept_as_is(plan)
 
@@ -97,9 +100,11 @@ def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> 
             raise InputWidthTieNeeded(name)
 
 
-def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict) -> Report:
+def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict,
+                 shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> Report:
     """Params and MACs before/after, one row per group (groups that verification blocked are shown
-    blocked, with its reason), the verdict and the plan's settings."""
+    blocked, with its reason), the verdict, the plan's settings, and the width attributes the rewrite
+    refreshed outside the layers `shrink_rules` handle."""
     blocked = dict(plan.meta.get("blocked_by_verification", {}))
     rows = tuple(
         GroupRow(g.id, g.size, len(plan.keep.get(g.id, range(g.size))), g.prunable and g.id not in blocked,
@@ -111,7 +116,7 @@ def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan,
     report = Report(count_params(model), count_params(pruned), macs_of(graph.captured), pruned_macs, rows,
                     verdict.to_json(), dict(plan.meta))
     report = report.with_extra(prunable=prunable_section(graph, [r.id for r in rows if r.prunable]))
-    refreshed = refreshed_attributes(model, pruned)
+    refreshed = refreshed_attributes(model, pruned, shrink_rules)
     return report.with_extra(refreshed_attributes=list(refreshed)) if refreshed else report
 
 

@@ -225,3 +225,13 @@ def test_verification_rebuilds_its_partly_pruned_models_with_the_shrink_rules_it
     with_defaults = verify_rewrite(net, pruned, FEATURES, graph, plan, recapture=False)
     assert not with_defaults.ok
     assert with_defaults.failing_groups == (("0.weight:0", "masking equivalence"),)
+
+
+def test_compress_verifies_a_partly_inexact_plan_with_the_users_shrink_rules() -> None:
+    """compress passes its shrink rules to verification: the user's layer is pruned beside the LayerNorm
+    group and the report lists no width attribute of it as refreshed by the search."""
+    net = fixed_norm_mlp(layer_norm=True)
+    result = structprune.compress(net, FEATURES, ratio=0.5, shrink_rules=FIXED_NORM_RULES)
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (result.model[1].channels, result.model[1].fan_in) == (8, 16)
+    assert not any(line.startswith("1.") for line in result.report.extra.get("refreshed_attributes", []))

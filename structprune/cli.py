@@ -17,16 +17,19 @@ from importlib import metadata
 from typing import NoReturn
 
 from structprune import __version__
+from structprune.api import analyze
 from structprune.compress_config import CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
 from structprune.inspection import inspect_model
+from structprune.io import load_model
 from structprune.onnx.bench import bench_onnx
 from structprune.pipeline import JobOptions, run_job
 from structprune.recover import distributed_session
 from structprune.recover.config import METHODS, RecoveryConfig
 from structprune.recover.schedules import SCHEDULES
+from structprune.report.graph_figure import check_figure_path, write_channel_graph_figure
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
 COMPRESS_EXAMPLES = """\
@@ -219,6 +222,9 @@ def _add_apply(p: argparse.ArgumentParser) -> None:
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
+    p.add_argument("--graph", type=_figure_path, metavar="FILE",
+                   help="also draw the channel graph (ops top to bottom, coloured by channel group, blocked groups "
+                        "hatched, a legend with sizes and reasons) into FILE: .svg, .png or .pdf")
     p.set_defaults(handler=_run_inspect)
 
 
@@ -245,6 +251,13 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object like {\"num_classes\": 10}")
     return value
+
+
+def _figure_path(text: str):
+    try:
+        return check_figure_path(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -296,8 +309,15 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    print(inspect_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
-                        input_shape=_sample_shape(args)))
+    load = dict(arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
+                input_shape=_sample_shape(args))
+    text = inspect_model(args.model, **load)
+    if args.graph:  # drawn before anything is printed, so a failure prints only its one-line error
+        loaded = load_model(args.model, **load)
+        graph = analyze(loaded.model, loaded.example_inputs).to_networkx()
+        path = write_channel_graph_figure(graph, args.graph, title=f"{loaded.name}: channel graph")
+        text += f"\n\nchannel graph: {path}"
+    print(text)
     return 0
 
 

@@ -11,8 +11,11 @@ partition size that a child reshapes by, equal to a head count by chance, is see
 alone, as in torchvision MaxViT's grid attention). An integer attribute of M equal
 to a size the first tier that knows it maps one way only takes the new size; a tuple or list is
 mapped element by element. A size that becomes two different things there is ambiguous and left
-alone. Verification proves the result: a wrong or missing refresh fails re-capture in that module,
-and its groups are then kept whole.
+alone; so is a size that only the inner tiers change while it is also a data size (a kernel, a
+sequence, a spatial extent) of a value inside M: torchvision vit_l_16's `patch_size` 16 is a head
+count inside its attention and the patch kernel inside `conv_proj`, and stays 16. Verification
+proves the result: a wrong or missing refresh fails re-capture in that module, and its groups are
+then kept whole.
 
 torch's own layers, and every class the shrink rules in use know (the defaults, or a user's
 `shrink_rules=` with their own layers), are left to those rules (their attributes are known exactly),
@@ -42,12 +45,19 @@ SizeMap = dict[int, set[int]]  # old dim size -> the sizes it becomes
 def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str, SizeMap]]:
     """Per module FQN, old -> new sizes by strength of evidence: the literal sizes its own nodes pass
     (view/reshape/expand/unflatten sizes: on a channel dim they change, on a data dim they stay), the
-    channel dims of the values its own nodes compute, then the same two for every node inside it."""
-    tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(4)]
-    literals, own, literals_within, within = tiers
+    channel dims of the values its own nodes compute, the same two for every node inside it, and last
+    the data (non-channel) dims of the values inside it (a veto on the inner tiers, see `_mapped_size`)."""
+    tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(5)]
+    literals, own, literals_within, within, data_within = tiers
+    channel_axes = {(m.fqn, m.axis) for group in graph.groups for m in group.members}
     for node in graph.captured.graph.nodes:
         stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
         value = graph.values.get(node.name)
+        if node.name in graph.captured.state_fqn:  # a weight: its data sizes count inside every owner
+            fqn = graph.captured.state_fqn[node.name]
+            for path in _owners(fqn):
+                for size in _weight_data_sizes(node, value, fqn, channel_axes):
+                    data_within[path][size].add(size)
         if not stack or value is None:
             continue
         for part in _abstracts(value):
@@ -57,11 +67,27 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
                     literals[stack[-1]][old].add(new)
                     for path in stack:
                         literals_within[path][old].add(new)
-            for old, new in (p for p, chan in zip(zip(part.shape, shape), part.chan) if chan):
-                own[stack[-1]][old].add(new)
+            for (old, new), chan in zip(zip(part.shape, shape), part.chan):
+                if chan:
+                    own[stack[-1]][old].add(new)
                 for path in stack:
-                    within[path][old].add(new)
+                    (within if chan else data_within)[path][old].add(new)
     return tiers
+
+
+def _weight_data_sizes(node, value, fqn: str, channel_axes: set) -> list[int]:
+    """The sizes of a parameter's or buffer's non-channel dims (a conv kernel's): from its abstract value,
+    else every axis no group lists as a member."""
+    if value is not None:
+        return [size for size, chan in zip(value.shape, value.chan) if not chan]
+    shape = getattr(node.meta.get("val"), "shape", ())
+    return [size for axis, size in enumerate(shape) if (fqn, axis) not in channel_axes]
+
+
+def _owners(fqn: str) -> list[str]:
+    """The module paths that hold parameter or buffer `fqn`: the root, then each enclosing module."""
+    parts = fqn.split(".")[:-1]
+    return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 _SIZE_LIST_ARG = {"view": 1, "reshape": 1, "_unsafe_view": 1, "expand": 1, "new_zeros": 1, "new_ones": 1,
@@ -171,10 +197,16 @@ def _mapped(value, scopes: list[SizeMap]):
 
 
 def _mapped_size(size: int, scopes: list[SizeMap]) -> int:
-    for scope in scopes:
+    """`size` through the first of the four evidence tiers that knows it; the fifth (data sizes inside
+    the module) vetoes a change that only the inner tiers (2 and 3) saw."""
+    *tiers, data_within = scopes
+    for strength, scope in enumerate(tiers):
         if size in scope:
             targets = scope[size]
-            return next(iter(targets)) if len(targets) == 1 else AMBIGUOUS
+            if len(targets) != 1:
+                return AMBIGUOUS
+            new = next(iter(targets))
+            return AMBIGUOUS if strength >= 2 and new != size and size in data_within else new
     return size
 
 

@@ -271,3 +271,31 @@ def test_a_timm_style_attn_dim_width_follows_the_pruned_heads() -> None:
     assert result.report.verification["ok"] and attn.num_heads < 4
     assert attn.attn_dim == attn.num_heads * attn.head_dim == attn.proj.in_features
     assert model[0].attn_dim == 16
+
+
+class PatchAttention(nn.Module):
+    """torchvision-ViT-style: the patch size (a conv kernel) equals the head count inside the attention."""
+
+    def __init__(self, patch: int = 4, heads: int = 4, dim: int = 32) -> None:
+        super().__init__()
+        self.patch_size, self.hidden_dim = patch, dim
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        n_h, n_w = h // self.patch_size, w // self.patch_size
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, n_h * n_w).permute(0, 2, 1)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(x.mean(1))
+
+
+def test_a_kernel_size_equal_to_a_head_count_inside_is_not_refreshed_with_the_heads() -> None:
+    torch.manual_seed(0)
+    model = PatchAttention().eval()
+    result = structprune.compress(model, torch.randn(1, 3, 24, 24), ratio=0.5)
+    pruned = result.model
+    assert "blocked_by_verification" not in result.plan.meta
+    widths = (pruned.patch_size, pruned.hidden_dim, pruned.attn.num_heads, pruned.conv_proj.out_channels)
+    assert widths == (4, 16, 2, 16)

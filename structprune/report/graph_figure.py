@@ -27,6 +27,7 @@ PALETTE = ("#4363d8", "#f58231", "#3cb44b", "#e6194b", "#911eb4", "#42d4f4", "#f
            "#9a6324", "#ffe119", "#800000", "#aaffc3", "#808000", "#000075", "#fabed4", "#dcbeff", "#ffd8b1")
 BLOCKED_FILL, BLOCKED_EDGE, NO_GROUP = "#d0d0d0", "#c0392b", "#ffffff"
 ROW_INCHES, COLUMN_INCHES, BOX_WIDTH, BOX_HEIGHT = 0.55, 2.0, 0.82, 0.6  # box sizes in row/column units
+MARGIN, TITLE = 0.2, 0.5  # inches around the drawing and above it
 LANE_OFFSETS = (0.0, 0.04, -0.04, 0.07, -0.07)  # lanes in one gap between columns (boxes leave 0.18)
 LABEL_CHARS, REASON_CHARS, MAX_PIXELS = 30, 70, 30000
 
@@ -111,21 +112,26 @@ def channel_graph_figure(G: nx.MultiDiGraph, title: str = ""):
     position = layered_layout(nx.DiGraph(shown))
     groups = G.graph.get("groups", {})
     colours = group_colours(groups)
+    handles = _legend_handles(groups, colours)
     xs, ys = [x for x, _ in position.values()] or [0], [y for _, y in position.values()] or [0]
-    rows, columns = 1 - min(ys), max(xs) - min(xs) + 1
-    height = max(ROW_INCHES * rows + 1.0, 0.19 * len(groups) + 1.5, 3.0)
-    figure = Figure(figsize=(COLUMN_INCHES * columns + 4.5, height), layout="constrained")
+    # sizes in inches, set by hand (one draw at save; a layout engine would draw the figure twice)
+    graph_width, graph_height = COLUMN_INCHES * (max(xs) - min(xs) + 1.2), ROW_INCHES * (1 - min(ys))
+    legend_width = 0.8 + 0.055 * max((len(h.get_label()) for h in handles), default=10)
+    width = MARGIN + graph_width + MARGIN + legend_width
+    height = TITLE + max(graph_height, 0.17 * len(handles) + 0.4) + MARGIN
+    figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
-    ax = figure.subplots()
+    ax = figure.add_axes((MARGIN / width, 1 - (TITLE + graph_height) / height, graph_width / width,
+                          graph_height / height))
     _draw_edges(ax, shown, position)
     for node, (x, y) in position.items():
         _draw_node(ax, G.nodes[node], x, y, groups, colours)
     ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)  # the lanes beside the outer columns too
     ax.set_ylim(min(ys) - 0.5, 0.5)
     ax.set_axis_off()
-    figure.legend(handles=_legend_handles(groups, colours), loc="outside right upper", fontsize=7,
-                  title="channel groups", title_fontsize=8, frameon=False)
-    figure.suptitle(title or _headline(groups), fontsize=10)
+    figure.legend(handles=handles, loc="upper left", bbox_to_anchor=((2 * MARGIN + graph_width) / width,
+                  1 - TITLE / height), fontsize=7, title="channel groups", title_fontsize=8, frameon=False)
+    figure.suptitle(title or _headline(groups), fontsize=10, y=1 - 0.1 / height, va="top")
     return figure
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import models_zoo
+from structprune.compat import TENSOR_PICKLE_MODULE
 from structprune.errors import UsageError
 
 ZOO_PREFIX = "zoo:"
@@ -249,4 +250,4 @@ def _globals_in_one_pickle(stream: io.BytesIO) -> list[str]:
 
 def _is_tensor_plumbing(name: str) -> bool:
     module, _, attr = name.rpartition(".")
-    return module == "torch._utils" or (module == "torch" and (attr.endswith("Storage") or attr == "Size"))
+    return module == TENSOR_PICKLE_MODULE or (module == "torch" and (attr.endswith("Storage") or attr == "Size"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from structprune.compat import child_module
 from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES, QUERY_PROJECTIONS
 
 WIDTHS = ("all_head_size", "attn_dim")
@@ -29,7 +30,7 @@ class AttentionShape:
 
 def _query_projection(module: nn.Module) -> tuple[str, int] | None:
     for name, blocks in QUERY_PROJECTIONS.items():
-        linear = module._modules.get(name)  # a child module is always registered here (no getattr miss)
+        linear = child_module(module, name)
         if isinstance(linear, nn.Linear) and linear.out_features % blocks == 0:
             return name, linear.out_features // blocks
     return None

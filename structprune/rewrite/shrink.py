@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from torch import nn
 
+from structprune.compat import ConvNd, NormBase, refresh_rnn_flat_weights
 from structprune.rewrite.attention_attrs import attention_shape, refresh_attention
 
 
@@ -78,13 +79,13 @@ def _prelu(m: nn.Module, old: dict) -> None:
 def _rnn(m: nn.RNNBase, old: dict) -> None:
     """nn.LSTM / GRU / RNN: widths from layer 0's weights; the flat weight list follows the new tensors."""
     m.input_size, m.hidden_size = m.weight_ih_l0.shape[1], m.weight_hh_l0.shape[1]
-    m._init_flat_weights()
+    refresh_rnn_flat_weights(m)
 
 
 DEFAULT_SHRINK_RULES = MappingProxyType({
-    nn.modules.conv._ConvNd: (_conv, ("groups", "in_channels", "out_channels")),
+    ConvNd: (_conv, ("groups", "in_channels", "out_channels")),
     nn.Linear: (_linear, ()),
-    nn.modules.batchnorm._NormBase: (_norm_features, ()),
+    NormBase: (_norm_features, ()),
     nn.GroupNorm: (_group_norm, ()),
     nn.LayerNorm: (_layer_norm, ()),
     nn.Embedding: (_embedding, ()),

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
+from structprune.compat import forward_pre_hooks
+
 
 def computed_attribute_memo(model: nn.Module, memo: dict) -> dict[int, torch.Tensor]:
     """A deepcopy memo entry for each non-leaf tensor a module keeps as a plain attribute: a detached copy."""
@@ -27,7 +29,7 @@ def recompute_weight_norms(model: nn.Module) -> None:
     no_grad (a leaf, as after an inference forward): the shape the next forward gives, and the model
     stays copyable. The hook recomputes it, with gradients, on every forward."""
     for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
+        for hook in forward_pre_hooks(module):
             if isinstance(hook, WeightNorm):
                 with torch.no_grad():
                     setattr(module, hook.name, hook.compute_weight(module))

@@ -33,6 +33,7 @@ from torch import nn
 
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.ir.abstract import Abstract
+from structprune.ir.ops import op_base
 from structprune.rewrite.keep import new_shape
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 
@@ -97,7 +98,7 @@ _SIZE_LIST_ARG = {"view": 1, "reshape": 1, "_unsafe_view": 1, "expand": 1, "new_
 def _literal_sizes(node, value: Abstract, shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
     """(literal, its size after pruning) for each literal size argument that lines up with a dim of
     the node's output."""
-    op = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+    op = op_base(node.target)
     if op == "unflatten" and len(node.args) > 2:
         sizes = node.args[2]
         dim = node.args[1] % (value.ndim - len(sizes) + 1)  # a dim of the input, which has fewer

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from torch import nn
 
+from structprune.compat import mha_packed_qkv
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
@@ -23,7 +24,7 @@ def _mha(ctx: RuleContext, prefix: str, module: nn.MultiheadAttention) -> None:
     rows = ctx.axis_ids(f"{prefix}in_proj_weight", 0)
     cols = ctx.axis_ids(f"{prefix}in_proj_weight", 1)
     out_cols = ctx.axis_ids(f"{prefix}out_proj.weight", 1)
-    if not module._qkv_same_embed_dim or rows is None or cols is None:
+    if not mha_packed_qkv(module) or rows is None or cols is None:
         for maps in (ctx.state_maps.get(f"{prefix}{n}", []) for n, _ in module.named_parameters()):
             for smap in maps:
                 ctx.block(smap.ids, ReasonKind.MODULE_CONSTRAINT,

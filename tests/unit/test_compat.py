@@ -21,11 +21,7 @@ TOO_OLD = "structprune needs torch >= 2.13 (found {}); install it with pip insta
 # Private torch API still used outside compat.py, in files whose owners move them onto compat's names
 # (compat.ConvNd, NormBase, refresh_rnn_flat_weights, forward_pre_hooks, child_module, mha_packed_qkv,
 # TENSOR_PICKLE_MODULE). A new use anywhere else fails the test; an entry whose use is gone is harmless.
-NOT_YET_MOVED = {
-    ("rewrite/shrink.py", "_ConvNd"), ("rewrite/shrink.py", "_NormBase"), ("rewrite/shrink.py", "_init_flat_weights"),
-    ("rewrite/weight_norm.py", "_forward_pre_hooks"), ("rewrite/attention_attrs.py", "_modules"),
-    ("rules/modules.py", "_qkv_same_embed_dim"), ("io/probe.py", "torch._utils"),
-}
+NOT_YET_MOVED: set[tuple[str, str]] = set()  # every private use goes through structprune.compat
 # Private attributes of torch objects (modules, ops) that an AST cannot tie to torch by its dotted path.
 PRIVATE_TORCH_ATTRS = {"_modules", "_parameters", "_buffers", "_forward_pre_hooks", "_forward_hooks",
                        "_backward_hooks", "_init_flat_weights", "_qkv_same_embed_dim", "_qualified_op_name",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -96,12 +97,18 @@ class RuleContext:
         if shape is None:
             return None
         fqn = self.captured.state_fqn.get(node.name)
-        if fqn is not None and node.meta["val"].is_floating_point():
+        if fqn is not None and node.meta["val"].is_floating_point() and fqn not in self._computed_buffers:
             return self._state_value(node, fqn, shape)
-        if fqn is not None:  # integer/bool buffers (position ids, masks) are data, never channels
-            return self.fresh_data(shape)
+        if fqn is not None:  # integer/bool buffers (position ids, masks) are data, never channels; so are
+            return self.fresh_data(shape)  # buffers left out of the state_dict (RoPE's inv_freq): code makes them
         kind = ReasonKind.MODEL_INPUT if node.name in self.captured.user_inputs else ReasonKind.TENSOR_CONSTANT
         return data_value(shape, self.space.reason_id(Reason(kind, node.name)))
+
+    @cached_property
+    def _computed_buffers(self) -> frozenset[str]:
+        """FQNs of the non-persistent buffers: the module computes them from its configuration (RoPE's
+        `inv_freq`), a reload recomputes them at their old size, so their sizes are fixed in code."""
+        return frozenset(self.captured.program.graph_signature.non_persistent_buffers)
 
     def _state_value(self, node: fx.Node, fqn: str, shape: tuple[int, ...]) -> Abstract:
         big = [d for d, s in enumerate(shape) if s > 1]

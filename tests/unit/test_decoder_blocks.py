@@ -1,0 +1,102 @@
+"""Decoder LLM blocks: grouped-query attention (query heads that share a key/value head go with it),
+RoPE (a head's rotary dims never split: its `inv_freq` is a buffer the module computes, not a weight),
+SwiGLU (gate and up tied), RMSNorm, and Hugging Face's own Llama, Qwen2, Mistral and GPT-2 (Conv1D)
+built from their config classes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import structprune
+
+HEAD_DIM, HEADS, KV_HEADS, HIDDEN = 4, 8, 2, 32
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class RotaryGQABlock(nn.Module):
+    """Llama-style: RMSNorm, q/k/v with fewer key/value heads, RoPE from a non-persistent inv_freq,
+    repeat_kv, causal SDPA, o_proj; then RMSNorm and a SwiGLU MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
+        self.k_proj = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.v_proj = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.o_proj = nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+        self.gate_proj, self.up_proj = nn.Linear(HIDDEN, 48, bias=False), nn.Linear(HIDDEN, 48, bias=False)
+        self.down_proj = nn.Linear(48, HIDDEN, bias=False)
+        self.norm1, self.norm2 = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM),
+                             persistent=False)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, -1, HEAD_DIM).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, -1, HEAD_DIM).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, -1, HEAD_DIM).transpose(1, 2)
+        freqs = torch.arange(s, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        n_rep = q.shape[1] // k.shape[1]
+        k = k[:, :, None].expand(b, k.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
+        v = v[:, :, None].expand(b, v.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        h = self.norm2(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+def _rows_in_blocks(rows, block: int) -> list[int]:
+    """The blocks of `block` consecutive rows that `rows` keeps, asserting each is kept whole."""
+    rows = np.asarray(rows)
+    blocks = sorted(set((rows // block).tolist()))
+    assert rows.tolist() == [b * block + i for b in blocks for i in range(block)], rows
+    return blocks
+
+
+def _kept_rows(model: nn.Module, pruned: nn.Module, name: str) -> list[int]:
+    """Which output rows of `model.<name>` survive in `pruned.<name>` (input width kept, rows matched by value)."""
+    dense, small = getattr(model, name).weight.detach(), getattr(pruned, name).weight.detach()
+    return [next(i for i in range(dense.shape[0]) if torch.equal(dense[i], row)) for row in small]
+
+
+def test_query_heads_go_with_their_key_value_head_and_rotary_dims_stay_whole() -> None:
+    torch.manual_seed(0)
+    model = RotaryGQABlock().eval()
+    x = torch.randn(2, 6, HIDDEN)
+    graph = structprune.analyze(model, x)
+    heads = next(g for g in graph.groups if any(m.fqn == "k_proj.weight" and m.axis == 0 for m in g.members))
+    assert (heads.size, heads.prunable, heads.exact) == (KV_HEADS, True, True)
+    assert {m.fqn for m in heads.members} == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
+    assert all(m.fqn != "inv_freq" for g in graph.groups for m in g.members)
+    result = structprune.compress(model, x, ratio=0.5, ignore=["norm1"])  # the hidden width stays
+    pruned = result.model
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    kv_kept = _rows_in_blocks(_kept_rows(model, pruned, "k_proj"), HEAD_DIM)
+    assert _rows_in_blocks(_kept_rows(model, pruned, "v_proj"), HEAD_DIM) == kv_kept and len(kv_kept) == 1
+    n_rep = HEADS // KV_HEADS
+    assert _rows_in_blocks(_kept_rows(model, pruned, "q_proj"), HEAD_DIM) == [
+        kv * n_rep + r for kv in kv_kept for r in range(n_rep)]
+    assert pruned.gate_proj.out_features == pruned.up_proj.out_features == pruned.down_proj.in_features == 24
+    assert torch.equal(pruned.inv_freq, model.inv_freq)
+    out = pruned(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -5,6 +5,9 @@ on sys.path, so no sys.path hacks are needed.
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,3 +121,24 @@ class TiedEmbedding(nn.Module):
 
     def forward(self, ids):
         return self.out(torch.relu(self.hidden(self.embed(ids))))
+
+
+TVSHIM = Path(__file__).resolve().parents[2] / "shared" / "tools" / "tvshim.py"  # beside the checkout, if present
+
+
+def load_tvshim() -> None:
+    """Load ../shared/tools/tvshim.py where it exists (this workplace: torchvision built for another torch),
+    so torchvision, and transformers which imports it, import on the CPU torch. Elsewhere a no-op."""
+    if TVSHIM.exists() and "tvshim" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("tvshim", TVSHIM)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["tvshim"] = module
+        spec.loader.exec_module(module)
+
+
+def import_transformers():
+    """`transformers` (a test dependency: pip install -e '.[test]'), with tvshim loaded first."""
+    load_tvshim()
+    import transformers
+
+    return transformers

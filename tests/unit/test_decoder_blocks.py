@@ -5,11 +5,13 @@ built from their config classes."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import structprune
+from helpers import import_transformers
 
 HEAD_DIM, HEADS, KV_HEADS, HIDDEN = 4, 8, 2, 32
 
@@ -100,3 +102,49 @@ def test_query_heads_go_with_their_key_value_head_and_rotary_dims_stay_whole() -
     assert torch.equal(pruned.inv_freq, model.inv_freq)
     out = pruned(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def _hf_decoder(name: str) -> nn.Module:
+    """A small random Hugging Face decoder built from its config class (no download)."""
+    transformers = import_transformers()
+    llama_like = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64)
+    build = {
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_like)),
+        "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**llama_like)),
+        "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(**llama_like)),
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, eos_token_id=0, bos_token_id=0)),
+    }
+    torch.manual_seed(0)
+    model = build[name]().eval()
+    model.config.use_cache = False
+    return model
+
+
+@pytest.mark.parametrize("name, heads_member, units, export", [
+    ("llama", "model.layers.0.self_attn.k_proj.weight", 2, True),
+    ("qwen2", "model.layers.0.self_attn.k_proj.weight", 2, False),
+    ("mistral", "model.layers.0.self_attn.k_proj.weight", 2, False),
+    ("gpt2", "transformer.h.0.attn.c_attn.weight", 4, True),
+])
+def test_hugging_face_decoders_prune_whole_heads_generate_and_export(name, heads_member, units, export,
+                                                                     tmp_path) -> None:
+    model = _hf_decoder(name)
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    graph = structprune.analyze(model, inputs)
+    heads = [g for g in graph.groups if any(m.fqn == heads_member and m.role == "out" for m in g.members)]
+    assert [(g.size, g.prunable, g.exact) for g in heads] == [(units, True, True)]  # one group: whole KV groups
+    result = structprune.compress(model, inputs, ratio=0.5)
+    assert result.report.verification["ok"] and result.report.params_before / result.report.params_after > 3
+    pruned = result.model
+    assert len(result.plan.keep[heads[0].id]) == units // 2
+    assert pruned.get_parameter(heads_member).numel() < model.get_parameter(heads_member).numel() / 3
+    assert torch.isfinite(pruned(**inputs).logits).all()
+    tokens = pruned.generate(ids[:1, :5], attention_mask=torch.ones(1, 5, dtype=torch.long), max_new_tokens=4,
+                             do_sample=False, use_cache=True, pad_token_id=0)
+    assert tokens.shape == (1, 9) and torch.equal(tokens[:, :5], ids[:1, :5])
+    if export:
+        written = structprune.export(pruned, inputs, str(tmp_path / "model.onnx"))
+        assert written["dynamic_batch"] and written["dynamic_sequence"] and written["parity"]["ok"]

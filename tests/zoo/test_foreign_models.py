@@ -8,18 +8,16 @@ families and torchvision's zoo is benchmarks/foreign_coverage.py.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import structprune
+from helpers import load_tvshim
 from structprune.errors import VerificationError
 
 REPO = Path(__file__).resolve().parents[2]  # tests/zoo/ is two folders below the repository
-TVSHIM = REPO.parent / "shared" / "tools" / "tvshim.py"
 SIDE = 64  # small inputs keep a dozen models affordable on a 2-core CPU
 OWN_SIDE = {"maxvit_t": 224}  # its 7x7 windows need 224 x 224
 
@@ -58,11 +56,7 @@ def _params():
 @pytest.fixture(scope="module")
 def zoos():
     """(timm, torchvision.models), with tvshim loaded first so torchvision imports on the CPU torch."""
-    if TVSHIM.exists() and "tvshim" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("tvshim", TVSHIM)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["tvshim"] = module
-        spec.loader.exec_module(module)
+    load_tvshim()
     timm = pytest.importorskip("timm", reason="timm is not installed (see ../shared/tools/README.md)")
     models = pytest.importorskip("torchvision.models", reason="torchvision is not installed")
     return timm, models

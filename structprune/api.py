@@ -24,6 +24,7 @@ from structprune.criteria.views import group_views
 from structprune.data.running import eval_outputs
 from structprune.errors import AnalysisError, PlanError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
+from structprune.hf import is_hf_model, restore_runtime_flags, update_config, without_cache
 from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.build import build_channel_graph
@@ -59,7 +60,8 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
     check_attention_mode(attention)  # an unknown mode fails before the (slower) capture
     modules = None if isinstance(model, fx.GraphModule) else dict(model.named_modules())
     ties = frozenset(type(m) for m in (modules or {}).values() if class_name(type(m)) in set(input_width_ties))
-    captured = capture(model, example_inputs)
+    with without_cache(model):  # a Hugging Face causal LM returns a KV cache torch.export cannot capture
+        captured = capture(model, example_inputs)
     with stage_errors(AnalysisError, "finding the coupled channels of the captured graph"):
         return build_channel_graph(captured, rules=rules, modules=modules, module_rules=module_rules,
                                    attention=attention, input_width_ties=ties)
@@ -125,6 +127,14 @@ def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | 
     (True, True)
     """
     config = compress_config(config, options)
+    with without_cache(model):
+        result = _compress(model, example_inputs, config, data, plan)
+    section = _hf_config(model, result.model, example_inputs)
+    return result if section is None else CompressResult(result.model, result.plan,
+                                                         result.report.with_extra(hf_config=section), result.graph)
+
+
+def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None):
     if plan is None:
         result = _choose_and_rewrite(model, example_inputs, config, data)
     else:
@@ -136,6 +146,17 @@ def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | 
     refit = bool(getattr(crit, "needs_data", False)) if config.reconstruct is None else config.reconstruct
     return recalibrate(model, result, example_inputs, data, recalibrate_bn=config.recalibrate_bn,
                        reconstruct=refit, seed=config.seed)
+
+
+def _hf_config(model: nn.Module, pruned: nn.Module, example_inputs: Any) -> dict | None:
+    """A Hugging Face model's pruned copy gets a config that describes it and the user's `use_cache`
+    back (structprune.hf); returns the report's `hf_config` section (None for other models)."""
+    if not is_hf_model(model):
+        return None
+    with without_cache(pruned):
+        update = update_config(model, pruned, example_inputs)
+    restore_runtime_flags(model, pruned)
+    return update.to_json()
 
 
 def _choose_and_rewrite(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any) -> CompressResult:
@@ -172,7 +193,10 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
     if not verify:
         return rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)
-    return verified_rewrite(model, example_inputs, plan, graph, config).model
+    with without_cache(model):
+        pruned = verified_rewrite(model, example_inputs, plan, graph, config).model
+    _hf_config(model, pruned, example_inputs)
+    return pruned
 
 
 def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,
@@ -241,9 +265,10 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
     # lazy: structprune.onnx loads onnx and onnxruntime, which `import structprune` should not pay for
     from structprune.onnx import check_parity, compare_latency, export_onnx, onnx_section
 
-    exported = export_onnx(model, example_inputs, path)
-    parity = check_parity(model, exported.path, example_inputs, dynamic_batch=exported.dynamic_batch,
-                          dynamic_sequence=exported.dynamic_sequence)
+    with without_cache(model):
+        exported = export_onnx(model, example_inputs, path)
+        parity = check_parity(model, exported.path, example_inputs, dynamic_batch=exported.dynamic_batch,
+                              dynamic_sequence=exported.dynamic_sequence)
     if not parity.ok:
         os.remove(exported.path)
         raise VerificationError(f"onnxruntime output differs from the torch model (max abs error "
@@ -251,7 +276,7 @@ def export(model: nn.Module, example_inputs: Any, path, *, dense: nn.Module | No
                                 f"{parity.detail}")
     latency = None
     if dense is not None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, without_cache(dense):
             reference = export_onnx(dense, example_inputs, os.path.join(tmp, "dense.onnx"))
             latency = compare_latency(reference.path, exported.path, example_inputs, runs=latency_runs)
     return onnx_section(exported, parity, latency)

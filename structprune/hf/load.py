@@ -1,0 +1,105 @@
+"""`from_pretrained`: load a folder written by `save_pretrained` after structprune pruned the model.
+
+A folder whose config transformers can rebuild alone (no LAYERS_KEY in config.json) is loaded by
+transformers' own `from_pretrained`. Otherwise the model is built from config.json, resized to the
+shapes stored in the safetensors files and given the recorded module attributes (rebuild.py), then the
+weights are loaded strictly: every stored tensor must land on a tensor of the model and every tensor
+of the model must be stored, except the tied copies transformers leaves out (GPT-2's `lm_head.weight`
+is `wte.weight`). Only safetensors are read, so loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from structprune.errors import UsageError
+from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, rebuild
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.Module:
+    """The model saved in `folder`, in eval mode; `model_class` defaults to the config's architecture.
+
+    Use it for every folder structprune wrote: it calls transformers' `from_pretrained` where that is
+    enough and rebuilds per-block widths where it is not.
+    """
+    import transformers  # lazy: transformers is an optional extra (structprune[hf])
+
+    folder = Path(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    cls = model_class or architecture_class(config)
+    if getattr(config, LAYERS_KEY, None) is None:
+        return cls.from_pretrained(folder, use_safetensors=True).eval()
+    model = cls(config)
+    rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
+    load_strictly(model, stored_tensors(folder), folder)
+    return model.eval()
+
+
+def architecture_class(config: Any) -> type:
+    """The transformers class config.json names (`architectures[0]`), or AutoModel's choice; never code
+    from the folder (no `trust_remote_code`)."""
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        return cls
+    if names:
+        raise UsageError(f"config.json names architecture {names[0]!r}, which transformers {transformers.__version__} "
+                         "does not provide; structprune never runs code from a model folder")
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return MODEL_MAPPING[type(config)]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: one file, or the shards its index lists."""
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / name for name in shards]
+    if (folder / SAFETENSORS).is_file():
+        return [folder / SAFETENSORS]
+    raise UsageError(f"{folder} holds no {SAFETENSORS} (or {SAFETENSORS_INDEX}); save it with save_pretrained")
+
+
+def stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt") as stream:
+            shapes.update({key: tuple(stream.get_slice(key).get_shape()) for key in stream.keys()})
+    return shapes
+
+
+def stored_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors files."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def load_strictly(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """load_state_dict where the only keys allowed missing are tied copies of loaded tensors."""
+    result = model.load_state_dict(tensors, strict=False)
+    loaded = {id(t) for k, t in _named_tensors(model).items() if k in tensors}
+    untied = [k for k in result.missing_keys if id(_named_tensors(model)[k]) not in loaded]
+    if result.unexpected_keys or untied:
+        raise UsageError(f"{folder} does not fit the model its config describes (not in the model: "
+                         f"{result.unexpected_keys[:3]}, not stored: {untied[:3]}); save it again with save_pretrained")
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}

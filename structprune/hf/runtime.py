@@ -1,0 +1,79 @@
+"""Running a Hugging Face model the way structprune runs every model: plain tensors out, no KV cache.
+
+A causal LM whose `config.use_cache` is set returns a `DynamicCache` next to its logits; torch.export
+cannot capture that object (it is no pytree) and the cache only repeats keys and values the logits
+already depend on. So while structprune captures, verifies and exports, `without_cache` sets
+`use_cache` to False on the model's configs and puts the user's values back afterwards, even on
+error. The logits are the same either way, so verification compares what the model computes; the
+exported `model.pt2` / `model.onnx` take tokens and return logits without a cache.
+
+transformers is never imported here: a model can only be a `PreTrainedModel` once the user imported
+transformers, so `sys.modules` answers the question for free.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from torch import nn
+
+RUNTIME_FLAGS = {"use_cache": False}  # config attribute -> the value structprune runs with
+
+
+def is_hf_model(model: Any) -> bool:
+    """Is `model` a transformers `PreTrainedModel` (False, without importing transformers, when
+    transformers was never imported)?
+
+    >>> is_hf_model(nn.Linear(2, 2))
+    False
+    """
+    transformers = sys.modules.get("transformers")
+    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
+    return isinstance(base, type) and isinstance(model, base)
+
+
+def model_configs(model: nn.Module) -> list[Any]:
+    """The model's config and its text config (a multimodal model's decoder), each once."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else None
+    return [config] + ([text] if text is not None and text is not config else [])
+
+
+@contextmanager
+def without_cache(*models: nn.Module | None) -> Iterator[None]:
+    """Inside the block every Hugging Face model among `models` runs with RUNTIME_FLAGS
+    (`use_cache=False`); on exit each config gets back its own values. Other models are untouched.
+
+    >>> with without_cache(nn.Linear(2, 2), None):
+    ...     pass
+    """
+    with ExitStack() as stack:
+        for model in models:
+            if is_hf_model(model):
+                for config in model_configs(model):
+                    stack.enter_context(_flags_set(config))
+        yield
+
+
+@contextmanager
+def _flags_set(config: Any) -> Iterator[None]:
+    saved = {name: getattr(config, name) for name in RUNTIME_FLAGS if hasattr(config, name)}
+    try:
+        for name in saved:
+            setattr(config, name, RUNTIME_FLAGS[name])
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+def restore_runtime_flags(original: nn.Module, copy: nn.Module) -> None:
+    """Give `copy` (made from `original` inside `without_cache`) the user's runtime flags back."""
+    for source, target in zip(model_configs(original), model_configs(copy)):
+        for name in RUNTIME_FLAGS:
+            if hasattr(source, name):
+                setattr(target, name, getattr(source, name))

@@ -17,19 +17,17 @@ from importlib import metadata
 from typing import NoReturn
 
 from structprune import __version__
-from structprune.api import analyze
 from structprune.compress_config import CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
 from structprune.inspection import inspect_model
-from structprune.io import load_model
 from structprune.onnx.bench import bench_onnx
 from structprune.pipeline import JobOptions, run_job
 from structprune.recover import distributed_session
 from structprune.recover.config import METHODS, RecoveryConfig
 from structprune.recover.schedules import SCHEDULES
-from structprune.report.graph_figure import check_figure_path, write_channel_graph_figure
+from structprune.report.graph_figure import check_figure_path
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
 COMPRESS_EXAMPLES = """\
@@ -311,13 +309,7 @@ def _run_compress(args: argparse.Namespace) -> int:
 def _run_inspect(args: argparse.Namespace) -> int:
     load = dict(arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
                 input_shape=_sample_shape(args))
-    text = inspect_model(args.model, **load)
-    if args.graph:  # drawn before anything is printed, so a failure prints only its one-line error
-        loaded = load_model(args.model, **load)
-        graph = analyze(loaded.model, loaded.example_inputs).to_networkx()
-        path = write_channel_graph_figure(graph, args.graph, title=f"{loaded.name}: channel graph")
-        text += f"\n\nchannel graph: {path}"
-    print(text)
+    print(inspect_model(args.model, figure=args.graph, **load))  # a failed drawing prints only its error
     return 0
 
 

@@ -55,6 +55,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names))
     ("onnx", {"onnx"}),
     ("calibrate", {"calibrate"}),
     ("recover", {"recover"}),
+    ("hf", {"hf"}),  # Hugging Face in and out: config after the rewrite, reload; api and the CLI job call it
     ("api", {"", "api", "verified", "compress_config", "iterative"}),
     ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection"}),
     ("cli", {"cli", "__main__"}),
@@ -67,7 +68,7 @@ LAZY_IMPORTS = {
     ("api.py", "structprune.onnx"): "onnx, onnxruntime",
     ("report/writers.py", "structprune.report.plots"): "matplotlib",
 }
-HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "torch_pruning")
+HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "safetensors", "torch_pruning")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 No file is trusted until it has been read back: `model.pt2` with `torch.export.load(...).module()`
 (without calling `.eval()`, as users do), `state_dict.pt` with `torch.load(weights_only=True)` and,
 when the architecture can be rebuilt, loaded strictly into it, `plan.json` with `Plan.load`.
-`model.onnx` is read back by onnxruntime in the export stage's parity check. Outputs are compared
+`model.onnx` is read back by onnxruntime in the export stage's parity check, and a Hugging Face
+model's `hf/` folder with `structprune.hf.from_pretrained` (its tokenizer with AutoTokenizer). Outputs are compared
 with the in-memory pruned model in eval mode at the example's batch and at one row more (and at a
 shorter token sequence where that axis is free). The `artifacts` section of report.json records
 each check; one failure fails the job before anything is published.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from structprune.capture.deploy import SavedPt2
 from structprune.data import evaluate_accuracy
 from structprune.data.running import eval_outputs, flat_outputs, model_logits, normalize_inputs
 from structprune.errors import VerificationError
+from structprune.hf import from_pretrained, without_cache
+from structprune.hf.folder import same_tokens
 from structprune.io.probe import first_line
 from structprune.onnx.parity import Parity, output_parity
 from structprune.selection import Plan
@@ -39,13 +42,16 @@ ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3  # check_parity's defaults
 class Written:
     """What a job wrote, and what to check it against: the pruned model, its plan, the saved
     `.pt2`, a way to rebuild the pruned architecture (None when the model had no `--arch`), and the
-    ONNX parity section (None with `--no-onnx`)."""
+    ONNX parity section (None with `--no-onnx`); for a Hugging Face model, the folder it came from
+    (`hf_source`) and the tokenizer files copied from it into `hf/`."""
 
     model: nn.Module
     plan: Plan
     saved: SavedPt2
     rebuild: Callable[[], nn.Module] | None
     onnx_parity: dict | None
+    hf_source: str | None = None
+    tokenizer_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,27 @@ def check_plan(path: Path, plan: Plan) -> ArtifactCheck:
                          detail="" if same else "the plan read back differs from the plan applied")
 
 
+def check_hf_folder(path: Path, reference: nn.Module, example_inputs: Any, source: str | None,
+                    tokenizer_files: tuple[str, ...]) -> ArtifactCheck:
+    """`structprune.hf.from_pretrained(path)` against `reference` at two batch sizes and a shorter token
+    sequence; the copied tokenizer (if any) must encode like the source folder's."""
+    try:
+        model = from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - a folder that does not load is a failed check, not a crash
+        return ArtifactCheck("hf/", False, None, ("load",), detail=f"does not load ({type(exc).__name__}: "
+                                                                   f"{first_line(exc)})")
+    cases = {f"batch {n}": resize_batch(example_inputs, n) for n in _two_batches(example_inputs)}
+    shorter = shorter_sequence(example_inputs)
+    cases.update({"sequence - 1": shorter} if shorter is not None else {})
+    with without_cache(model, reference):
+        check = _from_parities("hf/", cases, [_parity(model, reference, inputs) for inputs in cases.values()])
+    if not tokenizer_files or source is None:
+        return check
+    same = same_tokens(path, source)
+    return replace(check, ok=check.ok and same, checked_at=(*check.checked_at, "tokenizer"),
+                   detail=check.detail or ("" if same else "the copied tokenizer encodes differently"))
+
+
 def onnx_check(parity: dict) -> ArtifactCheck:
     """The export stage's onnxruntime read-back of model.onnx (the report's `onnx.parity`)."""
     cases = tuple(f"batch {n}" for n in parity["batch_sizes_checked"])
@@ -116,6 +143,9 @@ def read_back(folder: Path, written: Written) -> dict:
               check_pt2(folder / "model.pt2", written.model, written.saved)]
     if written.onnx_parity is not None:
         checks.append(onnx_check(written.onnx_parity))
+    if written.hf_source is not None:
+        checks.append(check_hf_folder(folder / "hf", written.model, written.saved.example_inputs, written.hf_source,
+                                      written.tokenizer_files))
     return artifacts_section(checks)
 
 

@@ -2,6 +2,8 @@
 
 Everything a job writes lands in a staging folder that replaces the output folder only when the job
 succeeded, so a failure (bad input, failed verification, failed parity, Ctrl-C) leaves nothing behind.
+A Hugging Face model folder also gets `hf/` (save_pretrained and the folder's tokenizer files), and
+`--data FILE.txt` is tokenised with that folder's tokenizer.
 """
 from __future__ import annotations
 
@@ -19,11 +21,16 @@ from structprune.artifacts import Written, read_back
 from structprune.capture.deploy import SavedPt2, save_pt2
 from structprune.compress_config import CompressConfig
 from structprune.criteria import get_criterion
-from structprune.data import DataBundle, load_data
+from structprune.data import DATA_SOURCES, DataBundle, load_data
+from structprune.data.load import text_source
+from structprune.data.text import TEXT_MAX_LENGTH
 from structprune.errors import PlanError, UsageError
 from structprune.graph.cost import count_macs, count_params
+from structprune.hf import without_cache
+from structprune.hf.folder import save_folder
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, staged_output_dir
 from structprune.io.arch import build_arch
+from structprune.io.hf_folder import max_positions
 from structprune.io.load import LoadedModel
 from structprune.iterative import iterative_prune
 from structprune.quality import (
@@ -114,7 +121,9 @@ def _build_artifacts(stage: Path, loaded: LoadedModel, options: JobOptions, plan
     report = with_accuracy(result, loaded, bundle)
     quality_gate(report, options)  # fail on the in-memory model before spending time on export
     steps.set_postfix_str("save model")
-    saved = _write_models(stage, loaded, result)
+    tokenizer_files = _write_hf(stage, loaded, result)  # before the others: it saves the user's use_cache
+    with without_cache(result.model):  # a causal LM's KV cache is no output torch.export or ONNX can hold
+        saved = _write_models(stage, loaded, result)
     steps.update()
     parity = None
     if options.onnx:
@@ -123,8 +132,11 @@ def _build_artifacts(stage: Path, loaded: LoadedModel, options: JobOptions, plan
         parity = report.extra["onnx"].get("parity")
         steps.update()
     steps.set_postfix_str("read back artifacts")
-    written = Written(result.model, result.plan, saved, _rebuilder(loaded, result.plan), parity)
-    report = report.with_extra(artifacts=read_back(stage, written), pt2_dynamic_batch=saved.dynamic_batch)
+    written = Written(result.model, result.plan, saved, _rebuilder(loaded, result.plan), parity,
+                      loaded.folder if loaded.source == "hf" else None, tokenizer_files)
+    with without_cache(result.model):
+        checked = read_back(stage, written)
+    report = report.with_extra(artifacts=checked, pt2_dynamic_batch=saved.dynamic_batch)
     report = with_published_accuracy(report, stage, saved, bundle, result.model)
     quality_gate(report, options)  # the gate judges what is published, not only the in-memory model
     steps.update()
@@ -175,7 +187,17 @@ def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
     if options.data is None:
         return None
     shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
-    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.compress.seed)
+    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.compress.seed,
+                     sources=_data_sources(loaded))
+
+
+def _data_sources(loaded: LoadedModel) -> tuple:
+    """The data spec table; a Hugging Face folder's tokenizer reads `FILE.txt` (at most as many tokens
+    as the model has positions)."""
+    if loaded.folder is None:
+        return DATA_SOURCES
+    limit = max_positions(loaded.model.config.get_text_config()) or TEXT_MAX_LENGTH
+    return (text_source(loaded.folder, min(TEXT_MAX_LENGTH, limit)), *DATA_SOURCES)
 
 
 def _load_plan(path: str) -> Plan:
@@ -249,6 +271,14 @@ def calibration_loader(bundle: DataBundle, samples: int = 1024):
     and calibration see the same data on every call (the training split is already in seeded order)."""
     dataset = bundle.train.dataset
     return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False)
+
+
+def _write_hf(stage: Path, loaded: LoadedModel, result: CompressResult) -> tuple[str, ...]:
+    """`hf/` for a model loaded from a Hugging Face folder: save_pretrained and the folder's tokenizer
+    files (their names are returned; the read-back checks both)."""
+    if loaded.source != "hf":
+        return ()
+    return save_folder(result.model, stage / "hf", loaded.folder)
 
 
 def _write_models(stage: Path, loaded: LoadedModel, result: CompressResult) -> SavedPt2:

@@ -1,4 +1,8 @@
-"""load_data: one spec string -> a DataBundle. The accepted forms are a table, tried in order."""
+"""load_data: one spec string -> a DataBundle. The accepted forms are a table, tried in order.
+
+Text (`FILE.txt`) is tokenised with a model's tokenizer, which the table cannot know: the default entry
+refuses it, and a job with a Hugging Face model folder puts `text_source(folder)` first.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,6 +14,7 @@ from structprune.data.digits import load_digits_bundle
 from structprune.data.image_folder import load_image_folder_bundle
 from structprune.data.npz import load_npz_bundle
 from structprune.data.python_spec import is_callable_spec, load_callable_bundle
+from structprune.data.text import TEXT_FORM, TEXT_MAX_LENGTH, is_text_spec, refuse_text, text_loader
 from structprune.errors import UsageError
 
 
@@ -36,7 +41,14 @@ DATA_SOURCES: tuple[DataSource, ...] = (
     DataSource("FOLDER with one sub-folder of images per class", _is_folder, load_image_folder_bundle),
     DataSource("module:function returning a DataLoader or (train, val)", is_callable_spec,
                load_callable_bundle),
+    DataSource(TEXT_FORM, is_text_spec, refuse_text),
 )
+
+
+def text_source(tokenizer_folder: str | Path, max_length: int = TEXT_MAX_LENGTH) -> DataSource:
+    """`FILE.txt` tokenised with the tokenizer saved in `tokenizer_folder` (a Hugging Face model folder),
+    padded and truncated to `max_length` tokens; put it before DATA_SOURCES."""
+    return DataSource(TEXT_FORM, is_text_spec, text_loader(tokenizer_folder, max_length))
 
 
 def load_data(

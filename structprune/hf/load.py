@@ -18,6 +18,8 @@ from torch import nn
 
 from structprune.errors import UsageError
 from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, rebuild
+from structprune.io.hf_folder import architecture_class as io_architecture_class
+from structprune.io.hf_folder import quiet_progress
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -35,7 +37,8 @@ def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.M
     config = transformers.AutoConfig.from_pretrained(folder)
     cls = model_class or architecture_class(config)
     if getattr(config, LAYERS_KEY, None) is None:
-        return cls.from_pretrained(folder, use_safetensors=True).eval()
+        with quiet_progress():
+            return cls.from_pretrained(folder, use_safetensors=True).eval()
     model = cls(config)
     rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
     load_strictly(model, stored_tensors(folder), folder)
@@ -43,20 +46,13 @@ def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.M
 
 
 def architecture_class(config: Any) -> type:
-    """The transformers class config.json names (`architectures[0]`), or AutoModel's choice; never code
-    from the folder (no `trust_remote_code`)."""
+    """The transformers class config.json names (`architectures[0]`), or the AutoModel class of its model
+    type; never code from the folder (no `trust_remote_code`)."""
     import transformers
-
-    names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
-    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-        return cls
-    if names:
-        raise UsageError(f"config.json names architecture {names[0]!r}, which transformers {transformers.__version__} "
-                         "does not provide; structprune never runs code from a model folder")
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    return MODEL_MAPPING[type(config)]
+    cls = io_architecture_class(transformers, getattr(config, "architectures", None) or [], "config.json")
+    return cls if issubclass(cls, transformers.PreTrainedModel) else MODEL_MAPPING[type(config)]
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -7,12 +7,10 @@ already depend on. So while structprune captures, verifies and exports, `without
 error. The logits are the same either way, so verification compares what the model computes; the
 exported `model.pt2` / `model.onnx` take tokens and return logits without a cache.
 
-transformers is never imported here: a model can only be a `PreTrainedModel` once the user imported
-transformers, so `sys.modules` answers the question for free.
+transformers is never imported here: whether a model is a `PreTrainedModel` is read from its class.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -23,15 +21,14 @@ RUNTIME_FLAGS = {"use_cache": False}  # config attribute -> the value structprun
 
 
 def is_hf_model(model: Any) -> bool:
-    """Is `model` a transformers `PreTrainedModel` (False, without importing transformers, when
-    transformers was never imported)?
+    """Is `model` a transformers `PreTrainedModel`? Read from its class's bases, so that asking never
+    imports transformers (nor touches a lazy transformers module that cannot import its models).
 
     >>> is_hf_model(nn.Linear(2, 2))
     False
     """
-    transformers = sys.modules.get("transformers")
-    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
-    return isinstance(base, type) and isinstance(model, base)
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
+               for cls in type(model).__mro__)
 
 
 def model_configs(model: nn.Module) -> list[Any]:

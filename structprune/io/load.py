@@ -1,11 +1,11 @@
-"""load_model: turn a model spec (zoo name or file) into a model plus example inputs, safely.
+"""load_model: turn a model spec (zoo name, file or folder) into a model plus example inputs, safely.
 
 Accepted: `zoo:NAME`; a torch.export `.pt2` archive; a state_dict saved with torch.save plus an
-`arch`. Refused with a one-line UsageError: a pickled whole module (unpickling runs code from the
-file; allowed with trust_pickle=True), a `.pt2` whose loading would run code (see pt2), TorchScript,
-missing, empty or damaged files, weights with NaN/Inf or of a non-float kind for float parameters,
-and an input shape that contradicts the inputs the source brings. The input file is only ever
-opened for reading.
+`arch`; a Hugging Face folder (config.json + safetensors, see hf_folder). Refused with a one-line
+UsageError: a pickled whole module (unpickling runs code from the file; allowed with
+trust_pickle=True), a `.pt2` whose loading would run code (see pt2), TorchScript, missing, empty or
+damaged files, weights with NaN/Inf or of a non-float kind for float parameters, and an input shape
+that contradicts the inputs the source brings. The input file is only ever opened for reading.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from torch import nn
 from structprune.errors import UsageError
 from structprune.io.arch import BuiltArch, build_arch, build_zoo_model, check_input_shape, random_inputs
 from structprune.io.checkpoint import find_state_dict, load_weights
+from structprune.io.hf_folder import hf_folder_spec, load_hf_model
 from structprune.io.probe import ModelFile, code_globals, first_line, probe_model_spec
 from structprune.io.pt2 import check_payload_sizes, load_exported_program, unsafe_archive_parts
 
@@ -35,8 +36,9 @@ class LoadedModel:
     """A model ready for capture: eval mode where possible, with inputs it accepts.
 
     `example_inputs` is a tensor, a tuple of positional inputs or a dict of keyword inputs;
-    `name` is filesystem-safe (for the output folder); `source` is "zoo", "pt2", "state_dict" or
-    "pickle"; `arch`/`arch_kwargs` say how to rebuild the architecture, where known.
+    `name` is filesystem-safe (for the output folder); `source` is "zoo", "pt2", "state_dict",
+    "pickle" or "hf"; `arch`/`arch_kwargs` say how to rebuild the architecture, where known; `folder`
+    is the Hugging Face folder the model came from (its tokenizer files live there).
     """
 
     model: nn.Module
@@ -45,6 +47,7 @@ class LoadedModel:
     source: str
     arch: str | None = None
     arch_kwargs: dict = field(default_factory=dict)
+    folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def load_model(
     request = LoadRequest(
         os.fspath(spec), arch, dict(arch_kwargs or {}), trust_pickle, check_input_shape(input_shape)
     )
-    found = probe_model_spec(request.spec)
+    found = hf_folder_spec(request.spec) or probe_model_spec(request.spec)
     loaded = (loaders or MODEL_LOADERS)[found.kind](request, found)
     _check_input_shape_agrees(loaded, request)
     _check_parameter_values(loaded.model, request.spec)
@@ -152,6 +155,13 @@ def refuse_torchscript(request: LoadRequest, found: ModelFile) -> LoadedModel:
     )
 
 
+def load_hf_folder(request: LoadRequest, found: ModelFile) -> LoadedModel:
+    """A Hugging Face folder (see io/hf_folder.py): its model and example token inputs."""
+    _reject_arch(request, "a Hugging Face folder carries its own architecture (config.json)")
+    model, inputs = load_hf_model(found.path, request.trust_pickle)
+    return LoadedModel(model, inputs, safe_name(found.path.resolve().name), "hf", folder=str(found.path))
+
+
 # Detected kind -> loader. Read-only; extend a copy: load_model(spec, loaders=MODEL_LOADERS | {...}).
 MODEL_LOADERS: Mapping[str, Callable[[LoadRequest, ModelFile], LoadedModel]] = MappingProxyType({
     "zoo": load_zoo,
@@ -159,6 +169,7 @@ MODEL_LOADERS: Mapping[str, Callable[[LoadRequest, ModelFile], LoadedModel]] = M
     "state_dict": load_state_dict_file,
     "pickle": load_pickled,
     "torchscript": refuse_torchscript,
+    "hf_folder": load_hf_folder,
 })
 
 

@@ -156,3 +156,34 @@ def test_the_core_library_imports_and_prunes_without_transformers() -> None:
             "print(r.report.verification['ok'], 'hf_config' in r.report.extra)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["True", "False"], proc.stderr
+
+
+def test_load_model_reads_a_saved_folder_and_refuses_one_only_structprune_can_build(pruned, tmp_path) -> None:
+    """`structprune compress FOLDER` loads with transformers (plain widths) and example token inputs;
+    a folder with per-block widths is refused with a pointer to structprune.hf.from_pretrained."""
+    from structprune.errors import UsageError
+    from structprune.io import load_model
+
+    pruned["llama"][3].model.save_pretrained(tmp_path / "llama")
+    loaded = load_model(tmp_path / "llama")
+    assert (loaded.source, loaded.folder) == ("hf", str(tmp_path / "llama"))
+    assert tuple(loaded.example_inputs["input_ids"].shape) == (2, 16)
+    assert max_diff(loaded.model, pruned["llama"][3].model, tokens()) <= ATOL
+    pruned["bert"][3].model.save_pretrained(tmp_path / "bert")
+    with pytest.raises(UsageError, match="structprune.hf.from_pretrained"):
+        load_model(tmp_path / "bert")
+
+
+def test_text_lines_are_tokenised_to_a_fixed_length_with_the_mask_kept(tmp_path) -> None:
+    from structprune.data import load_data
+    from structprune.data.load import DATA_SOURCES, text_source
+
+    t = import_transformers()
+    t.BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])}
+                    ).save_pretrained(tmp_path)
+    (tmp_path / "data.txt").write_text("a b\n\na a a a a a a a a a\nb\n", encoding="utf-8")
+    bundle = load_data(str(tmp_path / "data.txt"), sources=(text_source(tmp_path, 6), *DATA_SOURCES), batch_size=8)
+    batch = next(iter(bundle.train))
+    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape == (3, 6)
+    assert sorted(batch["attention_mask"].sum(1).tolist()) == [3, 4, 6]
+    assert bundle.val is None and bundle.num_classes is None

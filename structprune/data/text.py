@@ -1,0 +1,105 @@
+"""Text data for a Hugging Face model: `FILE.txt`, one sample per line, tokenised with the tokenizer
+saved in the model's folder (transformers, the optional extra `structprune[hf]`).
+
+Every line (blank ones skipped) becomes `input_ids` and `attention_mask`, padded and truncated to one
+fixed length, so batches stack; a tokenizer without a padding token pads with its end-of-text (or
+unknown) token, the mask keeps padding out. Text has no labels: it serves calibration and data-driven
+criteria, never accuracy, and has no validation split.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from structprune.data.bundle import DataBundle, DataOptions, make_bundle, split_indices
+from structprune.data.messages import one_line
+from structprune.errors import UsageError
+
+TEXT_FORM = "FILE.txt (one text per line, tokenised with the tokenizer of a Hugging Face model folder)"
+TEXT_MAX_LENGTH = 128  # tokens per sample, unless the model has fewer positions
+TOKEN_KEYS = ("input_ids", "attention_mask")
+
+
+class TokenSamples(Dataset):
+    """Tokenised lines: sample i is `{"input_ids": ..., "attention_mask": ...}` (one row each)."""
+
+    def __init__(self, encoded: dict[str, torch.Tensor]) -> None:
+        self.encoded = {k: encoded[k] for k in TOKEN_KEYS}
+
+    def __len__(self) -> int:
+        return len(self.encoded["input_ids"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.encoded.items()}
+
+
+def is_text_spec(spec: str) -> bool:
+    """Is `spec` a text file (by its `.txt` extension)?
+
+    >>> is_text_spec("calibration.TXT"), is_text_spec("digits")
+    (True, False)
+    """
+    return spec.lower().endswith(".txt")
+
+
+def text_loader(tokenizer_folder: str | Path, max_length: int = TEXT_MAX_LENGTH) -> Callable[[str, DataOptions],
+                                                                                          DataBundle]:
+    """A loader for `FILE.txt` specs that tokenises with the tokenizer in `tokenizer_folder`."""
+
+    def load(spec: str, options: DataOptions) -> DataBundle:
+        return load_text_bundle(spec, options, Path(tokenizer_folder), max_length)
+
+    return load
+
+
+def refuse_text(spec: str, options: DataOptions) -> DataBundle:
+    """A `.txt` spec for a model that brings no tokenizer."""
+    raise UsageError(f"{spec}: text data is tokenised with the model's tokenizer, so it needs a Hugging Face model "
+                     "folder (config.json and tokenizer files) as MODEL")
+
+
+def load_text_bundle(spec: str, options: DataOptions, tokenizer_folder: Path, max_length: int) -> DataBundle:
+    """Read `spec`'s lines, tokenise them to `max_length` tokens, and bundle them (unlabelled, no split)."""
+    path = Path(spec)
+    lines = read_lines(path)
+    tokenizer = _tokenizer(tokenizer_folder)
+    try:
+        encoded = tokenizer(lines, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise assorted errors on text they cannot encode
+        raise UsageError(f"{path}: the tokenizer of {tokenizer_folder} could not encode it ({one_line(exc)})") from exc
+    split = split_indices(len(lines), None, options)
+    return make_bundle(path.stem, TokenSamples(encoded), split, None, (max_length,), options)
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file; a UsageError for a missing, unreadable or empty file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UsageError(f"data file {path} does not exist; check the path") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable UTF-8 text file ({one_line(exc)})") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"{path} holds no text; write one sample per line")
+    return lines
+
+
+def _tokenizer(folder: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer  # lazy: the optional extra structprune[hf]
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - no tokenizer files, a broken install, a damaged file alike
+        raise UsageError(f"text data needs the model folder's tokenizer, and {folder} has none that loads "
+                         f"({one_line(exc)}); save the tokenizer beside the model (tokenizer.save_pretrained)") from exc
+    if tokenizer.pad_token is None:
+        filler = tokenizer.eos_token or tokenizer.unk_token
+        if filler is None:
+            raise UsageError(f"the tokenizer of {folder} has no padding, end-of-text or unknown token to pad with")
+        tokenizer.pad_token = filler
+    return tokenizer

@@ -1,0 +1,127 @@
+"""`structprune compress FOLDER` on a saved Hugging Face model (a tiny random BERT with a tokenizer):
+`--data FILE.txt` is tokenised with the folder's tokenizer, `hf/` is written beside the other artifacts
+and reloads to the pruned model; pickled weights are refused unless `--trust-pickle`; the input folder
+is never changed. The CLI runs as a subprocess, two at a time (a 2-core machine)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import import_transformers
+
+TESTS = Path(__file__).resolve().parents[1]
+# helpers.load_tvshim: this workplace's torchvision needs a shim before transformers imports it (elsewhere a no-op)
+CLI = "import sys, helpers; helpers.load_tvshim(); from structprune.cli import main; sys.exit(main(sys.argv[1:]))"
+WORDS = "the a model prunes channels heads layers small fast verified text line sample".split()
+TEXT = "the model prunes channels\na small fast model\n\nverified text line sample\nthe heads and layers\n"
+ATOL = 1e-5
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def save_tiny_bert(folder: Path, pickled: bool = False) -> None:
+    """A random BERT (hidden 32, 2 layers, 4 heads) and a word-level BertTokenizer, saved with
+    save_pretrained (or with the weights as a pickled pytorch_model.bin)."""
+    t = import_transformers()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    torch.manual_seed(0)
+    model = t.BertModel(t.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64))
+    model.save_pretrained(folder)
+    t.BertTokenizer(vocab=vocab).save_pretrained(folder)
+    if pickled:
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("cli_hf")
+    save_tiny_bert(base / "bert")
+    save_tiny_bert(base / "pickled", pickled=True)
+    (base / "calib.txt").write_text(TEXT, encoding="utf-8")
+    before = {name: hashes(base / name) for name in ("bert", "pickled")}
+    jobs = {
+        "text": ["compress", "bert", "--data", "calib.txt", "--no-onnx", "--out", "out_text"],
+        "pickled": ["compress", "pickled", "--no-onnx", "--out", "out_pickled"],
+        "trusted": ["compress", "pickled", "--trust-pickle", "--no-onnx", "--out", "out_trusted"],
+        "text_without_tokenizer": ["compress", "zoo:mlp", "--data", "calib.txt", "--no-onnx", "--out", "out_mlp"],
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_cli, args, base) for name, args in jobs.items()}
+        procs = {name: future.result() for name, future in futures.items()}
+    return {"base": base, "procs": procs, "before": before}
+
+
+def test_compress_writes_hf_folder_that_reloads_to_the_pruned_model(runs) -> None:
+    from structprune import hf
+
+    base, proc = runs["base"], runs["procs"]["text"]
+    assert proc.returncode == 0, describe(proc)
+    assert "hf/" in proc.stdout and "Traceback" not in proc.stderr, describe(proc)
+    out = base / "out_text"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= \
+        {p.name for p in (out / "hf").iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["ok"] and report["artifacts"]["hf/"]["ok"]
+    assert "tokenizer" in report["artifacts"]["hf/"]["checked_at"]
+    assert report["params"]["after"] < report["params"]["before"]
+    ids = torch.tensor([[2, 5, 7, 8, 10, 3], [2, 6, 11, 12, 9, 3]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    reloaded = hf.from_pretrained(out / "hf")
+    published = torch.export.load(out / "model.pt2").module()
+    with torch.no_grad():
+        expected = published(**inputs)
+        got = reloaded(**inputs)
+    assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= ATOL
+    tokenizer = import_transformers().AutoTokenizer.from_pretrained(out / "hf")
+    assert tokenizer("the model prunes heads")["input_ids"] == [2, 5, 7, 8, 10, 3]
+
+
+def test_the_input_folders_are_not_changed(runs) -> None:
+    base = runs["base"]
+    assert {name: hashes(base / name) for name in ("bert", "pickled")} == runs["before"]
+
+
+def test_pickled_weights_are_refused_with_one_line_and_nothing_written(runs) -> None:
+    proc = runs["procs"]["pickled"]
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("structprune: error: "), describe(proc)
+    assert "pytorch_model.bin" in lines[0] and "--trust-pickle" in lines[0]
+    assert not (runs["base"] / "out_pickled").exists()
+
+
+def test_trust_pickle_loads_pickled_weights_and_writes_safetensors(runs) -> None:
+    proc = runs["procs"]["trusted"]
+    assert proc.returncode == 0, describe(proc)
+    assert (runs["base"] / "out_trusted" / "hf" / "model.safetensors").is_file()
+
+
+def test_text_data_without_a_tokenizer_is_a_one_line_usage_error(runs) -> None:
+    proc = runs["procs"]["text_without_tokenizer"]
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tokenizer" in lines[0], describe(proc)

@@ -39,10 +39,17 @@ def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.M
     if getattr(config, LAYERS_KEY, None) is None:
         with quiet_progress():
             return cls.from_pretrained(folder, use_safetensors=True).eval()
-    model = cls(config)
+    model = cls(config).to(_dtype(config))
     rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
     load_strictly(model, stored_tensors(folder), folder)
     return model.eval()
+
+
+def _dtype(config: Any) -> torch.dtype:
+    """The dtype the config was saved with (float32 where it names none), as transformers loads it."""
+    dtype = getattr(config, "dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def architecture_class(config: Any) -> type:

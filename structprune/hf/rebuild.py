@@ -125,8 +125,9 @@ def mismatches(rebuilt: nn.Module, pruned: nn.Module, limit: int = 3) -> list[st
     want = {k: tuple(t.shape) for k, t in _tensors(pruned).items()}
     found = [f"{k}: shape {have.get(k)} rebuilt, {shape} pruned" for k, shape in want.items() if have.get(k) != shape]
     found += [f"{k}: only in the rebuilt model" for k in have.keys() - want.keys()]
+    rebuilt_attributes = plain_attributes(rebuilt)
     for fqn, attrs in attribute_differences(rebuilt, pruned).items():
-        found += [f"{fqn}.{k}: {plain_attributes(rebuilt).get(fqn, {}).get(k)!r} rebuilt, {v!r} pruned"
+        found += [f"{fqn}.{k}: {rebuilt_attributes.get(fqn, {}).get(k, _MISSING)!r} rebuilt, {v!r} pruned"
                   for k, v in attrs.items()]
     return found[:limit]
 

@@ -110,5 +110,8 @@ ELEMENTWISE_OPS = (
     # identity-like
     "clone", "contiguous", "detach", "alias", "lift_fresh_copy", "_to_copy", "to", "type_as",
     "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "zeros_like",
-    "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "fill", "_assert_tensor_metadata",
+    "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "_assert_tensor_metadata",
+    # fills: write a constant over their input's shape (`bias[k:2k].zero_()`): the ids pass through and the
+    # input's values tie nothing (a 0-d fill value is broadcast over every channel)
+    "fill", "zero",
 )

@@ -190,10 +190,11 @@ def test_split_into_equal_pieces_ties_the_same_local_channels_of_each_piece() ->
 
 
 def test_slice_of_channels_blocks_as_fixed_size() -> None:
-    sliced = op_groups(lambda t: t[:, :4], (2, 8, 6, 6))
-    assert [(g.size, g.prunable, g.reasons) for g in sliced.groups] == [(4, False, {ReasonKind.FIXED_SIZE})] * 2
+    sliced = op_groups(lambda t: t[:, :3], (2, 8, 6, 6))  # an equal piece (t[:, :4]) is an assumption instead
+    assert sorted((g.size, g.prunable, g.reasons) for g in sliced.groups) == [(3, False, {ReasonKind.FIXED_SIZE}),
+                                                                               (5, False, {ReasonKind.FIXED_SIZE})]
     kept = sliced.of("out0")
-    assert kept.positions == {"in0": (0, 1, 2, 3, -1, -1, -1, -1), "out0": (0, 1, 2, 3)}
+    assert kept.positions == {"in0": (0, 1, 2, -1, -1, -1, -1, -1), "out0": (0, 1, 2)}
 
 
 # ---- depthwise / grouped convolutions -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from torch import fx
 
 from structprune.capture import Captured
 from structprune.ir.abstract import Abstract, channel_vector, data_value, make_with_chan
+from structprune.ir.ops import op_key
 from structprune.ir.reasons import Reason, ReasonKind
 from structprune.ir.roles import ROLE_ELEM, StateMap
 from structprune.ir.unify import IdSpace
@@ -111,8 +112,11 @@ class RuleContext:
         return frozenset(self.captured.program.graph_signature.non_persistent_buffers)
 
     def _state_value(self, node: fx.Node, fqn: str, shape: tuple[int, ...]) -> Abstract:
+        """A parameter or float buffer: one channel axis where it has one big dim; with several, nothing says
+        which are channels, so every element gets an id (a grid the consumers narrow) - unless it is a
+        table of layer inputs (`_is_layer_input_table`), which is data."""
         big = [d for d, s in enumerate(shape) if s > 1]
-        if not big:
+        if not big or (len(big) > 1 and self._is_layer_input_table(node)):
             return self.fresh_data(shape)
         if len(big) == 1:
             ids = self.state_axis(node, big[0], ROLE_ELEM)
@@ -121,6 +125,19 @@ class RuleContext:
         ids = self.space.fresh(int(np.prod(sub))).reshape(sub)
         self.state_maps.setdefault(fqn, []).append(StateMap(fqn, ids, ROLE_ELEM, None))
         return make_with_chan(ids, _flags(len(shape), big), shape)
+
+    def _is_layer_input_table(self, node: fx.Node) -> bool:
+        """A buffer with several big dims that only Linear layers read, as their input: a table of
+        constant input vectors at positions that the module builds for its own layer (Swin V2's relative
+        coordinates, (1, 2W-1, 2W-1, 2), fed to its position-bias MLP). The Linear reads the last dim as
+        features and the others as positions (data dims, as in any activation). Its features are values
+        the module's code computes, like a model input's, so they are not pruned either: the table is data,
+        as it is where the module keeps it out of the state_dict (timm's copy). A grid of ids would make
+        every position a channel, and the Linear's output features a product with them (blocked), which
+        blocks every width the MLP's output meets (the attention heads)."""
+        signature = self.captured.program.graph_signature
+        return (node.name in signature.inputs_to_buffers and bool(node.users)
+                and all(op_key(user.target) == "aten.linear" and user.args[0] is node for user in node.users))
 
     # ---- parameter axes --------------------------------------------------------------------------
     def state_axis(self, arg, axis: int, role: str) -> np.ndarray | None:

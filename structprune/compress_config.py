@@ -12,7 +12,18 @@ from structprune.criteria import get_criterion
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.modules import DEFAULT_MODULE_RULES
-from structprune.selection import check_max_group_ratio, check_ratio, check_round_to
+from structprune.selection import Target, check_max_group_ratio, check_ratio, check_round_to, check_target_options
+
+
+class _DefaultRatio(float):
+    """The ratio a config has when none was given: 0.5 to every reader, but recognisably not the user's
+    choice, so that a budget target (`target_macs`) may take its place and an explicit ratio beside a
+    target is refused. It survives `replace`, copies and pickling."""
+
+    __slots__ = ()
+
+
+DEFAULT_RATIO = _DefaultRatio(0.5)
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,11 @@ class CompressConfig:
 
     - ratio: fraction of each prunable group's channels to remove, in [0, 1); with `global_pruning`, of
       all prunable channels together, never more than `max_group_ratio` of one group.
+    - target_macs, target_params: a budget instead of a ratio, the fraction in (0, 1) of the dense model's
+      MACs or parameters to keep (within 2%); one of them, and not beside an explicit ratio (`ratio` is
+      then None).
+      allocation: how a target is spread, "global" (default: one threshold on normalised scores, as
+      `global_pruning`) or "uniform" (one ratio for every group). See `structprune.selection.targets`.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
     - ignore: module FQN globs whose own outputs stay whole; round_to: kept counts are multiples of it.
     - attention: "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
@@ -35,9 +51,11 @@ class CompressConfig:
     >>> config = CompressConfig(ratio=0.3, ignore="fc")
     >>> config.ignore, config.with_options(ratio=0.6).ratio
     (('fc',), 0.6)
+    >>> CompressConfig(target_macs=0.5).target, CompressConfig(target_macs=0.5).ratio
+    (Target(kind='macs', fraction=0.5, allocation='global', tolerance=0.02), None)
     """
 
-    ratio: float = 0.5
+    ratio: float | None = DEFAULT_RATIO
     criterion: Any = "l2"
     global_pruning: bool = False
     max_group_ratio: float = 0.9
@@ -52,15 +70,32 @@ class CompressConfig:
     rules: Mapping = field(default_factory=lambda: DEFAULT_RULES, repr=False)
     module_rules: Mapping = field(default_factory=lambda: DEFAULT_MODULE_RULES, repr=False)
     shrink_rules: Mapping = field(default_factory=lambda: DEFAULT_SHRINK_RULES, repr=False)
+    target_macs: float | None = None
+    target_params: float | None = None
+    allocation: str | None = None
 
     def __post_init__(self) -> None:
-        check_ratio(self.ratio)
+        given = self.ratio is not None and not isinstance(self.ratio, _DefaultRatio)
+        if given:
+            check_ratio(self.ratio)
+        target = check_target_options(given, self.target_macs, self.target_params, self.allocation)
+        # a target chooses the ratio: None then, so that no code path can prune by a ratio nobody asked for
+        object.__setattr__(self, "ratio", None if target is not None else self.ratio if given else DEFAULT_RATIO)
         get_criterion(self.criterion)  # an unknown name raises, listing the registered ones
         check_round_to(self.round_to)
         check_max_group_ratio(self.max_group_ratio)
         check_attention_mode(self.attention)
         ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
         object.__setattr__(self, "ignore", ignore)
+
+    @property
+    def target(self) -> Target | None:
+        """The budget to prune to (None: prune by `ratio`).
+
+        >>> CompressConfig(target_params=0.3).target.kind
+        'params'
+        """
+        return check_target_options(False, self.target_macs, self.target_params, self.allocation)
 
     def with_options(self, **options: Any) -> CompressConfig:
         """This config with `options` (field names) replaced, checked again."""

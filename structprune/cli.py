@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import NoReturn
 
 from structprune import __version__
-from structprune.compress_config import CompressConfig
+from structprune.compress_config import DEFAULT_RATIO, CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
@@ -33,6 +33,7 @@ USAGE_ERRORS = (UsageError, PlanError, CaptureError)
 COMPRESS_EXAMPLES = """\
 --ratio 0.5 removes half the channels of every prunable group: about 4x fewer params and MACs
 for conv/linear stacks (each pruned layer loses half its inputs and half its outputs).
+--target-macs 0.5 (or --target-params F) prunes to a budget instead: keep half the MACs, within 2%.
 
 examples:
   structprune compress zoo:resnet20 --ratio 0.5 --data digits --finetune-epochs 3
@@ -151,6 +152,7 @@ _BELOW_ONE = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 _OPEN_UNIT = _number(float, "a number in (0, 1), e.g. 0.02", lambda v: 0 < v < 1)
 _UNIT = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 _GROUP_CAP = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+_BUDGET = _number(float, "a fraction in (0, 1), e.g. 0.5", lambda v: 0 < v < 1)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -198,8 +200,15 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_compress(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--ratio", type=_RATIO, default=0.5, metavar="R",
+    p.add_argument("--ratio", type=_RATIO, default=DEFAULT_RATIO, metavar="R",
                    help="fraction of each group's channels to remove, in [0, 1)")
+    p.add_argument("--target-macs", type=_BUDGET, metavar="F",
+                   help="instead of --ratio: keep the fraction F of the dense model's MACs (within 2%%)")
+    p.add_argument("--target-params", type=_BUDGET, metavar="F",
+                   help="instead of --ratio: keep the fraction F of the dense model's parameters (within 2%%)")
+    p.add_argument("--allocation", choices=("global", "uniform"),
+                   help="how a target is spread: one threshold on normalised scores (global, the default) or "
+                        "one ratio for every group")
     p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=1, metavar="N", help="keep channel counts a multiple of N")

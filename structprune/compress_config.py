@@ -36,7 +36,7 @@ class CompressConfig:
       all prunable channels together, never more than `max_group_ratio` of one group.
     - target_macs, target_params: a budget instead of a ratio, the fraction in (0, 1) of the dense model's
       MACs or parameters to keep (within 2%); one of them, and not beside an explicit ratio (`ratio` is
-      then None).
+      then None; dropping the target again needs a ratio).
       allocation: how a target is spread, "global" (default: one threshold on normalised scores, as
       `global_pruning`) or "uniform" (one ratio for every group). See `structprune.selection.targets`.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
@@ -79,8 +79,10 @@ class CompressConfig:
         if given:
             check_ratio(self.ratio)
         target = check_target_options(given, self.target_macs, self.target_params, self.allocation)
-        # a target chooses the ratio: None then, so that no code path can prune by a ratio nobody asked for
-        object.__setattr__(self, "ratio", None if target is not None else self.ratio if given else DEFAULT_RATIO)
+        if target is not None:  # it chooses the ratio: None, so that no code path prunes by a ratio nobody gave
+            object.__setattr__(self, "ratio", None)
+        elif self.ratio is None:
+            check_ratio(self.ratio)  # no target and no ratio: the usual error
         get_criterion(self.criterion)  # an unknown name raises, listing the registered ones
         check_round_to(self.round_to)
         check_max_group_ratio(self.max_group_ratio)

@@ -199,8 +199,9 @@ def test_a_target_takes_the_place_of_the_default_ratio() -> None:
     assert CompressConfig().with_options(target_params=0.3).target == Target("params", 0.3)
     default = copy.deepcopy(pickle.loads(pickle.dumps(CompressConfig().ratio)))  # as a job hands it on
     assert default == 0.5 and CompressConfig(ratio=default, target_macs=0.4).ratio is None
-    assert config.with_options(target_macs=None).ratio == 0.5 and config.with_options(target_macs=None).target is None
     assert config.with_options(target_macs=None, ratio=0.3).ratio == 0.3
+    with pytest.raises(PlanError, match=r"ratio must be a number in \[0, 1\)"):
+        config.with_options(target_macs=None)  # neither a target nor a ratio
     with pytest.raises(PlanError, match="ratio and target_macs are mutually exclusive"):
         config.with_options(ratio=0.3)
     assert CompressConfig(ratio=0.5).ratio == 0.5 and CompressConfig().target is None

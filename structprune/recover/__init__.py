@@ -18,9 +18,9 @@ from structprune.recover.distributed import (
 )
 from structprune.recover.gate import check_quality_gate
 from structprune.recover.losses import RecoveryLoss, distillation_loss
+from structprune.recover.objectives import evaluate
 from structprune.recover.recover import recover, reinitialize, resolve_method, scratch_b_epochs
 from structprune.recover.schedules import SCHEDULES, allr_initial_lr, lr_at, relative_norm_drop, silo_max_lr
-from structprune.recover.train import evaluate
 
 __all__ = ["ActivateWhilePruning", "AllReducedCriterion", "DeadNeuronMeter", "DeadRate", "DistContext", "EpochRecord",
            "RecoveryConfig", "RecoveryLoss", "RecoveryResult", "SCHEDULES", "all_reduce_scores", "allr_initial_lr",

@@ -165,14 +165,17 @@ def shard_loader(loader: DataLoader, *, seed: int) -> DataLoader:
                       pin_memory=loader.pin_memory, drop_last=loader.drop_last)
 
 
-def wrap_for_training(model: nn.Module) -> nn.Module:
+def wrap_for_training(model: nn.Module, *, find_unused: bool = False) -> nn.Module:
     """DistributedDataParallel around `model` when a group is active (its parameters are broadcast
-    from rank 0 on construction, so every rank starts from the same weights); else the model itself."""
+    from rank 0 on construction, so every rank starts from the same weights); else the model itself.
+    `find_unused`: some parameters may get no gradient (an encoder's pooler when only its hidden
+    states are distilled), which DDP must be told about."""
     if not is_active():
         return model
+    kwargs = {"find_unused_parameters": True} if find_unused else {}
     if model.parameters().__next__().is_cuda:
-        return nn.parallel.DistributedDataParallel(model, device_ids=[current_context().local_rank])
-    return nn.parallel.DistributedDataParallel(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[current_context().local_rank], **kwargs)
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
 def sync_buffers(model: nn.Module) -> None:

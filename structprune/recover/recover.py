@@ -11,8 +11,9 @@ from torch import nn
 from structprune.data.running import eval_mode
 from structprune.recover.config import RecoveryConfig, RecoveryResult
 from structprune.recover.distributed import shard_loader
+from structprune.recover.objectives import recovery_objective
 from structprune.recover.schedules import allr_initial_lr, relative_norm_drop
-from structprune.recover.train import TrainPlan, evaluate, train_epochs
+from structprune.recover.train import TrainPlan, train_epochs
 
 SCRATCH_METHODS = ("scratch-e", "scratch-b")
 
@@ -36,19 +37,30 @@ def recover(pruned: nn.Module, train_loader, val_loader, config: RecoveryConfig,
     ('distill', 2, 2)
     """
     method = resolve_method(config.method, dense)
-    _, accuracy_before = evaluate(pruned, val_loader)
     model = copy.deepcopy(pruned)
+    teacher = dense if method in ("distill", "none") else None
+    objective = recovery_objective(config, teacher, model, train_loader, val_loader)
+    before = objective.evaluate(objective.wrap(model), val_loader)
+    measured = {"metric": objective.metric, "initial_val_fidelity": before.get("val_fidelity")}
     if method == "none":
-        return RecoveryResult(model, method, 0, (), config.schedule, config.lr, accuracy_before)
+        return RecoveryResult(model, method, 0, (), config.schedule, config.lr, before["val_accuracy"], **measured)
     epochs, notes = recovery_epochs(method, config, dense_macs, pruned_macs)
     if method in SCRATCH_METHODS:
         notes["not_reinitialised"] = reinitialize(model, config.seed)
-    plan = _train_plan(method, epochs, config, model, before_pruning or dense, fraction_pruned, train_loader, notes)
-    teacher = dense if method == "distill" else None
+    if getattr(objective, "projection", None) is not None:
+        notes["projection"] = _projection_note(objective.projection)
+    plan = _train_plan(method, epochs, config, model, before_pruning or dense, fraction_pruned, train_loader, notes,
+                       objective.fingerprint())
     with eval_mode(teacher):
-        history, checkpoint = train_epochs(model, train_loader, val_loader, config, plan, teacher=teacher, desc=method)
-    return RecoveryResult(model, method, epochs, history, plan.schedule, plan.base_lr, accuracy_before, checkpoint,
-                          MappingProxyType(notes))
+        history, checkpoint = train_epochs(model, train_loader, val_loader, config, plan, desc=method,
+                                           objective=objective)
+    return RecoveryResult(model, method, epochs, history, plan.schedule, plan.base_lr, before["val_accuracy"],
+                          checkpoint, MappingProxyType(notes), **measured)
+
+
+def _projection_note(projection: nn.Linear) -> dict:
+    return {"student_width": projection.in_features, "teacher_width": projection.out_features,
+            "dropped_after_recovery": True}
 
 
 def resolve_method(method: str, dense: nn.Module | None) -> str:
@@ -111,7 +123,8 @@ def parameter_norm(model: nn.Module) -> float:
     return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.parameters())))
 
 
-def _train_plan(method, epochs, config: RecoveryConfig, model, reference, fraction, train_loader, notes) -> TrainPlan:
+def _train_plan(method, epochs, config: RecoveryConfig, model, reference, fraction, train_loader, notes,
+                objective_fingerprint: dict) -> TrainPlan:
     schedule, base_lr, params = config.schedule, config.lr, {}
     if schedule in ("llr", "allr", "silo"):
         params["warmup"] = config.warmup
@@ -123,7 +136,7 @@ def _train_plan(method, epochs, config: RecoveryConfig, model, reference, fracti
         params = {"dense_total_steps": config.dense_epochs * len(shard_loader(train_loader, seed=config.seed)),
                   "dense_schedule": config.dense_schedule}
     fingerprint = {**config.fingerprint(), "resolved_method": method, "epochs": epochs, "base_lr": base_lr,
-                   "schedule_params": dict(params)}
+                   "schedule_params": dict(params), **objective_fingerprint}
     return TrainPlan(epochs, schedule, base_lr, MappingProxyType(params), MappingProxyType(fingerprint))
 
 

@@ -1,17 +1,16 @@
-"""The training loop shared by every recovery method: per-step LR from a closed-form schedule,
-SGD/AdamW, optional teacher logits, dead-neuron metering, validation and a checkpoint each epoch."""
+"""The training loop shared by every recovery method and objective: per-step LR from a closed-form
+schedule, SGD/AdamW, the objective's loss (labels and logits, or label-free embeddings), dead-neuron
+metering, validation and a checkpoint each epoch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from structprune.data.batches import labelled_batch, to_device
-from structprune.data.running import model_device, model_logits
 from structprune.recover.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore, save_checkpoint
 from structprune.recover.config import EpochRecord, RecoveryConfig
 from structprune.recover.dead_neurons import DeadNeuronMeter
@@ -25,7 +24,7 @@ from structprune.recover.distributed import (
     sync_buffers,
     wrap_for_training,
 )
-from structprune.recover.losses import RecoveryLoss
+from structprune.recover.objectives import ClassificationObjective, EmbeddingObjective
 from structprune.recover.schedules import lr_at
 
 
@@ -48,53 +47,29 @@ def build_optimizer(model: nn.Module, config: RecoveryConfig, lr: float) -> torc
                            weight_decay=config.weight_decay)
 
 
-def evaluate(model: nn.Module, loader: Iterable | None) -> tuple[float | None, float | None]:
-    """(mean cross-entropy, accuracy in percent) of `model` in eval mode; (None, None) without data."""
-    if loader is None:
-        return None, None
-    device, was_training, cross_entropy = model_device(model), model.training, RecoveryLoss()
-    total = torch.zeros(3, dtype=torch.float64)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                inputs, targets = to_device(labelled_batch(batch), device)
-                logits = model_logits(model, inputs)
-                total += _batch_totals(logits, targets, cross_entropy(logits, targets))
-    finally:
-        model.train(was_training)
-    return _means(total)
-
-
-def _batch_totals(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-    n = targets.shape[0]
-    correct = (logits.argmax(dim=-1) == targets).sum()
-    return torch.tensor([float(loss) * n, float(correct), float(n)], dtype=torch.float64)
-
-
-def _means(total: torch.Tensor) -> tuple[float | None, float | None]:
-    n = float(total[2])
-    return (float(total[0]) / n, 100.0 * float(total[1]) / n) if n else (None, None)
-
-
 def train_epochs(model: nn.Module, train_loader, val_loader, config: RecoveryConfig, plan: TrainPlan, *,
-                 teacher: nn.Module | None = None, desc: str = "recover") -> tuple[tuple[EpochRecord, ...], str | None]:
+                 teacher: nn.Module | None = None, desc: str = "recover",
+                 objective: ClassificationObjective | EmbeddingObjective | None = None,
+                 ) -> tuple[tuple[EpochRecord, ...], str | None]:
     """Train `model` in place for `plan.epochs` epochs (resuming from config.checkpoint_dir when asked);
-    returns the per-epoch history and the checkpoint path (None without a checkpoint_dir)."""
-    optimizer = build_optimizer(model, config, plan.base_lr)
-    history = list(_resume(model, optimizer, config, plan))
+    returns the per-epoch history and the checkpoint path (None without a checkpoint_dir). `objective`
+    defaults to labels and logits (with `teacher`'s logits distilled when given); what it trains is
+    `objective.wrap(model)` (the model, or the model with a projection), which is also what the
+    optimizer, the checkpoints and DDP hold."""
+    objective = objective or ClassificationObjective.for_config(config, teacher)
+    trainable = objective.wrap(model)
+    optimizer = build_optimizer(trainable, config, plan.base_lr)
+    history = list(_resume(trainable, optimizer, config, plan))
     loader = shard_loader(train_loader, seed=config.seed)
-    loss_fn = RecoveryLoss(config.label_smoothing, config.distill_weight if teacher is not None else 0.0,
-                           config.temperature)
-    run = _EpochRunner(model, wrap_for_training(model), optimizer, loss_fn, teacher, plan, config, len(loader))
+    training = wrap_for_training(trainable, find_unused=isinstance(objective, EmbeddingObjective))
+    run = _EpochRunner(model, training, optimizer, objective, plan, config, len(loader))
     for epoch in range(len(history), plan.epochs):
-        stats = run.train_one(loader, epoch, desc, history[-1].val_accuracy if history else None)
-        sync_buffers(model)
-        val_loss, val_accuracy = evaluate(model, val_loader)
-        history.append(EpochRecord(epoch=epoch + 1, val_loss=val_loss, val_accuracy=val_accuracy, **stats))
+        stats = run.train_one(loader, epoch, desc, history[-1] if history else None)
+        sync_buffers(trainable)
+        history.append(EpochRecord(epoch=epoch + 1, **objective.evaluate(trainable, val_loader), **stats))
         if config.checkpoint_dir:
             save_checkpoint(config.checkpoint_dir, Checkpoint(
-                epoch + 1, model.state_dict(), optimizer.state_dict(), tuple(history), dict(plan.fingerprint)))
+                epoch + 1, trainable.state_dict(), optimizer.state_dict(), tuple(history), dict(plan.fingerprint)))
     return tuple(history), (str(checkpoint_path(config.checkpoint_dir)) if config.checkpoint_dir else None)
 
 
@@ -111,22 +86,21 @@ def _resume(model, optimizer, config: RecoveryConfig, plan: TrainPlan) -> tuple[
 @dataclass(frozen=True, eq=False)
 class _EpochRunner:
     model: nn.Module
-    training: nn.Module          # the model itself, or DDP around it
+    training: nn.Module          # objective.wrap(model), or DDP around it
     optimizer: torch.optim.Optimizer
-    loss_fn: RecoveryLoss
-    teacher: nn.Module | None
+    objective: ClassificationObjective | EmbeddingObjective
     plan: TrainPlan
     config: RecoveryConfig
     steps_per_epoch: int
 
-    def train_one(self, loader, epoch: int, desc: str, last_val_accuracy: float | None = None) -> dict:
+    def train_one(self, loader, epoch: int, desc: str, last: EpochRecord | None = None) -> dict:
         """One epoch's training statistics, named as EpochRecord's fields. Its progress bar (on a
-        terminal only) shows the running loss, accuracy and LR, and the last epoch's val accuracy."""
-        self.model.train()
+        terminal only) shows the running loss and metric (accuracy, or cosine to the dense model), the
+        LR, and the last epoch's validation metric."""
+        self.training.train()
         total, lr, lr_max = torch.zeros(3, dtype=torch.float64), self.plan.base_lr, 0.0
         show = self.config.progress and current_context().is_main
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{self.plan.epochs}", disable=None if show else True, leave=False)
-        last_val = {} if last_val_accuracy is None else {"val_acc": f"{last_val_accuracy:.2f}%"}
         _seed_epoch(self.config.seed, epoch, loader)  # after tqdm: wrapping a DataLoader draws from the RNG
         with DeadNeuronMeter(self.model) if self.config.measure_dead_rate else _NoMeter() as meter:
             for index, batch in enumerate(bar):
@@ -134,11 +108,10 @@ class _EpochRunner:
                 lr_max = max(lr_max, lr)
                 total += self._step(batch)
                 if show:
-                    bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{100 * total[1] / total[2]:.2f}%",
-                                    lr=f"{lr:.2e}", **last_val)
-        loss, acc = _means(all_reduce_sum(total))
+                    running, last_val = self.objective.postfix(total, last)
+                    bar.set_postfix(**running, lr=f"{lr:.2e}", **last_val)
         dead = meter.result(sum_across_ranks=is_active()) if self.config.measure_dead_rate else None
-        return {"train_loss": loss, "train_accuracy": acc, "lr": lr, "lr_max": lr_max,
+        return {**self.objective.train_stats(all_reduce_sum(total)), "lr": lr, "lr_max": lr_max,
                 "dead_rate": dead.total if dead else None, "dead_rate_per_layer": dict(dead.per_layer) if dead else {}}
 
     def _set_lr(self, step: int) -> float:
@@ -149,17 +122,11 @@ class _EpochRunner:
         return lr
 
     def _step(self, batch) -> torch.Tensor:
-        inputs, targets = to_device(labelled_batch(batch), model_device(self.model))
-        teacher_logits = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = model_logits(self.teacher.eval(), inputs)
-        logits = model_logits(self.training, inputs)
-        loss = self.loss_fn(logits, targets, teacher_logits)
+        loss, totals = self.objective.loss_and_totals(self.training, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return _batch_totals(logits.detach(), targets, loss.detach())
+        return totals
 
 
 class _NoMeter:

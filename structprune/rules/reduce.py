@@ -1,13 +1,14 @@
 """Reductions, softmax-like ops, pooling and resampling.
 
 Reducing over a channel dim (mean over C in a hand-written LayerNorm, say) is allowed but flags those
-channels inexact. Pooling and resampling act on spatial dims; if one of those carries channels, the op
-would mix them, so they are blocked.
+channels inexact, unless each reduced fibre is one unit (pruned or kept whole). Pooling and resampling act
+on spatial dims; if one of those carries channels, the op would mix them, so they are blocked.
 """
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -48,7 +49,7 @@ def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
     chan_reduced = [d for d in dims if x.chan[d]]
     keeps_channels = any(c for d, c in enumerate(x.chan) if d not in dims)
     if chan_reduced:
-        ctx.flag_inexact(x.ids, op)
+        _flag_inexact_unless_whole_fibres(ctx, x, chan_reduced, op)
         if keeps_channels:  # the output's remaining channel ids must stand for whole fibres
             ctx.union_fibres(x, chan_reduced)
     out_shape = tuple(first.shape)
@@ -60,6 +61,14 @@ def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
         chan = tuple(c for d, c in enumerate(chan) if d not in dims)
     out = make_with_chan(ids, chan, out_shape) if any(chan) else ctx.fresh_data(out_shape)
     ctx.set(node, (out, out) if is_tuple else out)
+
+
+def _flag_inexact_unless_whole_fibres(ctx: RuleContext, x, dims: list[int], op: str) -> None:
+    """A reduction over channel dims mixes each fibre along them (every reduced channel at one position of
+    the others): exact where that fibre is kept or removed whole (a head's q normalised over its own dims,
+    Swin V2's cosine attention), inexact where it spans several units (a hand-written LayerNorm's mean)."""
+    moved = np.moveaxis(x.ids, dims, list(range(x.ndim - len(dims), x.ndim)))
+    ctx.space.flag_inexact_unless_whole(moved.reshape(-1, int(np.prod(moved.shape[x.ndim - len(dims):]))), op)
 
 
 def _dims_for(node: fx.Node, ndim: int, op: str) -> list[int]:

@@ -112,6 +112,7 @@ def test_pruning_heads_equals_the_dense_model_with_their_output_zeroed() -> None
     net = Net(head_dim=True).eval()
     graph = structprune.analyze(net, X)
     heads = group_with(graph, "attn.qkv.weight:0")
+    assert heads.exact  # q and k are normalised over each head's own dims: whole heads mask exactly
     kept = (0, 2)
     pruned = structprune.apply_plan(net, X, Plan({heads.id: kept}, {heads.id: heads.size}), graph=graph)
     assert pruned.attn.num_heads == len(kept)
@@ -237,3 +238,11 @@ def test_a_buffer_other_ops_read_keeps_its_grid_of_channels() -> None:
     hidden = group_with(graph, "fc1.weight:0")
     assert not hidden.prunable
     assert any("form a product with input channels" in str(r) for r in hidden.reasons)
+
+
+def test_a_reduction_over_channels_is_exact_only_where_each_fibre_is_one_unit() -> None:
+    per_head = op_groups(lambda t: F.normalize(t.unflatten(-1, (4, 3)), dim=-1).flatten(-2), (2, 5, 12))
+    [head] = per_head.groups  # each head's 3 dims are tied by the normalisation: one unit, masked exactly
+    assert (head.size, head.exact, head.positions["in0"]) == (4, True, (0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3))
+    across = op_groups(lambda t: t / t.norm(dim=-1, keepdim=True), (2, 5, 12))
+    assert [(g.size, g.exact, g.inexact_ops) for g in across.groups] == [(12, False, ("linalg_vector_norm",))]

@@ -7,8 +7,8 @@ how far down that ranking to cut, a global threshold on the normalised scores, u
 figure is within `tolerance` (2%, relative to the target) of the target. Each candidate plan is costed
 on the ChannelGraph (`PlanCost`), without rewriting the model. Where one more channel crosses the whole
 tolerance band (a small model's wide groups), the cut stops above the band and later channels of the
-ranking are added one at a time, skipping those that would overshoot. `allocation="uniform"` bisects
-on one ratio shared by every group instead.
+ranking are added one at a time, skipping those that would undershoot. `allocation="uniform"` bisects
+on one ratio shared by every group instead (`target_search` holds the search).
 
 Verification may keep groups whole afterwards, which moves the achieved figure: `meet_target` then
 searches again with those groups fixed (at most MAX_TARGET_ROUNDS rewrites). A target that cannot be met
@@ -16,9 +16,7 @@ is a PlanError naming the closest figure the model can reach, never a silent pas
 """
 from __future__ import annotations
 
-import math
 import numbers
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,11 +26,11 @@ import numpy as np
 from structprune.errors import PlanError
 from structprune.selection.plan import Plan
 from structprune.selection.plan_cost import PlanCost
-from structprune.selection.select import _rounded, is_ignored, output_fqns
+from structprune.selection.select import is_ignored, output_fqns
+from structprune.selection.target_search import KINDS, TargetSearch
 
 TARGET_TOLERANCE = 0.02  # relative to the target: 0.5 is met by 0.49 .. 0.51
 MAX_TARGET_ROUNDS = 3  # rewrites (each verified) before a target missed because of verification is final
-KINDS = {"macs": "MACs", "params": "parameters"}
 ALLOCATIONS = ("global", "uniform")
 Result = TypeVar("Result")
 
@@ -116,7 +114,7 @@ def plan_for_target(graph, scores: Mapping[str, np.ndarray], config, *, keep_who
     ignore = (config.ignore,) if isinstance(config.ignore, str) else tuple(config.ignore)
     whole = dict(keep_whole or {})
     active = [g for g in graph.groups if g.prunable and g.id not in whole and not is_ignored(output_fqns(g), ignore)]
-    search = _Search(graph, active, scores, target, config.round_to, cost or PlanCost(graph), len(whole))
+    search = TargetSearch(graph, active, scores, target, config.round_to, cost or PlanCost(graph), len(whole))
     removed, ratio = (search.global_cut(config.max_group_ratio) if target.allocation == "global"
                       else search.uniform_cut())
     keep = {g.id: tuple(range(g.size)) for g in graph.groups}
@@ -150,144 +148,3 @@ def meet_target(target: Target, choose: Callable[[Mapping[str, str]], Plan], rew
     raise PlanError(f"{target.option}={target.fraction:g} was not met: the verified model keeps {achieved:.4f} of "
                     f"its {KINDS[target.kind]} after {attempt} rewrites ({len(blocked)} groups kept whole because "
                     f"their rewrite failed verification); the closest verified figure is {achieved:.4f}")
-
-
-class _Search:
-    """Candidate plans for one target over the `active` groups, costed on the graph."""
-
-    def __init__(self, graph, active, scores, target: Target, round_to: int, cost: PlanCost, n_whole: int) -> None:
-        self.active, self.target, self.round_to, self.cost, self.n_whole = active, target, round_to, cost, n_whole
-        self.index = 0 if target.kind == "macs" else 1
-        self.order = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in active}
-        self.norm = {g.id: _normalised(scores[g.id]) for g in active}
-        self.ncomp = int(graph.component.max(initial=0)) + 1
-        self.seen: dict[frozenset, float] = {}
-
-    def fraction(self, removed: Mapping[str, int]) -> float:
-        """The kept share of the target's figure when each active group loses `removed[id]` channels."""
-        key = frozenset((g, n) for g, n in removed.items() if n)
-        if key not in self.seen:
-            keep = np.ones(self.ncomp, dtype=bool)
-            for g in self.active:
-                keep[g.components[self.order[g.id][self._n_keep(g, removed):]]] = False
-            self.seen[key] = self.cost.of_keep(keep)[self.index] / max(self.cost.dense[self.index], 1)
-        return self.seen[key]
-
-    def kept(self, removed: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-        """Kept indices per active group: its highest scores (as select_plan keeps them)."""
-        return {g.id: tuple(sorted(self.order[g.id][:self._n_keep(g, removed)].tolist())) for g in self.active}
-
-    def _n_keep(self, group, removed: Mapping[str, int]) -> int:
-        return _rounded(group.size - removed.get(group.id, 0), group.size, self.round_to)
-
-    def _met(self, removed: Mapping[str, int]) -> bool:
-        return self.target.met(self.fraction(removed))
-
-    def _above(self, removed: Mapping[str, int]) -> bool:
-        return self.fraction(removed) >= self.target.fraction
-
-    def _closer(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-        return min((a, b), key=lambda r: abs(self.fraction(r) - self.target.fraction))
-
-    # ---- global: a threshold on the normalised scores ----------------------------------------------------
-    def global_cut(self, cap: float) -> tuple[dict[str, int], float]:
-        """Removed channels per group, and the share of the active channels that is."""
-        ranking = self._ranking(cap)
-        counts = _prefix_counts(ranking)
-        lo, hi = 0, len(ranking)  # the cut at lo keeps at least the target, the cut at hi less
-        if self._above(counts(hi)):
-            return self._reachable(counts(hi)), hi / max(self._channels(), 1)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self._above(counts(mid)) else (lo, mid)
-        removed = self._closer(counts(lo), counts(hi))
-        removed = removed if self._met(removed) else self._fill(counts(lo), ranking[lo:])
-        return removed, sum(removed.values()) / max(self._channels(), 1)
-
-    def _ranking(self, cap: float) -> list[str]:
-        """The group of each channel global pruning removes, in its order (select_plan's ranking)."""
-        entries = [(v, g.id) for g in self.active for v in self.norm[g.id].tolist()]
-        limit = {g.id: min(int(math.floor(g.size * cap)), g.size - 1) for g in self.active}
-        pruned = dict.fromkeys(limit, 0)
-        ranking = []
-        for _, gid in sorted(entries, key=lambda e: e[0]):
-            if pruned[gid] < limit[gid]:
-                pruned[gid] += 1
-                ranking.append(gid)
-        return ranking
-
-    # ---- uniform: one ratio for every group -------------------------------------------------------------
-    def uniform_cut(self) -> tuple[dict[str, int], float]:
-        """Removed channels per group at the one ratio (bisected over the ratios where some group's count
-        changes) that meets the target; where one step crosses the band, the groups that step take one
-        more channel one by one, lowest next score first. Returns the counts and the ratio."""
-        steps = sorted({k / g.size for g in self.active for k in range(1, g.size)})
-
-        def counts(ratio: float) -> dict[str, int]:  # as select_plan's uniform counts, exact at each step
-            return {g.id: min(int(g.size * ratio + 1e-9), g.size - 1) for g in self.active}
-
-        if not steps or self._above(counts(steps[-1])):
-            return self._reachable(counts(steps[-1] if steps else 0.0)), steps[-1] if steps else 0.0
-        lo, hi = -1, len(steps) - 1  # index -1: ratio 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self._above(counts(steps[mid])) else (lo, mid)
-        base, after = counts(steps[lo] if lo >= 0 else 0.0), counts(steps[hi])
-        removed = self._closer(base, after)
-        if self._met(removed):
-            return removed, steps[lo] if removed is base and lo >= 0 else steps[hi] if removed is after else 0.0
-        stepping = sorted((g for g in after if after[g] > base[g]), key=lambda g: self._next_score(g, base))
-        return self._fill(base, stepping), steps[lo] if lo >= 0 else 0.0
-
-    def _next_score(self, gid: str, removed: Mapping[str, int]) -> float:
-        """The normalised score of the channel a group loses next."""
-        group = next(g for g in self.active if g.id == gid)
-        return float(self.norm[gid][self.order[gid][group.size - removed.get(gid, 0) - 1]])
-
-    # ---- shared -------------------------------------------------------------------------------------------
-    def _fill(self, removed: dict[str, int], candidates: list[str]) -> dict[str, int]:
-        """From `removed` (above the band), one more channel of each candidate group in turn, skipping a
-        group once one more of its channels would fall below the band, until the target is met."""
-        floor, skipped = self.target.fraction * (1 - self.target.tolerance), set()
-        for gid in candidates:
-            if gid in skipped:
-                continue
-            trial = {**removed, gid: removed.get(gid, 0) + 1}
-            if self.fraction(trial) < floor:
-                skipped.add(gid)
-                continue
-            removed = trial
-            if self._met(removed):
-                return removed
-        above = self.fraction(removed)
-        raise PlanError(f"{self.target.option}={self.target.fraction:g} cannot be met within "
-                        f"{self.target.tolerance:.0%}: with {self.target.allocation} allocation this model keeps "
-                        f"{above:.4f}, or less than {floor:.4f}, of its {KINDS[self.target.kind]}; the closest "
-                        f"achievable is {above:.4f}")
-
-    def _reachable(self, removed: dict[str, int]) -> dict[str, int]:
-        """`removed`, the most the allocation may remove, if it meets the target; else PlanError."""
-        if self._met(removed):
-            return removed
-        best = self.fraction(removed)
-        whole = f", {self.n_whole} more kept whole because their rewrite failed verification" if self.n_whole else ""
-        raise PlanError(f"{self.target.option}={self.target.fraction:g} cannot be met: pruning all {len(self.active)} "
-                        f"prunable groups as far as allowed ({self.target.allocation} allocation{whole}) still keeps "
-                        f"{best:.4f} of this model's {KINDS[self.target.kind]}; the best achievable is {best:.4f} "
-                        "(blocked and ignored groups, max_group_ratio and each group's last channel stay)")
-
-    def _channels(self) -> int:
-        return sum(g.size for g in self.active)
-
-
-def _normalised(scores) -> np.ndarray:
-    """A group's scores divided by their mean: what global pruning ranks (selection.select._global_counts)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return s / (s.mean() + 1e-12) if s.size else s
-
-
-def _prefix_counts(ranking: list[str]) -> Callable[[int], dict[str, int]]:
-    """k -> removed channels per group among the ranking's first k."""
-    def counts(k: int) -> dict[str, int]:
-        return dict(Counter(ranking[:k]))
-    return counts

@@ -29,7 +29,7 @@ from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.build import build_channel_graph
 from structprune.rules.modules import DEFAULT_MODULE_RULES
-from structprune.selection import Plan, select_plan
+from structprune.selection import Plan, meet_target, plan_for_target, select_plan
 from structprune.verified import (
     MAX_REPLANS,
     TIES_KEY,
@@ -68,10 +68,12 @@ def analyze(model: nn.Module, example_inputs: Any, *, rules: Mapping = DEFAULT_R
 
 
 def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config: CompressConfig | None = None,
-           data: Any = None, **options: Any) -> Plan:
+           data: Any = None, keep_whole: Mapping[str, str] | None = None, **options: Any) -> Plan:
     """Score the prunable groups with the config's criterion and choose the channels to keep (by its
-    ratio, global_pruning, max_group_ratio, round_to, ignore and seed). `data`: calibration batches
-    for a data-driven criterion.
+    ratio, global_pruning, max_group_ratio, round_to, ignore and seed; or, with target_macs /
+    target_params, until the pruned model keeps that share of MACs or parameters: selection's
+    `plan_for_target`, `keep_whole` naming groups it leaves whole, id -> reason). `data`: calibration
+    batches for a data-driven criterion.
 
     >>> import torch
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -88,9 +90,12 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config
         views = group_views(graph, model)
         scores = crit.score(views, ctx)
     meta = {"criterion": crit.name, "seed": config.seed, "attention": graph.attention}
-    plan = select_plan(graph.groups, scores, ratio=config.ratio, global_pruning=config.global_pruning,
-                       round_to=config.round_to, ignore=config.ignore, max_group_ratio=config.max_group_ratio,
-                       meta=meta)
+    if config.target is not None:
+        plan = plan_for_target(graph, scores, config, keep_whole=keep_whole, meta=meta)
+    else:
+        plan = select_plan(graph.groups, scores, ratio=config.ratio, global_pruning=config.global_pruning,
+                           round_to=config.round_to, ignore=config.ignore, max_group_ratio=config.max_group_ratio,
+                           meta=meta)
     if callable(getattr(crit, "select", None)):
         plan = _criterion_selection(crit, views, ctx, plan)
     return plan
@@ -167,12 +172,28 @@ def _choose_and_rewrite(model: nn.Module, example_inputs: Any, config: CompressC
     while True:
         graph = analyze(model, example_inputs, rules=config.rules, module_rules=config.module_rules,
                         attention=config.attention, input_width_ties=ties)
-        plan = select(model, example_inputs, graph, config=config, data=data)
-        plan = plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
         try:
-            return verified_rewrite(model, example_inputs, plan, graph, config, may_tie=len(ties) < MAX_REPLANS)
+            return _select_and_rewrite(model, example_inputs, graph, config, data, ties)
         except InputWidthTieNeeded as needed:
             ties += (needed.name,)
+
+
+def _select_and_rewrite(model: nn.Module, example_inputs: Any, graph: ChannelGraph, config: CompressConfig,
+                        data: Any, ties: tuple[str, ...]) -> CompressResult:
+    """Select and rewrite once by ratio; with a budget target, until the verified model meets it
+    (`selection.meet_target`: groups verification keeps whole are fixed and the rest planned again),
+    with the report's `target` section."""
+    def choose(keep_whole: Mapping[str, str]) -> Plan:
+        plan = select(model, example_inputs, graph, config=config, data=data, keep_whole=keep_whole)
+        return plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
+
+    def rewrite(plan: Plan) -> CompressResult:
+        return verified_rewrite(model, example_inputs, plan, graph, config, may_tie=len(ties) < MAX_REPLANS)
+
+    if config.target is None:
+        return rewrite(choose({}))
+    result, section = meet_target(config.target, choose, rewrite)
+    return CompressResult(result.model, result.plan, result.report.with_extra(target=section), result.graph)
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: ChannelGraph | None = None,

@@ -177,6 +177,8 @@ def _check_job(options: JobOptions) -> None:
         raise UsageError("--out is empty; pass a folder name, or leave --out out for export/<model-name>/")
     if options.iterative < 0 or (options.ap is not None and not 0.0 < options.ap < 1.0):
         raise UsageError("--iterative must be >= 0 and --ap a share in (0, 1), e.g. 0.02")
+    if options.iterative and options.compress.target is not None:
+        raise UsageError("--iterative prunes by --ratio in cycles; it does not take --target-macs or --target-params")
     if options.iterative and options.recovery.method in SCRATCH_METHODS:
         raise UsageError(f"--iterative recovers the kept weights after every cycle and --recover "
                          f"{options.recovery.method} re-initialises them; use --recover finetune or distill with "

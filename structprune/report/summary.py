@@ -20,7 +20,7 @@ def job_summary(report: dict, out_dir: Path) -> str:
         rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
                      f"{latency['speedup']:.2f}x"])
     rows += _accuracy_rows(report.get("accuracy"))
-    lines = [format_table(["", "before", "after", "change"], rows)]
+    lines = [format_table(["", "before", "after", "change"], rows)] + _target_line(report.get("target"))
     if report.get("accuracy_skipped"):
         lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
     lines += group_lines(report.get("groups", []), report.get("prunable"))
@@ -28,6 +28,16 @@ def job_summary(report: dict, out_dir: Path) -> str:
     lines.append(_verification_line(report))
     lines += _read_back_lines(report) + _batch_notes(report)
     return "\n".join(lines + [f"artifacts: {out_dir}/"])
+
+
+def _target_line(target: dict | None) -> list[str]:
+    """A budget target (`--target-macs` / `--target-params`) beside what the verified model keeps."""
+    if not target:
+        return []
+    kind = "MACs" if target["kind"] == "macs" else "params"
+    band = "within" if target["within_tolerance"] else "outside"
+    return [f"target: keep {target['requested']:g} of {kind}, kept {target['achieved']:.4f} "
+            f"({band} {target['tolerance']:.0%}; {target['allocation']} allocation)"]
 
 
 def _count_row(name: str, section: dict) -> list[str]:

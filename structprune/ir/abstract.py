@@ -77,3 +77,14 @@ def representative(av: Abstract, dims: set[int]) -> np.ndarray:
     for d in sorted(dims):
         ids = ids.take([0], axis=d)
     return ids
+
+
+def new_shape(value: Abstract, keep: np.ndarray, component: np.ndarray) -> tuple[int, ...]:
+    """The shape `value` has after pruning: a channel dim shrinks to the positions holding a kept element
+    (`keep`: per component, `component`: id -> component), data dims stay."""
+    mask = keep[component[value.ids]]
+    shape = list(value.shape)
+    for d in range(value.ndim):
+        if value.chan[d] and mask.shape[d] == value.shape[d]:
+            shape[d] = int(mask.any(axis=tuple(b for b in range(mask.ndim) if b != d)).sum())
+    return tuple(shape)

@@ -5,7 +5,7 @@ import numpy as np
 
 from structprune.errors import PlanError, RewriteError
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.ir.abstract import Abstract
+from structprune.ir.abstract import Abstract, new_shape  # noqa: F401 - re-exported for rewrite
 from structprune.selection.plan import Plan, dropped_mask
 
 
@@ -72,11 +72,3 @@ def _project(fqn: str, mask: np.ndarray, axis: int | None) -> dict[int, np.ndarr
     return out
 
 
-def new_shape(value: Abstract, keep: np.ndarray, component: np.ndarray) -> tuple[int, ...]:
-    """The shape a value has after pruning (channel dims shrink, data dims stay)."""
-    mask = keep[component[value.ids]]
-    shape = list(value.shape)
-    for d in range(value.ndim):
-        if value.chan[d] and mask.shape[d] == value.shape[d]:
-            shape[d] = int(mask.any(axis=tuple(b for b in range(mask.ndim) if b != d)).sum())
-    return tuple(shape)

@@ -18,7 +18,7 @@ import numpy as np
 from torch import fx
 
 from structprune.graph.cost import _MAC_RULES  # the one table of MAC formulas, applied here to pruned shapes
-from structprune.ir.abstract import Abstract
+from structprune.ir.abstract import Abstract, new_shape
 from structprune.ir.ops import op_base
 from structprune.selection.plan import Plan, dropped_mask
 
@@ -75,7 +75,7 @@ class PlanCost:
                 return params[node.name]
             value = self.graph.values.get(node.name)
             if isinstance(value, Abstract) and value.ids.ndim == value.ndim:
-                return _value_shape(value, keep, component)
+                return new_shape(value, keep, component)
             return _dense_shape(node)
 
         macs = sum(rule(op, tuple(_Sized(shape(a)) if isinstance(a, fx.Node) else a for a in node.args),
@@ -94,16 +94,6 @@ def _parameters(graph) -> dict[str, tuple[tuple[int, ...], list]]:
     by_placeholder = graph.captured.program.graph_signature.inputs_to_parameters  # a property: read it once
     return {node.name: (_dense_shape(node), graph.state_maps.get(by_placeholder[node.name], []))
             for node in graph.captured.graph.nodes if node.op == "placeholder" and node.name in by_placeholder}
-
-
-def _value_shape(value: Abstract, keep: np.ndarray, component: np.ndarray) -> tuple[int, ...]:
-    """As rewrite.keep.new_shape: a channel dim shrinks to the positions holding a kept element."""
-    mask = keep[component[value.ids]]
-    shape = list(value.shape)
-    for d in range(value.ndim):
-        if value.chan[d] and mask.shape[d] == value.shape[d]:
-            shape[d] = int(mask.any(axis=tuple(b for b in range(mask.ndim) if b != d)).sum())
-    return tuple(shape)
 
 
 def _pruned_shape(shape: tuple[int, ...], maps, keep: np.ndarray, component: np.ndarray) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ import numpy as np
 
 from structprune.errors import PlanError, RewriteError
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.ir.abstract import Abstract, new_shape  # noqa: F401 - re-exported for rewrite
+from structprune.ir.abstract import new_shape  # noqa: F401 - re-exported: rewrite.new_shape
 from structprune.selection.plan import Plan, dropped_mask
 
 

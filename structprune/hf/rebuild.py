@@ -65,7 +65,7 @@ def resize_to_shapes(model: nn.Module, shapes: Mapping[str, tuple[int, ...]]) ->
             continue
         fresh = _empty_like(tensor, tuple(shape))
         for module, attr in owners[id(tensor)]:
-            (module._parameters if attr in module._parameters else module._buffers)[attr] = fresh
+            setattr(module, attr, fresh)  # a Parameter re-registers as one; a buffer name keeps its buffer slot
             touched[id(module)] = module
         resized.append(key)
     for module in touched.values():
@@ -76,9 +76,8 @@ def resize_to_shapes(model: nn.Module, shapes: Mapping[str, tuple[int, ...]]) ->
 def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     owners: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
     for module in model.modules():
-        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            if tensor is not None:
-                owners[id(tensor)].append((module, name))
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            owners[id(tensor)].append((module, name))
     return owners
 
 

@@ -128,8 +128,9 @@ TVSHIM = Path(__file__).resolve().parents[2] / "shared" / "tools" / "tvshim.py" 
 
 def load_tvshim() -> None:
     """Load ../shared/tools/tvshim.py where it exists (this workplace: torchvision built for another torch),
-    so torchvision, and transformers which imports it, import on the CPU torch. Elsewhere a no-op."""
-    if TVSHIM.exists() and "tvshim" not in sys.modules:
+    so torchvision, and transformers which imports it, import on the CPU torch. A no-op where the shim is
+    absent or torchvision is not installed (a CI virtual environment: nothing to patch)."""
+    if TVSHIM.exists() and "tvshim" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
         spec = importlib.util.spec_from_file_location("tvshim", TVSHIM)
         module = importlib.util.module_from_spec(spec)
         sys.modules["tvshim"] = module

@@ -10,12 +10,13 @@ m = ceil(K (6 + 2 eps) S log(8 eta / delta) / eps^2), and one global eps is chos
 the network meets a size budget (sec. 4, "layer-wise budget allocation").
 
 Our adaptation: a filter is a channel group, measured at all of its consumers (max over them, since
-s is a max); 'deterministic' (default) keeps the top-n channels by s, as the authors' deterministic
-PFP variant does; 'sampled' implements the sampling and reweighting, the weights travel in the
-plan's meta (`channel_scales`, applied by structprune.calibrate.apply_channel_scales). With
-`allocate=True`, `select` takes the planner's keep counts only to fix the parameter budget and lets
-the bound spread it across layers (K = 3, delta = 1e-16 as in torchprune); the parameter count is
-modelled from the groups' members (`budget.ParamModel`).
+s is a max; padded tokens of a dict batch's `attention_mask` are zeroed, so they share nothing);
+'deterministic' (default) keeps the top-n channels by s, as the authors' deterministic PFP variant
+does; 'sampled' implements the sampling and reweighting, the weights travel in the plan's meta
+(`channel_scales`, applied by structprune.calibrate.apply_channel_scales). With `allocate=True`,
+`select` takes the planner's keep counts only to fix the parameter budget and lets the bound spread
+it across layers (K = 3, delta = 1e-16 as in torchprune); the parameter count is modelled from the
+groups' members (`budget.ParamModel`).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import SCALES_KEY, GroupView, ScoringContext, Selection
 from structprune.criteria.budget import Allocation, ParamModel, allocate, expected_unique
 from structprune.criteria.sensitivity import output_units, tap_sensitivity
-from structprune.criteria.taps import Tap, consumer_taps, observe_inputs
-from structprune.data.running import call_model, eval_mode
+from structprune.criteria.taps import Padding, Tap, consumer_taps, observe_inputs
+from structprune.data.running import eval_mode
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,17 @@ class Coreset:
         taps = consumer_taps(groups, ctx.model)
         best: dict[int, np.ndarray] = {}
         eta: dict[str, int] = {}
+        padding = Padding()
 
         def see(tap: Tap, x: torch.Tensor) -> None:
-            s = tap_sensitivity(ctx.model, tap, x.detach())
+            s = tap_sensitivity(ctx.model, tap, padding.zeroed(tap, x.detach()))
             if s is not None:
                 best[id(tap)] = s if id(tap) not in best else np.maximum(best[id(tap)], s)
                 eta[tap.group_id] = max(eta.get(tap.group_id, 1), output_units(ctx.model, tap, x))
 
         with eval_mode(ctx.model), observe_inputs(ctx.model, taps, see), torch.no_grad():
             for batch in batches:
-                call_model(ctx.model, batch.x)
+                padding.run(ctx.model, batch.x)
         return _per_group(taps, best), eta
 
     def select(self, groups: list[GroupView], ctx: ScoringContext, keep_counts: Mapping[str, int],

@@ -10,7 +10,8 @@ retrains before the next cycle.
 
 Our adaptation: the score is the mean *absolute* value (equal to the paper's mean for ReLU nets,
 well-defined for others) of the signal at the group's consumer inputs on the calibration data, so
-every coupled member of a group is scored once, averaged over the group's consumers. One-shot mode
+every coupled member of a group is scored once, averaged over the group's consumers; padded tokens
+(a dict batch's `attention_mask`) are left out of each sample's mean. One-shot mode
 scores once. Iterative mode drops p of the remaining channels per cycle with the dropped channels
 zeroed at their consumers for the following measurements; a `recover(model, dropped)` callback (for
 instance fine-tuning with `masked_channels`) may run between cycles -- no weight reset or retraining
@@ -24,11 +25,22 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
+import torch
 from torch import nn
 
-from structprune.criteria.activations import load_batches, mean_abs_activation, with_fallback
+from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
-from structprune.criteria.taps import consumer_taps, masked_channels
+from structprune.criteria.taps import (
+    Padding,
+    Tap,
+    as_samples,
+    consumer_taps,
+    masked_channels,
+    observe_inputs,
+    taps_by_group,
+    to_channels,
+)
+from structprune.data.running import eval_mode
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ class DropNet:
         taps = consumer_taps(groups, ctx.model)
         batches = load_batches(ctx, self.max_samples, self.name)
         with masked_channels(ctx.model, taps, dropped):
-            return mean_abs_activation(ctx.model, taps, batches)
+            return token_mean_abs(ctx.model, taps, batches)
 
     def _cycles(self, groups, ctx, counts):
         """Drop `fraction` of what remains per cycle until every group is down to its count."""
@@ -104,6 +116,39 @@ class DropNet:
             if self.recover is not None:
                 self.recover(ctx.model, {k: ~v for k, v in alive.items()})
         return _order_scores(dropped_at, seen), alive
+
+
+def token_mean_abs(model: nn.Module, taps: list[Tap], batches) -> dict[str, np.ndarray]:
+    """Per group: mean over samples of each channel's mean |activation| over its places, averaged over
+    the group's consumers; padded tokens are not places (a sample of padding only is not counted)."""
+    sums = {id(t): torch.zeros(len(t.positions), dtype=torch.float64) for t in taps}
+    counts = {id(t): 0 for t in taps}
+    padding = Padding()
+
+    def see(tap: Tap, x: torch.Tensor) -> None:
+        per_sample = _place_mean(as_samples(x.detach(), tap.channel_dim).abs(), padding.places(tap, x))
+        sums[id(tap)] += per_sample.double().sum(dim=0).cpu()
+        counts[id(tap)] += per_sample.shape[0]
+
+    with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad():
+        for batch in batches:
+            padding.run(model, batch.x)
+    out = {}
+    for gid, group_taps in taps_by_group(taps).items():
+        seen = [t for t in group_taps if counts[id(t)] > 0]
+        if seen:
+            out[gid] = np.mean([to_channels((sums[id(t)] / counts[id(t)]).numpy(), t.positions, t.size)
+                                for t in seen], axis=0)
+    return out
+
+
+def _place_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(samples, positions): the mean over places of (samples, places, positions), real tokens only."""
+    if valid is None:
+        return values.mean(dim=1)
+    weight = valid.to(values.dtype).unsqueeze(-1)
+    count = weight.sum(dim=1)
+    return ((values * weight).sum(dim=1) / count.clamp(min=1))[count[:, 0] > 0]
 
 
 def _drop_once(groups, scores, counts, scope, fraction, alive=None) -> dict[str, np.ndarray]:

@@ -18,6 +18,8 @@ early once S no longer changes, and we do not take an update that would increase
 paper's merge by activation mass is not a descent step; without this guard the residual can rise
 between iterations). Note: when 2s >= the group size, Omega u S is the whole group and the
 selection is the activation-mass top-s (the gradient step only matters below a 50% keep ratio).
+Padded tokens (a dict batch's `attention_mask`) are zeroed in the held hidden map, so they add
+nothing to the residual, its gradient or the activation mass.
 The calibration set (default 1280 samples) is held as the group's hidden map, one group at a time
 (at most `max_hidden_mb`), and processed in the loader's chunks. Groups whose consumers are not
 affine or not observable fall back to the L1-magnitude ranking.
@@ -35,6 +37,7 @@ from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.consumers import Consumer, consumers, is_affine
 from structprune.criteria.taps import (
+    Padding,
     Tap,
     as_samples,
     consumer_taps,
@@ -43,7 +46,7 @@ from structprune.criteria.taps import (
     taps_by_group,
     to_channels,
 )
-from structprune.data.running import call_model, call_order, eval_mode
+from structprune.data.running import call_order, eval_mode
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,11 +164,12 @@ def capture_block(model, group: GroupView, taps: list[Tap], batches, *, all_taps
     fns = consumers(model, [t.module for t in taps], batches[0].x)
     hidden: list[list[torch.Tensor]] = [[] for _ in taps]
     budget = [max_mb * 2**20]
+    padding = Padding()
 
     def see(tap, x):
         i = taps.index(tap)
         if budget[0] > 0:
-            hidden[i].append(x.detach().clone())
+            hidden[i].append(padding.zeroed(tap, x.detach()).clone())
             budget[0] -= x.numel() * x.element_size()
 
     with masked_channels(model, all_taps or taps, dropped or {}), observe_inputs(model, taps, see), \
@@ -173,7 +177,7 @@ def capture_block(model, group: GroupView, taps: list[Tap], batches, *, all_taps
         for batch in batches:
             if budget[0] <= 0:
                 break
-            call_model(model, batch.x)
+            padding.run(model, batch.x)
     usable = [i for i, t in enumerate(taps) if hidden[i] and is_affine(fns[t.module], hidden[i][0])]
     if not usable:
         return None

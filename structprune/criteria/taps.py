@@ -5,7 +5,12 @@ the weight receives, on its first positional input, exactly the post-norm, post-
 flows along the group's channels. Its channel axis is dim 1 for conv-like weights (ndim >= 3) and
 the last dim for matrix weights (ndim 2); a tap whose input does not have `len(positions)` entries
 on that axis (grouped convolutions, fused projections) is not used. Hooks live only inside the
-context managers below."""
+context managers below.
+
+Padding: a batch of keyword inputs with an `attention_mask` (samples, tokens) marks padded tokens;
+`Padding` runs the model on a batch and tells an observer which places of a tap's input are real
+tokens, so statistics leave the padding out (inputs without a mask, or taps whose places do not line
+up with the tokens, count every place, as before)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -17,7 +22,8 @@ import torch
 from torch import nn
 
 from structprune.criteria.base import GroupView
-from structprune.data.running import forward_hooks
+from structprune.data.batches import token_mask
+from structprune.data.running import call_model, forward_hooks
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +71,54 @@ def as_samples(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """(samples, places, positions): the channel axis last, everything but the batch in between."""
     moved = x.movedim(channel_dim, -1)
     return moved.reshape(moved.shape[0], -1, moved.shape[-1])
+
+
+def token_places(x: torch.Tensor, channel_dim: int, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(samples, places) bool laid out like `as_samples(x, channel_dim)`: True where the place is a
+    real token of `mask` (samples, tokens). The tokens line up when the channel-last input is
+    (samples, ..., tokens, channels) or (samples * tokens, channels); otherwise (or without a mask) None.
+
+    >>> token_places(torch.zeros(2, 3, 4), -1, torch.tensor([[True, True, False], [True, True, True]])).sum()
+    tensor(5)
+    """
+    if mask is None:
+        return None
+    moved = x.movedim(channel_dim, -1)
+    samples, tokens = mask.shape
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    if moved.ndim >= 3 and moved.shape[0] == samples and moved.shape[-2] == tokens:
+        lead = mask.reshape(samples, *([1] * (moved.ndim - 3)), tokens)
+        return lead.expand(moved.shape[:-1]).reshape(samples, -1)
+    if moved.ndim == 2 and moved.shape[0] == samples * tokens:
+        return mask.reshape(-1, 1)
+    return None
+
+
+@dataclass
+class Padding:
+    """The padding of the batch being run: `run(model, x)` calls the model and keeps x's token mask
+    while it runs, so observers (hooks) can ask which places of a tap's input are real tokens."""
+
+    mask: torch.Tensor | None = None
+
+    def run(self, model: nn.Module, x) -> object:
+        self.mask = token_mask(x)
+        try:
+            return call_model(model, x)
+        finally:
+            self.mask = None
+
+    def places(self, tap: Tap, x: torch.Tensor) -> torch.Tensor | None:
+        """(samples, places) bool of the real tokens in `x` (as `as_samples` lays it out), or None."""
+        return token_places(x, tap.channel_dim, self.mask)
+
+    def zeroed(self, tap: Tap, x: torch.Tensor) -> torch.Tensor:
+        """`x` with its padded places set to zero (`x` itself where no padding applies)."""
+        valid = self.places(tap, x)
+        if valid is None or bool(valid.all()):
+            return x
+        moved = x.movedim(tap.channel_dim, -1)
+        return (moved * valid.reshape(moved.shape[:-1]).unsqueeze(-1).to(x.dtype)).movedim(-1, tap.channel_dim)
 
 
 def to_channels(per_position: np.ndarray, positions: np.ndarray, size: int, how: str = "mean") -> np.ndarray:

@@ -5,7 +5,8 @@ with an optional "labels" entry (the Hugging Face convention; "label" and "y" ar
 Inputs are a tensor, a tuple/list of positional inputs or a dict of keyword inputs, nested as deep
 as the model wants; every tensor carries the batch on dim 0. Scoring, calibration, recovery and
 evaluation all read batches through `split_batch` and `calibration_batches`; `data.running` calls
-the model on what they return.
+the model on what they return. A dict's "attention_mask" (samples, tokens) marks padding, which token
+statistics leave out (`token_mask`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 LABEL_KEYS = ("labels", "label", "y")  # dict entries that hold labels, first found wins
+MASK_KEY = "attention_mask"  # the dict entry that marks real tokens (1) and padding (0), as in Hugging Face
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +69,20 @@ def batch_size_of(inputs: Any) -> int:
         raise ValueError(f"a batch of inputs holds no tensor (got a {type(inputs).__name__}); "
                          "yield tensors, tuples of tensors or dicts of tensors")
     return int(first.shape[0])
+
+
+def token_mask(inputs: Any) -> torch.Tensor | None:
+    """Which tokens of a batch of keyword inputs are real: its `attention_mask` (samples, tokens) as
+    bool, True for a real token, False for padding; None for other inputs or a mask of another rank.
+    Statistics over tokens (scores, Hessians, refits) leave the padding out.
+
+    >>> token_mask({"input_ids": torch.zeros(2, 3), "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])}).sum()
+    tensor(5)
+    """
+    mask = inputs.get(MASK_KEY) if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        return None
+    return mask != 0
 
 
 def to_device(value: Any, device: torch.device) -> Any:

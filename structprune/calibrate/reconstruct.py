@@ -12,6 +12,13 @@ lam = ridge * trace(X_p^T X_p) / d. The intercept c is fit only if the layer has
 the mean of what was removed (bias compensation). Without a bias, a following BatchNorm's
 recalibration takes up the mean shift. Layers are refit one at a time in forward order, each one
 fed by the already-refit network (as in ThiNet/He et al. 2017 channel pruning, with ridge).
+
+Targets: "dense" (above) or "stream" (see `stream.py`): where the consumer's output is added to a
+residual stream that a module reads, Y = O_p + (Z_d - Z_p) makes the pruned stream match the dense one
+(earlier layers' errors included), rows weighted by 1 / var(Z_d) where that module normalises each
+position; elsewhere the dense target. A plan may ask for its target and ridge in
+`plan.meta["reconstruction"]` (the `obs` criterion does); explicit arguments win. Padded tokens (a dict
+batch's `attention_mask`) are not rows.
 """
 from __future__ import annotations
 
@@ -22,7 +29,10 @@ import torch
 from torch import nn
 
 from structprune.calibrate.layers import input_rows, refittable, take_rows
-from structprune.data.batches import calibration_batches
+from structprune.calibrate.stream import Reader, find_reader, output_rows, run_to_reader, stream_inputs
+from structprune.criteria.obs import RECONSTRUCTION_KEY
+from structprune.criteria.taps import token_places
+from structprune.data.batches import Batch, calibration_batches, token_mask
 from structprune.data.running import call_order, eval_mode, model_device, run_until
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
@@ -58,17 +68,34 @@ class _Sums:
     yy: float = 0.0
     rows: int = 0
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        if weight is not None:
+            x, y = x * weight.sqrt().unsqueeze(1), y * weight.sqrt().unsqueeze(1)
         self.xx += x.T @ x
         self.xy += x.T @ y
-        self.yy += float((y * y).sum())
+        self.yy += float((y.double() ** 2).sum())
         self.rows += x.shape[0]
 
 
+FROM_PLAN = "plan"  # reconstruct(max_samples=...): as plan.meta["reconstruction"] asks, else 1024
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How each layer is refit: the target ("dense" or "stream"), ridge, and row sampling."""
+
+    target: str
+    ridge: float
+    max_rows: int
+    generator: torch.Generator
+
+
 def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan, loader: Iterable,
-                *, ridge: float = 1e-3, max_samples: int | None = 1024, max_rows_per_batch: int = 8192,
-                max_features: int = 8192, seed: int = 0) -> ReconstructionReport:
+                *, ridge: float | None = None, target: str | None = None, max_samples: int | None | str = FROM_PLAN,
+                max_rows_per_batch: int = 8192, max_features: int = 8192, seed: int = 0) -> ReconstructionReport:
     """Refit, in place, the weights (and biases) of `pruned`'s consumer layers of every pruned group.
+    `ridge` (default 1e-3), `target` ("dense", default, or "stream") and `max_samples` (default 1024,
+    None: all): as given, else as the plan asks.
 
     >>> import torch, structprune
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -80,18 +107,54 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     >>> report.layers[0].error_after <= report.layers[0].error_before
     True
     """
+    asked = dict(plan.meta.get(RECONSTRUCTION_KEY) or {})
+    target = target or asked.get("target", "dense")
+    if target not in ("dense", "stream"):
+        raise ValueError(f"reconstruction target must be 'dense' or 'stream', got {target!r}")
+    ridge = float(asked.get("ridge", 1e-3) if ridge is None else ridge)
+    max_samples = asked.get("max_samples", 1024) if max_samples == FROM_PLAN else max_samples
     kept = kept_indices(graph, component_keep(graph, plan))
     names, skipped = _consumers(pruned, graph, plan, max_features)
     batches = list(calibration_batches(loader, max_samples, model_device(pruned), who="reconstruction"))
     if not names or not batches:
         return ReconstructionReport((), tuple(skipped))
-    generator = torch.Generator().manual_seed(seed)
+    settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed))
     fits = []
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
-        for name in call_order(pruned, batches[0].x, names):
-            limits = (max_rows_per_batch, generator)
-            fits.append(_refit(dense, pruned, name, kept.get(f"{name}.weight", {}), batches, ridge, limits))
+        order = call_order(pruned, batches[0].x, names)
+        readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
+        streams = _dense_streams(dense, readers, batches)
+        for name in order:
+            fits.append(_refit(dense, pruned, name, kept.get(f"{name}.weight", {}), batches, settings,
+                               (readers.get(name), streams.get(name))))
     return ReconstructionReport(tuple(fits), tuple(skipped))
+
+
+def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
+    """The stream reader of each consumer that has one (see `stream.find_reader`)."""
+    found = {name: find_reader(pruned, name, x) for name in names}
+    return {name: reader for name, reader in found.items() if reader is not None}
+
+
+def _dense_streams(dense: nn.Module, readers: dict[str, Reader], batches: list[Batch]) -> dict[str, list]:
+    """Per consumer with a reader: the dense network's stream rows (real tokens) of every batch, from
+    one forward pass per batch."""
+    out: dict[str, list] = {name: [] for name in readers}
+    for batch in batches:
+        seen = stream_inputs(dense, readers, batch.x) if readers else {}
+        for name in readers:
+            module = dense.get_submodule(name)
+            rows = output_rows(module, seen[name])
+            out[name].append(_real_rows(rows, seen[name], module, batch).float())
+    return out
+
+
+def _real_rows(rows: torch.Tensor, like: torch.Tensor, module: nn.Module, batch: Batch) -> torch.Tensor:
+    """`rows` without those of padded tokens (`like`: the tensor the rows were read from)."""
+    if not isinstance(module, nn.Linear):
+        return rows
+    valid = token_places(like, -1, token_mask(batch.x))
+    return rows if valid is None else rows[valid.reshape(-1).to(rows.device)]
 
 
 def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features: int):
@@ -122,12 +185,15 @@ def _why_not(module: nn.Module, axis: int, max_features: int) -> str:
     return ""
 
 
-def _refit(dense, pruned, name, axes, batches, ridge, limits) -> LayerFit:
+def _refit(dense, pruned, name, axes, batches, settings: _Settings, stream) -> LayerFit:
     module = pruned.get_submodule(name)
-    target_w = _dense_weight(dense.get_submodule(name), axes)
-    sums = _accumulate(dense, pruned, name, module, target_w, batches, limits)
+    if stream[0] is not None:
+        sums = _accumulate_stream(pruned, name, module, stream, batches, settings)
+    else:
+        target_w = _dense_weight(dense.get_submodule(name), axes)
+        sums = _accumulate(dense, pruned, name, module, target_w, batches, settings)
     prior = module.weight.detach().flatten(1).double()
-    solution = _solve(sums, prior, ridge, module.bias is not None)
+    solution = _solve(sums, prior, settings.ridge, module.bias is not None)
     before, after = _error(sums, _augment(prior, module)), _error(sums, solution)
     if after < before:
         _assign(module, solution)
@@ -142,20 +208,44 @@ def _dense_weight(layer: nn.Module, axes: dict) -> torch.Tensor:
     return weight
 
 
-def _accumulate(dense, pruned, name, module, target_w, batches, limits) -> _Sums:
-    max_rows, generator = limits
+def _empty_sums(module: nn.Module, outputs: int) -> _Sums:
     width = module.weight[0].numel() + (module.bias is not None)
     device = module.weight.device
-    sums = _Sums(torch.zeros(width, width, dtype=torch.float64, device=device),
-                 torch.zeros(width, target_w.shape[0], dtype=torch.float64, device=device))
+    return _Sums(torch.zeros(width, width, dtype=torch.float64, device=device),
+                 torch.zeros(width, outputs, dtype=torch.float64, device=device))
+
+
+def _with_ones(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    if module.bias is None:
+        return x
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+def _accumulate(dense, pruned, name, module, target_w, batches, settings: _Settings) -> _Sums:
+    sums = _empty_sums(module, target_w.shape[0])
     for batch in batches:
-        rows_d = input_rows(module, run_until(dense, batch.x, name)).double()
-        rows_p = input_rows(module, run_until(pruned, batch.x, name)).double()
-        pick = take_rows(rows_p, max_rows, generator)
-        x = rows_p[pick]
-        if module.bias is not None:
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-        sums.add(x, rows_d[pick] @ target_w.T)
+        x_d, x_p = run_until(dense, batch.x, name), run_until(pruned, batch.x, name)
+        rows_d = _real_rows(input_rows(module, x_d), x_d, module, batch).double()
+        rows_p = _real_rows(input_rows(module, x_p), x_p, module, batch).double()
+        pick = take_rows(rows_p, settings.max_rows, settings.generator)
+        sums.add(_with_ones(rows_p[pick], module), rows_d[pick] @ target_w.T)
+    return sums
+
+
+def _accumulate_stream(pruned, name, module, stream, batches, settings: _Settings) -> _Sums:
+    """Sums for the stream target: Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises."""
+    reader, dense_rows = stream
+    bias = module.bias.detach().double() if module.bias is not None else 0.0
+    sums = _empty_sums(module, module.weight.shape[0])
+    for batch, z_d in zip(batches, dense_rows):
+        x, out, z = run_to_reader(pruned, name, reader.name, batch.x)
+        rows = _real_rows(input_rows(module, x), x, module, batch)
+        o_p = _real_rows(output_rows(module, out), out, module, batch).double()
+        z_p = _real_rows(output_rows(module, z), z, module, batch).double()
+        y = (o_p + (z_d.double() - z_p) - bias).float()  # products in float32, sums in float64
+        weight = 1.0 / z_d.float().var(dim=1).clamp(min=1e-12) if reader.normalises else None
+        pick = take_rows(rows, settings.max_rows, settings.generator)
+        sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
     return sums
 
 

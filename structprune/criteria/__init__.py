@@ -1,7 +1,8 @@
 """Criteria registry: name -> criterion. Extend by passing a Criterion object instead of a name.
 
 Data-free: l1, l2, bn_scale, random. Data-driven (need `data=`): taylor and spectral (labelled),
-dropnet, dropnet_global, dropnet_iterative, ispasp, coreset, coreset_sampled (inputs only).
+dropnet, dropnet_global, dropnet_iterative, ispasp, coreset, coreset_sampled, obs (inputs only; obs asks
+the reconstruction after the rewrite for its weight update).
 Criteria with a `select` method (SelectingCriterion) choose channels themselves given keep counts.
 `KFACTrainPrune` (train-and-prune from scratch, trains the model in place) is not registered by name:
 construct it explicitly.
@@ -25,12 +26,13 @@ from structprune.criteria.dropnet import DropNet
 from structprune.criteria.ispasp import ISpaSP
 from structprune.criteria.kfac import KFACTrainPrune
 from structprune.criteria.magnitude import BN_SCALE, L1, L2, RANDOM
+from structprune.criteria.obs import StructuredOBS
 from structprune.criteria.spectral import Spectral
 from structprune.criteria.taylor import Taylor
 
 _ALL = (L1, L2, BN_SCALE, RANDOM, Taylor(), DropNet(), DropNet(name="dropnet_global", scope="global"),
         DropNet(name="dropnet_iterative", iterative=True), ISpaSP(), Coreset(),
-        Coreset(name="coreset_sampled", variant="sampled"), Spectral())
+        Coreset(name="coreset_sampled", variant="sampled"), Spectral(), StructuredOBS())
 CRITERIA = MappingProxyType({c.name: c for c in _ALL})
 
 
@@ -49,5 +51,5 @@ def needs_labels(criterion) -> bool:
 
 
 __all__ = ["CRITERIA", "Coreset", "Criterion", "DropNet", "GroupView", "ISpaSP", "KFACTrainPrune", "MemberSlice",
-           "PerGroupCriterion", "ScoringContext", "SelectingCriterion", "Selection", "Spectral", "Taylor", "TensorAxis",
-           "get_criterion", "needs_labels"]
+           "PerGroupCriterion", "ScoringContext", "SelectingCriterion", "Selection", "Spectral", "StructuredOBS",
+           "Taylor", "TensorAxis", "get_criterion", "needs_labels"]

@@ -1,5 +1,5 @@
 """Padded tokens carry no evidence: for dict batches with an `attention_mask`, the data-driven criteria
-(dropnet, coreset, ispasp) measure the same with and without extra padded positions; on inputs
+(dropnet, coreset, ispasp, obs) measure the same with and without extra padded positions; on inputs
 without a mask nothing changed (DropNet equals the plain mean |activation|)."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structprune
 from helpers import import_transformers
 from structprune.criteria import Coreset, DropNet, ISpaSP, ScoringContext
 from structprune.criteria.activations import mean_abs_activation
+from structprune.criteria.hessian import consumer_grams
 from structprune.criteria.taps import Padding, consumer_taps, token_places
 from structprune.criteria.views import group_views
 from structprune.data.batches import calibration_batches, token_mask
@@ -75,6 +76,16 @@ def test_ispasp_ignores_padding(bert):
     counts = {v.group_id: v.size // 2 for v in views}
     plain, padded = (ISpaSP(iterations=5).select(views, ctx, counts).keep for ctx in contexts(net, example))
     assert plain == padded
+
+
+def test_obs_hessians_ignore_padding(bert):
+    net, example, views = bert
+    taps = consumer_taps(views, net)
+    plain, padded = (consumer_grams(net, taps, calibration_batches(ctx.data, None)) for ctx in contexts(net, example))
+    assert plain.keys() == padded.keys() and plain
+    for key in plain:
+        assert plain[key].rows == padded[key].rows
+        torch.testing.assert_close(plain[key].gram, padded[key].gram, rtol=1e-5, atol=1e-6)
 
 
 def test_padding_changes_the_scores_it_should_not_without_the_mask(bert):

@@ -1,0 +1,141 @@
+"""Second moments of consumer inputs for least-squares methods (OBS pruning, refits).
+
+A consumer whose output is `rows(x) @ W^T + b` (a matrix weight on the channel-last input, or a 2-D
+convolution on its unfolded patches) has the layer-wise squared error ||rows @ dW^T||^2 = tr(dW H dW^T)
+with H = sum over calibration rows of [row, 1]^T [row, 1] -- the Hessian of OBS (Hassibi & Stork 1993)
+as SparseGPT/ZipLM use it, with a constant column when the layer has a bias (its intercept). Rows
+are positions: samples x tokens (padded tokens of an `attention_mask` left out) or samples x patches.
+That the consumer computes exactly this is checked on real input, not assumed from its type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structprune.criteria.taps import Padding, Tap, as_samples, observe_inputs
+from structprune.data.batches import Batch
+from structprune.data.running import eval_mode
+
+
+@dataclass(eq=False)
+class ConsumerGram:
+    """One consumer's weight as a matrix (out, columns [+ intercept]) in float64, the channel of each
+    column (`columns`, -1: not the group's, the intercept is -1 too), and H summed over `rows` rows;
+    `inverses` keeps what users derived from H (dampened inverses), by key."""
+
+    tap: Tap
+    weight: torch.Tensor
+    columns: np.ndarray
+    has_bias: bool
+    gram: torch.Tensor
+    rows: int = 0
+    inverses: dict = field(default_factory=dict, repr=False)
+
+
+def matrix_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> torch.Tensor | None:
+    """(rows, columns) of the consumer's input laid out like `weight.flatten(1)` (None: not supported)."""
+    if weight.ndim == 2 and tap.channel_dim == -1:
+        return as_samples(x, -1).reshape(-1, x.shape[-1])
+    if weight.ndim == 4 and getattr(module, "groups", 1) == 1 and not isinstance(getattr(module, "padding", 0), str):
+        cols = F.unfold(x, weight.shape[2:], dilation=module.dilation, padding=module.padding, stride=module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return None
+
+
+def row_mask(weight: torch.Tensor, x: torch.Tensor, tap: Tap, padding: Padding) -> torch.Tensor | None:
+    """Which rows of `matrix_rows` are real tokens (None: all)."""
+    valid = padding.places(tap, x) if weight.ndim == 2 else None
+    return None if valid is None else valid.reshape(-1)
+
+
+def computes_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> bool:
+    """True if module(x) == rows(x) @ W^T + b on (a slice of) real input."""
+    x = x[:2]
+    rows = matrix_rows(module, weight, x, tap)
+    if rows is None:
+        return False
+    bias = getattr(module, "bias", None)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return False
+    if not isinstance(out, torch.Tensor):
+        return False
+    out_rows = out.reshape(-1, out.shape[-1]) if weight.ndim == 2 else out.flatten(2).transpose(1, 2)
+    want = rows @ weight.flatten(1).T + (bias if isinstance(bias, torch.Tensor) else 0)
+    if out_rows.numel() != want.numel():
+        return False
+    scale = float(want.abs().max()) + 1e-12
+    return float((out_rows.reshape(want.shape) - want).abs().max()) <= 1e-3 * scale
+
+
+def column_channels(weight: torch.Tensor, tap: Tap) -> np.ndarray:
+    """Group channel of each column of `weight.flatten(1)` (input-channel major, kernel offsets inner)."""
+    per_input = int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
+    return np.repeat(np.asarray(tap.positions), per_input)
+
+
+def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch],
+                   max_features: int = 8192) -> dict[int, ConsumerGram]:
+    """H per usable tap (keyed by id(tap)), accumulated over the batches in one forward pass each."""
+    grams: dict[int, ConsumerGram | None] = {}
+    padding = Padding()
+    checking: list[Tap] = []  # the check calls the consumer, whose hook must not observe that call
+
+    def see(tap: Tap, x: torch.Tensor) -> None:
+        if checking:
+            return
+        if id(tap) not in grams:
+            checking.append(tap)
+            try:
+                grams[id(tap)] = _start(model, tap, x.detach(), max_features)
+            finally:
+                checking.pop()
+        state = grams[id(tap)]
+        if state is not None:
+            _add_rows(state, model.get_submodule(tap.module), x.detach(), padding)
+
+    with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad():
+        for batch in batches:
+            padding.run(model, batch.x)
+    return {key: g for key, g in grams.items() if g is not None and g.rows > 0}
+
+
+def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> ConsumerGram | None:
+    module = model.get_submodule(tap.module)
+    weight = model.get_parameter(tap.weight).detach()
+    if weight[0].numel() > max_features or not computes_rows(module, weight, x, tap):
+        return None
+    bias = getattr(module, "bias", None)
+    has_bias = isinstance(bias, torch.Tensor)
+    matrix = weight.flatten(1).double()
+    columns = column_channels(weight, tap)
+    if has_bias:
+        matrix = torch.cat([matrix, bias.detach().double().reshape(-1, 1)], dim=1)
+        columns = np.append(columns, -1)
+    width = matrix.shape[1]
+    return ConsumerGram(tap, matrix, columns, has_bias, torch.zeros(width, width, dtype=torch.float64,
+                                                                   device=weight.device))
+
+
+def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: Padding) -> None:
+    weight = module.get_parameter(state.tap.weight.rsplit(".", 1)[1])
+    rows = matrix_rows(module, weight, x, state.tap)
+    valid = row_mask(weight, x, state.tap, padding)
+    if valid is not None:
+        rows = rows[valid.to(rows.device)]
+    rows = rows.float()  # products in float32 (as SparseGPT's H), summed over batches in float64
+    data = rows.shape[1]
+    state.gram[:data, :data] += (rows.T @ rows).double()
+    if state.has_bias:
+        total = rows.sum(dim=0).double()
+        state.gram[:data, data] += total
+        state.gram[data, :data] += total
+        state.gram[data, data] += rows.shape[0]
+    state.rows += rows.shape[0]

@@ -19,7 +19,8 @@ they cannot import each other in a cycle. Top-level modules have these places:
                analyze, then the loss Hessian in channel coordinates)
     pipeline   pipeline.py (jobs behind the CLI), artifacts.py (read-back checks of what a job writes),
                quality.py (the accuracy gate of a job), demo.py (a job on built-in data), inspection.py
-               (`structprune inspect`), sensitivity_job.py (`structprune sensitivity`)
+               (`structprune inspect`), sweep/ (`structprune sweep`: criteria x budgets x seeds, accuracy curves
+               beside Torch-Pruning's, limit vs knee)
     cli        cli.py, __main__.py
     compat     compat.py (the bottom: every private torch API and the torch version check; it imports
                only torch and the standard library, see tests/unit/test_compat.py)
@@ -58,7 +59,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names))
     ("recover", {"recover"}),
     ("hf", {"hf"}),  # Hugging Face in and out: config after the rewrite, reload; api and the CLI job call it
     ("api", {"", "api", "verified", "compress_config", "iterative", "limit"}),
-    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection"}),
+    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sweep"}),
     ("cli", {"cli", "__main__"}),
 ))
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
@@ -68,8 +69,6 @@ LAYER_NAME = {name: layer for layer, names in LAYERS for name in names}
 LAZY_IMPORTS = {
     ("api.py", "structprune.onnx"): "onnx, onnxruntime",
     ("report/writers.py", "structprune.report.plots"): "matplotlib",
-    ("report/sensitivity_files.py", "structprune.report.plots"): "matplotlib",
-    ("latency_target.py", "structprune.onnx"): "onnx, onnxruntime",
 }
 HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "safetensors", "torch_pruning")
 

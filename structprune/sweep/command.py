@@ -1,0 +1,201 @@
+"""`structprune sweep`: the flags (add_sweep_arguments) and the job (run_sweep_command) behind them.
+
+The CLI wires it with two lines (`add_sweep_arguments(_command(sub, "sweep", ...))`); the parser's
+`handler` default is `run_sweep_command`, which returns the exit code: 0 when every point verified,
+1 when one did not (the files are still written, the failed rows say why), and raises UsageError (exit
+2) for bad input before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from structprune.data import DataBundle, load_data
+from structprune.io import load_model
+from structprune.io.atomic import check_output_dir
+from structprune.io.load import LoadedModel
+from structprune.recover import RecoveryConfig
+from structprune.recover.train import TrainPlan, train_epochs
+from structprune.sweep.config import DEFAULT_CRITERIA, RECOVERY_METHODS, SweepConfig, parse_criteria
+from structprune.sweep.outputs import write_sweep
+from structprune.sweep.run import run_sweep
+from structprune.sweep.summary import summary_text
+
+DENSE_LR = 0.05  # one-cycle peak LR of --train-epochs (the demo's)
+EXAMPLES = """\
+examples:
+  structprune sweep zoo:resnet20 --arch-kwargs '{"in_chans": 1, "image_size": 8}' --data digits \\
+      --train-epochs 8 --criteria l2,taylor,dropnet,ispasp,coreset --points 5 --seeds 3 --epochs 2
+  structprune sweep weights.pt --arch zoo:resnet20 --data digits --max-reduction 16 --out export/sweep
+"""
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add `structprune sweep`'s flags to `parser` and set its handler to run_sweep_command.
+
+    >>> parser = add_sweep_arguments(argparse.ArgumentParser(prog="structprune sweep"))
+    >>> args = parser.parse_args(["zoo:mlp", "--data", "digits", "--criteria", "l2,taylor", "--seeds", "3"])
+    >>> args.criteria, args.seeds, args.points, args.handler is run_sweep_command
+    (('l2', 'taylor'), 3, 5, True)
+    """
+    parser.epilog = parser.epilog or EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _model_arguments(parser)
+    _sweep_arguments(parser)
+    parser.set_defaults(handler=run_sweep_command)
+    return parser
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run the sweep the flags describe, write its files, print the table and the limit vs the knee."""
+    config = _config(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_output_dir(out, args.force)  # fail before the work, not after it
+    torch.manual_seed(config.seed)
+    loaded = _load(args)
+    out = out or Path("export") / f"{loaded.name}-sweep"
+    check_output_dir(out, args.force)
+    bundle = load_data(args.data, input_shape=_sample_shape(loaded), batch_size=args.batch_size, seed=config.seed)
+    dense = dense_factory(loaded, bundle, args.train_epochs, args) if args.train_epochs else loaded.model
+    result = run_sweep(dense, loaded.example_inputs, bundle, config, name=loaded.name)
+    write_sweep(result, out, force=args.force)
+    print(summary_text(result, str(out)))
+    return 0 if result.verified else 1
+
+
+def dense_factory(loaded: LoadedModel, bundle: DataBundle, epochs: int, args) -> Callable[[int], nn.Module]:
+    """seed -> the model trained `epochs` on the bundle (one-cycle, SGD); a zoo model starts from fresh
+    weights drawn from the seed, any other from its loaded weights."""
+    def make(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = _load(args).model if loaded.source == "zoo" else copy.deepcopy(loaded.model)
+        return train_dense(model, bundle, epochs, seed)
+
+    return make
+
+
+def train_dense(model: nn.Module, bundle: DataBundle, epochs: int, seed: int) -> nn.Module:
+    """Train `model` in place for `epochs` on `bundle` (SGD, one-cycle, peak LR 0.05); returns it in eval mode."""
+    config = RecoveryConfig(epochs=epochs, lr=DENSE_LR, schedule="onecycle", seed=seed, measure_dead_rate=False)
+    train_epochs(model, bundle.train, bundle.val, config, TrainPlan(epochs, "onecycle", DENSE_LR),
+                 desc=f"train dense (seed {seed})")
+    return model.eval()
+
+
+def _config(args: argparse.Namespace) -> SweepConfig:
+    return SweepConfig(criteria=args.criteria, points=args.points, seeds=args.seeds, seed=args.seed,
+                       min_reduction=args.min_reduction, max_reduction=args.max_reduction, epochs=args.epochs,
+                       recover=args.recover, lr=args.lr, reference=args.reference, knee_drop=args.knee_drop,
+                       limit=args.limit, calibration_samples=args.calibration_samples)
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
+    shape = tuple(args.input_shape[1:]) if args.input_shape else None
+    return load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
+                      input_shape=shape)
+
+
+def _sample_shape(loaded: LoadedModel) -> tuple[int, ...] | None:
+    example = loaded.example_inputs
+    return tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo:NAME, a .pt2 archive, or a state_dict .pt/.pth with --arch")
+    p.add_argument("--arch", metavar="SPEC", help="architecture for a state_dict: zoo:NAME or package.module:factory")
+    p.add_argument("--arch-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help='JSON keyword arguments of the architecture, e.g. \'{"in_chans": 1, "image_size": 8}\'')
+    p.add_argument("--trust-pickle", action="store_true", help="load a whole pickled module (runs code from the file)")
+    p.add_argument("--input-shape", type=_shape, metavar="B,C,H,W", help="example input shape, batch first")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="labelled data with a validation split: digits | PATH.npz | image folder | module:function")
+    p.add_argument("--batch-size", type=_integer(1), default=64, metavar="N", help="batch size of --data")
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--criteria", type=_criteria, default=DEFAULT_CRITERIA, metavar="A,B,...",
+                   help=f"structprune criteria, one curve each (default {','.join(DEFAULT_CRITERIA)})")
+    p.add_argument("--points", type=_integer(2), default=5, metavar="N", help="compression levels (default 5)")
+    p.add_argument("--min-reduction", type=_reduction, default=1.5, metavar="X", help="smallest MACs reduction")
+    p.add_argument("--max-reduction", type=_reduction, default=8.0, metavar="X", help="largest MACs reduction")
+    p.add_argument("--seeds", type=_integer(1), default=1, metavar="N", help="seeds per point (mean ± std)")
+    p.add_argument("--seed", type=_integer(0), default=0, metavar="S", help="first seed; also the data split's")
+    p.add_argument("--epochs", type=_integer(0), default=2, metavar="E", help="recovery epochs at every point")
+    p.add_argument("--recover", choices=RECOVERY_METHODS, default="finetune", help="recovery method")
+    p.add_argument("--lr", type=_positive, default=0.01, metavar="LR", help="recovery learning rate")
+    p.add_argument("--train-epochs", type=_integer(0), default=0, metavar="E",
+                   help="first train the dense model E epochs on --data, per seed (a zoo model from fresh weights)")
+    p.add_argument("--knee-drop", type=_positive, default=2.0, metavar="POINTS",
+                   help="accuracy points below the dense model that mark a curve's knee")
+    p.add_argument("--calibration-samples", type=_integer(1), default=512, metavar="N",
+                   help="training samples for data-driven criteria, BatchNorm re-estimation and the limit")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="leave out Torch-Pruning's reference lines")
+    p.add_argument("--no-limit", dest="limit", action="store_false", help="skip the pruning-limit estimate")
+    p.add_argument("--out", metavar="DIR", help="output folder (default export/<model-name>-sweep/)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _float_above(bound: float, wanted: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not bound < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
+        return value
+
+    return parse
+
+
+_positive = _float_above(0.0, "a number > 0")
+_reduction = _float_above(1.0, "a MACs reduction > 1, e.g. 1.5 or 8")
+
+
+def _criteria(text: str) -> tuple[str, ...]:
+    names = parse_criteria(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"'{text}' names no criterion; e.g. l2,taylor")
+    return names
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object like {"num_classes": 10}')
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape with the batch first, e.g. 1,3,32,32")
+    return shape
+

@@ -1,0 +1,88 @@
+"""The sweep figure: validation accuracy against MACs reduction (left) and params reduction (right),
+mean ± std over seeds, one line per criterion (Torch-Pruning's dashed), the dense baseline, each
+structprune curve's knee, and the estimated pruning limit.
+
+Built on a bare matplotlib Figure with the Agg canvas (no pyplot: no global state, no display);
+matplotlib is imported when a figure is drawn, not with the sweep.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+from structprune.sweep.curves import Curve, Knee
+from structprune.sweep.run import SweepResult
+
+PANELS = (("macs_reduction", "MACs reduction (dense / pruned, theoretical speedup)", "macs_reduction"),
+          ("params_reduction", "params reduction (compression ratio)", "params_reduction"))
+LIMIT_COLOUR, BASELINE_COLOUR = "#7b3294", "#444444"
+
+
+def sweep_png(result: SweepResult) -> bytes:
+    """The figure as PNG bytes (see the module docstring)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 5.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2, sharey=True)
+    knees = {(k.tool, k.criterion): k for k in result.knees()}
+    for ax, (attribute, label, limit_key) in zip(axes, PANELS):
+        _panel(ax, result, attribute, label, knees)
+        _limit_line(ax, result, limit_key)
+    axes[0].set_ylabel("validation accuracy % (after recovery)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    figure.suptitle(_title(result))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _panel(ax, result: SweepResult, attribute: str, label: str, knees: dict) -> None:
+    dense = result.baseline()
+    ax.axhline(dense.mean, color=BASELINE_COLOUR, linewidth=1, linestyle=":", label=f"dense {dense.text()} %")
+    ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color=BASELINE_COLOUR, alpha=0.08)
+    for curve in result.curves():
+        _curve(ax, curve, attribute, knees.get((curve.tool, curve.criterion)))
+    ax.set_xscale("log")
+    ticks = result.config.reductions
+    ax.set_xticks(ticks, [f"{t:.3g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _curve(ax, curve: Curve, attribute: str, knee: Knee | None) -> None:
+    points = [p for p in curve.points if math.isfinite(getattr(p, attribute).mean) and math.isfinite(p.accuracy.mean)]
+    x = [getattr(p, attribute) for p in points]
+    reference = curve.tool != "structprune"
+    line = ax.errorbar([s.mean for s in x], [p.accuracy.mean for p in points], yerr=[p.accuracy.std for p in points],
+                       xerr=[s.std for s in x], marker="s" if reference else "o", markersize=4, capsize=2,
+                       linestyle="--" if reference else "-", label=_label(curve))
+    if knee is not None and knee.reduction is not None and not reference and attribute == "macs_reduction":
+        at = next(p for p in points if p.macs_reduction.mean == knee.reduction)
+        ax.plot([knee.reduction], [at.accuracy.mean], marker="v", markersize=10, color=line[0].get_color(),
+                markeredgecolor="black")
+
+
+def _limit_line(ax, result: SweepResult, key: str) -> None:
+    if result.limit is None:
+        return
+    value = getattr(result.limit, key)
+    ax.axvline(value, color=LIMIT_COLOUR, linewidth=2, linestyle="-.",
+               label=f"estimated limit {value:.2f}x ({result.limit.channel_fraction:.0%} of channels)")
+    if key == "params_reduction":
+        ax.legend(handles=[ax.get_lines()[-1]], fontsize=8, loc="lower left")
+
+
+def _label(curve: Curve) -> str:
+    return f"Torch-Pruning {curve.criterion[3:]}" if curve.tool != "structprune" else curve.criterion
+
+
+def _title(result: SweepResult) -> str:
+    config = result.config
+    seeds = f"{config.seeds} seed{'s' if config.seeds > 1 else ''}"
+    recovery = f"{config.epochs} epochs {config.recover}" if config.epochs else "no recovery"
+    return f"{result.name}: accuracy vs reduction, mean ± std over {seeds}, {recovery}; ▼ knee (> " \
+           f"{config.knee_drop:g} points below dense)"
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +19,16 @@ from structprune.selection.plan_cost import PlanCost
 from structprune.selection.select import _rounded
 
 KINDS = {"macs": "MACs", "params": "parameters"}
+COST_INDEX = {"macs": 0, "params": 1}  # PlanCost.of_keep's order; other kinds (latency) cost by MACs
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Candidate cuts of one allocation from dense (step 0) to the most it may remove (step `steps`):
+    `counts(k)` is the channels each active group loses at step k, more at every step."""
+
+    steps: int
+    counts: Callable[[int], dict[str, int]]
 
 
 class TargetSearch:
@@ -26,7 +37,7 @@ class TargetSearch:
 
     def __init__(self, graph, active, scores, target, round_to: int, cost: PlanCost, n_whole: int) -> None:
         self.active, self.target, self.round_to, self.cost, self.n_whole = active, target, round_to, cost, n_whole
-        self.index = 0 if target.kind == "macs" else 1
+        self.index = COST_INDEX.get(target.kind, 0)
         self.order = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in active}
         self.norm = {g.id: _normalised(scores[g.id]) for g in active}
         self.ncomp = int(graph.component.max(initial=0)) + 1
@@ -59,9 +70,11 @@ class TargetSearch:
         return min((a, b), key=lambda r: abs(self.fraction(r) - self.target.fraction))
 
     # ---- global: a threshold on the normalised scores ----------------------------------------------------
-    def global_cut(self, cap: float) -> tuple[dict[str, int], float]:
-        """Removed channels per group, and the share of the active channels that is."""
-        ranking = self._ranking(cap)
+    def global_cut(self, cap: float, ranking: list[str] | None = None) -> tuple[dict[str, int], float]:
+        """Removed channels per group, and the share of the active channels that is. `ranking`: the group
+        of each channel in removal order (default: global pruning's, `_ranking`; the sensitivity
+        allocation passes its own)."""
+        ranking = self._ranking(cap) if ranking is None else ranking
         counts = _prefix_counts(ranking)
         lo, hi = 0, len(ranking)  # the cut at lo keeps at least the target, the cut at hi less
         if self._above(counts(hi)):
@@ -90,10 +103,7 @@ class TargetSearch:
         """Removed channels per group at the one ratio (bisected over the ratios where some group's count
         changes) that meets the target; where one step crosses the band, the groups that step take one
         more channel one by one, lowest next score first. Returns the counts and the ratio."""
-        steps = sorted({k / g.size for g in self.active for k in range(1, g.size)})
-
-        def counts(ratio: float) -> dict[str, int]:  # as select_plan's uniform counts, exact at each step
-            return {g.id: min(int(g.size * ratio + 1e-9), g.size - 1) for g in self.active}
+        steps, counts = self._uniform_steps(), self._uniform_counts
 
         if not steps or self._above(counts(steps[-1])):
             return self._reachable(counts(steps[-1] if steps else 0.0)), steps[-1] if steps else 0.0
@@ -107,6 +117,24 @@ class TargetSearch:
             return removed, steps[lo] if removed is base and lo >= 0 else steps[hi] if removed is after else 0.0
         stepping = sorted((g for g in after if after[g] > base[g]), key=lambda g: self._next_score(g, base))
         return self.fill(base, stepping), steps[lo] if lo >= 0 else 0.0
+
+    def _uniform_steps(self) -> list[float]:
+        """The ratios at which some active group's kept count changes."""
+        return sorted({k / g.size for g in self.active for k in range(1, g.size)})
+
+    def _uniform_counts(self, ratio: float) -> dict[str, int]:
+        """As select_plan's uniform counts, exact at each step."""
+        return {g.id: min(int(g.size * ratio + 1e-9), g.size - 1) for g in self.active}
+
+    # ---- a ladder of cuts, for a measured figure ---------------------------------------------------------
+    def ladder(self, allocation: str, cap: float, ranking: list[str] | None = None) -> Ladder:
+        """The allocation's cuts as steps: "uniform" climbs its ratios, the others their ranking (global
+        pruning's, or `ranking`) one channel at a time."""
+        if allocation == "uniform":
+            steps = self._uniform_steps()
+            return Ladder(len(steps), lambda k: self._uniform_counts(steps[k - 1] if k else 0.0))
+        ranking = self._ranking(cap) if ranking is None else ranking
+        return Ladder(len(ranking), _prefix_counts(ranking))
 
     def _next_score(self, gid: str, removed: Mapping[str, int]) -> float:
         """The normalised score of the channel a group loses next."""

@@ -13,8 +13,8 @@ import math
 from structprune.sweep.curves import Curve, Knee
 from structprune.sweep.run import SweepResult
 
-PANELS = (("macs_reduction", "MACs reduction (dense / pruned, theoretical speedup)", "macs_reduction"),
-          ("params_reduction", "params reduction (compression ratio)", "params_reduction"))
+PANELS = (("macs_reduction", "MACs reduction (dense / pruned, theoretical speedup)"),
+          ("params_reduction", "params reduction (compression ratio)"))
 LIMIT_COLOUR, BASELINE_COLOUR = "#7b3294", "#444444"
 
 
@@ -27,9 +27,9 @@ def sweep_png(result: SweepResult) -> bytes:
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2, sharey=True)
     knees = {(k.tool, k.criterion): k for k in result.knees()}
-    for ax, (attribute, label, limit_key) in zip(axes, PANELS):
+    for ax, (attribute, label) in zip(axes, PANELS):
         _panel(ax, result, attribute, label, knees)
-        _limit_line(ax, result, limit_key)
+        _limit_line(ax, result, attribute)
     axes[0].set_ylabel("validation accuracy % (after recovery)")
     axes[0].legend(fontsize=8, loc="lower left")
     figure.suptitle(_title(result))
@@ -59,8 +59,8 @@ def _curve(ax, curve: Curve, attribute: str, knee: Knee | None) -> None:
     line = ax.errorbar([s.mean for s in x], [p.accuracy.mean for p in points], yerr=[p.accuracy.std for p in points],
                        xerr=[s.std for s in x], marker="s" if reference else "o", markersize=4, capsize=2,
                        linestyle="--" if reference else "-", label=_label(curve))
-    if knee is not None and knee.reduction is not None and not reference and attribute == "macs_reduction":
-        at = next(p for p in points if p.macs_reduction.mean == knee.reduction)
+    at = next((p for p in points if knee is not None and p.macs_reduction.mean == knee.reduction), None)
+    if at is not None and not reference and attribute == "macs_reduction":
         ax.plot([knee.reduction], [at.accuracy.mean], marker="v", markersize=10, color=line[0].get_color(),
                 markeredgecolor="black")
 

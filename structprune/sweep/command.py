@@ -45,7 +45,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     (('l2', 'taylor'), 3, 5, True)
     """
     parser.epilog = parser.epilog or EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if parser.formatter_class is argparse.HelpFormatter:  # the CLI's own formatter, where it passes one, stays
+        parser.formatter_class = _Formatter
     _model_arguments(parser)
     _sweep_arguments(parser)
     parser.set_defaults(handler=run_sweep_command)
@@ -120,9 +121,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--criteria", type=_criteria, default=DEFAULT_CRITERIA, metavar="A,B,...",
-                   help=f"structprune criteria, one curve each (default {','.join(DEFAULT_CRITERIA)})")
-    p.add_argument("--points", type=_integer(2), default=5, metavar="N", help="compression levels (default 5)")
+    p.add_argument("--criteria", type=_criteria, default=",".join(DEFAULT_CRITERIA), metavar="A,B,...",
+                   help="structprune criteria, one curve each")
+    p.add_argument("--points", type=_integer(2), default=5, metavar="N", help="compression levels")
     p.add_argument("--min-reduction", type=_reduction, default=1.5, metavar="X", help="smallest MACs reduction")
     p.add_argument("--max-reduction", type=_reduction, default=8.0, metavar="X", help="largest MACs reduction")
     p.add_argument("--seeds", type=_integer(1), default=1, metavar="N", help="seeds per point (mean ± std)")
@@ -139,8 +140,17 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="leave out Torch-Pruning's reference lines")
     p.add_argument("--no-limit", dest="limit", action="store_false", help="skip the pruning-limit estimate")
-    p.add_argument("--out", metavar="DIR", help="output folder (default export/<model-name>-sweep/)")
+    p.add_argument("--out", metavar="DIR", help="output folder; export/<model-name>-sweep/ if not given")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (not for flags or unset options) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool) or action.default in ([], {}, ()):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _integer(minimum: int) -> Callable[[str], int]:

@@ -19,17 +19,18 @@ from structprune.calibrate import recalibrate_batchnorm
 from structprune.calibrate import reconstruct as refit_layers  # `recalibrate` has a flag named `reconstruct`
 from structprune.capture import capture
 from structprune.compress_config import CompressConfig, compress_config
-from structprune.criteria import ScoringContext, get_criterion
-from structprune.criteria.views import group_views
+from structprune.criteria import get_criterion
 from structprune.data.running import eval_outputs
-from structprune.errors import AnalysisError, PlanError, VerificationError, stage_errors
+from structprune.errors import AnalysisError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.hf import is_hf_model, restore_runtime_flags, update_config, without_cache
+from structprune.latency_target import meet_latency_target
+from structprune.planning import plan_groups, score_groups, with_sensitivity
 from structprune.rewrite import rewrite_model
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.build import build_channel_graph
 from structprune.rules.modules import DEFAULT_MODULE_RULES
-from structprune.selection import Plan, meet_target, plan_for_target, select_plan
+from structprune.selection import Plan, meet_target
 from structprune.verified import (
     MAX_REPLANS,
     TIES_KEY,
@@ -72,8 +73,9 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config
     """Score the prunable groups with the config's criterion and choose the channels to keep (by its
     ratio, global_pruning, max_group_ratio, round_to, ignore and seed; or, with target_macs /
     target_params, until the pruned model keeps that share of MACs or parameters: selection's
-    `plan_for_target`, `keep_whole` naming groups it leaves whole, id -> reason). `data`: calibration
-    batches for a data-driven criterion.
+    `plan_for_target`; with target_latency_ms, until it runs that fast: `latency_target`; `keep_whole`
+    naming groups left whole, id -> reason). `data`: calibration batches for a data-driven criterion,
+    and for `allocation="sensitivity"` without a table (`structprune.planning`).
 
     >>> import torch
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -82,35 +84,9 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config
     6
     """
     config = compress_config(config, options)
-    crit = get_criterion(config.criterion)
-    if getattr(crit, "needs_data", False) and data is None:
-        raise PlanError(f"criterion '{crit.name}' is data-driven: pass data=... (a DataLoader, or --data SPEC)")
-    ctx = ScoringContext(model, example_inputs, data, config.seed)
-    with stage_errors(PlanError, f"scoring the groups with criterion '{crit.name}'"):
-        views = group_views(graph, model)
-        scores = crit.score(views, ctx)
-    meta = {"criterion": crit.name, "seed": config.seed, "attention": graph.attention}
-    if config.target is not None:
-        plan = plan_for_target(graph, scores, config, keep_whole=keep_whole, meta=meta)
-    else:
-        plan = select_plan(graph.groups, scores, ratio=config.ratio, global_pruning=config.global_pruning,
-                           round_to=config.round_to, ignore=config.ignore, max_group_ratio=config.max_group_ratio,
-                           meta=meta)
-    if callable(getattr(crit, "select", None)):
-        plan = _criterion_selection(crit, views, ctx, plan)
-    return plan
-
-
-def _criterion_selection(crit, views, ctx, plan: Plan) -> Plan:
-    """Criteria that are not a top-k (i-SpaSP, coreset) choose the kept channels themselves, given the
-    planner's keep count per group (ignored and blocked groups stay whole)."""
-    active = [v for v in views if v.group_id in plan.pruned_groups()]
-    counts = {v.group_id: len(plan.keep[v.group_id]) for v in active}
-    selection = crit.select(active, ctx, counts) if active else None
-    if selection is None:
-        return plan
-    keep = {**dict(plan.keep), **{g: tuple(sorted(k)) for g, k in selection.keep.items()}}
-    return Plan(keep, plan.sizes, {**dict(plan.meta), **dict(selection.meta)})
+    scored = score_groups(model, example_inputs, graph, config, data)
+    config = with_sensitivity(model, example_inputs, graph, config, data, scored)
+    return plan_groups(scored, graph, config, keep_whole=keep_whole)
 
 
 def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | None = None, data: Any = None,
@@ -181,8 +157,10 @@ def _choose_and_rewrite(model: nn.Module, example_inputs: Any, config: CompressC
 def _select_and_rewrite(model: nn.Module, example_inputs: Any, graph: ChannelGraph, config: CompressConfig,
                         data: Any, ties: tuple[str, ...]) -> CompressResult:
     """Select and rewrite once by ratio; with a budget target, until the verified model meets it
-    (`selection.meet_target`: groups verification keeps whole are fixed and the rest planned again),
-    with the report's `target` section."""
+    (`selection.meet_target`, `latency_target.meet_latency_target`: groups verification keeps whole are
+    fixed and the rest planned again), with the report's `target` section."""
+    config = with_sensitivity(model, example_inputs, graph, config, data)  # measured once, for every round
+
     def choose(keep_whole: Mapping[str, str]) -> Plan:
         plan = select(model, example_inputs, graph, config=config, data=data, keep_whole=keep_whole)
         return plan.with_meta(**{TIES_KEY: list(ties)}) if ties else plan
@@ -192,7 +170,8 @@ def _select_and_rewrite(model: nn.Module, example_inputs: Any, graph: ChannelGra
 
     if config.target is None:
         return rewrite(choose({}))
-    result, section = meet_target(config.target, choose, rewrite)
+    meet = meet_latency_target if config.target.kind == "latency_ms" else meet_target
+    result, section = meet(config.target, choose, rewrite)
     return CompressResult(result.model, result.plan, result.report.with_extra(target=section), result.graph)
 
 

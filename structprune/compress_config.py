@@ -4,7 +4,7 @@ The API, the CLI and the CLI's JobOptions all build one; nothing downstream chec
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -12,7 +12,15 @@ from structprune.criteria import get_criterion
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.modules import DEFAULT_MODULE_RULES
-from structprune.selection import Target, check_max_group_ratio, check_ratio, check_round_to, check_target_options
+from structprune.selection import (
+    LatencyTarget,
+    SensitivityTable,
+    Target,
+    check_max_group_ratio,
+    check_ratio,
+    check_round_to,
+    check_target_options,
+)
 
 
 class _DefaultRatio(float):
@@ -37,8 +45,13 @@ class CompressConfig:
     - target_macs, target_params: a budget instead of a ratio, the fraction in (0, 1) of the dense model's
       MACs or parameters to keep (within 2%); one of them, and not beside an explicit ratio (`ratio` is
       then None; dropping the target again needs a ratio).
-      allocation: how a target is spread, "global" (default: one threshold on normalised scores, as
-      `global_pruning`) or "uniform" (one ratio for every group). See `structprune.selection.targets`.
+      target_latency_ms: a budget in milliseconds instead: the onnxruntime median latency on this machine
+      (1 thread, the example inputs), searched by measuring candidate models (`structprune.latency_target`);
+      `latency_measure(model, example_inputs) -> ms` replaces that measurement (a fake one in tests).
+      allocation: how a budget is spread, "global" (default: one threshold on normalised scores, as
+      `global_pruning`), "uniform" (one ratio for every group) or "sensitivity" (deepest where pruning a
+      group alone costs least, read from `sensitivity`, a SensitivityTable, or measured on compress's
+      data; also with a plain ratio). See `structprune.selection.targets` and `structprune.sensitivity`.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
     - ignore: module FQN globs whose own outputs stay whole; round_to: kept counts are multiples of it.
     - attention: "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
@@ -73,12 +86,15 @@ class CompressConfig:
     target_macs: float | None = None
     target_params: float | None = None
     allocation: str | None = None
+    target_latency_ms: float | None = None
+    latency_measure: Callable[[Any, Any], float] | None = field(default=None, repr=False)
+    sensitivity: SensitivityTable | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         given = self.ratio is not None and not isinstance(self.ratio, _DefaultRatio)
         if given:
             check_ratio(self.ratio)
-        target = check_target_options(given, self.target_macs, self.target_params, self.allocation)
+        target = self._target(given)
         if target is not None:  # it chooses the ratio: None, so that no code path prunes by a ratio nobody gave
             object.__setattr__(self, "ratio", None)
         elif self.ratio is None:
@@ -91,13 +107,17 @@ class CompressConfig:
         object.__setattr__(self, "ignore", ignore)
 
     @property
-    def target(self) -> Target | None:
+    def target(self) -> Target | LatencyTarget | None:
         """The budget to prune to (None: prune by `ratio`).
 
-        >>> CompressConfig(target_params=0.3).target.kind
-        'params'
+        >>> CompressConfig(target_params=0.3).target.kind, CompressConfig(target_latency_ms=2.5).target.ms
+        ('params', 2.5)
         """
-        return check_target_options(False, self.target_macs, self.target_params, self.allocation)
+        return self._target(False)
+
+    def _target(self, ratio_given: bool) -> Target | LatencyTarget | None:
+        return check_target_options(ratio_given, self.target_macs, self.target_params, self.allocation,
+                                    self.target_latency_ms)
 
     def with_options(self, **options: Any) -> CompressConfig:
         """This config with `options` (field names) replaced, checked again."""

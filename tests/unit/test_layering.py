@@ -17,10 +17,13 @@ they cannot import each other in a cycle. Top-level modules have these places:
                verify-and-replan loop api.py runs), compress_config.py (the options api.py takes),
                iterative.py (prune -> recover cycles, each a compress call), limit/ (the pruning-limit estimate:
                analyze, then the loss Hessian in channel coordinates)
+               planning.py (scores -> plan for each kind of budget), latency_target.py (the latency budget
+               search: it measures candidate models with onnxruntime, so it sits above onnx), sensitivity.py
+               (per-group sensitivity: rewrites and runs candidate models)
     pipeline   pipeline.py (jobs behind the CLI), artifacts.py (read-back checks of what a job writes),
                quality.py (the accuracy gate of a job), demo.py (a job on built-in data), inspection.py
-               (`structprune inspect`), sweep/ (`structprune sweep`: criteria x budgets x seeds, accuracy curves
-               beside Torch-Pruning's, limit vs knee)
+               (`structprune inspect`), sensitivity_job.py (`structprune sensitivity`), sweep/ (`structprune
+               sweep`: criteria x budgets x seeds, accuracy curves beside Torch-Pruning's, limit vs knee)
     cli        cli.py, __main__.py
     compat     compat.py (the bottom: every private torch API and the torch version check; it imports
                only torch and the standard library, see tests/unit/test_compat.py)
@@ -58,8 +61,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names))
     ("calibrate", {"calibrate"}),
     ("recover", {"recover"}),
     ("hf", {"hf"}),  # Hugging Face in and out: config after the rewrite, reload; api and the CLI job call it
-    ("api", {"", "api", "verified", "compress_config", "iterative", "limit"}),
-    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sweep"}),
+    ("api", {"", "api", "verified", "compress_config", "iterative", "limit", "planning", "latency_target",
+             "sensitivity"}),
+    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sensitivity_job", "sweep"}),
     ("cli", {"cli", "__main__"}),
 ))
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
@@ -69,6 +73,8 @@ LAYER_NAME = {name: layer for layer, names in LAYERS for name in names}
 LAZY_IMPORTS = {
     ("api.py", "structprune.onnx"): "onnx, onnxruntime",
     ("report/writers.py", "structprune.report.plots"): "matplotlib",
+    ("report/sensitivity_files.py", "structprune.report.plots"): "matplotlib",
+    ("latency_target.py", "structprune.onnx"): "onnx, onnxruntime",
 }
 HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "safetensors", "torch_pruning")
 

@@ -1,0 +1,179 @@
+"""Prune to a latency budget: `compress(model, x, target_latency_ms=4.0)` (CLI `--target-latency-ms 4`).
+
+Latency cannot be costed on the channel graph, so it is measured: an allocation's cuts form a ladder from
+dense (step 0) to the most it may remove (step K; `TargetSearch.ladder`: global pruning's ranking one
+channel at a time, uniform's ratios, or a sensitivity table's ranking), and the measured function maps a
+step to the plan of that cut, the model verification hands over for it (`verified_rewrite`: groups whose
+rewrite fails are kept whole, so every candidate runs), and its onnxruntime median latency (`ort_latency_ms`:
+1 thread, the example inputs, RUNS timed calls after WARMUP; `config.latency_measure` replaces it).
+
+The search brackets the target between a step that is too slow (lo; at first the dense model) and one
+that is fast enough (hi; at first step K, or 3K/4 or K/2 where step K is not: very thin layers can hit slow
+kernels, so latency is not always lowest at the deepest cut), and measures a step in between until one
+lands within the tolerance (2%) of the target. Latency falls roughly linearly with the MACs removed, so the
+next step is where the line through the bracket's (MACs, ms) ends reaches the target (MACs read from
+PlanCost, free), kept inside the bracket's middle half so that a bad guess still shrinks it as bisection
+does. Where no step lands in the band (measurement noise, or one channel moving latency by more than the
+band) after PROBES steps or when the bracket closes, the least pruned step measured fast enough is kept,
+and the report says so. A dense model already faster than the target, or a target out of reach at those
+steps, is a PlanError with the figures.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from structprune.errors import PlanError
+from structprune.selection import LatencyTarget, Plan, PlanCost, SensitivityTable
+from structprune.selection.target_search import Ladder, TargetSearch
+from structprune.selection.targets import active_groups, allocation_ranking, cut_plan
+from structprune.verified import verified_rewrite
+
+PROBES = 12  # measured steps (besides dense and the deepest cut) before the search settles
+RUNS, WARMUP = 20, 5  # onnxruntime calls per measurement, as the report's latency
+Measure = Callable[[Any, Any], float]  # (model, example_inputs) -> milliseconds
+
+
+@dataclass(frozen=True)
+class LatencySearch:
+    """The outcome: the chosen `step` and its latency `ms`, the dense model's `dense_ms`, every measured
+    (step, ms) in `probes`, and whether `ms` is within the target's tolerance (`met`)."""
+
+    step: int
+    ms: float
+    dense_ms: float
+    probes: tuple[tuple[int, float], ...]
+    met: bool
+
+
+def ort_latency_ms(model, example_inputs: Any, *, runs: int = RUNS, warmup: int = WARMUP) -> float:
+    """onnxruntime median latency of `model` on `example_inputs`, in ms (exported to a temporary file).
+
+    >>> import torch
+    >>> ort_latency_ms(torch.nn.Linear(4, 2), torch.randn(2, 4), runs=3, warmup=1) > 0
+    True
+    """
+    from structprune.onnx import export_onnx, ort_latency  # lazy: onnx and onnxruntime load only when measuring
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_onnx(model, example_inputs, os.path.join(tmp, "candidate.onnx"))
+        return ort_latency(exported.path, example_inputs, runs=runs, warmup=warmup).median_ms
+
+
+def search_latency(target: LatencyTarget, steps: int, macs_at: Callable[[int], float],
+                   measure: Callable[[int], float], *, probes: int = PROBES) -> LatencySearch:
+    """Search steps 0 .. `steps` for one whose measured latency (`measure(step)`, ms) is within `target`'s
+    tolerance; `macs_at(step)` is the kept share of MACs there, which guides the next probe (module docstring).
+
+    >>> search = search_latency(LatencyTarget(5.0), 100, lambda k: 1 - k / 100, lambda k: 10 - k / 10)
+    >>> search.step, search.met, len(search.probes)
+    (50, True, 3)
+    """
+    seen: dict[int, float] = {}
+
+    def at(step: int) -> float:
+        if step not in seen:
+            seen[step] = float(measure(step))
+        return seen[step]
+
+    dense = at(0)
+    _check_not_dense(target, dense)
+    hi = _fast_end(target, steps, at)
+    _check_reachable(target, dense, min(seen.values()))
+    if target.met(dense) or target.met(seen[hi]):
+        step = 0 if target.met(dense) else hi
+        return LatencySearch(step, seen[step], dense, tuple(seen.items()), True)
+    lo = 0
+    while hi - lo > 1 and len(seen) < probes + 2:
+        step = _next_step(target.ms, lo, hi, (at(lo), at(hi)), macs_at)
+        if target.met(at(step)):
+            return LatencySearch(step, seen[step], dense, tuple(seen.items()), True)
+        lo, hi = (step, hi) if seen[step] > target.ms else (lo, step)
+    return LatencySearch(hi, seen[hi], dense, tuple(seen.items()), False)
+
+
+def _fast_end(target: LatencyTarget, steps: int, at: Callable[[int], float]) -> int:
+    """The first of the deepest cut, 3/4 and 1/2 of it that runs at or under the target band's top (the
+    deepest cut is not always the fastest: very thin layers can hit slow kernels); the deepest otherwise."""
+    for step in dict.fromkeys((steps, steps * 3 // 4, steps // 2)):
+        if at(step) <= target.ms or target.met(at(step)):
+            return step
+    return steps
+
+
+def _check_not_dense(target: LatencyTarget, dense: float) -> None:
+    if dense < target.ms and not target.met(dense):
+        raise PlanError(f"target_latency_ms={target.ms:g} is above the dense model's {dense:.3f} ms on this machine: "
+                        f"nothing to prune; pass a smaller target (e.g. {dense / 2:.3g} for 2x faster)")
+
+
+def _check_reachable(target: LatencyTarget, dense: float, fastest: float) -> None:
+    if fastest > target.ms and not target.met(fastest):
+        raise PlanError(f"target_latency_ms={target.ms:g} cannot be met: the fastest cut measured ({target.allocation} "
+                        f"allocation as deep as allowed, and 3/4 and 1/2 of that) takes {fastest:.3f} ms (dense "
+                        f"{dense:.3f} ms); the best achievable is {fastest:.3f} ms")
+
+
+def _next_step(target_ms: float, lo: int, hi: int, ms: tuple[float, float], macs_at: Callable[[int], float]) -> int:
+    """Where the line through the bracket's (MACs, ms) ends meets the target, inside the middle half."""
+    m_lo, m_hi = macs_at(lo), macs_at(hi)
+    wanted = m_lo + (target_ms - ms[0]) * (m_hi - m_lo) / (ms[1] - ms[0])
+    a, b = lo, hi  # the first step whose MACs are at most `wanted` (MACs fall as steps rise)
+    while b - a > 1:
+        mid = (a + b) // 2
+        a, b = (mid, b) if macs_at(mid) > wanted else (a, mid)
+    margin = max(1, (hi - lo) // 4)
+    return int(np.clip(b, lo + margin, hi - margin)) if hi - lo > 2 else lo + 1
+
+
+def plan_for_latency(model, example_inputs: Any, graph, scores: Mapping[str, np.ndarray], config, *,
+                     keep_whole: Mapping[str, str] | None = None, meta: Mapping | None = None,
+                     sensitivity: SensitivityTable | None = None) -> Plan:
+    """The plan whose rewritten model runs closest to `config.target` (a LatencyTarget), measured with
+    `config.latency_measure` (default `ort_latency_ms`); the search's figures go into `meta["target"]`.
+    `config` supplies the target, allocation, round_to, ignore, max_group_ratio and shrink_rules."""
+    target: LatencyTarget = config.target
+    measure = config.latency_measure or ort_latency_ms
+    whole = dict(keep_whole or {})
+    active = active_groups(graph, config, whole)
+    search = TargetSearch(graph, active, scores, target, config.round_to, PlanCost(graph), len(whole))
+    ladder = search.ladder(target.allocation, config.max_group_ratio,
+                           allocation_ranking(target.allocation, sensitivity, active, config))
+    channels = max(sum(g.size for g in active), 1)
+
+    def plan_at(step: int, extra: Mapping | None = None) -> Plan:
+        removed = ladder.counts(step)
+        return cut_plan(graph, config, search, removed, sum(removed.values()) / channels, whole,
+                        {**(meta or {}), **(extra or {})})
+
+    def measured(step: int) -> float:  # the model verification would hand over for this cut
+        pruned = model if step == 0 else verified_rewrite(model, example_inputs, plan_at(step), graph, config).model
+        return measure(pruned, example_inputs)
+
+    found = search_latency(target, ladder.steps, lambda k: search.fraction(ladder.counts(k)), measured)
+    return plan_at(found.step, {"target": _target_meta(target, found, ladder)})
+
+
+def _target_meta(target: LatencyTarget, found: LatencySearch, ladder: Ladder) -> dict:
+    return {"kind": target.kind, "ms": target.ms, "allocation": target.allocation, "measured_ms": round(found.ms, 4),
+            "dense_ms": round(found.dense_ms, 4), "probes": len(found.probes), "met": found.met,
+            "step": found.step, "steps": ladder.steps}
+
+
+def meet_latency_target(target: LatencyTarget, choose: Callable[[Mapping[str, str]], Plan],
+                        rewrite: Callable[[Plan], Any]) -> tuple[Any, dict]:
+    """Plan (`choose({})`, `plan_for_latency`), rewrite and verify (`rewrite(plan)`); returns the result and
+    the report's `target` section. The search measured each candidate as verification hands it over
+    (groups it keeps whole included), so the chosen plan's figure is the verified model's."""
+    plan = choose({})
+    found = dict(plan.meta["target"])
+    section = {"dense_ms": found["dense_ms"], "probes": found["probes"]}
+    if not found["met"]:
+        section["note"] = (f"no measured cut landed within the tolerance after {found['probes']} measurements; "
+                           "this is the least pruned one measured at or below the target")
+    return rewrite(plan), target.section(found["measured_ms"], 1, **section)

@@ -1,0 +1,146 @@
+"""Latency budgets (issue 14): `target_latency_ms` searches the allocation's cuts by measured latency. The fast
+tests inject the measurement (a function of the rewritten model's MACs, or of the step), so they are
+deterministic; the slow one measures onnxruntime on this machine with a loose bound."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import models_zoo
+import structprune
+from structprune.errors import PlanError
+from structprune.graph.cost import count_macs
+from structprune.latency_target import PROBES, ort_latency_ms, search_latency
+from structprune.selection import LatencyTarget
+
+
+def linear_ms(step: int) -> float:
+    return 10.0 - step / 100  # 10 ms dense, 0 ms at step 1000
+
+
+def test_search_lands_in_the_band_in_few_measurements() -> None:
+    found = search_latency(LatencyTarget(4.0), 1000, lambda k: 1 - k / 1000, linear_ms)
+    assert found.met and abs(found.ms - 4.0) <= 0.08 and found.dense_ms == 10.0
+    assert len(found.probes) <= 4  # dense, the deepest cut, then the interpolated step lands
+
+
+def test_search_bisects_when_latency_is_not_linear_in_macs() -> None:
+    """Latency that only falls in the last tenth of the ladder: the interpolation guesses wrong, the
+    middle-half safeguard still closes in (as bisection would)."""
+    def late(step: int) -> float:
+        return 10.0 if step < 900 else 10.0 - (step - 900) * 0.09
+
+    found = search_latency(LatencyTarget(5.0), 1000, lambda k: 1 - k / 1000, late)
+    assert found.met and abs(late(found.step) - 5.0) <= 0.1
+    assert len(found.probes) <= PROBES + 2
+
+
+def test_a_band_no_step_lands_in_keeps_the_least_pruned_step_under_the_target() -> None:
+    def stairs(step: int) -> float:  # 10 ms, then 6 ms from step 40, then 3 ms from step 70: 5 ms is never hit
+        return 10.0 if step < 40 else 6.0 if step < 70 else 3.0
+
+    found = search_latency(LatencyTarget(5.0), 100, lambda k: 1 - k / 100, stairs)
+    assert not found.met and found.ms == 3.0
+    assert found.step == min(step for step, ms in found.probes if ms <= 5.0)  # the least pruned fast enough
+
+
+def test_the_deepest_cut_need_not_be_the_fastest() -> None:
+    """Very thin layers can be slower: the search starts from 3/4 of the ladder when the end is slow."""
+    def slow_end(step: int) -> float:
+        return 50.0 if step > 800 else linear_ms(step)
+
+    found = search_latency(LatencyTarget(4.0), 1000, lambda k: 1 - k / 1000, slow_end)
+    assert found.met and found.step <= 800 and (750, 2.5) in found.probes
+
+
+def test_a_target_above_the_dense_latency_or_out_of_reach_is_an_error_with_the_figures() -> None:
+    with pytest.raises(PlanError, match=r"above the dense model's 10.000 ms on this machine: nothing to prune"):
+        search_latency(LatencyTarget(12.0), 1000, lambda k: 1 - k / 1000, linear_ms)
+    with pytest.raises(PlanError, match=r"target_latency_ms=1 cannot be met: .* the best achievable is 5.000 ms"):
+        search_latency(LatencyTarget(1.0), 1000, lambda k: 1 - k / 1000, lambda k: 10.0 - k / 200)
+
+
+def macs_ms(dense_macs: int):
+    """A fake measurement: 0.5 ms fixed cost + 10 ms at the dense model's MACs, counted on the model given."""
+    def measure(model: nn.Module, example) -> float:
+        return 0.5 + 10.0 * count_macs(model, example) / dense_macs
+    return measure
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_compress_meets_a_latency_target_measured_on_the_rewritten_model(allocation: str) -> None:
+    model, x = models_zoo.create("resnet20").eval(), models_zoo.example_inputs("resnet20")
+    measure = macs_ms(count_macs(model, x))
+    result = structprune.compress(model, x, target_latency_ms=6.0, latency_measure=measure, allocation=allocation)
+    got = measure(result.model, x)
+    section = result.report.to_json()["target"]
+    assert result.report.verification["ok"] and abs(got - 6.0) <= 0.12
+    assert section["kind"] == "latency_ms" and section["requested"] == 6.0 and section["achieved"] == round(got, 4)
+    assert section["within_tolerance"] is True and section["dense_ms"] == 10.5 and section["allocation"] == allocation
+    assert result.plan.meta["target"]["measured_ms"] == round(got, 4)
+
+
+def test_same_measurements_same_plan() -> None:
+    model, x = models_zoo.create("mlp").eval(), models_zoo.example_inputs("mlp")
+    measure = macs_ms(count_macs(model, x))
+    plans = [structprune.compress(model, x, target_latency_ms=5.0, latency_measure=measure,
+                                  recapture=False).plan.to_json() for _ in range(2)]
+    assert plans[0] == plans[1]
+
+
+class LeNet(nn.Module):
+    """The flatten is a literal (`view(-1, 400)`): pruning conv2 fails verification, so it stays whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))
+
+
+def test_candidates_are_measured_as_verification_hands_them_over() -> None:
+    """Pruning LeNet's conv2 breaks its literal view: every candidate keeps it whole, as verification
+    does, so each one runs, and the figure reported is the handed-over model's."""
+    torch.manual_seed(0)
+    model, x = LeNet().eval(), torch.randn(2, 1, 32, 32)
+    measure = macs_ms(count_macs(model, x))
+    result = structprune.compress(model, x, target_latency_ms=8.0, latency_measure=measure)
+    section = result.report.extra["target"]
+    assert len(result.plan.keep["conv2.weight:0"]) == 16 and "conv2.weight:0" in result.plan.meta[
+        "blocked_by_verification"]
+    assert section["achieved"] == round(measure(result.model, x), 4) and section["achieved"] <= 8.0 * 1.02
+    assert section["within_tolerance"] or "no measured cut landed within the tolerance" in section["note"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target_latency_ms": 0}, "target_latency_ms must be a positive number of milliseconds"),
+    ({"target_latency_ms": -2.0}, "target_latency_ms must be a positive number of milliseconds"),
+    ({"target_latency_ms": "5"}, "target_latency_ms must be a positive number of milliseconds"),
+    ({"target_latency_ms": float("inf")}, "target_latency_ms must be a positive number of milliseconds"),
+    ({"target_latency_ms": 5.0, "target_macs": 0.5}, "target_macs and target_latency_ms are mutually exclusive"),
+    ({"target_latency_ms": 5.0, "ratio": 0.5}, "ratio and target_latency_ms are mutually exclusive"),
+])
+def test_bad_latency_options_are_one_line_errors(options, message) -> None:
+    with pytest.raises(PlanError, match=message) as caught:
+        structprune.CompressConfig(**options)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_onnxruntime_latency_target_on_resnet20_within_a_loose_bound() -> None:
+    """Measured, on a machine other jobs share: the search's figure within its band or flagged, and the
+    handed-over model, timed again, within 25% of the target and faster than dense."""
+    model, x = models_zoo.create("resnet20").eval(), models_zoo.example_inputs("resnet20")
+    dense = ort_latency_ms(model, x)
+    target = round(0.6 * dense, 4)
+    result = structprune.compress(model, x, target_latency_ms=target)
+    section = result.report.extra["target"]
+    again = ort_latency_ms(result.model, x)
+    assert section["kind"] == "latency_ms" and section["within_tolerance"] == (abs(section["achieved"] - target)
+                                                                               <= 0.02 * target + 1e-9)
+    assert abs(again - target) <= 0.25 * target and result.report.macs_after < result.report.macs_before

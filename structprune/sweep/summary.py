@@ -20,7 +20,7 @@ def mean_table(result: SweepResult) -> list[tuple[str, ...]]:
     lines = []
     for curve in result.curves():
         for p in curve.points:
-            delta = "n/a" if p.accuracy.mean != p.accuracy.mean else f"{p.accuracy.mean - dense.mean:+.2f}"
+            delta = "n/a" if math.isnan(p.accuracy.mean) else f"{p.accuracy.mean - dense.mean:+.2f}"
             lines.append((curve.tool, curve.criterion, f"{p.target:g}x", p.macs_reduction.text(),
                           p.params_reduction.text(), p.accuracy_one_shot.text(), p.accuracy.text(), delta,
                           f"{'yes' if p.verified else 'NO'} ({p.seeds} seeds)"))

@@ -15,8 +15,8 @@ from PIL import Image
 
 import models_zoo
 from structprune.data import load_data
-from structprune.errors import UsageError
-from structprune.sweep import COLUMNS, SweepConfig, SweepRow, run_sweep, write_sweep
+from structprune.errors import UsageError, VerificationError
+from structprune.sweep import COLUMNS, SweepConfig, SweepResult, SweepRow, outputs, run_sweep, write_sweep
 from structprune.sweep.curves import Stat, best_knee, curves, knee
 from structprune.sweep.summary import _compare
 
@@ -167,3 +167,19 @@ def test_limit_vs_knee_says_where_the_limit_falls() -> None:
 def test_bad_sweep_options_are_one_line_errors(options: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         SweepConfig(**options)
+
+
+def test_a_file_that_reads_back_differently_is_not_published(tmp_path, monkeypatch) -> None:
+    rows = tuple(row("a", 0, i, x, acc) for i, (x, acc) in enumerate([(2, 95), (4, 94), (8, 80)]))
+    result = SweepResult("toy", SweepConfig(criteria=("l2",), points=3, max_reduction=8.0), rows, None, ())
+    write_sweep(result, tmp_path / "good")
+    assert (tmp_path / "good" / "sweep.csv").read_text().count("\n") == 4
+    original = outputs.atomic_write_text
+
+    def flip_verified(path, text, **kwargs):
+        return original(path, text.replace(",true,", ",false,") if path.name == "sweep.csv" else text, **kwargs)
+
+    monkeypatch.setattr(outputs, "atomic_write_text", flip_verified)
+    with pytest.raises(VerificationError, match="sweep.csv read back"):
+        write_sweep(result, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

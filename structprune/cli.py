@@ -28,16 +28,30 @@ from structprune.recover import distributed_session
 from structprune.recover.config import METHODS, RecoveryConfig
 from structprune.recover.schedules import SCHEDULES
 from structprune.report.graph_figure import check_figure_path
+from structprune.sensitivity import DEFAULT_RATIOS, MAX_SAMPLES, METRIC_CHOICES
+from structprune.sensitivity_job import SensitivityOptions, run_sensitivity
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
 COMPRESS_EXAMPLES = """\
 --ratio 0.5 removes half the channels of every prunable group: about 4x fewer params and MACs
 for conv/linear stacks (each pruned layer loses half its inputs and half its outputs).
 --target-macs 0.5 (or --target-params F) prunes to a budget instead: keep half the MACs, within 2%.
+--target-latency-ms X searches for a model that runs in X ms (onnxruntime median, 1 thread, this machine).
 
 examples:
   structprune compress zoo:resnet20 --ratio 0.5 --data digits --finetune-epochs 3
+  structprune compress zoo:resnet20 --target-macs 0.5 --allocation sensitivity --data digits
+  structprune compress zoo:resnet20 --target-latency-ms 0.8
   structprune compress weights.pt --arch mypkg.nets:build --input-shape 1,3,224,224 --ratio 0.3 --out export/mynet
+"""
+SENSITIVITY_EXAMPLES = """\
+Each prunable group alone loses each ratio of its channels (the criterion's lowest first); the model is
+run on --data and scored by accuracy (labelled data) or by the mean cosine of its outputs to the dense
+model's. Writes sensitivity.csv and sensitivity.png (a heat map, groups x ratios) into --out.
+
+examples:
+  structprune sensitivity zoo:resnet20 --data digits
+  structprune sensitivity zoo:vit --data digits --ratios 0.25,0.5 --metric fidelity --out export/vit-sens
 """
 
 
@@ -118,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply(_command(sub, "apply", "apply a saved plan.json (no scoring)"))
     _add_inspect(_command(sub, "inspect", "show channel groups, why some are blocked, prunable MACs, per-layer cost"))
     _add_bench(_command(sub, "bench", "onnxruntime latency of an ONNX model"))
+    _add_sensitivity(_command(sub, "sensitivity", "accuracy or output fidelity when each group alone is pruned "
+                                                  "at several ratios: a table, CSV and heat map", SENSITIVITY_EXAMPLES))
     demo = _command(sub, "demo", "train on digits, compress, recover, export (about a minute)")
     demo.add_argument("--out", default="export/demo", metavar="DIR", help="artifact folder")
     demo.set_defaults(handler=_run_demo)
@@ -206,9 +222,13 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                    help="instead of --ratio: keep the fraction F of the dense model's MACs (within 2%%)")
     p.add_argument("--target-params", type=_BUDGET, metavar="F",
                    help="instead of --ratio: keep the fraction F of the dense model's parameters (within 2%%)")
-    p.add_argument("--allocation", choices=("global", "uniform"),
-                   help="how a target is spread: one threshold on normalised scores (global, the default) or "
-                        "one ratio for every group")
+    p.add_argument("--target-latency-ms", type=_POSITIVE, metavar="X",
+                   help="instead of --ratio: run in X ms, the onnxruntime median on this machine (1 thread, the "
+                        "example inputs), searched by measuring candidate models (within 2%%, or the closest)")
+    p.add_argument("--allocation", choices=("global", "uniform", "sensitivity"),
+                   help="how a budget is spread: one threshold on normalised scores (global, the default with a "
+                        "target), one ratio for every group (uniform), or deepest where pruning a group alone "
+                        "loses least output fidelity on --data (sensitivity; also with --ratio)")
     p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=1, metavar="N", help="keep channel counts a multiple of N")
@@ -241,6 +261,38 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=_POSITIVE_INT, default=50, metavar="N", help="timed runs per model")
     p.add_argument("--batch", type=_POSITIVE_INT, default=1, metavar="N", help="batch size of the random inputs")
     p.set_defaults(handler=_run_bench)
+
+
+def _add_sensitivity(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="digits | PATH.npz | image folder | module:function; labelled data gives accuracy")
+    p.add_argument("--ratios", type=_ratios, default=DEFAULT_RATIOS, metavar="R,R,...",
+                   help="shares of each group to prune, comma-separated, each in (0, 1)")
+    p.add_argument("--metric", choices=METRIC_CHOICES, default="auto",
+                   help="accuracy (needs labels), fidelity (mean cosine to the dense outputs), or auto")
+    p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
+    p.add_argument("--max-samples", type=_POSITIVE_INT, default=MAX_SAMPLES, metavar="N",
+                   help="samples each pruned candidate runs on")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="GLOB", help="module FQN globs to leave out")
+    p.add_argument("--attention", choices=("heads", "head_dims"), default="heads",
+                   help="measure attention by whole heads or by the same dims of every head")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=64, metavar="N", help="batch size of --data")
+    p.add_argument("--seed", type=_COUNT, default=0, metavar="S", help="seed of zoo weights, data split and criterion")
+    p.add_argument("--out", metavar="DIR", help="folder for sensitivity.csv and .png (default "
+                                                "export/<model-name>-sensitivity/)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(handler=_run_sensitivity)
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(not 0 < v < 1 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of distinct fractions in (0, 1), e.g. 0.25,0.5,0.75")
+    return tuple(sorted(values))
 
 
 def _criterion_help() -> str:
@@ -310,6 +362,9 @@ def _recovery_config(args: argparse.Namespace):
 
 
 def _run_compress(args: argparse.Namespace) -> int:
+    if getattr(args, "allocation", None) == "sensitivity" and not args.data:
+        raise UsageError("--allocation sensitivity measures each group's sensitivity on data: pass --data (digits, "
+                         "PATH.npz, a folder, or module:function)")
     result = run_job(_job_options(args))
     print(result.summary)
     return 0
@@ -324,6 +379,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace) -> int:
     print(bench_onnx(args.onnx_model, against=args.against, runs=args.runs, batch=args.batch))
+    return 0
+
+
+def _run_sensitivity(args: argparse.Namespace) -> int:
+    fields = {k: v for k, v in vars(args).items() if k in SensitivityOptions.__dataclass_fields__}
+    fields.update(input_shape=_sample_shape(args), ignore=tuple(args.ignore))
+    print(run_sensitivity(SensitivityOptions(**fields)).summary)
     return 0
 
 

@@ -5,6 +5,7 @@ and no display is needed.
 """
 from __future__ import annotations
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -111,3 +112,38 @@ def _short(group_id: str) -> str:
 
 def _label_size(count: int) -> float:
     return 8.0 if count <= 40 else max(5.0, 8.0 - (count - 40) / 30)
+
+
+def sensitivity_figure(groups: list[str], ratios: list[float], values: list[list[float]], metric: str,
+                       baseline: float) -> Figure:
+    """A heat map of a sensitivity table: one row per group, one column per ratio, coloured by the loss
+    against the dense model (darker loses more), each cell labelled with its value; NaN cells are grey.
+
+    >>> fig = sensitivity_figure(["a", "b"], [0.25, 0.5], [[0.99, 0.9], [1.0, 1.0]], "fidelity", 1.0)
+    >>> fig.axes[0].get_xlabel(), len(fig.axes[0].get_yticklabels())
+    ('share of the group pruned (that group alone)', 2)
+    """
+    figure = Figure(figsize=(2.2 + 1.1 * len(ratios), min(max(2.6, 0.3 * len(groups) + 1.6), 40.0)),
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    loss = [[baseline - v for v in row] for row in values]
+    cmap = colormaps["Reds"].with_extremes(bad=BLOCKED)
+    worst = max([v for row in loss for v in row if v == v] + [1e-12])  # gains (negative loss) show as none
+    image = ax.imshow(loss, aspect="auto", cmap=cmap, vmin=0.0, vmax=worst, interpolation="nearest")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            dark = loss[i][j] > 0.6 * worst  # white text on the darkest cells
+            ax.text(j, i, "failed" if value != value else _cell(value, metric), ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
+    ax.set_yticks(range(len(groups)), [_short(g) for g in groups], fontsize=_label_size(len(groups)))
+    ax.set_xlabel("share of the group pruned (that group alone)")
+    unit = "accuracy points" if metric == "accuracy" else "cosine to the dense output"
+    figure.colorbar(image, ax=ax, label=f"loss in {unit}")
+    ax.set_title(f"Sensitivity by {metric} (dense {_cell(baseline, metric)})")
+    return figure
+
+
+def _cell(value: float, metric: str) -> str:
+    return f"{value:.1f}%" if metric == "accuracy" else f"{value:.3f}"

@@ -31,13 +31,18 @@ def job_summary(report: dict, out_dir: Path) -> str:
 
 
 def _target_line(target: dict | None) -> list[str]:
-    """A budget target (`--target-macs` / `--target-params`) beside what the verified model keeps."""
+    """A budget target (`--target-macs` / `--target-params` / `--target-latency-ms`) beside what the verified
+    model keeps (a latency: what the search measured for it, and the dense model's)."""
     if not target:
         return []
-    kind = "MACs" if target["kind"] == "macs" else "params"
     band = "within" if target["within_tolerance"] else "outside"
-    return [f"target: keep {target['requested']:g} of {kind}, kept {target['achieved']:.4f} "
-            f"({band} {target['tolerance']:.0%}; {target['allocation']} allocation)"]
+    how = f"({band} {target['tolerance']:.0%}; {target['allocation']} allocation)"
+    if target["kind"] == "latency_ms":
+        return [f"target: run in {target['requested']:g} ms, measured {target['achieved']:.3f} ms (dense "
+                f"{target['dense_ms']:.3f} ms, {target['probes']} measurements) {how}"] + (
+            [f"target: {target['note']}"] if target.get("note") else [])
+    kind = "MACs" if target["kind"] == "macs" else "params"
+    return [f"target: keep {target['requested']:g} of {kind}, kept {target['achieved']:.4f} {how}"]
 
 
 def _count_row(name: str, section: dict) -> list[str]:

@@ -5,10 +5,11 @@ measures it).
 Notation: a group of n channels measured at ratios r_1 < ... < r_m lost d_j (baseline accuracy or output
 fidelity minus the value, `SensitivityTable.drops`) with c_j = min(floor(n r_j), n - 1) channels removed.
 Its loss after removing k channels, D(k), is the piecewise-linear curve through (0, 0) and the (c_j, d_j),
-made non-decreasing (a running maximum) and continued past c_m with its last slope (at least 1e-6 per
-channel); a measurement that failed counts as an infinite loss. The allocation removes channels in order
-of D(k) over all groups, ties by depth k / n, then by the groups' order: cutting that ranking at any point
-is the same as a threshold t on the loss, each group pruned as deep as D(k) <= t allows. The budget (a
+made non-decreasing (a running maximum); a measurement that failed counts as an infinite loss. The
+allocation removes the measured channels (k <= c_m) of all groups in order of D(k), ties by depth k / n,
+then by the groups' order: cutting that ranking at any point is the same as a threshold t on the loss,
+each group pruned as deep as D(k) <= t allows. The table says nothing past c_m, so those channels come
+after every measured one, in order of D continued with its last slope (at least 1e-6 per channel). The budget (a
 ratio of all prunable channels, or a MACs / params / latency target) chooses where to cut. Within a group,
 the criterion's scores choose which channels go, as they did when the table was measured.
 """
@@ -83,19 +84,20 @@ def loss_curve(table: SensitivityTable, group_id: str, size: int) -> np.ndarray:
 
 def sensitivity_ranking(table: SensitivityTable, groups: Sequence, cap: float) -> list[str]:
     """The group of each channel, in the order the allocation removes them (at most `cap` of a group and
-    never its last channel): lowest D(k) first, ties by depth, then by the groups' order.
+    never its last channel): measured depths before unmeasured ones, then lowest D(k), ties by depth, then
+    by the groups' order. Here both groups were measured at 2 of 4 channels removed:
 
     >>> from types import SimpleNamespace as G
     >>> t = SensitivityTable("fidelity", 1.0, (0.5,), ("a", "b"), (4, 4), ((0.6,), (0.99,)))
     >>> sensitivity_ranking(t, [G(id="a", size=4), G(id="b", size=4)], 0.9)
-    ['b', 'b', 'b', 'a', 'a', 'a']
+    ['b', 'b', 'a', 'a', 'b', 'a']
     """
     entries = []
     for order, g in enumerate(groups):
         limit = min(int(math.floor(g.size * cap)), g.size - 1)
-        curve = loss_curve(table, g.id, g.size)
-        entries += [(float(curve[k]), (k + 1) / g.size, order, g.id) for k in range(limit)]
-    return [gid for *_, gid in sorted(entries, key=lambda e: e[:3])]
+        curve, measured = loss_curve(table, g.id, g.size), max(table.removed(g.size), default=0)
+        entries += [(k + 1 > measured, float(curve[k]), (k + 1) / g.size, order, g.id) for k in range(limit)]
+    return [gid for *_, gid in sorted(entries, key=lambda e: e[:4])]
 
 
 def plan_by_sensitivity(groups: Iterable, scores: Mapping[str, np.ndarray], table: SensitivityTable, *, ratio: float,
@@ -105,7 +107,7 @@ def plan_by_sensitivity(groups: Iterable, scores: Mapping[str, np.ndarray], tabl
     group keeping its highest-scored channels.
 
     >>> from types import SimpleNamespace as G
-    >>> t = SensitivityTable("fidelity", 1.0, (0.5,), ("a", "b"), (4, 4), ((0.6,), (0.99,)))
+    >>> t = SensitivityTable("fidelity", 1.0, (0.25, 0.75), ("a", "b"), (4, 4), ((0.9, 0.6), (1.0, 0.99)))
     >>> groups = [G(id="a", size=4, prunable=True, members=()), G(id="b", size=4, prunable=True, members=())]
     >>> plan = plan_by_sensitivity(groups, {"a": np.arange(4.0), "b": np.arange(4.0)}, t, ratio=0.5)
     >>> plan.keep["a"], plan.keep["b"]

@@ -9,6 +9,7 @@ from torch import nn
 
 import models_zoo
 import structprune
+from structprune.cli import main
 from structprune.errors import PlanError
 from structprune.graph.cost import count_macs
 from structprune.latency_target import PROBES, ort_latency_ms, search_latency
@@ -129,6 +130,19 @@ def test_bad_latency_options_are_one_line_errors(options, message) -> None:
     with pytest.raises(PlanError, match=message) as caught:
         structprune.CompressConfig(**options)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target-latency-ms", "abc"], "--target-latency-ms: 'abc' is not a number > 0"),
+    (["--target-latency-ms", "0"], "--target-latency-ms: '0' is not a number > 0"),
+    (["--target-latency-ms", "2", "--target-params", "0.5"], "target_params and target_latency_ms are mutually"),
+    (["--target-latency-ms", "1000", "--no-onnx"], "target_latency_ms=1000 is above the dense model's"),
+])
+def test_cli_latency_flag_errors_exit_2_with_one_line(argv, message, tmp_path, capsys) -> None:
+    assert main(["compress", "zoo:mlp", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

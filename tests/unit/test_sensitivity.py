@@ -3,6 +3,8 @@ model whose groups matter differently, an allocation that cuts the insensitive g
 the CSV and heat map read back, and `structprune sensitivity` on the command line."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys) -
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_compress_allocates_a_target_by_sensitivity(tmp_path, capsys) -> None:
+    out = tmp_path / "mlp"
+    assert main(["compress", "zoo:mlp", "--data", "digits", "--target-macs", "0.5", "--allocation", "sensitivity",
+                 "--no-onnx", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"]["allocation"] == "sensitivity" and report["target"]["within_tolerance"] is True
+    assert report["plan"]["allocation"] == "sensitivity" and abs(report["macs"]["after"] / report["macs"]["before"]
+                                                                  - 0.5) <= 0.01
+    assert "target: keep 0.5 of MACs" in capsys.readouterr().out

@@ -1,5 +1,9 @@
 """Export a model to one self-contained, checked ONNX file whose batch axis is dynamic.
 
+Token inputs (integer tensors, batch x sequence: `input_ids`, `attention_mask`) also get a dynamic
+sequence axis; the file names the two axes `batch` and `sequence` on every input, output and
+intermediate value that carries them, whichever exporter wrote it.
+
 The dynamo exporter (torch.export based) is tried first; if it raises, or its file fails the ONNX
 checker or does not run with another batch size, the legacy TorchScript exporter is used and the
 reason is recorded. The file is staged in a temporary folder next to `path` and moved into place only
@@ -132,6 +136,8 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
         with _step("export"), _quiet_exporters():
             exporter(model, spec, staged, opset)
         _inline_external_data(staged)
+        if spec.dynamic:
+            _name_sequence_axis(staged, spec)
         with _step("onnx checker"):
             onnx.checker.check_model(staged, full_check=True)
         if spec.dynamic:
@@ -175,6 +181,24 @@ def _inline_external_data(staged: str) -> None:
     onnx.save_model(onnx.load(staged), staged, save_as_external_data=False)
     for f in sidecars:
         os.remove(f)
+
+
+def _name_sequence_axis(staged: str, spec: _ExportSpec) -> None:
+    """Rename the symbol the dynamo exporter chose for the token inputs' sequence axis (`s53`) to
+    `sequence`, in place; nothing changes unless every token input has the same symbol there (two
+    independent lengths keep their own names)."""
+    model = onnx.load(staged, load_external_data=False)
+    tokens = {name for name, value in zip(spec.input_names, _tensor_inputs(spec)) if is_tokens(value)}
+    symbols = {dims[1].dim_param for v in model.graph.input if v.name in tokens
+               for dims in [v.type.tensor_type.shape.dim] if len(dims) > 1}
+    if len(symbols) != 1 or "" in symbols or symbols == {"sequence"}:
+        return
+    old = symbols.pop()
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = "sequence"
+    onnx.save_model(model, staged)
 
 
 def _check_dynamic_batch(staged: str, spec: _ExportSpec) -> None:

@@ -53,5 +53,30 @@ def ort_feed(session: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
     return feed
 
 
+def tokens_at(example_inputs: Any, batch: int, sequence: int) -> Any:
+    """Token inputs (integer tensors, batch x sequence) resized to `batch` rows of `sequence` positions,
+    rows and positions of the example repeated cyclically; an `attention_mask` entry becomes all ones
+    (every position a real token). Other inputs keep their shape; the container kind is kept.
+
+    >>> tokens_at({"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]])}, 2, 4)
+    {'input_ids': tensor([[5, 6, 0, 5],
+            [5, 6, 0, 5]]), 'attention_mask': tensor([[1, 1, 1, 1],
+            [1, 1, 1, 1]])}
+    """
+    def resize(name: str | None, value: Any) -> Any:
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 2 and not value.is_floating_point()):
+            return value
+        rows = torch.arange(batch, device=value.device) % value.shape[0]
+        positions = torch.arange(sequence, device=value.device) % value.shape[1]
+        resized = value.index_select(0, rows).index_select(1, positions)
+        return torch.ones_like(resized) if name == "attention_mask" else resized
+
+    if isinstance(example_inputs, dict):
+        return {k: resize(k, v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, torch.Tensor):
+        return resize(None, example_inputs)
+    return tuple(resize(None, v) for v in example_inputs)
+
+
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().contiguous().numpy()

@@ -41,7 +41,8 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs:
                  atol: float = 1e-4, rtol: float = 1e-3, dynamic_batch: bool = True,
                  dynamic_sequence: bool = False) -> Parity:
     """Compare `model` (eval mode) with onnxruntime (CPU) on the example batch and, when the batch axis
-    is dynamic, on one row more (and, when the token axis is, on a sequence one position shorter).
+    is dynamic, on one row more (and, when the token axis is, on a sequence one position shorter, with
+    one row more when the batch is dynamic too).
 
     >>> import torch, tempfile, os
     >>> from structprune.onnx import export_onnx
@@ -57,8 +58,8 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, example_inputs:
     sizes = (batch, batch + 1) if dynamic_batch else (batch,)
     cases = {f"batch {n}": resize_batch(example_inputs, n) for n in sizes}
     shorter = shorter_sequence(example_inputs) if dynamic_sequence else None
-    if shorter is not None:
-        cases["sequence - 1"] = shorter
+    if shorter is not None:  # with a dynamic batch, also one row more: both axes differ from the export's
+        cases["sequence - 1"] = resize_batch(shorter, batch + 1) if dynamic_batch else shorter
     results = [_compare(model, session, inputs, atol, rtol) for inputs in cases.values()]
     details = "; ".join(f"{case}: {r.detail}" for case, r in zip(cases, results) if r.detail)
     return Parity(max(r.max_abs_error for r in results), max(r.max_rel_error for r in results),

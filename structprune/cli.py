@@ -40,8 +40,6 @@ for conv/linear stacks (each pruned layer loses half its inputs and half its out
 
 examples:
   structprune compress zoo:resnet20 --ratio 0.5 --data digits --finetune-epochs 3
-  structprune compress zoo:resnet20 --target-macs 0.5 --allocation sensitivity --data digits
-  structprune compress zoo:resnet20 --target-latency-ms 0.8
   structprune compress weights.pt --arch mypkg.nets:build --input-shape 1,3,224,224 --ratio 0.3 --out export/mynet
 """
 SENSITIVITY_EXAMPLES = """\

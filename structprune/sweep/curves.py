@@ -55,7 +55,8 @@ class Curve:
 @dataclass(frozen=True)
 class Knee:
     """Where a curve breaks: the MACs / params reduction of its knee point (None: no knee in the sweep),
-    and of the last point before it (None: the first point already dropped)."""
+    and of the last point before it (None: the first point already dropped); `point` is the knee point's
+    index and `value` the metric there (the last point's, without a knee)."""
 
     tool: str
     criterion: str
@@ -63,6 +64,8 @@ class Knee:
     reduction: float | None
     params_reduction: float | None
     last_ok: float | None
+    point: int | None = None
+    value: float | None = None
 
     def text(self) -> str:
         if self.reduction is None:
@@ -89,25 +92,29 @@ def baseline(rows: list[SweepRow]) -> Stat:
     return Stat.of(list({r.seed: r.baseline_accuracy for r in rows}.values()))
 
 
-def knee(curve: Curve, dense: Stat, drop: float, metric: str = "accuracy") -> Knee:
-    """The knee of `curve` on `metric` ('accuracy' after recovery or 'accuracy_one_shot')."""
+def knee(curve: Curve, dense: Stat, drop: float, metric: str = "accuracy") -> Knee | None:
+    """The knee of `curve` on `metric` ('accuracy' after recovery or 'accuracy_one_shot'); None for a curve
+    without one measured point (every seed failed at every point)."""
     ordered = sorted((p for p in curve.points if math.isfinite(p.macs_reduction.mean)),
                      key=lambda p: p.macs_reduction.mean)
+    if not ordered:
+        return None
     last_ok = None
     for point in ordered:
         value = getattr(point, metric).mean
         if not math.isfinite(value) or value < dense.mean - drop:
             return Knee(curve.tool, curve.criterion, metric, point.macs_reduction.mean, point.params_reduction.mean,
-                        last_ok)
+                        last_ok, point.index, value)
         last_ok = point.macs_reduction.mean
-    return Knee(curve.tool, curve.criterion, metric, None, None, last_ok)
+    return Knee(curve.tool, curve.criterion, metric, None, None, last_ok, None, value)
 
 
 def best_knee(knees: list[Knee]) -> Knee | None:
-    """The knee furthest out (no knee counts as furthest): how far the best criterion prunes safely."""
+    """The knee furthest out, by point (no knee counts as furthest), then by the metric there: how far the
+    best criterion prunes safely."""
     if not knees:
         return None
-    return max(knees, key=lambda k: (k.reduction is None, k.reduction or 0.0, k.last_ok or 0.0))
+    return max(knees, key=lambda k: (k.reduction is None, -1 if k.point is None else k.point, k.value or 0.0))
 
 
 def _points(rows: list[SweepRow]) -> tuple[CurvePoint, ...]:

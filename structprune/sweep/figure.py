@@ -1,6 +1,6 @@
-"""The sweep figure: validation accuracy against MACs reduction (left) and params reduction (right),
-mean ± std over seeds, one line per criterion (Torch-Pruning's dashed), the dense baseline, each
-structprune curve's knee, and the estimated pruning limit.
+"""The sweep figure: validation accuracy after recovery (top) and one-shot (bottom) against MACs reduction
+(left) and params reduction (right), mean ± std over seeds, one line per criterion (Torch-Pruning's
+dashed), the dense baseline, each structprune curve's knee, and the estimated pruning limit.
 
 Built on a bare matplotlib Figure with the Agg canvas (no pyplot: no global state, no display);
 matplotlib is imported when a figure is drawn, not with the sweep.
@@ -15,7 +15,9 @@ from structprune.sweep.run import SweepResult
 
 PANELS = (("macs_reduction", "MACs reduction (dense / pruned, theoretical speedup)"),
           ("params_reduction", "params reduction (compression ratio)"))
-LIMIT_COLOUR, BASELINE_COLOUR = "#7b3294", "#444444"
+ROWS = (("accuracy", "accuracy % after recovery"), ("accuracy_one_shot", "accuracy % one-shot (no recovery)"))
+TICKS = (1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+LIMIT_COLOUR, BASELINE_COLOUR = "black", "#444444"
 
 
 def sweep_png(result: SweepResult) -> bytes:
@@ -23,46 +25,52 @@ def sweep_png(result: SweepResult) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(13, 5.2), layout="constrained")
+    figure = Figure(figsize=(13, 9.5), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2, sharey=True)
-    knees = {(k.tool, k.criterion): k for k in result.knees()}
-    for ax, (attribute, label) in zip(axes, PANELS):
-        _panel(ax, result, attribute, label, knees)
-        _limit_line(ax, result, attribute)
-    axes[0].set_ylabel("validation accuracy % (after recovery)")
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes = figure.subplots(2, 2, sharex="col")
+    for row, (metric, ylabel) in zip(axes, ROWS):
+        knees = {(k.tool, k.criterion): k for k in result.knees(metric)}
+        for ax, (attribute, _) in zip(row, PANELS):
+            _panel(ax, result, attribute, metric, knees)
+            _limit_line(ax, result, attribute)
+        row[0].set_ylabel(ylabel)
+    for ax, (_, xlabel) in zip(axes[1], PANELS):
+        ax.set_xlabel(xlabel)
+    axes[0][0].legend(fontsize=8, loc="lower left")
     figure.suptitle(_title(result))
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
-def _panel(ax, result: SweepResult, attribute: str, label: str, knees: dict) -> None:
+def _panel(ax, result: SweepResult, attribute: str, metric: str, knees: dict) -> None:
     dense = result.baseline()
     ax.axhline(dense.mean, color=BASELINE_COLOUR, linewidth=1, linestyle=":", label=f"dense {dense.text()} %")
     ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color=BASELINE_COLOUR, alpha=0.08)
     for curve in result.curves():
-        _curve(ax, curve, attribute, knees.get((curve.tool, curve.criterion)))
+        _curve(ax, curve, attribute, metric, knees.get((curve.tool, curve.criterion)))
     ax.set_xscale("log")
-    ticks = result.config.reductions
-    ax.set_xticks(ticks, [f"{t:.3g}x" for t in ticks])
+    low, high = ax.get_xlim()
+    ticks = [t for t in TICKS if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel(label)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
 
 
-def _curve(ax, curve: Curve, attribute: str, knee: Knee | None) -> None:
-    points = [p for p in curve.points if math.isfinite(getattr(p, attribute).mean) and math.isfinite(p.accuracy.mean)]
-    x = [getattr(p, attribute) for p in points]
+def _curve(ax, curve: Curve, attribute: str, metric: str, knee: Knee | None) -> None:
+    points = [p for p in curve.points if math.isfinite(getattr(p, attribute).mean) and
+              math.isfinite(getattr(p, metric).mean)]
+    if not points:  # every seed failed at every point: the table says why
+        return
+    x, y = [getattr(p, attribute) for p in points], [getattr(p, metric) for p in points]
     reference = curve.tool != "structprune"
-    line = ax.errorbar([s.mean for s in x], [p.accuracy.mean for p in points], yerr=[p.accuracy.std for p in points],
-                       xerr=[s.std for s in x], marker="s" if reference else "o", markersize=4, capsize=2,
+    line = ax.errorbar([s.mean for s in x], [s.mean for s in y], yerr=[s.std for s in y], xerr=[s.std for s in x],
+                       marker="s" if reference else "o", markersize=4, capsize=2,
                        linestyle="--" if reference else "-", label=_label(curve))
     at = next((p for p in points if knee is not None and p.macs_reduction.mean == knee.reduction), None)
-    if at is not None and not reference and attribute == "macs_reduction":
-        ax.plot([knee.reduction], [at.accuracy.mean], marker="v", markersize=10, color=line[0].get_color(),
-                markeredgecolor="black")
+    if at is not None and not reference:
+        ax.plot([getattr(at, attribute).mean], [getattr(at, metric).mean], marker="v", markersize=10,
+                color=line[0].get_color(), markeredgecolor="black")
 
 
 def _limit_line(ax, result: SweepResult, key: str) -> None:
@@ -83,6 +91,5 @@ def _title(result: SweepResult) -> str:
     config = result.config
     seeds = f"{config.seeds} seed{'s' if config.seeds > 1 else ''}"
     recovery = f"{config.epochs} epochs {config.recover}" if config.epochs else "no recovery"
-    return f"{result.name}: accuracy vs reduction, mean ± std over {seeds}, {recovery}; ▼ knee (> " \
-           f"{config.knee_drop:g} points below dense)"
-
+    return f"{result.name}: validation accuracy vs reduction, mean ± std over {seeds}, recovery {recovery}; " \
+           f"▼ knee (> {config.knee_drop:g} points below dense)"

@@ -9,11 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from structprune.api import compress
+from structprune.criteria import get_criterion
 from structprune.data import DataBundle, evaluate_accuracy
 from structprune.errors import StructpruneError
 from structprune.recover import RecoveryConfig, recover
 from structprune.sweep.config import SweepConfig
 from structprune.sweep.rows import SweepRow, failed_row
+from structprune.sweep.selecting import plan_to_target
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,11 +43,20 @@ class Point:
 def prune_point(dense: Dense, criterion: str, point: Point, config: SweepConfig) -> SweepRow:
     """compress(target_macs = 1 / reduction) with `criterion` (calibration data for every criterion, so
     each gets BatchNorm re-estimation; data-driven ones also their layer refit), then the recovery
-    budget. A point compress cannot produce is a failed row that says why."""
+    budget. A criterion that chooses its own channels (`select`: i-SpaSP, coreset) gets the plan whose
+    final selection meets the target (`selecting.plan_to_target`), then compress verifies and calibrates it. A
+    point that cannot be produced is a failed row that says why."""
     start = time.perf_counter()
+    fraction = 1.0 / point.reduction
     try:
-        result = compress(dense.model, dense.example_inputs, target_macs=1.0 / point.reduction, criterion=criterion,
-                          seed=dense.seed, data=point.calibration)
+        if callable(getattr(get_criterion(criterion), "select", None)):
+            plan = plan_to_target(dense.model, dense.example_inputs, criterion, fraction, point.calibration,
+                                  dense.seed)
+            result = compress(dense.model, dense.example_inputs, plan=plan, criterion=criterion, seed=dense.seed,
+                              data=point.calibration)
+        else:
+            result = compress(dense.model, dense.example_inputs, target_macs=fraction, criterion=criterion,
+                              seed=dense.seed, data=point.calibration)
     except StructpruneError as exc:
         return failed_row("structprune", criterion, dense.seed, point.index, point.reduction,
                           (dense.macs, dense.params), dense.accuracy, "structprune", time.perf_counter() - start,

@@ -11,6 +11,7 @@ statistics are re-estimated on the calibration data, as `compress` does for stru
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +41,8 @@ def reference_available() -> str:
 
 
 def reference_ratios(dense: Dense, reductions: tuple[float, ...]) -> dict[float, float]:
-    """The uniform Torch-Pruning ratio of each MACs reduction: the smallest ratio whose pruned model has at
-    most dense MACs / reduction (bisection)."""
+    """The uniform Torch-Pruning ratio of each MACs reduction: bisection to dense MACs / reduction, then the
+    closer of the two ratios around it."""
     macs_at = _macs_at_ratio(dense)
     return {reduction: _bisect(macs_at, dense.macs / reduction) for reduction in reductions}
 
@@ -110,8 +111,10 @@ def _macs_at_ratio(dense: Dense) -> Callable[[float], int]:
 
 
 def _bisect(macs_at: Callable[[float], int], budget: float) -> float:
+    """The uniform ratio whose MACs come closest to `budget` (by ratio): MACs fall in steps as whole channels
+    go, so the two ratios either side of the budget are compared."""
     low, high = 0.0, MAX_RATIO
     for _ in range(BISECTION_STEPS):
         middle = 0.5 * (low + high)
         low, high = (low, middle) if macs_at(middle) <= budget else (middle, high)
-    return high
+    return min((low, high), key=lambda ratio: abs(math.log(max(macs_at(ratio), 1) / budget)))

@@ -42,9 +42,14 @@ def limit_vs_knee(result: SweepResult) -> list[str]:
                      f"(eps {limit.tolerance:.3g}, {limit.method} spectrum)")
     lines.append(f"observed knee after recovery: {_knee_text(after)}")
     lines.append(f"observed knee one-shot (before recovery): {_knee_text(one_shot)}")
+    magnitude = next((k for k in result.knees("accuracy_one_shot") if (k.tool, k.criterion) == ("structprune", "l2")),
+                     None)
+    if magnitude is not None:
+        lines.append(f"magnitude (l2) knee one-shot, the setting the estimate models: {magnitude.text()}")
     if result.limit is not None:
         lines.append(f"limit vs knee: {_compare(result.limit.macs_reduction, after)} (after recovery); "
-                     f"{_compare(result.limit.macs_reduction, one_shot)} (one-shot)")
+                     f"{_compare(result.limit.macs_reduction, one_shot)} (one-shot)"
+                     + (f"; {_compare(result.limit.macs_reduction, magnitude)} (l2 one-shot)" if magnitude else ""))
     return lines
 
 

@@ -14,10 +14,14 @@ import torch
 from PIL import Image
 
 import models_zoo
+from structprune.api import analyze, compress
 from structprune.data import load_data
-from structprune.errors import UsageError, VerificationError
+from structprune.errors import PlanError, UsageError, VerificationError
+from structprune.pipeline import calibration_loader
+from structprune.selection import PlanCost
 from structprune.sweep import COLUMNS, SweepConfig, SweepResult, SweepRow, outputs, run_sweep, write_sweep
 from structprune.sweep.curves import Stat, best_knee, curves, knee
+from structprune.sweep.selecting import plan_to_target
 from structprune.sweep.summary import _compare
 
 BRIEF_COLUMNS = ["criterion", "seed", "target", "macs_before", "macs_after", "params_before", "params_after",
@@ -85,15 +89,15 @@ def test_reference_lines_prune_the_same_model_to_the_same_budget(swept) -> None:
     ours = {r.macs_before for r in result.rows if r.tool == "structprune"}
     theirs = [r for r in result.rows if r.tool == "torch-pruning"]
     assert {r.macs_before for r in theirs} == ours
-    for row in theirs:  # the smallest uniform ratio whose MACs fit the budget
-        assert row.target * 0.999 <= row.theoretical_speedup <= row.target * 1.3
+    for row in theirs:  # the uniform ratio whose MACs come closest to the budget: whole channels are steps
+        assert row.target / 1.3 <= row.theoretical_speedup <= row.target * 1.3
         assert row.check == "shapes"
 
 
 def test_the_figure_and_the_page_show_both_curves_and_the_table(swept) -> None:
     result, out = swept
     with Image.open(out / "sweep.png") as image:
-        assert image.format == "PNG" and image.size[0] > 2 * image.size[1] > 800
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 600  # 2 x 2 panels
     page = (out / "sweep.html").read_text()
     assert base64.b64encode((out / "sweep.png").read_bytes()).decode() in page
     assert page.count("<tr class='row'>") == len(result.rows)
@@ -183,3 +187,18 @@ def test_a_file_that_reads_back_differently_is_not_published(tmp_path, monkeypat
     with pytest.raises(VerificationError, match="sweep.csv read back"):
         write_sweep(result, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_coreset_meets_a_macs_target_that_compress_alone_misses() -> None:
+    """compress's target search sets keep counts that coreset then reallocates by parameters (0.80 of the MACs
+    kept for a 0.5 target here); the sweep searches the target to ask for until coreset's plan keeps 0.5."""
+    images = load_data("digits", input_shape=(1, 8, 8), seed=0)
+    torch.manual_seed(0)
+    cnn = models_zoo.create("cnn", in_chans=1, image_size=8, num_classes=10).eval()
+    x, calibration = torch.randn(1, 1, 8, 8), calibration_loader(images, 256)
+    with pytest.raises(PlanError, match="was not met"):
+        compress(cnn, x, target_macs=0.5, criterion="coreset", data=calibration)
+    plan = plan_to_target(cnn, x, "coreset", 0.5, calibration)
+    cost = PlanCost(analyze(cnn, x))
+    assert cost.of_plan(plan)[0] / cost.dense[0] == pytest.approx(0.5, rel=0.02)
+    assert plan.meta["criterion"] == "coreset"

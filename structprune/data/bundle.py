@@ -76,6 +76,21 @@ def split_indices(count: int, labels: np.ndarray | None, options: DataOptions) -
     return Split(np.asarray(train), np.sort(val))
 
 
+def holdout_split(count: int, options: DataOptions) -> Split:
+    """A seeded split of unlabelled samples: `val_fraction` of them (rounded, at least one when the
+    share asks for any and two or more samples exist) held out in sorted order, the rest in a seeded
+    random order. Label-free recovery measures fidelity on the held-out part.
+
+    >>> split = holdout_split(10, DataOptions(val_fraction=0.2))
+    >>> len(split.train), len(split.val), sorted([*split.train, *split.val]) == list(range(10))
+    (8, 2, True)
+    """
+    order = np.random.default_rng(options.seed).permutation(count)
+    wanted = count * options.val_fraction
+    val_count = min(count - 1, max(1, int(round(wanted)))) if wanted > 0 and count >= 2 else 0
+    return Split(order[val_count:], np.sort(order[:val_count]))
+
+
 def make_bundle(
     name: str,
     dataset: Dataset,

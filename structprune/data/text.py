@@ -3,8 +3,10 @@ saved in the model's folder (transformers, the optional extra `structprune[hf]`)
 
 Every line (blank ones skipped) becomes `input_ids` and `attention_mask`, padded and truncated to one
 fixed length, so batches stack; a tokenizer without a padding token pads with its end-of-text (or
-unknown) token, the mask keeps padding out. Text has no labels: it serves calibration and data-driven
-criteria, never accuracy, and has no validation split.
+unknown) token, the mask keeps padding out. Text has no labels: it serves calibration, data-driven
+criteria and label-free distillation, never accuracy. A seeded `val_fraction` of the lines (20% by
+default) is held out: calibration and training never see it, and distillation measures its fidelity
+(cosine of pooled embeddings to the dense model) there.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from structprune.data.bundle import DataBundle, DataOptions, make_bundle, split_indices
+from structprune.data.bundle import DataBundle, DataOptions, holdout_split, make_bundle
 from structprune.data.messages import one_line
 from structprune.errors import UsageError
 
@@ -63,7 +65,8 @@ def refuse_text(spec: str, options: DataOptions) -> DataBundle:
 
 
 def load_text_bundle(spec: str, options: DataOptions, tokenizer_folder: Path, max_length: int) -> DataBundle:
-    """Read `spec`'s lines, tokenise them to `max_length` tokens, and bundle them (unlabelled, no split)."""
+    """Read `spec`'s lines, tokenise them to `max_length` tokens, and bundle them (unlabelled; a seeded
+    held-out share for validation)."""
     path = Path(spec)
     lines = read_lines(path)
     tokenizer = _tokenizer(tokenizer_folder)
@@ -71,7 +74,7 @@ def load_text_bundle(spec: str, options: DataOptions, tokenizer_folder: Path, ma
         encoded = tokenizer(lines, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     except Exception as exc:  # noqa: BLE001 - tokenizers raise assorted errors on text they cannot encode
         raise UsageError(f"{path}: the tokenizer of {tokenizer_folder} could not encode it ({one_line(exc)})") from exc
-    split = split_indices(len(lines), None, options)
+    split = holdout_split(len(lines), options)
     return make_bundle(path.stem, TokenSamples(encoded), split, None, (max_length,), options)
 
 

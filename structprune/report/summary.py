@@ -19,9 +19,9 @@ def job_summary(report: dict, out_dir: Path) -> str:
     if latency:
         rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
                      f"{latency['speedup']:.2f}x"])
-    rows += _accuracy_rows(report.get("accuracy"))
+    rows += _accuracy_rows(report.get("accuracy")) + _fidelity_rows(report.get("recovery"))
     lines = [format_table(["", "before", "after", "change"], rows)] + _target_line(report.get("target"))
-    if report.get("accuracy_skipped"):
+    if report.get("accuracy_skipped") and not _fidelity_rows(report.get("recovery")):  # text: fidelity instead
         lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
     lines += group_lines(report.get("groups", []), report.get("prunable"))
     lines += nothing_pruned_warning(report)
@@ -58,6 +58,16 @@ def _accuracy_rows(accuracy: dict | None) -> list[list[str]]:
     if accuracy.get("one_shot") is not None:
         rows.append(_accuracy_row("one-shot accuracy %", before, accuracy["one_shot"]))
     return rows
+
+
+def _fidelity_rows(recovery: dict | None) -> list[list[str]]:
+    """Label-free distillation: mean cosine of the pooled embeddings to the dense model's on the held-out
+    split (the dense model's own is 1), after recovery and one-shot."""
+    if not recovery or recovery.get("metric") != "fidelity" or recovery.get("val_fidelity_after") is None:
+        return []
+    return [[name, "1.0000", f"{recovery[key]:.4f}", f"{recovery[key] - 1.0:+.4f}"]
+            for name, key in (("cosine to dense", "val_fidelity_after"), ("one-shot cosine", "val_fidelity_before"))
+            if recovery.get(key) is not None]
 
 
 def _accuracy_row(name: str, before: float | None, after: float | None) -> list[str]:
@@ -164,10 +174,18 @@ def _recovery_section(report: dict) -> list[str]:
 def _recovery_line(recovery: dict) -> str:
     epochs, notes = recovery["epochs"], (recovery.get("notes") or {})
     line = (f"`{recovery['method']}`, {epochs} epoch{'s' * (epochs != 1)}, schedule `{recovery.get('schedule')}`, "
-            f"peak LR {recovery.get('base_lr', 0):.3g}; validation accuracy "
-            f"{md_percent(recovery.get('val_accuracy_before'))} → {md_percent(recovery.get('val_accuracy_after'))}")
+            f"peak LR {recovery.get('base_lr', 0):.3g}; {_validation_change(recovery)}")
     noted = ", ".join(f"{k} `{v}`" for k, v in notes.items() if v not in (None, [], {}))
     return line + (f" ({noted})" if noted else "")
+
+
+def _validation_change(recovery: dict) -> str:
+    """What validation measured before → after recovery: accuracy, or (without labels) fidelity."""
+    if recovery.get("metric") == "fidelity":
+        before, after = recovery.get("val_fidelity_before"), recovery.get("val_fidelity_after")
+        return f"validation fidelity (cosine to the dense model) {_num(before)} → {_num(after)}"
+    return (f"validation accuracy {md_percent(recovery.get('val_accuracy_before'))} → "
+            f"{md_percent(recovery.get('val_accuracy_after'))}")
 
 
 def _epochs_table(runs: list[tuple[int | None, dict]]) -> str:
@@ -175,15 +193,17 @@ def _epochs_table(runs: list[tuple[int | None, dict]]) -> str:
     cycles = runs[0][0] is not None
     rows = [md_cells(([cycle] if cycles else []) + _epoch_cells(epoch)) for cycle, run in runs
             for epoch in run.get("history", [])]
-    head = ["epoch", "train loss", "train accuracy", "val loss", "val accuracy", "LR (last step)", "dead neurons"]
+    metric = "fidelity" if runs[0][1].get("metric") == "fidelity" else "accuracy"
+    head = ["epoch", "train loss", f"train {metric}", "val loss", f"val {metric}", "LR (last step)", "dead neurons"]
     return markdown_table((["cycle"] if cycles else []) + head, rows) if rows else "No epochs recorded."
 
 
 def _epoch_cells(epoch: dict) -> list:
     dead = epoch.get("dead_rate")
-    return [epoch["epoch"], _num(epoch.get("train_loss")), md_percent(epoch.get("train_accuracy")),
-            _num(epoch.get("val_loss")), md_percent(epoch.get("val_accuracy")), md_sci(epoch.get("lr")),
-            "—" if dead is None else f"{100 * dead:.1f}%"]
+    shown = ((_num(epoch.get("train_fidelity")), _num(epoch.get("val_fidelity"))) if "train_fidelity" in epoch
+             else (md_percent(epoch.get("train_accuracy")), md_percent(epoch.get("val_accuracy"))))
+    return [epoch["epoch"], _num(epoch.get("train_loss")), shown[0], _num(epoch.get("val_loss")), shown[1],
+            md_sci(epoch.get("lr")), "—" if dead is None else f"{100 * dead:.1f}%"]
 
 
 def _calibration_section(calibration: dict | None) -> list[str]:

@@ -47,6 +47,13 @@ class RecoveryConfig:
     cosine of pooled embeddings to the dense model's) instead of accuracy; distill_weight,
     temperature and label_smoothing do not apply.
 
+    `dropout=False` trains the student with every dropout off: the model runs in eval mode except its
+    layers with running statistics (BatchNorm), which still normalise by the batch and update their
+    averages; dropout as a module, as `F.dropout(..., training=self.training)` or as attention's
+    `dropout_p` all read that mode. Matching a dense teacher's function, as distillation does, has no
+    labels to overfit, and dropout's noise in the student's outputs is larger than the error left to
+    remove (all-MiniLM-L6-v2, dropout 0.1, pruned one-shot: see benchmarks/minilm_distill.py).
+
     >>> RecoveryConfig(method="distill", epochs=3, schedule="llr").schedule
     'llr'
     """
@@ -75,6 +82,7 @@ class RecoveryConfig:
     pooled_cosine_weight: float = 1.0
     pooled_mse_weight: float = 0.0
     token_mse_weight: float = 1.0
+    dropout: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -98,7 +106,8 @@ class RecoveryConfig:
 
     def fingerprint(self) -> dict:
         """The fields that determine the numbers; a checkpoint only resumes a run with the same ones."""
-        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY_FIELDS + _OBJECTIVE_FIELDS}
+        kept = {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY_FIELDS + _OBJECTIVE_FIELDS + ("dropout",)}
+        return kept if self.dropout else {**kept, "dropout": False}  # runs with dropout keep their fingerprint
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -97,7 +97,7 @@ class _EpochRunner:
         """One epoch's training statistics, named as EpochRecord's fields. Its progress bar (on a
         terminal only) shows the running loss and metric (accuracy, or cosine to the dense model), the
         LR, and the last epoch's validation metric."""
-        self.training.train()
+        train_mode(self.training, dropout=self.config.dropout)
         total, lr, lr_max = torch.zeros(3, dtype=torch.float64), self.plan.base_lr, 0.0
         show = self.config.progress and current_context().is_main
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{self.plan.epochs}", disable=None if show else True, leave=False)
@@ -135,6 +135,18 @@ class _NoMeter:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+def train_mode(model: nn.Module, *, dropout: bool = True) -> None:
+    """`model.train()`; without dropout, eval mode for every module but those that keep running
+    statistics (BatchNorm: they go on normalising by the batch and updating their averages)."""
+    model.train()
+    if dropout:
+        return
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "track_running_stats", False):
+            module.train()
 
 
 def _seed_epoch(seed: int, epoch: int, loader) -> None:

@@ -21,6 +21,7 @@ from structprune.compress_config import DEFAULT_RATIO, CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
+from structprune.group_lasso import GroupLassoConfig
 from structprune.inspection import inspect_model
 from structprune.onnx.bench import bench_onnx
 from structprune.pipeline import JobOptions, run_job
@@ -37,6 +38,8 @@ COMPRESS_EXAMPLES = """\
 for conv/linear stacks (each pruned layer loses half its inputs and half its outputs).
 --target-macs 0.5 (or --target-params F) prunes to a budget instead: keep half the MACs, within 2%.
 --target-latency-ms X searches for a model that runs in X ms (onnxruntime median, 1 thread, this machine).
+--sparsity-train E --group-lasso LAMBDA first trains E epochs with a group-lasso penalty on every channel group,
+then prunes the channels with the smallest coupled norm (to the budget, or below --group-norm-threshold T).
 
 examples:
   structprune compress zoo:resnet20 --ratio 0.5 --data digits --finetune-epochs 3
@@ -234,8 +237,20 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                    help="prune attention by whole heads or by the same dims of every head")
     p.add_argument("--ignore", nargs="+", default=[], metavar="GLOB", help="module FQN globs to leave whole")
     p.add_argument("--max-group-ratio", type=_GROUP_CAP, default=0.9, metavar="R", help="cap per group with --global")
+    _sparsity_flags(p)
     _output_flags(p)
     p.set_defaults(handler=_run_compress)
+
+
+def _sparsity_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sparsity-train", type=_POSITIVE_INT, metavar="E",
+                   help="before pruning, train E epochs on --data with a group-lasso penalty (--group-lasso) on every "
+                        "channel group, then prune the channels whose coupled l2 norm is lowest (criterion group_norm)")
+    p.add_argument("--group-lasso", type=_POSITIVE, metavar="LAMBDA",
+                   help="weight of the group-lasso penalty, the sum over channels of their coupled norm, e.g. 1e-3")
+    p.add_argument("--group-norm-threshold", type=_POSITIVE, metavar="T",
+                   help="with --sparsity-train: prune exactly the channels whose coupled norm is below T, instead of "
+                        "the threshold --ratio / --target-macs / --target-params choose")
 
 
 def _add_apply(p: argparse.ArgumentParser) -> None:
@@ -336,7 +351,45 @@ def _sample_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
 def _job_options(args: argparse.Namespace):
     fields = {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__}
     fields.update(input_shape=_sample_shape(args), compress=_compress_config(args), recovery=_recovery_config(args))
-    return JobOptions(**fields)
+    sparsity = _sparsity_config(args)
+    return JobOptions(**fields, **({"sparsity": sparsity} if sparsity else {}))
+
+
+def _sparsity_config(args: argparse.Namespace) -> GroupLassoConfig | None:
+    """The GroupLassoConfig of --sparsity-train / --group-lasso / --group-norm-threshold (None without them);
+    UsageError for a flag without the others it needs or beside one it contradicts."""
+    epochs, lam, threshold = (getattr(args, name, None) for name in ("sparsity_train", "group_lasso",
+                                                                    "group_norm_threshold"))
+    if epochs is None:
+        if lam is not None or threshold is not None:
+            raise UsageError("--group-lasso and --group-norm-threshold go with --sparsity-train E (the epochs of "
+                             "group-lasso training before pruning)")
+        return None
+    problems = _sparsity_conflicts(args, lam, threshold)
+    if problems:
+        raise UsageError(problems[0])
+    return GroupLassoConfig(epochs=epochs, lam=lam, threshold=threshold)
+
+
+def _sparsity_conflicts(args: argparse.Namespace, lam, threshold) -> list[str]:
+    """What is wrong with the flags beside --sparsity-train, each as a one-line message."""
+    budget = [f for f, v in (("--target-macs", args.target_macs), ("--target-params", args.target_params),
+                             ("--ratio", None if args.ratio is DEFAULT_RATIO else args.ratio)) if v is not None]
+    return [message for bad, message in (
+        (lam is None, "--sparsity-train needs --group-lasso LAMBDA, the weight of the penalty (e.g. 1e-3)"),
+        (not args.data, "--sparsity-train trains on data: pass --data (digits, PATH.npz, a folder, or "
+                        "module:function)"),
+        (threshold is not None and bool(budget), f"--group-norm-threshold chooses what is pruned; drop "
+                                                 f"{' and '.join(budget)}, or drop the threshold to let the budget "
+                                                 "choose it"),
+        (args.target_latency_ms is not None or args.allocation is not None,
+         "--sparsity-train prunes below one threshold on the group norms: it takes --ratio, --target-macs or "
+         "--target-params, not --target-latency-ms or --allocation"),
+        (args.iterative > 0 or args.ap is not None, "--sparsity-train prunes once after group-lasso training; drop "
+                                                    "--iterative and --ap"),
+        (args.criterion not in ("l2", "group_norm"), f"--sparsity-train ranks channels by their group norm "
+                                                     f"(criterion group_norm); drop --criterion {args.criterion}"),
+    ) if bad]
 
 
 def _compress_config(args: argparse.Namespace):

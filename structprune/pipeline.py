@@ -26,6 +26,7 @@ from structprune.data.load import text_source
 from structprune.data.text import TEXT_MAX_LENGTH
 from structprune.errors import PlanError, UsageError
 from structprune.graph.cost import count_macs, count_params
+from structprune.group_lasso import GroupLassoConfig, prune_sparse, sparsify
 from structprune.hf import without_cache
 from structprune.hf.folder import save_folder
 from structprune.io import atomic_torch_save, atomic_write_text, load_model, staged_output_dir
@@ -77,6 +78,7 @@ class JobOptions:
     iterative: int = 0
     ap: float | None = None
     max_accuracy_drop: float | None = None
+    sparsity: GroupLassoConfig | None = None  # --sparsity-train: group-lasso training, then threshold pruning
 
     def __post_init__(self) -> None:
         _check_job(self)
@@ -214,6 +216,8 @@ def _load_plan(path: str) -> Plan:
 def _compress(loaded: LoadedModel, options: JobOptions, plan: Plan | None, bundle) -> CompressResult:
     if options.iterative and plan is None:
         return iterative_result(loaded, options, bundle)
+    if options.sparsity is not None and plan is None:
+        return recover_result(sparse_result(loaded, options, bundle), loaded, options, bundle)
     result = _compress_once(loaded, options, plan, bundle)
     return recover_result(result, loaded, options, bundle)
 
@@ -245,6 +249,17 @@ def recover_result(result: CompressResult, loaded, options, bundle) -> CompressR
                         dense_macs=report.macs_before, pruned_macs=report.macs_after)
     return CompressResult(recovered.model, result.plan, report.with_extra(recovery=recovered.to_json()),
                           result.graph)
+
+
+def sparse_result(loaded, options, bundle) -> CompressResult:
+    """`--sparsity-train E --group-lasso LAMBDA`: group-lasso training on the job's data (optimizer, LR and
+    seed of the recovery flags), then threshold pruning by group norm (`structprune.group_lasso`)."""
+    if bundle is None:
+        raise UsageError("--sparsity-train trains on data: pass --data (digits, PATH.npz, a folder, or "
+                         "module:function)")
+    sparse = sparsify(loaded.model, loaded.example_inputs, bundle.train, bundle.val, options.sparsity,
+                      training=options.recovery, config=options.compress)
+    return prune_sparse(sparse, loaded.example_inputs, config=options.compress, data=calibration_loader(bundle))
 
 
 def iterative_result(loaded, options, bundle) -> CompressResult:

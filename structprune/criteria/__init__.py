@@ -1,8 +1,8 @@
 """Criteria registry: name -> criterion. Extend by passing a Criterion object instead of a name.
 
-Data-free: l1, l2, bn_scale, random. Data-driven (need `data=`): taylor and spectral (labelled),
-dropnet, dropnet_global, dropnet_iterative, ispasp, coreset, coreset_sampled, obs (inputs only; obs asks
-the reconstruction after the rewrite for its weight update).
+Data-free: l1, l2, bn_scale, random, group_norm (coupled l2 norm; group lasso's threshold). Data-driven
+(need `data=`): taylor and spectral (labelled), dropnet, dropnet_global, dropnet_iterative, ispasp, coreset,
+coreset_sampled, obs (inputs only; obs asks the reconstruction after the rewrite for its weight update).
 Criteria with a `select` method (SelectingCriterion) choose channels themselves given keep counts.
 `KFACTrainPrune` (train-and-prune from scratch, trains the model in place) is not registered by name:
 construct it explicitly.
@@ -23,6 +23,7 @@ from structprune.criteria.base import (
 )
 from structprune.criteria.coreset import Coreset
 from structprune.criteria.dropnet import DropNet
+from structprune.criteria.group_norm import GROUP_NORM
 from structprune.criteria.ispasp import ISpaSP
 from structprune.criteria.kfac import KFACTrainPrune
 from structprune.criteria.magnitude import BN_SCALE, L1, L2, RANDOM
@@ -32,7 +33,7 @@ from structprune.criteria.taylor import Taylor
 
 _ALL = (L1, L2, BN_SCALE, RANDOM, Taylor(), DropNet(), DropNet(name="dropnet_global", scope="global"),
         DropNet(name="dropnet_iterative", iterative=True), ISpaSP(), Coreset(),
-        Coreset(name="coreset_sampled", variant="sampled"), Spectral(), StructuredOBS())
+        Coreset(name="coreset_sampled", variant="sampled"), Spectral(), StructuredOBS(), GROUP_NORM)
 CRITERIA = MappingProxyType({c.name: c for c in _ALL})
 
 

@@ -19,7 +19,8 @@ they cannot import each other in a cycle. Top-level modules have these places:
                analyze, then the loss Hessian in channel coordinates)
                planning.py (scores -> plan for each kind of budget), latency_target.py (the latency budget
                search: it measures candidate models with onnxruntime, so it sits above onnx), sensitivity.py
-               (per-group sensitivity: rewrites and runs candidate models)
+               (per-group sensitivity: rewrites and runs candidate models), group_lasso.py (sparsity training,
+               then threshold pruning through compress)
     pipeline   pipeline.py (jobs behind the CLI), artifacts.py (read-back checks of what a job writes),
                quality.py (the accuracy gate of a job), demo.py (a job on built-in data), inspection.py
                (`structprune inspect`), sensitivity_job.py (`structprune sensitivity`), sweep/ (`structprune
@@ -62,7 +63,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names))
     ("recover", {"recover"}),
     ("hf", {"hf"}),  # Hugging Face in and out: config after the rewrite, reload; api and the CLI job call it
     ("api", {"", "api", "verified", "compress_config", "iterative", "limit", "planning", "latency_target",
-             "sensitivity"}),
+             "sensitivity", "group_lasso"}),
     ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sensitivity_job", "sweep"}),
     ("cli", {"cli", "__main__"}),
 ))

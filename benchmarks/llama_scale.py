@@ -82,12 +82,17 @@ def run(args) -> None:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     graph = step("analyze", lambda: structprune.analyze(model, inputs))
     plan = step("select", lambda: merged_plan(model, inputs, graph))
-    result = step("rewrite + verify + config", lambda: structprune.compress(model, inputs, plan=plan))
+    result = step("rewrite + verify + config", lambda: structprune.compress(model, inputs, plan=plan, graph=graph))
     out_dir = Path(tempfile.mkdtemp(dir=args.work))
     step("save folder", lambda: result.model.save_pretrained(out_dir))
-    reloaded = step("read back", lambda: structprune.hf.from_pretrained(out_dir).eval())
-    with torch.no_grad():
-        diff = float((reloaded(**inputs).logits - result.model(**inputs).logits).abs().max())
+    if args.full_reload:
+        reloaded = step("read back (full from_pretrained)", lambda: structprune.hf.from_pretrained(out_dir).eval())
+        with torch.no_grad():
+            diff = float((reloaded(**inputs).logits - result.model(**inputs).logits).abs().max())
+    else:
+        check = step("read back (hf.check_saved)", lambda: structprune.hf.check_saved(out_dir, result.model, inputs))
+        assert check.ok, check.detail
+        diff = check.max_abs_difference
     added = (peak_rss_bytes() - base_rss) / model_bytes
     total = sum(seconds for _, seconds in steps)
     layer0 = (result.report.extra.get("hf_config") or {}).get("layers") or [{}]
@@ -121,6 +126,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/structprune_llama_scale")
     parser.add_argument("--quick", action="store_true", help="a 4-layer, 512-wide model (seconds)")
+    parser.add_argument("--full-reload", action="store_true", help="read back with a full hf.from_pretrained (a "
+                        "second copy of the weights) instead of hf.check_saved")
     args = parser.parse_args()
     if args.quick:
         args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads, args.vocab = 4, 512, 1408, 8, 4, 1000

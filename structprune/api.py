@@ -21,7 +21,7 @@ from structprune.capture import capture
 from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import get_criterion
 from structprune.data.running import eval_outputs
-from structprune.errors import AnalysisError, VerificationError, stage_errors
+from structprune.errors import AnalysisError, UsageError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.hf import is_hf_model, restore_runtime_flags, update_config, without_cache
 from structprune.latency_target import meet_latency_target
@@ -90,9 +90,10 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config
 
 
 def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | None = None, data: Any = None,
-             plan: Plan | None = None, **options: Any) -> CompressResult:
+             plan: Plan | None = None, graph: ChannelGraph | None = None, **options: Any) -> CompressResult:
     """Analyze, score, select, rewrite and verify; with `plan`, apply that plan instead of scoring
-    (what `structprune apply` runs). The caller's model is never modified. Options: a CompressConfig
+    (what `structprune apply` runs; `graph`: the analysis the plan was made on, from `analyze` with the same
+    options, so the model is not captured again). The caller's model is never modified. Options: a CompressConfig
     and/or its fields as keywords (ratio, criterion, ignore, round_to, global_pruning, ...).
 
     Groups whose rewrite fails verification are kept whole and the rest verified again
@@ -109,18 +110,21 @@ def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | 
     """
     config = compress_config(config, options)
     with without_cache(model):
-        result = _compress(model, example_inputs, config, data, plan)
+        result = _compress(model, example_inputs, config, data, plan, graph)
     section = _hf_config(model, result.model, example_inputs)
     return result if section is None else CompressResult(result.model, result.plan,
                                                          result.report.with_extra(hf_config=section), result.graph)
 
 
-def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None):
+def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None,
+              graph: ChannelGraph | None):
     if plan is None:
+        if graph is not None:
+            raise UsageError("compress(graph=...) is the analysis a given plan was made on; pass plan= with it")
         result = _choose_and_rewrite(model, example_inputs, config, data)
     else:
-        result = verified_rewrite(model, example_inputs, plan, _analysis_for(model, example_inputs, plan, config),
-                                  config)
+        graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
+        result = verified_rewrite(model, example_inputs, plan, graph, config)
     if data is None:
         return result
     crit = get_criterion(config.criterion)

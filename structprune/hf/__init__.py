@@ -6,6 +6,8 @@
   (config.py); `compress` runs it on every `PreTrainedModel` and reports it as `hf_config`.
 - `from_pretrained(folder)`: load what `save_pretrained` wrote from a pruned model, including models
   whose blocks kept different widths, which transformers' own loader cannot build (load.py).
+- `check_saved(folder, model, example_inputs)`: prove `from_pretrained(folder)` gives `model` without
+  loading a second copy of its weights (readback.py; for models too large to hold twice).
 
 Importing this package does not import transformers; its functions do, when they need it.
 
@@ -16,8 +18,9 @@ False
 from structprune.hf.config import ConfigUpdate, update_config
 from structprune.hf.layout import LAYOUTS, LayerSizes, Layout
 from structprune.hf.load import from_pretrained
+from structprune.hf.readback import SavedCheck, check_saved
 from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY
 from structprune.hf.runtime import is_hf_model, restore_runtime_flags, without_cache
 
-__all__ = ["ATTRIBUTES_KEY", "LAYERS_KEY", "LAYOUTS", "ConfigUpdate", "LayerSizes", "Layout", "from_pretrained",
-           "is_hf_model", "restore_runtime_flags", "update_config", "without_cache"]
+__all__ = ["ATTRIBUTES_KEY", "LAYERS_KEY", "LAYOUTS", "ConfigUpdate", "LayerSizes", "Layout", "SavedCheck",
+           "check_saved", "from_pretrained", "is_hf_model", "restore_runtime_flags", "update_config", "without_cache"]

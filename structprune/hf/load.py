@@ -13,6 +13,7 @@ computes, like RoPE's frequencies, are still computed) and the stored tensors be
 """
 from __future__ import annotations
 
+import importlib
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,19 +45,27 @@ def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.M
     if getattr(config, LAYERS_KEY, None) is None:
         with quiet_progress():
             return cls.from_pretrained(folder, use_safetensors=True).eval()
-    with _weights_not_initialised(transformers):
-        model = cls(config).to(_dtype(config))
-    rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
+    model = built_for_folder(folder, config, cls)
     load_strictly(model, stored_tensors(folder), folder)
     return model.eval()
 
 
-def _weights_not_initialised(transformers) -> ContextManager:
+def built_for_folder(folder: Path, config: Any, cls: type) -> nn.Module:
+    """The architecture `from_pretrained` loads the folder's tensors into: built from `config` without
+    initialising weights, resized to the stored shapes and given the recorded attributes."""
+    with _weights_not_initialised():
+        model = cls(config).to(_dtype(config))
+    return rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
+
+
+def _weights_not_initialised() -> ContextManager:
     """transformers' context that builds a model without initialising its weights (they are all loaded
     next); a plain build where this transformers has none."""
-    initialization = getattr(transformers, "initialization", None)
-    skip = getattr(initialization, "no_init_weights", None)
-    return skip() if callable(skip) else nullcontext()
+    try:
+        skip = importlib.import_module("transformers.initialization").no_init_weights
+    except (ImportError, AttributeError):
+        return nullcontext()
+    return skip()
 
 
 def _dtype(config: Any) -> torch.dtype:

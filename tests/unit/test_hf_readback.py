@@ -1,0 +1,73 @@
+"""structprune.hf.check_saved: a saved folder read back against the model it came from without a second
+copy of the weights; it must agree with a full `from_pretrained` and catch a folder that differs.
+Also `compress(plan=, graph=)` reuses the analysis the plan was made on (no second capture)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_hf_config import max_diff, tiny, tokens
+
+import structprune
+from structprune import hf
+from structprune.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict:
+    """A Llama (GQA) and a BERT pruned with different widths per block, each saved with save_pretrained."""
+    found = {}
+    for name in ("llama", "bert"):
+        result = structprune.compress(tiny(name), tokens(), ratio=0.5, global_pruning=True)
+        folder = tmp_path_factory.mktemp(name)
+        result.model.save_pretrained(folder)
+        found[name] = (result.model, folder)
+    return found
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_check_saved_passes_a_faithful_folder_that_from_pretrained_reloads(saved, name: str) -> None:
+    model, folder = saved[name]
+    check = hf.check_saved(folder, model, tokens(3, 7))
+    assert check.ok and check.max_abs_difference == 0.0, check
+    assert 0 < check.tensors <= len(model.state_dict())
+    assert max_diff(hf.from_pretrained(folder), model, tokens(3, 7)) == 0.0
+
+
+def test_check_saved_names_a_tensor_that_differs_from_the_model(saved) -> None:
+    model, folder = saved["llama"]
+    name = next(n for n in model.state_dict() if n.endswith("mlp.down_proj.weight"))
+    kept = model.get_parameter(name).detach().clone()
+    with torch.no_grad():
+        model.get_parameter(name).add_(1e-3)
+    try:
+        check = hf.check_saved(folder, model, tokens())
+    finally:
+        with torch.no_grad():
+            model.get_parameter(name).copy_(kept)
+    assert not check.ok and name in check.detail
+
+
+def test_check_saved_catches_a_config_that_builds_another_architecture(saved, tmp_path) -> None:
+    model, folder = saved["llama"]
+    for path in folder.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rms_norm_eps"] = 0.5  # same shapes, other computation
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    check = hf.check_saved(tmp_path, model, tokens())
+    assert not check.ok and check.max_abs_difference > 0 and "outputs differ" in check.detail
+
+
+def test_compress_with_a_plan_reuses_the_given_analysis(monkeypatch) -> None:
+    model = tiny("llama")
+    graph = structprune.analyze(model, tokens())
+    plan = structprune.select(model, tokens(), graph, ratio=0.5)
+    expected = structprune.compress(model, tokens(), plan=plan)
+    monkeypatch.setattr("structprune.api.analyze", lambda *a, **k: pytest.fail("analysed again"))
+    result = structprune.compress(model, tokens(), plan=plan, graph=graph)
+    assert result.report.verification["ok"]
+    assert max_diff(result.model, expected.model, tokens(3, 7)) == 0.0
+    with pytest.raises(UsageError, match="pass plan= with it"):
+        structprune.compress(model, tokens(), graph=graph)

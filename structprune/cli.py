@@ -31,6 +31,7 @@ from structprune.recover.schedules import SCHEDULES
 from structprune.report.graph_figure import check_figure_path
 from structprune.sensitivity import DEFAULT_RATIOS, MAX_SAMPLES, METRIC_CHOICES
 from structprune.sensitivity_job import SensitivityOptions, run_sensitivity
+from structprune.sweep import add_sweep_arguments
 
 USAGE_ERRORS = (UsageError, PlanError, CaptureError)
 COMPRESS_EXAMPLES = """\
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply(_command(sub, "apply", "apply a saved plan.json (no scoring)"))
     _add_inspect(_command(sub, "inspect", "show channel groups, why some are blocked, prunable MACs, per-layer cost"))
     _add_bench(_command(sub, "bench", "onnxruntime latency of an ONNX model"))
+    add_sweep_arguments(_command(sub, "sweep", "curves of accuracy vs MACs/params reduction per criterion and seed"))
     _add_sensitivity(_command(sub, "sensitivity", "accuracy or output fidelity when each group alone is pruned "
                                                   "at several ratios: a table, CSV and heat map", SENSITIVITY_EXAMPLES))
     demo = _command(sub, "demo", "train on digits, compress, recover, export (about a minute)")

@@ -115,7 +115,7 @@ RECOVER_CHOICES = "'auto', 'finetune', 'distill', 'scratch-e', 'scratch-b', 'non
 @pytest.mark.parametrize("argv, expected", [
     (["compress"], "the following arguments are required: model (see 'structprune compress --help')"),
     (["frobnicate"], ("command: invalid choice: 'frobnicate' (choose from 'compress', 'apply', 'inspect', "
-                      "'bench', 'sensitivity', 'demo') (see 'structprune --help')")),
+                      "'bench', 'sweep', 'sensitivity', 'demo') (see 'structprune --help')")),
     (["bench", "m.onnx", "--runs", "0"], "--runs: '0' is not a positive integer (see 'structprune bench --help')"),
     (["compress", "zoo:mlp", "--recover", "magic"],
      f"--recover: invalid choice: 'magic' (choose from {RECOVER_CHOICES}) (see 'structprune compress --help')"),

@@ -1,5 +1,5 @@
-"""`structprune sweep` through a parser built from add_sweep_arguments, as the CLI wires it (a sub-command
-whose handler is run_sweep_command): outputs, exit codes, and errors before any work."""
+"""`structprune sweep` through the CLI's own parser (cli.build_parser wires add_sweep_arguments; the handler is
+run_sweep_command): outputs, exit codes, and errors before any work."""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +8,17 @@ import json
 
 import pytest
 
+from structprune.cli import build_parser
 from structprune.errors import UsageError
-from structprune.sweep import add_sweep_arguments, run_sweep_command
+from structprune.sweep import run_sweep_command
 
 MLP = ["zoo:mlp", "--arch-kwargs", '{"in_features": 64}', "--data", "digits"]
 QUICK = ["--criteria", "l2", "--points", "2", "--epochs", "0", "--no-reference", "--no-limit"]
 
 
 def cli_parser() -> argparse.ArgumentParser:
-    """What cli.py builds with its two lines: a `sweep` sub-command with these flags."""
-    parser = argparse.ArgumentParser(prog="structprune")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_sweep_arguments(sub.add_parser("sweep", help="accuracy vs MACs / params curves"))
-    return parser
+    """The parser `structprune` runs, with its `sweep` sub-command."""
+    return build_parser()
 
 
 def run(argv: list[str]) -> int:

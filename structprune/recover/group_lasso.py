@@ -243,8 +243,8 @@ class SparsityResult:
 def train_group_lasso(model: nn.Module, graph, train_loader, val_loader, config: GroupLassoConfig,
                       training: RecoveryConfig | None = None, *, groups: Iterable | None = None) -> SparsityResult:
     """Train a copy of `model` for `config.epochs` on cross-entropy + lambda * P(w) over `groups` (default:
-    the prunable groups of `graph`, the channel graph of `model`), with `training`'s optimizer, LR,
-    schedule (one of PLAIN_SCHEDULES, else cosine) and seed (its epochs and method are not used). `model` is not modified."""
+    the prunable groups of `graph`, the channel graph of `model`), with `training`'s optimizer, LR, schedule
+    (one of PLAIN_SCHEDULES, else cosine) and seed (its epochs and method are not used). `model` is not modified."""
     training = replace(training or RecoveryConfig(), method="finetune", epochs=config.epochs, checkpoint_dir=None,
                        resume=False, measure_dead_rate=False)
     schedule = training.schedule if training.schedule in PLAIN_SCHEDULES else "cosine"

@@ -95,10 +95,22 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
     example_inputs, outputs, dynamic = _run_for_export(model, example_inputs)
     batch = batch_size(example_inputs)
-    args, kwargs = normalize_inputs(example_inputs)
+    args, kwargs = _in_signature_order(model, *normalize_inputs(example_inputs))
     names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
     batched = tuple(t.dim() > 0 and t.shape[0] == batch for t in outputs)
     return _ExportSpec(args, kwargs, batch, dynamic, tuple(input_names(model, args, kwargs)), names, batched)
+
+
+def _in_signature_order(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Keyword inputs in forward()'s parameter order. The exporter numbers graph inputs in the order the
+    keywords come in, while their names follow the signature, so a tokenizer's dict (`input_ids`,
+    `token_type_ids`, `attention_mask`) would otherwise name BERT's mask `token_type_ids` and vice versa."""
+    try:
+        order = list(bound_inputs(model, args, kwargs))
+    except (TypeError, ValueError):
+        return args, kwargs
+    ranked = sorted(kwargs, key=lambda k: order.index(k) if k in order else len(order))
+    return args, {k: kwargs[k] for k in ranked}
 
 
 def _run_for_export(model: nn.Module, example_inputs: Any):

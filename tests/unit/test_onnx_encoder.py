@@ -90,3 +90,18 @@ def test_encoder_onnx_latency_times_dense_and_pruned_at_32_by_64(encoders) -> No
     column = EncoderOnnxLatency(runs=2, warmup=1)
     first, second = column(pruned, example, dense), column(pruned, example, dense)
     assert len(column._dense) == 1 and all(r["ort_ms_pruned"] > 0 for r in (first, second))
+
+
+def test_inputs_in_a_tokenizers_order_keep_their_names(encoders, tmp_path) -> None:
+    """A tokenizer returns input_ids, token_type_ids, attention_mask; forward() takes attention_mask second.
+    Each ONNX input must carry its own name (they were swapped: the mask fed as token types)."""
+    dense, _, example = encoders
+    ids = example["input_ids"]
+    types = (torch.arange(ids.shape[1]) >= ids.shape[1] // 2).long().expand_as(ids).contiguous()
+    mask = torch.ones_like(ids)
+    mask[1, -4:] = 0
+    tokenizer_order = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    onnx_file = export_onnx(dense, tokenizer_order, tmp_path / "dense.onnx")
+    assert set(onnx_file.input_names) == set(tokenizer_order)
+    parity = check_parity(dense, onnx_file.path, tokenizer_order, dynamic_sequence=True)
+    assert parity.ok and parity.max_abs_error < 1e-4, parity

@@ -137,7 +137,7 @@ class StructuredOBS:
     """
 
     name: str = "obs"
-    max_samples: int | None = 1024
+    max_samples: int | None = 2048
     damp: float = 0.01
     rounds: int = 16
     max_features: int = 8192

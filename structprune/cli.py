@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import re
 import signal
 import sys
-from collections.abc import Callable
 from importlib import metadata
 from typing import NoReturn
 
 from structprune import __version__
+from structprune.arguments import HelpFormatter, batch_shape, json_object, number
 from structprune.compress_config import DEFAULT_RATIO, CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
@@ -109,16 +108,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"structprune: error: {text} (see '{self.prog} --help')\n")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (not for flags or unset options) and keeps the epilog's line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        default = action.default
-        if default is None or isinstance(default, bool) or default in ([], {}, ()):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def _fail(exc: Exception, code: int) -> int:
     message = " ".join(str(exc).split())
     print(f"structprune: error: {message}", file=sys.stderr)
@@ -127,7 +116,7 @@ def _fail(exc: Exception, code: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="structprune", description="Structured pruning for PyTorch models.",
-                     formatter_class=_HelpFormatter)
+                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_compress(_command(sub, "compress", "prune, verify and export a model", COMPRESS_EXAMPLES))
@@ -144,43 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(sub, name: str, summary: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=_HelpFormatter)
+    return sub.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=HelpFormatter)
 
 
-def _number(cast: type, wanted: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
-    """An argparse type: `cast(text)` if `accept` holds for it, else the error "'TEXT' is not WANTED"."""
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
-        return value
-
-    return parse
-
-
-_RATIO = _number(float, "a fraction in [0, 1), e.g. 0.5", lambda v: 0 <= v < 1)
-_POSITIVE_INT = _number(int, "a positive integer", lambda v: v >= 1)
-_COUNT = _number(int, "an integer >= 0", lambda v: v >= 0)
-_POSITIVE = _number(float, "a number > 0", lambda v: 0 < v < math.inf)
-_NON_NEGATIVE = _number(float, "a number >= 0", lambda v: 0 <= v < math.inf)
-_BELOW_ONE = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
-_OPEN_UNIT = _number(float, "a number in (0, 1), e.g. 0.02", lambda v: 0 < v < 1)
-_UNIT = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
-_GROUP_CAP = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
-_BUDGET = _number(float, "a fraction in (0, 1), e.g. 0.5", lambda v: 0 < v < 1)
+_RATIO = number(float, "a fraction in [0, 1), e.g. 0.5", lambda v: 0 <= v < 1)
+_POSITIVE_INT = number(int, "a positive integer", lambda v: v >= 1)
+_COUNT = number(int, "an integer >= 0", lambda v: v >= 0)
+_POSITIVE = number(float, "a number > 0", lambda v: 0 < v < math.inf)
+_NON_NEGATIVE = number(float, "a number >= 0", lambda v: 0 <= v < math.inf)
+_BELOW_ONE = number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+_OPEN_UNIT = number(float, "a number in (0, 1), e.g. 0.02", lambda v: 0 < v < 1)
+_UNIT = number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+_GROUP_CAP = number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+_BUDGET = number(float, "a fraction in (0, 1), e.g. 0.5", lambda v: 0 < v < 1)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo:NAME, a .pt2 archive, or a state_dict .pt/.pth with --arch")
     p.add_argument("--arch", metavar="SPEC", help="architecture for a state_dict: zoo:NAME or package.module:factory")
-    p.add_argument("--arch-kwargs", type=_json_object, default={}, metavar="JSON",
+    p.add_argument("--arch-kwargs", type=json_object, default={}, metavar="JSON",
                    help='JSON keyword arguments, e.g. \'{"num_classes": 10}\'')
     p.add_argument("--trust-pickle", action="store_true", help="load a whole pickled module (runs code from the file)")
-    p.add_argument("--input-shape", type=_shape, metavar="B,C,H,W",
+    p.add_argument("--input-shape", type=batch_shape, metavar="B,C,H,W",
                    help="example input shape with the batch first, e.g. 1,3,32,32; needed when MODEL carries no "
                         "example input (--arch package.module:factory, a pickled module)")
 
@@ -317,32 +291,11 @@ def _criterion_help() -> str:
     return f"channel importance: {', '.join(free)}, or with --data: {', '.join(driven)}"
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object like {\"num_classes\": 10}")
-    return value
-
-
 def _figure_path(text: str):
     try:
         return check_figure_path(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(exc.message) from exc
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a shape with the batch first and positive sizes, "
-                                         "e.g. 1,3,32,32")
-    return shape
 
 
 def _sample_shape(args: argparse.Namespace) -> tuple[int, ...] | None:

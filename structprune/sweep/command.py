@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from structprune.arguments import HelpFormatter, batch_shape, json_object, number
 from structprune.data import DataBundle, load_data
 from structprune.io import load_model
 from structprune.io.atomic import check_output_dir
@@ -46,7 +47,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """
     parser.epilog = parser.epilog or EXAMPLES
     if parser.formatter_class is argparse.HelpFormatter:  # the CLI's own formatter, where it passes one, stays
-        parser.formatter_class = _Formatter
+        parser.formatter_class = HelpFormatter
     _model_arguments(parser)
     _sweep_arguments(parser)
     parser.set_defaults(handler=run_sweep_command)
@@ -111,10 +112,10 @@ def _sample_shape(loaded: LoadedModel) -> tuple[int, ...] | None:
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo:NAME, a .pt2 archive, or a state_dict .pt/.pth with --arch")
     p.add_argument("--arch", metavar="SPEC", help="architecture for a state_dict: zoo:NAME or package.module:factory")
-    p.add_argument("--arch-kwargs", type=_json_object, default={}, metavar="JSON",
+    p.add_argument("--arch-kwargs", type=json_object, default={}, metavar="JSON",
                    help='JSON keyword arguments of the architecture, e.g. \'{"in_chans": 1, "image_size": 8}\'')
     p.add_argument("--trust-pickle", action="store_true", help="load a whole pickled module (runs code from the file)")
-    p.add_argument("--input-shape", type=_shape, metavar="B,C,H,W", help="example input shape, batch first")
+    p.add_argument("--input-shape", type=batch_shape, metavar="B,C,H,W", help="example input shape, batch first")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="labelled data with a validation split: digits | PATH.npz | image folder | module:function")
     p.add_argument("--batch-size", type=_integer(1), default=64, metavar="N", help="batch size of --data")
@@ -144,43 +145,12 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (not for flags or unset options) and keeps the examples' line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.default, bool) or action.default in ([], {}, ()):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def _integer(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= {minimum}")
-        return value
-
-    return parse
+    return number(int, f"an integer >= {minimum}", lambda v: v >= minimum)
 
 
-def _float_above(bound: float, wanted: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not bound < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
-        return value
-
-    return parse
-
-
-_positive = _float_above(0.0, "a number > 0")
-_reduction = _float_above(1.0, "a MACs reduction > 1, e.g. 1.5 or 8")
+_positive = number(float, "a number > 0", lambda v: 0 < v < math.inf)
+_reduction = number(float, "a MACs reduction > 1, e.g. 1.5 or 8", lambda v: 1 < v < math.inf)
 
 
 def _criteria(text: str) -> tuple[str, ...]:
@@ -188,24 +158,4 @@ def _criteria(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError(f"'{text}' names no criterion; e.g. l2,taylor")
     return names
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('must be a JSON object like {"num_classes": 10}')
-    return value
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a shape with the batch first, e.g. 1,3,32,32")
-    return shape
 

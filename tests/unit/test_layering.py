@@ -24,7 +24,8 @@ they cannot import each other in a cycle. Top-level modules have these places:
     pipeline   pipeline.py (jobs behind the CLI), artifacts.py (read-back checks of what a job writes),
                quality.py (the accuracy gate of a job), demo.py (a job on built-in data), inspection.py
                (`structprune inspect`), sensitivity_job.py (`structprune sensitivity`), sweep/ (`structprune
-               sweep`: criteria x budgets x seeds, accuracy curves beside Torch-Pruning's, limit vs knee)
+               sweep`: criteria x budgets x seeds, accuracy curves beside Torch-Pruning's, limit vs knee),
+               arguments.py (argument types and help formatting of every sub-command)
     cli        cli.py, __main__.py
     compat     compat.py (the bottom: every private torch API and the torch version check; it imports
                only torch and the standard library, see tests/unit/test_compat.py)
@@ -64,7 +65,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((layer, frozenset(names))
     ("hf", {"hf"}),  # Hugging Face in and out: config after the rewrite, reload; api and the CLI job call it
     ("api", {"", "api", "verified", "compress_config", "iterative", "limit", "planning", "latency_target",
              "sensitivity", "group_lasso"}),
-    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sensitivity_job", "sweep"}),
+    ("pipeline", {"pipeline", "artifacts", "quality", "demo", "inspection", "sensitivity_job", "sweep", "arguments"}),
     ("cli", {"cli", "__main__"}),
 ))
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

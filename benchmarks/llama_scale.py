@@ -72,11 +72,14 @@ def run(args) -> None:
     def step(name, fn):
         start = time.perf_counter()
         out = fn()
-        steps.append((name, time.perf_counter() - start))
+        steps.append((name, time.perf_counter() - start, peak_rss_bytes()))
         return out
 
     model = step("load folder", lambda: transformers.AutoModelForCausalLM.from_pretrained(folder).eval())
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with torch.no_grad():  # from_pretrained maps the file lazily: page every weight in, so the baseline is the
+        for p in model.parameters():  # loaded model itself and the first step to read the weights is not charged
+            p.sum()
     base_rss = peak_rss_bytes()
     ids = torch.randint(0, args.vocab, (1, args.seq), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -94,7 +97,7 @@ def run(args) -> None:
         assert check.ok, check.detail
         diff = check.max_abs_difference
     added = (peak_rss_bytes() - base_rss) / model_bytes
-    total = sum(seconds for _, seconds in steps)
+    total = sum(seconds for _, seconds, _ in steps)
     layer0 = (result.report.extra.get("hf_config") or {}).get("layers") or [{}]
     cfg = {**{k: getattr(result.model.config, k) for k in ("intermediate_size", "num_key_value_heads",
                                                            "num_attention_heads")}, **layer0[0]}
@@ -103,10 +106,10 @@ def run(args) -> None:
           f"{sum(p.numel() for p in result.model.parameters()) / 1e6:,.0f}M "
           f"(layer 0: intermediate {args.intermediate} -> {cfg['intermediate_size']}, kv heads {args.kv_heads} -> "
           f"{cfg['num_key_value_heads']}, heads {args.heads} -> {cfg['num_attention_heads']})")
-    print("\n| step | seconds |\n|---|---|")
-    for name, seconds in steps:
-        print(f"| {name} | {seconds:.1f} |")
-    print(f"| **folder to folder** | **{total:.1f}** (target < 60) |")
+    print("\n| step | seconds | peak RSS added so far (x model) |\n|---|---|---|")
+    for name, seconds, peak in steps:
+        print(f"| {name} | {seconds:.1f} | {max(peak - base_rss, 0) / model_bytes:.2f} |")
+    print(f"| **folder to folder** | **{total:.1f}** (target < 60) | |")
     print(f"\npeak RSS added over the loaded model: {added:.2f}x its {model_bytes / 2**30:.2f} GiB (target <= 1.0x)")
     hf_config = result.report.extra.get("hf_config") or {}
     print(f"config update ok: {hf_config.get('ok')}; loader: {hf_config.get('loader')}")

@@ -11,6 +11,7 @@ model strictly (only tied copies may be absent), then runs the built model on th
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,19 +71,43 @@ def _stored_names(folder: Path) -> list[str]:
 
 
 def _stored_differences(folder: Path, state: dict[str, torch.Tensor]) -> list[str]:
-    """Stored names whose tensor is not bit-identical to the model's (or that the model lacks), read one
-    tensor at a time."""
-    from safetensors import safe_open
-
+    """Stored names whose tensor is not bit-identical to the model's (or that the model lacks). Each tensor
+    is read from the file into its own buffer and dropped after the comparison (a memory map would keep
+    every page it touched resident until the file is closed: a second copy of the weights)."""
     different = []
     for path in weight_files(folder):
-        with safe_open(str(path), framework="pt") as stream:
-            for name in stream.keys():
+        with open(path, "rb") as stream:
+            header_size = int.from_bytes(stream.read(8), "little")
+            header = json.loads(stream.read(header_size))
+            start = 8 + header_size
+            for name, entry in sorted(header.items(), key=lambda item: _offset(item[1])):
+                if name == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                stream.seek(start + begin)
+                stored = _as_tensor(bytearray(stream.read(end - begin)), entry)
                 mine = state.get(name)
-                stored = stream.get_tensor(name)
                 if mine is None or mine.dtype != stored.dtype or not torch.equal(mine, stored):
                     different.append(name)
     return different
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def _offset(entry: dict) -> int:
+    return entry["data_offsets"][0] if isinstance(entry, dict) and "data_offsets" in entry else -1
+
+
+def _as_tensor(raw: bytearray, entry: dict) -> torch.Tensor:
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise UsageError(f"a stored tensor has dtype {entry['dtype']}, which structprune cannot compare; "
+                         "save the model in a torch float or integer dtype")
+    flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+    return flat.reshape(entry["shape"])
 
 
 def _worst_difference(built: nn.Module, model: nn.Module, example_inputs: Any) -> float:

@@ -11,7 +11,7 @@ all-ones attention mask (every position a real token). It returns
 
     {"ort_ms_dense": median ms, "ort_ms_pruned": median ms, "speedup": dense / pruned}
 
-and is the `EXTRA_COLUMNS` hook of benchmarks/minilm.py (one call per table row). `EncoderOnnxLatency()`
+and gives benchmarks/minilm.py its `--latency` columns (one call per table row). `EncoderOnnxLatency()`
 is the same function with the dense export kept between calls for the same dense model.
 
     python benchmarks/encoder_onnx.py                       # MiniLM, FFN -50% and heads -25% (l2)

@@ -15,11 +15,13 @@ fixed seed). The first `--eval` (256) are held out; the next `--calib` (2048) ca
 (attention-mask-weighted) last hidden states; mean and min cosine to the dense model's; nearest-
 neighbour agreement (the share of sentences whose nearest other sentence by cosine is the same as in
 the dense space). `compress s` is the wall time of compress (or of Torch-Pruning's pruning) alone.
-`EXTRA_COLUMNS` is the hook for further columns (onnxruntime latency, ...).
+`--latency` adds onnxruntime's median latency of the dense and the pruned export at batch 32 x sequence 64
+and the speedup (benchmarks/encoder_onnx.py: 1 thread each, timed in alternation).
 
     python benchmarks/minilm.py --quick                     # FFN 50%, heads 0%, every criterion
     python benchmarks/minilm.py                             # the full grid (long on 2 cores)
     python benchmarks/minilm.py --criteria obs --ffn 0.25 0.5 0.75 --heads 0 0.25 --csv obs.csv
+    python benchmarks/minilm.py --quick --criteria obs tp_l2 --latency  # with onnxruntime latency at 32 x 64
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ OURS = ("l2", "random", "dropnet", "coreset", "ispasp", "obs")
 THEIRS = ("tp_l2", "tp_random")
 FFN_GROUPS, HEAD_GROUPS = "*.intermediate.*", "*.attention.*"
 HIDDEN = ["embeddings*", "pooler*"]  # the hidden width: a model output, blocked anyway; ignored explicitly
-EXTRA_COLUMNS: dict[str, Callable[[Any, dict], float]] = {}  # name -> fn(pruned model, example) -> value
+LATENCY_COLUMNS = ("ort_ms_dense", "ort_ms_pruned", "speedup")  # from encoder_onnx.EncoderOnnxLatency
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval", type=int, default=256, help="held-out evaluation sentences")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on 2 shared cores)")
     parser.add_argument("--quick", action="store_true", help="FFN 50%%, heads 0%% only")
+    parser.add_argument("--latency", action="store_true", help="onnxruntime latency columns at batch 32 x 64")
     parser.add_argument("--csv", type=Path, help="also write the rows as CSV")
     parser.add_argument("--model", type=Path, help="the model folder (default: the installed package's)")
     args = parser.parse_args(argv)
@@ -233,7 +236,14 @@ def prune_tp(model, example, name: str, ffn: float, heads: float, calib: list[di
     return model
 
 
-def run_one(dense, example, name, ffn, heads, calib, evals, reference) -> dict:
+def onnx_latency() -> Callable:
+    """benchmarks/encoder_onnx.py's EncoderOnnxLatency (the dense export made once)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from encoder_onnx import EncoderOnnxLatency
+    return EncoderOnnxLatency()
+
+
+def run_one(dense, example, name, ffn, heads, calib, evals, reference, latency: Callable | None = None) -> dict:
     prune = prune_tp if name in THEIRS else prune_ours
     if name == "random" or name == "tp_random":
         torch.manual_seed(0)
@@ -242,12 +252,13 @@ def run_one(dense, example, name, ffn, heads, calib, evals, reference) -> dict:
     seconds = time.perf_counter() - start
     row = {"criterion": name, "ffn": ffn, "heads": heads, "params": sum(p.numel() for p in pruned.parameters()),
            **fidelity(embed(pruned.eval(), evals), reference), "compress_s": seconds}
-    row.update({column: fn(pruned, example) for column, fn in EXTRA_COLUMNS.items()})
+    if latency is not None:
+        row.update(latency(pruned.eval(), example, dense))
     return row
 
 
 def markdown(rows: list[dict], dense_params: int) -> str:
-    extra = list(EXTRA_COLUMNS)
+    extra = [c for c in LATENCY_COLUMNS if rows and c in rows[0]]
     lines = ["| criterion | FFN | heads | params | cos mean | cos min | NN agree | compress s |"
              + "".join(f" {c} |" for c in extra),
              "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
@@ -275,11 +286,11 @@ def main(argv=None) -> list[dict]:
     reference = embed(dense, evals)
     print(f"{len(sentences)} sentences: {args.eval} held out, {args.calib} calibration; {args.threads} thread(s)",
           flush=True)
-    rows = []
+    rows, latency = [], onnx_latency() if args.latency else None
     for ffn in args.ffn:
         for heads in args.heads:
             for name in args.criteria:
-                rows.append(run_one(dense, example, name, ffn, heads, calib, evals, reference))
+                rows.append(run_one(dense, example, name, ffn, heads, calib, evals, reference, latency))
                 r = rows[-1]
                 print(f"{name:10s} ffn {ffn:.0%} heads {heads:.0%}: cos {r['cos_mean']:.4f} (min {r['cos_min']:.3f}) "
                       f"NN {r['nn_agree']:.3f}  {r['compress_s']:.1f} s", flush=True)

@@ -185,6 +185,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ap", type=_OPEN_UNIT, nargs="?", const=0.02, metavar="SHARE",
                    help="Activate-while-Pruning: SHARE (0.02 if omitted) of each cycle goes to the deadest channels")
     p.add_argument("--distill-weight", type=_UNIT, default=0.5, metavar="W", help="weight of the distillation KL term")
+    p.add_argument("--no-dropout", dest="dropout", action="store_false",
+                   help="recover with every dropout off (distilling a dense teacher has no labels to overfit)")
     p.add_argument("--max-accuracy-drop", type=_NON_NEGATIVE, metavar="POINTS",
                    help="quality gate: exit 1 if accuracy drops by more than POINTS")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save a recovery checkpoint each epoch here")
@@ -362,6 +364,7 @@ def _recovery_config(args: argparse.Namespace):
                               schedule=args.lr_schedule, label_smoothing=args.label_smoothing,
                               distill_weight=args.distill_weight, temperature=args.temperature,
                               checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+                              dropout=getattr(args, "dropout", True),
                               dense_epochs=args.dense_epochs or args.finetune_epochs or None)
     except ValueError as exc:
         raise UsageError(f"recovery options: {exc}") from exc

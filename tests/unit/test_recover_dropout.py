@@ -60,3 +60,12 @@ def test_distilling_without_dropout_ends_closer_to_the_dense_model(seed: int) ->
     before = runs[True].initial_val_fidelity
     assert runs[False].final_val_fidelity > runs[True].final_val_fidelity > before
     assert pruned.training is False and dense.training is False
+
+
+def test_the_cli_flag_no_dropout_reaches_the_recovery_config() -> None:
+    from structprune.cli import _job_options, build_parser
+
+    def recovery(*flags: str):
+        return _job_options(build_parser().parse_args(["compress", "zoo:mlp", *flags])).recovery
+
+    assert recovery("--no-dropout").dropout is False and recovery().dropout is True

@@ -192,10 +192,10 @@ def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
         return None
     shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
     return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.compress.seed,
-                     sources=_data_sources(loaded))
+                     sources=data_sources(loaded))
 
 
-def _data_sources(loaded: LoadedModel) -> tuple:
+def data_sources(loaded: LoadedModel) -> tuple:
     """The data spec table; a Hugging Face folder's tokenizer reads `FILE.txt` (at most as many tokens
     as the model has positions)."""
     if loaded.folder is None:

@@ -18,7 +18,7 @@ from structprune.data import DataBundle, load_data
 from structprune.errors import PlanError, UsageError
 from structprune.io import load_model, staged_output_dir
 from structprune.io.load import LoadedModel
-from structprune.pipeline import calibration_loader
+from structprune.pipeline import calibration_loader, data_sources
 from structprune.planning import score_groups
 from structprune.report.sensitivity_files import write_sensitivity_csv, write_sensitivity_png
 from structprune.report.tables import format_table
@@ -87,7 +87,8 @@ def run_sensitivity(options: SensitivityOptions) -> SensitivityResult:
 
 def _load_bundle(options: SensitivityOptions, loaded: LoadedModel) -> DataBundle:
     shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
-    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.seed)
+    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.seed,
+                     sources=data_sources(loaded))
 
 
 def _measure(loaded: LoadedModel, bundle: DataBundle, options: SensitivityOptions) -> SensitivityTable:

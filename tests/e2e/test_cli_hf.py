@@ -4,6 +4,7 @@ and reloads to the pruned model; pickled weights are refused unless `--trust-pic
 is never changed. The CLI runs as a subprocess, two at a time (a 2-core machine)."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -68,6 +69,8 @@ def runs(tmp_path_factory) -> dict:
         "pickled": ["compress", "pickled", "--no-onnx", "--out", "out_pickled"],
         "trusted": ["compress", "pickled", "--trust-pickle", "--no-onnx", "--out", "out_trusted"],
         "text_without_tokenizer": ["compress", "zoo:mlp", "--data", "calib.txt", "--no-onnx", "--out", "out_mlp"],
+        "sensitivity": ["sensitivity", "bert", "--data", "calib.txt", "--metric", "fidelity", "--ratios", "0.25,0.5",
+                        "--out", "out_sens"],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run_cli, args, base) for name, args in jobs.items()}
@@ -125,3 +128,13 @@ def test_text_data_without_a_tokenizer_is_a_one_line_usage_error(runs) -> None:
     assert proc.returncode == 2, describe(proc)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tokenizer" in lines[0], describe(proc)
+
+
+def test_sensitivity_reads_the_text_file_with_the_folders_tokenizer(runs) -> None:
+    proc = runs["procs"]["sensitivity"]
+    assert proc.returncode == 0, describe(proc)
+    with open(runs["base"] / "out_sens" / "sensitivity.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups = {row["group"] for row in rows}
+    assert {"encoder.layer.0.intermediate.dense.weight:0", "encoder.layer.1.attention.self.query.weight:0"} <= groups
+    assert len(rows) == 2 * len(groups) and all(0.0 < float(row["value"]) <= 1.0 + 1e-6 for row in rows)

@@ -143,3 +143,18 @@ def import_transformers():
     import transformers
 
     return transformers
+
+
+class LiteralFlattenLeNet(nn.Module):
+    """LeNet-5 on 1x32x32 whose flatten is a literal (`view(-1, 400)`): pruning conv2 fails verification,
+    so it stays whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))

@@ -14,6 +14,7 @@ from torch import nn
 
 import models_zoo
 import structprune
+from helpers import LiteralFlattenLeNet
 from structprune.cli import main
 from structprune.compress_config import CompressConfig
 from structprune.criteria import ScoringContext, get_criterion
@@ -132,24 +133,10 @@ def test_an_unreachable_target_names_the_best_achievable_figure() -> None:
     assert best == pytest.approx(achieved(model, x, most, graph, "macs"), abs=1e-4)
 
 
-class LeNet(nn.Module):
-    """The flatten is a literal (`view(-1, 400)`): pruning conv2 fails verification, so it stays whole."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))
-
-
 def _lenet_target(**options):
     """meet_target as compress runs it: plan, verified rewrite, plan again around what verification blocked."""
     torch.manual_seed(0)
-    model, x = LeNet().eval(), torch.randn(2, 1, 32, 32)
+    model, x = LiteralFlattenLeNet().eval(), torch.randn(2, 1, 32, 32)
     graph = structprune.analyze(model, x)
     scores = get_criterion("l2").score(group_views(graph, model), ScoringContext(model, x, None, 0))
     config = CompressConfig(**options)

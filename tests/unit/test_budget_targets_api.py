@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import models_zoo
 import structprune
+from helpers import LiteralFlattenLeNet
 from structprune.cli import main
 from structprune.errors import PlanError
 from structprune.graph.cost import count_macs, count_params
@@ -38,22 +38,8 @@ def test_select_plans_to_a_target() -> None:
     assert plan == structprune.select(model, x, graph, target_params=0.3)  # same seed, same plan
 
 
-class LeNet(nn.Module):
-    """The flatten is a literal (`view(-1, 400)`): pruning conv2 fails verification, so it stays whole."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))
-
-
 def test_compress_plans_again_around_groups_verification_keeps_whole() -> None:
-    model, x = LeNet().eval(), torch.randn(2, 1, 32, 32)
+    model, x = LiteralFlattenLeNet().eval(), torch.randn(2, 1, 32, 32)
     result = structprune.compress(model, x, target_macs=0.5)
     rows = {row.id: row for row in result.report.groups}
     assert rows["conv2.weight:0"].kept == 16 and rows["conv2.weight:0"].why.startswith("verification_failed")
@@ -63,7 +49,7 @@ def test_compress_plans_again_around_groups_verification_keeps_whole() -> None:
 
 def test_compress_refuses_a_target_out_of_reach_naming_the_best_figure() -> None:
     with pytest.raises(PlanError, match=r"target_params=0.05 cannot be met: .* the best achievable is 0\.\d{4}"):
-        structprune.compress(LeNet().eval(), torch.randn(2, 1, 32, 32), target_params=0.05)
+        structprune.compress(LiteralFlattenLeNet().eval(), torch.randn(2, 1, 32, 32), target_params=0.05)
 
 
 def test_same_seed_same_plan() -> None:

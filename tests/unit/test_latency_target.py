@@ -9,6 +9,7 @@ from torch import nn
 
 import models_zoo
 import structprune
+from helpers import LiteralFlattenLeNet
 from structprune.cli import main
 from structprune.errors import PlanError
 from structprune.graph.cost import count_macs
@@ -90,25 +91,11 @@ def test_same_measurements_same_plan() -> None:
     assert plans[0] == plans[1]
 
 
-class LeNet(nn.Module):
-    """The flatten is a literal (`view(-1, 400)`): pruning conv2 fails verification, so it stays whole."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))
-
-
 def test_candidates_are_measured_as_verification_hands_them_over() -> None:
     """Pruning LeNet's conv2 breaks its literal view: every candidate keeps it whole, as verification
     does, so each one runs, and the figure reported is the handed-over model's."""
     torch.manual_seed(0)
-    model, x = LeNet().eval(), torch.randn(2, 1, 32, 32)
+    model, x = LiteralFlattenLeNet().eval(), torch.randn(2, 1, 32, 32)
     measure = macs_ms(count_macs(model, x))
     result = structprune.compress(model, x, target_latency_ms=8.0, latency_measure=measure)
     section = result.report.extra["target"]

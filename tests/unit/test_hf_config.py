@@ -183,7 +183,8 @@ def test_text_lines_are_tokenised_to_a_fixed_length_with_the_mask_kept(tmp_path)
                     ).save_pretrained(tmp_path)
     (tmp_path / "data.txt").write_text("a b\n\na a a a a a a a a a\nb\n", encoding="utf-8")
     bundle = load_data(str(tmp_path / "data.txt"), sources=(text_source(tmp_path, 6), *DATA_SOURCES), batch_size=8)
-    batch = next(iter(bundle.train))
-    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape == (3, 6)
-    assert sorted(batch["attention_mask"].sum(1).tolist()) == [3, 4, 6]
-    assert bundle.val is None and bundle.num_classes is None
+    train, val = next(iter(bundle.train)), next(iter(bundle.val))  # a seeded 20% (here one line) held out
+    assert set(train) == set(val) == {"input_ids", "attention_mask"}
+    assert train["input_ids"].shape == (2, 6) and val["input_ids"].shape == (1, 6)
+    lengths = [*train["attention_mask"].sum(1).tolist(), *val["attention_mask"].sum(1).tolist()]
+    assert sorted(lengths) == [3, 4, 6] and bundle.num_classes is None

@@ -190,9 +190,8 @@ def _check_job(options: JobOptions) -> None:
 def _load_bundle(options: JobOptions, loaded: LoadedModel) -> DataBundle | None:
     if options.data is None:
         return None
-    shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
-    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.compress.seed,
-                     sources=data_sources(loaded))
+    return load_data(options.data, input_shape=loaded.sample_shape, batch_size=options.batch_size,
+                     seed=options.compress.seed, sources=data_sources(loaded))
 
 
 def data_sources(loaded: LoadedModel) -> tuple:

@@ -86,8 +86,7 @@ def run_sensitivity(options: SensitivityOptions) -> SensitivityResult:
 
 
 def _load_bundle(options: SensitivityOptions, loaded: LoadedModel) -> DataBundle:
-    shape = tuple(loaded.example_inputs.shape[1:]) if hasattr(loaded.example_inputs, "shape") else None
-    return load_data(options.data, input_shape=shape, batch_size=options.batch_size, seed=options.seed,
+    return load_data(options.data, input_shape=loaded.sample_shape, batch_size=options.batch_size, seed=options.seed,
                      sources=data_sources(loaded))
 
 

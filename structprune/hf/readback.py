@@ -61,13 +61,16 @@ def check_saved(folder: str | Path, model: nn.Module, example_inputs: Any) -> Sa
 
 
 def _stored_names(folder: Path) -> list[str]:
-    from safetensors import safe_open
+    return [name for path in weight_files(folder) for name in _tensor_entries(path)[1]]
 
-    names: list[str] = []
-    for path in weight_files(folder):
-        with safe_open(str(path), framework="pt") as stream:
-            names += list(stream.keys())
-    return names
+
+def _tensor_entries(path: Path) -> tuple[int, dict[str, dict]]:
+    """A safetensors file's data start and its tensors' header entries (dtype, shape, data_offsets)."""
+    with open(path, "rb") as stream:
+        header_size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(header_size))
+    header.pop("__metadata__", None)
+    return 8 + header_size, header
 
 
 def _stored_differences(folder: Path, state: dict[str, torch.Tensor]) -> list[str]:
@@ -76,13 +79,9 @@ def _stored_differences(folder: Path, state: dict[str, torch.Tensor]) -> list[st
     every page it touched resident until the file is closed: a second copy of the weights)."""
     different = []
     for path in weight_files(folder):
+        start, entries = _tensor_entries(path)
         with open(path, "rb") as stream:
-            header_size = int.from_bytes(stream.read(8), "little")
-            header = json.loads(stream.read(header_size))
-            start = 8 + header_size
-            for name, entry in sorted(header.items(), key=lambda item: _offset(item[1])):
-                if name == "__metadata__":
-                    continue
+            for name, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"][0]):
                 begin, end = entry["data_offsets"]
                 stream.seek(start + begin)
                 stored = _as_tensor(bytearray(stream.read(end - begin)), entry)
@@ -95,10 +94,6 @@ def _stored_differences(folder: Path, state: dict[str, torch.Tensor]) -> list[st
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                       "BOOL": torch.bool}
-
-
-def _offset(entry: dict) -> int:
-    return entry["data_offsets"][0] if isinstance(entry, dict) and "data_offsets" in entry else -1
 
 
 def _as_tensor(raw: bytearray, entry: dict) -> torch.Tensor:

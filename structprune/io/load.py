@@ -49,6 +49,13 @@ class LoadedModel:
     arch_kwargs: dict = field(default_factory=dict)
     folder: str | None = None
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """One sample's input shape (the example without its batch), for fitting data to the model; None
+        when the example is not a single tensor (token dicts, several inputs)."""
+        example = self.example_inputs
+        return tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+
 
 @dataclass(frozen=True)
 class LoadRequest:

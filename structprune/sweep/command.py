@@ -64,7 +64,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
     out = out or Path("export") / f"{loaded.name}-sweep"
     check_output_dir(out, args.force)
-    bundle = load_data(args.data, input_shape=_sample_shape(loaded), batch_size=args.batch_size, seed=config.seed)
+    bundle = load_data(args.data, input_shape=loaded.sample_shape, batch_size=args.batch_size, seed=config.seed)
     dense = dense_factory(loaded, bundle, args.train_epochs, args) if args.train_epochs else loaded.model
     result = run_sweep(dense, loaded.example_inputs, bundle, config, name=loaded.name)
     write_sweep(result, out, force=args.force)
@@ -102,11 +102,6 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     shape = tuple(args.input_shape[1:]) if args.input_shape else None
     return load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
                       input_shape=shape)
-
-
-def _sample_shape(loaded: LoadedModel) -> tuple[int, ...] | None:
-    example = loaded.example_inputs
-    return tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,9 @@ from structprune.ir.reasons import Reason, ReasonKind
 from structprune.ir.roles import ROLE_ELEM, StateMap
 from structprune.ir.unify import IdSpace
 
+# ops that piece a buffer into a channel-carrying value (offsets) or add it element by element
+PIECING_OPS = frozenset({"aten.cat", "aten.concat", "aten.concatenate", "aten.add", "aten.sub"})
+
 
 class RuleContext:
     """Everything a rule may touch. Rules read `value(arg)`, create parameter axes with
@@ -98,12 +101,22 @@ class RuleContext:
         if shape is None:
             return None
         fqn = self.captured.state_fqn.get(node.name)
-        if fqn is not None and node.meta["val"].is_floating_point() and fqn not in self._computed_buffers:
+        if fqn is not None and node.meta["val"].is_floating_point() and self._holds_channels(node, fqn):
             return self._state_value(node, fqn, shape)
         if fqn is not None:  # integer/bool buffers (position ids, masks) are data, never channels; so are
-            return self.fresh_data(shape)  # buffers left out of the state_dict (RoPE's inv_freq): code makes them
+            return self.fresh_data(shape)  # most buffers left out of the state_dict (see _holds_channels)
         kind = ReasonKind.MODEL_INPUT if node.name in self.captured.user_inputs else ReasonKind.TENSOR_CONSTANT
         return data_value(shape, self.space.reason_id(Reason(kind, node.name)))
+
+    def _holds_channels(self, node: fx.Node, fqn: str) -> bool:
+        """Whether a float parameter or buffer has channel axes. A buffer left out of the state_dict is
+        computed by its module's code (RoPE's `inv_freq`, read through views, a product with positions and
+        a broadcast over heads), so it is data - unless every use pieces it into a value or adds it to one
+        (PIECING_OPS: timm Swin V2's zero `k_bias` in `cat((q_bias, k_bias, v_bias))`): then each element
+        stands for one channel of that value, and the rewrite slices the module's copy like any buffer."""
+        if fqn not in self._computed_buffers:
+            return True
+        return bool(node.users) and all(op_key(user.target) in PIECING_OPS for user in node.users)
 
     @cached_property
     def _computed_buffers(self) -> frozenset[str]:

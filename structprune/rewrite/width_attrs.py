@@ -13,7 +13,8 @@ to a size the first tier that knows it maps one way only takes the new size; a t
 mapped element by element. A size that becomes two different things there is ambiguous and left
 alone; so is a size that only the inner tiers change while it is also a data size (a kernel, a
 sequence, a spatial extent) of a value inside M: torchvision vit_l_16's `patch_size` 16 is a head
-count inside its attention and the patch kernel inside `conv_proj`, and stays 16. Verification
+count inside its attention and the patch kernel inside `conv_proj`, and stays 16. A list passed whole
+as a split's piece sizes is mapped piece by piece instead (rewrite/size_lists.py). Verification
 proves the result: a wrong or missing refresh fails re-capture in that module, and its groups are
 then kept whole.
 
@@ -36,6 +37,7 @@ from structprune.ir.abstract import Abstract
 from structprune.ir.ops import op_base
 from structprune.rewrite.keep import new_shape
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
+from structprune.rewrite.size_lists import by_module, mapped_size_list, size_list_changes
 
 BUILTIN_WIDTHS = MappingProxyType({nn.Unflatten: ("unflattened_size",)})
 AMBIGUOUS = -1
@@ -142,7 +144,7 @@ def refresh_width_attributes(pruned: nn.Module, originals: dict[str, dict], grap
     """Set every width attribute of `pruned`'s modules that a pruned size determines. `originals`:
     each module's attributes before any refresh (`width_snapshot`); `managed`: per module, the
     attribute names another refresh owns (the attention heads); `as_is`: classes left alone."""
-    tiers = scoped_size_changes(graph, keep)
+    tiers, lists = scoped_size_changes(graph, keep), by_module(pruned, size_list_changes(graph, keep))
     for name, module in pruned.named_modules():
         if qualified_name(type(module)) in as_is:
             continue
@@ -150,7 +152,9 @@ def refresh_width_attributes(pruned: nn.Module, originals: dict[str, dict], grap
         for attr, old in originals.get(name, {}).items():
             if attr in skip or getattr(module, attr, None) != old:  # another refresh set it already
                 continue
-            new = _mapped(old, [tier.get(name, {}) for tier in tiers])
+            new = mapped_size_list(old, lists.get(id(module), {}))  # a split's piece sizes, piece by piece
+            if new is None:
+                new = _mapped(old, [tier.get(name, {}) for tier in tiers])
             if new is not None and new != old:
                 setattr(module, attr, new)
 

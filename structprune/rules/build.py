@@ -17,6 +17,7 @@ from structprune.ir.unify import IdSpace, Solution
 from structprune.rules import DEFAULT_RULES, attention_tables, op_key, rule_unsupported
 from structprune.rules.context import RuleContext
 from structprune.rules.modules import DEFAULT_MODULE_RULES, apply_module_rules, with_input_width_ties
+from structprune.rules.split_sizes import check_sized_splits
 
 
 def build_channel_graph(
@@ -48,6 +49,7 @@ def build_channel_graph(
         _apply(ctx, node, rules)
     if modules:
         apply_module_rules(ctx, modules, module_rules)
+    check_sized_splits(ctx, modules)
     solution = space.solve()
     if _align_grids(ctx, solution):
         solution = space.solve()

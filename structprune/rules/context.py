@@ -33,6 +33,7 @@ class RuleContext:
         self.node: fx.Node | None = None
         self.deferred: dict[str, tuple[fx.Node, Callable]] = {}  # weight expressions (rules/weights.py)
         self.memo: dict[tuple, object] = {}  # per-analysis caches of rule helpers, keyed (helper, node name)
+        self.sized_splits: list = []  # unequal splits of a channel dim, checked once modules are known
 
     # ---- graph facts -------------------------------------------------------------------------
     @staticmethod

@@ -11,6 +11,7 @@ from structprune.ir.ops import op_base
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
+from structprune.rules.split_sizes import SizedSplit
 
 MAX_RESHAPE_IDS = 20_000_000
 
@@ -173,7 +174,7 @@ def rule_split(ctx: RuleContext, node: fx.Node) -> None:
     dim = _arg(node, 1, "dim", 0) if name == "unbind" else _arg(node, 2, "dim", 0)
     dim %= src.ndim
     sizes = [int(o.shape[dim]) if name != "unbind" else 1 for o in outs]
-    _constrain_split(ctx, src, dim, sizes, name)
+    _constrain_split(ctx, node, src, dim, sizes)
     results, start = [], 0
     for out, size in zip(outs, sizes):
         ids = src.ids
@@ -187,20 +188,24 @@ def rule_split(ctx: RuleContext, node: fx.Node) -> None:
     ctx.set(node, tuple(results))
 
 
-def _constrain_split(ctx: RuleContext, src: Abstract, dim: int, sizes: list[int], name: str) -> None:
+def _constrain_split(ctx: RuleContext, node: fx.Node, src: Abstract, dim: int, sizes: list[int]) -> None:
     """chunk recomputes its pieces at run time: tie local indices so every piece keeps the same count.
     A split into equal pieces along the only channel dim (CSP's `x.split(self.expand_chs // 2, dim=1)`)
     is tied the same way on the assumption that its size follows the width (the rewrite refreshes the
     attribute it comes from); a size written as a literal breaks that, and verification then keeps the
-    group whole. Other splits along the only channel dim carry fixed sizes: blocked."""
+    group whole. Unequal pieces of split_with_sizes are an offset map, each piece pruned on its own, where
+    the rewrite can set the sizes (rules/split_sizes.py decides that once the modules are known); other
+    splits along the only channel dim carry fixed sizes: blocked."""
     if not src.chan[dim] or len(sizes) < 2:
         return
-    equal = len(set(sizes)) == 1
+    name, equal = op_base(node.target), len(set(sizes)) == 1
     if equal and name == "chunk":
         _tie_equal_pieces(ctx, src, dim, sizes)
     elif equal and sizes[0] > 1 and name in ("split", "split_with_sizes") and sum(src.chan) == 1:
         _tie_equal_pieces(ctx, src, dim, sizes)
         ctx.assume(src.ids, f"{name} into {len(sizes)} x {sizes[0]} channels follows the pruned width")
+    elif name == "split_with_sizes" and sum(src.chan) == 1:
+        ctx.sized_splits.append(SizedSplit(node, src.ids, tuple(sizes)))
     elif sum(src.chan) == 1:
         ctx.block(src.ids, ReasonKind.FIXED_SIZE, f"{name} along a channel dim uses sizes fixed in the code")
 

@@ -12,7 +12,9 @@ from structprune.errors import ExportError
 from structprune.onnx.export import OnnxExport, export_onnx
 from structprune.onnx.latency import Latency, compare_latency, ort_latency, session_options
 from structprune.onnx.parity import Parity, check_parity
+from structprune.onnx.profile import KernelTime, OrtProfile, profile_model, profile_onnx
 from structprune.onnx.section import latency_section, onnx_section
 
-__all__ = ["ExportError", "Latency", "OnnxExport", "Parity", "check_parity", "compare_latency", "export_onnx",
-           "latency_section", "onnx_section", "ort_latency", "session_options"]
+__all__ = ["ExportError", "KernelTime", "Latency", "OnnxExport", "OrtProfile", "Parity", "check_parity",
+           "compare_latency", "export_onnx", "latency_section", "onnx_section", "ort_latency", "profile_model",
+           "profile_onnx", "session_options"]

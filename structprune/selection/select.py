@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from structprune.errors import PlanError
+from structprune.selection.channel_multiple import unit_multiple
 from structprune.selection.plan import Plan
 
 
@@ -58,7 +59,7 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
     counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
     keep = {g.id: tuple(range(g.size)) for g in groups}
     for g in active:
-        n_keep = _rounded(counts[g.id], g.size, round_to)
+        n_keep = _rounded(counts[g.id], g.size, unit_multiple(g, round_to))
         keep[g.id] = tuple(sorted(np.argsort(-scores[g.id], kind="stable")[:n_keep].tolist()))
     info = {"ratio": ratio, "global": global_pruning, "round_to": round_to, "ignore": list(ignore),
             "ignored_groups": [g.id for g in groups if g.prunable and g not in active]}
@@ -91,8 +92,8 @@ def _global_counts(groups, scores, ratio, cap) -> dict[str, int]:
 
 
 def _rounded(n_keep: int, size: int, round_to: int) -> int:
-    """Round the kept count *up* to a multiple of round_to (so caps on removal still hold); a group
-    that keeps everything stays whole."""
+    """Round the kept count *up* to a multiple of round_to (so caps on removal still hold; callers pass a
+    group's `channel_multiple.unit_multiple`); a group that keeps everything stays whole."""
     if round_to > 1 and size >= round_to and n_keep < size:
         n_keep = math.ceil(n_keep / round_to) * round_to
     return int(min(max(n_keep, 1), size))

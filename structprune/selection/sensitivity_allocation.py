@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from structprune.errors import PlanError
+from structprune.selection.channel_multiple import unit_multiple
 from structprune.selection.plan import Plan
 from structprune.selection.select import _rounded, check_ratio, is_ignored, output_fqns
 
@@ -123,7 +124,7 @@ def plan_by_sensitivity(groups: Iterable, scores: Mapping[str, np.ndarray], tabl
         removed[gid] = removed.get(gid, 0) + 1
     keep = {g.id: tuple(range(g.size)) for g in groups}
     for g in active:
-        n_keep = _rounded(g.size - removed.get(g.id, 0), g.size, round_to)
+        n_keep = _rounded(g.size - removed.get(g.id, 0), g.size, unit_multiple(g, round_to))
         keep[g.id] = tuple(sorted(np.argsort(-np.asarray(scores[g.id]), kind="stable")[:n_keep].tolist()))
     info = {"ratio": ratio, "global": False, "allocation": "sensitivity", "round_to": round_to,
             "ignore": list(ignore), "ignored_groups": [g.id for g in groups if g.prunable and g not in active]}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from structprune.errors import PlanError
+from structprune.selection.channel_multiple import unit_multiple
 from structprune.selection.plan_cost import PlanCost
 from structprune.selection.select import _rounded
 
@@ -40,6 +41,7 @@ class TargetSearch:
         self.index = COST_INDEX.get(target.kind, 0)
         self.order = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in active}
         self.norm = {g.id: _normalised(scores[g.id]) for g in active}
+        self.multiple = {g.id: unit_multiple(g, round_to) for g in active}  # channel_multiple
         self.ncomp = int(graph.component.max(initial=0)) + 1
         self.seen: dict[frozenset, float] = {}
 
@@ -58,7 +60,7 @@ class TargetSearch:
         return {g.id: tuple(sorted(self.order[g.id][:self._n_keep(g, removed)].tolist())) for g in self.active}
 
     def _n_keep(self, group, removed: Mapping[str, int]) -> int:
-        return _rounded(group.size - removed.get(group.id, 0), group.size, self.round_to)
+        return _rounded(group.size - removed.get(group.id, 0), group.size, self.multiple[group.id])
 
     def _met(self, removed: Mapping[str, int]) -> bool:
         return self.target.met(self.fraction(removed))

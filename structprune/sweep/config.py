@@ -11,6 +11,7 @@ import numpy as np
 
 from structprune.criteria import get_criterion
 from structprune.errors import UsageError
+from structprune.sweep.options import GROUP_LASSO, GroupLassoCurve, LatencyProbe, ScratchB
 
 REFERENCE_CRITERIA = ("tp_l2", "tp_random")  # Torch-Pruning's magnitude (L2) and random importance
 DEFAULT_CRITERIA = ("l2", "taylor", "dropnet", "ispasp", "coreset")
@@ -31,6 +32,8 @@ class SweepConfig:
     - limit: estimate the pruning limit (structprune.limit) on the first seed's dense model, before pruning.
     - calibration_samples: training samples that data-driven criteria, BatchNorm re-estimation and the
       limit's Hessian read.
+    - group_lasso, scratch, latency: the optional arms (structprune.sweep.options; None: not run): the
+      group-lasso curve, Scratch-B of the named curves' architectures, onnxruntime latency of every point.
 
     >>> SweepConfig(points=5).reductions
     (1.5, 2.28, 3.464, 5.264, 8.0)
@@ -50,6 +53,9 @@ class SweepConfig:
     limit: bool = True
     calibration_samples: int = 512
     progress: bool = True
+    group_lasso: GroupLassoCurve | None = None
+    scratch: ScratchB | None = None
+    latency: LatencyProbe | None = None
 
     def __post_init__(self) -> None:
         criteria = (self.criteria,) if isinstance(self.criteria, str) else tuple(self.criteria)
@@ -66,6 +72,14 @@ class SweepConfig:
         _check(self.recover in RECOVERY_METHODS, f"recover={self.recover!r}: use one of {', '.join(RECOVERY_METHODS)}")
         _check(self.knee_drop > 0, f"knee_drop={self.knee_drop:g}: give accuracy points > 0, e.g. 2")
         _check(self.calibration_samples >= 1, "calibration_samples must be >= 1")
+        unknown = sorted(set(self.scratch.criteria) - set(self.curve_names)) if self.scratch else []
+        _check(not unknown, f"Scratch-B of {', '.join(unknown)}: name curves of this sweep "
+                            f"({', '.join(self.curve_names)}) or 'all'")
+
+    @property
+    def curve_names(self) -> tuple[str, ...]:
+        """The structprune curves: the criteria, then the group-lasso curve when asked for."""
+        return self.criteria + ((GROUP_LASSO,) if self.group_lasso else ())
 
     @property
     def reductions(self) -> tuple[float, ...]:
@@ -88,6 +102,9 @@ def parse_criteria(text: str) -> tuple[str, ...]:
 
 
 def _check_criterion(name: str) -> None:
+    if name == GROUP_LASSO:
+        raise UsageError("sweep: group_lasso is a curve of its own (sparsity training first): pass --group-lasso "
+                         "LAMBDA [--sparsity-train E] instead of naming it in --criteria")
     if name in REFERENCE_CRITERIA:
         raise UsageError(f"criterion '{name}' is a Torch-Pruning reference line; it runs by itself unless you pass "
                          "--no-reference, so leave it out of --criteria")

@@ -32,7 +32,9 @@ class Stat:
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One point of a curve, over seeds: achieved reductions, accuracies, and whether every seed verified."""
+    """One point of a curve, over seeds: achieved reductions, accuracies, and whether every seed verified;
+    `scratch_gain` is the paired difference accuracy - accuracy_scratch (same seed, same architecture),
+    `extra_epochs` the training before pruning beyond the dense model's (the most of any seed)."""
 
     index: int
     target: float
@@ -43,6 +45,11 @@ class CurvePoint:
     delta: Stat
     seeds: int
     verified: bool
+    accuracy_scratch: Stat
+    scratch_gain: Stat
+    latency_speedup: Stat
+    speedup_per_mac: Stat
+    extra_epochs: int
 
 
 @dataclass(frozen=True)
@@ -124,5 +131,8 @@ def _points(rows: list[SweepRow]) -> tuple[CurvePoint, ...]:
         out.append(CurvePoint(index, at[0].target, Stat.of([r.theoretical_speedup for r in at]),
                               Stat.of([r.compression_ratio for r in at]), Stat.of([r.accuracy for r in at]),
                               Stat.of([r.accuracy_one_shot for r in at]), Stat.of([r.delta for r in at]), len(at),
-                              all(r.verified for r in at)))
+                              all(r.verified for r in at), Stat.of([r.accuracy_scratch for r in at]),
+                              Stat.of([r.accuracy - r.accuracy_scratch for r in at]),
+                              Stat.of([r.latency_speedup for r in at]), Stat.of([r.speedup_per_mac for r in at]),
+                              max(r.extra_epochs for r in at)))
     return tuple(out)

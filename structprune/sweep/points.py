@@ -1,4 +1,5 @@
-"""One point of a sweep with structprune: compress to a MACs target, verify, recover, measure."""
+"""One point of a sweep with structprune: compress to a MACs target, verify, recover, measure; the point's
+row goes on with its pruned model (`Pruned`) to the optional arms (Scratch-B, latency)."""
 from __future__ import annotations
 
 import time
@@ -31,6 +32,14 @@ class Dense:
 
 
 @dataclass(frozen=True, eq=False)
+class Pruned:
+    """A point's row and its pruned model before recovery (None when the point failed)."""
+
+    row: SweepRow
+    model: nn.Module | None
+
+
+@dataclass(frozen=True, eq=False)
 class Point:
     """Where a point sits: its index, the MACs reduction asked for, the data it prunes and recovers on."""
 
@@ -40,7 +49,7 @@ class Point:
     calibration: DataLoader
 
 
-def prune_point(dense: Dense, criterion: str, point: Point, config: SweepConfig) -> SweepRow:
+def prune_point(dense: Dense, criterion: str, point: Point, config: SweepConfig) -> Pruned:
     """compress(target_macs = 1 / reduction) with `criterion` (calibration data for every criterion, so
     each gets BatchNorm re-estimation; data-driven ones also their layer refit), then the recovery
     budget. A criterion that chooses its own channels (`select`: i-SpaSP, coreset) gets the plan whose
@@ -58,14 +67,18 @@ def prune_point(dense: Dense, criterion: str, point: Point, config: SweepConfig)
             result = compress(dense.model, dense.example_inputs, target_macs=fraction, criterion=criterion,
                               seed=dense.seed, data=point.calibration)
     except StructpruneError as exc:
-        return failed_row("structprune", criterion, dense.seed, point.index, point.reduction,
-                          (dense.macs, dense.params), dense.accuracy, "structprune", time.perf_counter() - start,
-                          " ".join(str(exc).split()))
+        return Pruned(structprune_failure(criterion, dense, point, start, exc), None)
     report = result.report
     one_shot, final = recovered_accuracy(result.model, dense, point.bundle, config)
-    return measured_row("structprune", criterion, dense, point, (report.macs_after, report.params_after),
-                        (one_shot, final), bool(report.verification.get("ok")), "structprune",
-                        time.perf_counter() - start)
+    return Pruned(measured_row("structprune", criterion, dense, point, (report.macs_after, report.params_after),
+                               (one_shot, final), bool(report.verification.get("ok")), "structprune",
+                               time.perf_counter() - start), result.model)
+
+
+def structprune_failure(criterion: str, dense: Dense, point: Point, start: float, exc: Exception) -> SweepRow:
+    """The failed row of a structprune point, the error on one line."""
+    return failed_row("structprune", criterion, dense.seed, point.index, point.reduction, (dense.macs, dense.params),
+                      dense.accuracy, "structprune", time.perf_counter() - start, " ".join(str(exc).split()))
 
 
 def recovered_accuracy(pruned: nn.Module, dense: Dense, bundle: DataBundle, config: SweepConfig) -> tuple[float, float]:

@@ -23,8 +23,8 @@ from structprune.calibrate import recalibrate_batchnorm
 from structprune.data.running import call_model, eval_mode, forward_hooks, model_logits
 from structprune.graph.cost import count_macs, count_params
 from structprune.sweep.config import SweepConfig
-from structprune.sweep.points import Dense, Point, measured_row, recovered_accuracy
-from structprune.sweep.rows import SweepRow, failed_row
+from structprune.sweep.points import Dense, Point, Pruned, measured_row, recovered_accuracy
+from structprune.sweep.rows import failed_row
 
 BISECTION_STEPS = 12
 MAX_RATIO = 0.95
@@ -47,7 +47,7 @@ def reference_ratios(dense: Dense, reductions: tuple[float, ...]) -> dict[float,
     return {reduction: _bisect(macs_at, dense.macs / reduction) for reduction in reductions}
 
 
-def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Point, config: SweepConfig) -> SweepRow:
+def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Point, config: SweepConfig) -> Pruned:
     """One reference point: Torch-Pruning's `criterion` ('tp_l2' or 'tp_random') at the uniform `ratio`,
     BatchNorm re-estimated, then the sweep's recovery budget; checked by output shapes."""
     start = time.perf_counter()
@@ -55,15 +55,15 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
     try:
         pruned = tp_prune(dense.model, dense.example_inputs, criterion, ratio)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # Torch-Pruning's own failures
-        return failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
-                          (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
-                          f"Torch-Pruning failed: {type(exc).__name__}: {exc}")
+        return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
+                                 (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
+                                 f"Torch-Pruning failed: {type(exc).__name__}: {exc}"), None)
     recalibrate_batchnorm(pruned, point.calibration)
     verified = runs_like_dense(pruned, dense, point)
     accuracy = recovered_accuracy(pruned, dense, point.bundle, config)
     after = (count_macs(pruned, dense.example_inputs), count_params(pruned))
-    return measured_row("torch-pruning", criterion, dense, point, after, accuracy, verified, "shapes",
-                        time.perf_counter() - start)
+    return Pruned(measured_row("torch-pruning", criterion, dense, point, after, accuracy, verified, "shapes",
+                               time.perf_counter() - start), pruned)
 
 
 def tp_prune(model: nn.Module, example_inputs: Any, criterion: str, ratio: float) -> nn.Module:

@@ -16,6 +16,13 @@ class SweepRow:
     seed). `verified`: structprune's verification passed (`check` "structprune": re-capture, sizes,
     masking equivalence), or, for Torch-Pruning's rows (`check` "shapes"), the pruned model ran at two
     batch sizes with the dense model's output shape. `error` is why a point failed ("" when it did not).
+
+    Optional arms (0 or NaN when not run): `extra_epochs`, training epochs spent before pruning beyond the
+    dense model's (the group-lasso curve's sparsity training), so curves compare at a visible cost;
+    `accuracy_scratch`, the same pruned architecture trained from re-initialised weights for
+    `scratch_epochs` (Scratch-B) in `scratch_seconds`; `latency_dense_ms` / `latency_ms`, onnxruntime
+    medians of the dense and the pruned model, `latency_speedup` their ratio and `speedup_per_mac` = latency_speedup /
+    theoretical_speedup (1: the MACs saved are all time saved).
     """
 
     tool: str
@@ -36,6 +43,14 @@ class SweepRow:
     verified: bool
     check: str
     seconds: float
+    extra_epochs: int = 0
+    accuracy_scratch: float = math.nan
+    scratch_epochs: int = 0
+    scratch_seconds: float = math.nan
+    latency_dense_ms: float = math.nan
+    latency_ms: float = math.nan
+    latency_speedup: float = math.nan
+    speedup_per_mac: float = math.nan
     error: str = ""
 
     def to_csv(self) -> dict[str, str]:
@@ -57,7 +72,7 @@ def failed_row(tool: str, criterion: str, seed: int, point: int, target: float, 
     """A point that could not be pruned (the error says why): no model, so no accuracy, not verified."""
     nan = math.nan
     return SweepRow(tool, criterion, seed, point, target, before[0], 0, before[1], 0, nan, nan, nan, nan, baseline,
-                    nan, False, check, seconds, error)
+                    nan, False, check, seconds, error=error)
 
 
 def _text(value) -> str:

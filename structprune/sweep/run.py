@@ -1,7 +1,9 @@
 """run_sweep: prune one model at several MACs targets with several criteria and seeds, under one recovery
-budget, with Torch-Pruning's criteria as reference lines and the pruning limit estimated first."""
+budget, with Torch-Pruning's criteria as reference lines and the pruning limit estimated first; the optional
+arms (group-lasso curve, Scratch-B, latency) ride on the same points."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,9 +19,13 @@ from structprune.limit import PruningLimit, estimate_pruning_limit
 from structprune.pipeline import calibration_loader
 from structprune.sweep.config import REFERENCE_CRITERIA, SweepConfig
 from structprune.sweep.curves import Curve, Knee, Stat, baseline, best_knee, curves, knee
-from structprune.sweep.points import Dense, Point, prune_point
+from structprune.sweep.latency import LatencyMeter
+from structprune.sweep.options import GROUP_LASSO
+from structprune.sweep.points import Dense, Point, Pruned, prune_point
 from structprune.sweep.reference import prune_reference_point, reference_available, reference_ratios
 from structprune.sweep.rows import SweepRow
+from structprune.sweep.scratch import wants_scratch, with_scratch
+from structprune.sweep.sparse_curve import prune_group_lasso_point, sparsify_dense
 
 DenseFactory = Callable[[int], nn.Module]
 
@@ -76,33 +82,58 @@ def run_sweep(dense: nn.Module | DenseFactory, example_inputs: Any, bundle: Data
     points = [Point(i, r, bundle, calibration) for i, r in enumerate(config.reductions)]
     missing = reference_available() if config.reference else "Torch-Pruning reference lines not asked for"
     references = REFERENCE_CRITERIA if not missing else ()
-    bar = tqdm(total=config.seeds * len(points) * (len(config.criteria) + len(references)), desc="sweep",
+    bar = tqdm(total=config.seeds * len(points) * (len(config.curve_names) + len(references)), desc="sweep",
                unit="point", disable=None if config.progress else True)
     rows, limit, ratios = [], None, None
-    for seed in config.seed_values:
-        model = _dense(make(seed), example_inputs, bundle, seed)
-        if limit is None and config.limit:
-            limit = estimate_pruning_limit(model.model, example_inputs, calibration, seed=seed)
-        if references and ratios is None:
-            ratios = reference_ratios(model, config.reductions)
-        runs = [partial(prune_point, model, criterion) for criterion in config.criteria]
-        runs += [partial(_reference_point, model, criterion, ratios) for criterion in references]
-        rows += _run_points(bar, points, runs, config)
+    with _meter(config, example_inputs) as meter:
+        for k, seed in enumerate(config.seed_values):
+            model = _dense(make(seed), example_inputs, bundle, seed)
+            timer = meter if meter is not None and config.latency.times(k) else None
+            if limit is None and config.limit:
+                limit = estimate_pruning_limit(model.model, example_inputs, calibration, seed=seed)
+            if references and ratios is None:
+                ratios = reference_ratios(model, config.reductions)
+            runs = _runs(model, config, bundle, references, ratios)
+            rows += _run_points(bar, points, runs, config, partial(_arms, model, timer, config))
     bar.close()
     return SweepResult(name, config, tuple(rows), limit, (missing,) if missing else ())
 
 
-def _run_points(bar: tqdm, points: list[Point], runs: list[Callable], config: SweepConfig) -> list[SweepRow]:
+def _runs(model: Dense, config: SweepConfig, bundle: DataBundle, references: tuple, ratios) -> list[tuple]:
+    """(curve name, point -> Pruned) of every curve of one seed; the group-lasso model is trained here, once."""
+    runs = [(criterion, partial(prune_point, model, criterion)) for criterion in config.criteria]
+    if config.group_lasso is not None:
+        sparse = sparsify_dense(model, bundle, config.group_lasso)
+        runs.append((GROUP_LASSO, partial(prune_group_lasso_point, model, sparse)))
+    return runs + [(criterion, partial(_reference_point, model, criterion, ratios)) for criterion in references]
+
+
+def _run_points(bar: tqdm, points: list[Point], runs: list[tuple], config: SweepConfig,
+                arms: Callable[[Pruned, Point], SweepRow]) -> list[SweepRow]:
     rows = []
-    for run in runs:
+    for name, run in runs:
         for point in points:
-            bar.set_postfix_str(f"{run.args[1]} {point.reduction:g}x")
-            rows.append(run(point, config))
+            bar.set_postfix_str(f"{name} {point.reduction:g}x")
+            rows.append(arms(run(point, config), point))
             bar.update()
     return rows
 
 
-def _reference_point(dense: Dense, criterion: str, ratios: dict, point: Point, config: SweepConfig) -> SweepRow:
+def _arms(dense: Dense, meter: LatencyMeter | None, config: SweepConfig, pruned: Pruned, point: Point) -> SweepRow:
+    """The point's row with Scratch-B and latency added where asked for (and the point was pruned)."""
+    row = with_scratch(pruned, point, config.scratch) if wants_scratch(pruned, config.scratch) else pruned.row
+    if meter is not None and pruned.model is not None:
+        row = meter.measure(Pruned(row, pruned.model), dense)
+    return row
+
+
+def _meter(config: SweepConfig, example_inputs: Any):
+    if config.latency is None:
+        return contextlib.nullcontext()
+    return LatencyMeter(config.latency, example_inputs)
+
+
+def _reference_point(dense: Dense, criterion: str, ratios: dict, point: Point, config: SweepConfig) -> Pruned:
     return prune_reference_point(dense, criterion, ratios[point.reduction], point, config)
 
 

@@ -18,7 +18,7 @@ from structprune.io import atomic_write_bytes, atomic_write_text, staged_output_
 from structprune.sweep.figure import sweep_png
 from structprune.sweep.rows import COLUMNS
 from structprune.sweep.run import SweepResult
-from structprune.sweep.summary import TABLE_HEADER, limit_vs_knee, mean_table, summary_json
+from structprune.sweep.summary import limit_vs_knee, mean_table, summary_json, table_header, verdict_lines
 
 FILES = ("sweep.csv", "sweep.png", "sweep.html", "sweep.json")
 
@@ -60,12 +60,14 @@ def sweep_html(result: SweepResult, png: bytes) -> str:
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in result.notes)
     rows = [tuple(r.to_csv().values()) for r in result.rows]
     items = "".join(f"<li>{html.escape(line)}</li>" for line in limit_vs_knee(result))
+    verdicts = "".join(f"<li>{html.escape(line)}</li>" for line in verdict_lines(result))
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>structprune sweep: "
             f"{html.escape(result.name)}</title><style>{_STYLE}</style></head><body>\n"
             f"<h1>structprune sweep: {html.escape(result.name)}</h1>\n<p>{html.escape(_settings(result))}</p>{notes}\n"
             f"<img alt='accuracy vs MACs and params reduction' src='data:image/png;base64,{image}'>\n"
             f"<h2>Pruning limit vs observed knee</h2>\n<ul>{items}</ul>\n"
-            f"<h2>Mean ± std over seeds</h2>\n{_table(TABLE_HEADER, mean_table(result), 'mean')}\n"
+            f"<h2>Prune big or train small; double descent</h2>\n<ul class='verdicts'>{verdicts}</ul>\n"
+            f"<h2>Mean ± std over seeds</h2>\n{_table(table_header(result), mean_table(result), 'mean')}\n"
             f"<h2>Every point (sweep.csv)</h2>\n{_table(COLUMNS, rows, 'row')}\n</body></html>\n")
 
 
@@ -104,9 +106,25 @@ def _table(header, lines, css: str) -> str:
 def _settings(result: SweepResult) -> str:
     c = result.config
     recovery = f"{c.epochs} epochs of {c.recover} (lr {c.lr:g})" if c.epochs else "none (one-shot)"
-    return (f"criteria {', '.join(c.criteria)}; MACs reductions {', '.join(f'{r:g}x' for r in c.reductions)}; "
+    arms = "".join(f"; {text}" for text in _arm_settings(c))
+    return (f"criteria {', '.join(c.criteria)}{arms}; MACs reductions {', '.join(f'{r:g}x' for r in c.reductions)}; "
             f"seeds {', '.join(map(str, c.seed_values))}; recovery {recovery}; calibration "
             f"{c.calibration_samples} samples")
+
+
+def _arm_settings(c) -> list[str]:
+    out = []
+    if c.group_lasso is not None:
+        g = c.group_lasso
+        out.append(f"group_lasso curve: {g.epochs} sparsity epochs, lambda {g.lam:g}, lr {g.lr:g}")
+    if c.scratch is not None:
+        s = c.scratch
+        cap = f", factor capped at {s.max_factor:g}" if s.max_factor else ""
+        out.append(f"Scratch-B of {', '.join(s.criteria)}: {s.dense_epochs} dense epochs x MACs reduction{cap}")
+    if c.latency is not None:
+        seeds = f", first {c.latency.seeds} seed(s)" if c.latency.seeds else ""
+        out.append(f"onnxruntime latency at batch {c.latency.batch or 'of the example'}, {c.latency.runs} runs{seeds}")
+    return out
 
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}img{max-width:100%}"

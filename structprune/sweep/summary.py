@@ -1,30 +1,56 @@
-"""Text of a sweep for people and for sweep.json: the mean table, the limit beside the knee."""
+"""Text of a sweep for people and for sweep.json: the mean table, the limit beside the knee, pruning vs
+Scratch-B and double descent (structprune.sweep.verdicts)."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict
 
-from structprune.sweep.curves import Knee
+from structprune.sweep.curves import CurvePoint, Knee
 from structprune.sweep.rows import COLUMNS
 from structprune.sweep.run import SweepResult
+from structprune.sweep.verdicts import descent_lines, scratch_lines
 
 SCHEMA = "structprune.sweep/1"
 KNEE_METRICS = ("accuracy", "accuracy_one_shot")
 TABLE_HEADER = ("tool", "criterion", "target", "MACs reduction", "params reduction", "one-shot acc %",
                 "acc %", "delta", "verified")
+# the optional arms' columns: (header, shown when, cell of a CurvePoint)
+ARM_COLUMNS = (
+    ("extra epochs", lambda c: c.group_lasso is not None, lambda p: str(p.extra_epochs)),
+    ("Scratch-B acc %", lambda c: c.scratch is not None, lambda p: p.accuracy_scratch.text()),
+    ("acc - Scratch-B", lambda c: c.scratch is not None, lambda p: p.scratch_gain.text()),
+    ("latency speedup", lambda c: c.latency is not None, lambda p: p.latency_speedup.text()),
+    ("speedup / MACs", lambda c: c.latency is not None, lambda p: p.speedup_per_mac.text(3)),
+)
+
+
+def table_header(result: SweepResult) -> tuple[str, ...]:
+    """TABLE_HEADER, then the columns of the arms this sweep ran (extra epochs, Scratch-B, latency)."""
+    return TABLE_HEADER + tuple(name for name, shown, _ in ARM_COLUMNS if shown(result.config))
 
 
 def mean_table(result: SweepResult) -> list[tuple[str, ...]]:
-    """One line per curve and point: mean ± std over seeds (TABLE_HEADER's columns)."""
+    """One line per curve and point: mean ± std over seeds (table_header's columns)."""
     dense = result.baseline()
+    arms = [cell for _, shown, cell in ARM_COLUMNS if shown(result.config)]
     lines = []
     for curve in result.curves():
         for p in curve.points:
-            delta = "n/a" if math.isnan(p.accuracy.mean) else f"{p.accuracy.mean - dense.mean:+.2f}"
-            lines.append((curve.tool, curve.criterion, f"{p.target:g}x", p.macs_reduction.text(),
-                          p.params_reduction.text(), p.accuracy_one_shot.text(), p.accuracy.text(), delta,
-                          f"{'yes' if p.verified else 'NO'} ({p.seeds} seeds)"))
+            lines.append((curve.tool, curve.criterion, f"{p.target:g}x", *_base_cells(p, dense.mean),
+                          *(cell(p) for cell in arms)))
     return lines
+
+
+def _base_cells(p: CurvePoint, dense: float) -> tuple[str, ...]:
+    delta = "n/a" if math.isnan(p.accuracy.mean) else f"{p.accuracy.mean - dense:+.2f}"
+    return (p.macs_reduction.text(), p.params_reduction.text(), p.accuracy_one_shot.text(), p.accuracy.text(), delta,
+            f"{'yes' if p.verified else 'NO'} ({p.seeds} seeds)")
+
+
+def verdict_lines(result: SweepResult) -> list[str]:
+    """Pruning vs Scratch-B per curve that has it, and double descent (see structprune.sweep.verdicts)."""
+    curves = result.curves()
+    return [*scratch_lines(curves), *descent_lines(curves, result.config.seeds)]
 
 
 def limit_vs_knee(result: SweepResult) -> list[str]:
@@ -59,17 +85,18 @@ def summary_json(result: SweepResult) -> dict:
             "reductions": list(result.config.reductions), "baseline_accuracy": asdict(result.baseline()),
             "limit": result.limit.to_json() if result.limit else None,
             "knees": {metric: [asdict(k) for k in result.knees(metric)] for metric in KNEE_METRICS},
-            "limit_vs_knee": limit_vs_knee(result), "verified": result.verified, "rows": len(result.rows),
+            "limit_vs_knee": limit_vs_knee(result), "verdicts": verdict_lines(result), "verified": result.verified,
+            "rows": len(result.rows),
             "columns": list(COLUMNS), "notes": list(result.notes)}
 
 
 def summary_text(result: SweepResult, out_dir: str) -> str:
     """What the command prints: the mean table, the limit vs the knee, notes and where the files are."""
-    table = [TABLE_HEADER, *mean_table(result)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(TABLE_HEADER))]
+    table = [table_header(result), *mean_table(result)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     failed = [r for r in result.rows if not r.verified]
-    text += ["", *limit_vs_knee(result), *result.notes,
+    text += ["", *limit_vs_knee(result), *verdict_lines(result), *result.notes,
              f"points verified: {len(result.rows) - len(failed)} of {len(result.rows)}"
              + "".join(f"\n  failed: {r.tool} {r.criterion} seed {r.seed} at {r.target:g}x: {r.error or 'check failed'}"
                        for r in failed),

@@ -18,22 +18,25 @@ from torch import nn
 
 from structprune.arguments import HelpFormatter, batch_shape, json_object, number
 from structprune.data import DataBundle, load_data
+from structprune.errors import UsageError
 from structprune.io import load_model
 from structprune.io.atomic import check_output_dir
 from structprune.io.load import LoadedModel
 from structprune.recover import RecoveryConfig
 from structprune.recover.train import TrainPlan, train_epochs
 from structprune.sweep.config import DEFAULT_CRITERIA, RECOVERY_METHODS, SweepConfig, parse_criteria
+from structprune.sweep.options import DENSE_LR, GROUP_LASSO, GroupLassoCurve, LatencyProbe, ScratchB
 from structprune.sweep.outputs import write_sweep
 from structprune.sweep.run import run_sweep
 from structprune.sweep.summary import summary_text
 
-DENSE_LR = 0.05  # one-cycle peak LR of --train-epochs (the demo's)
 EXAMPLES = """\
 examples:
   structprune sweep zoo:resnet20 --arch-kwargs '{"in_chans": 1, "image_size": 8}' --data digits \\
       --train-epochs 8 --criteria l2,taylor,dropnet,ispasp,coreset --points 5 --seeds 3 --epochs 2
   structprune sweep weights.pt --arch zoo:resnet20 --data digits --max-reduction 16 --out export/sweep
+  structprune sweep zoo:resnet20 --arch-kwargs '{"in_chans": 1, "image_size": 8}' --data digits \
+      --train-epochs 6 --criteria l2,taylor --group-lasso 0.1 --scratch all --latency --latency-batch 64
 """
 
 
@@ -95,7 +98,38 @@ def _config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(criteria=args.criteria, points=args.points, seeds=args.seeds, seed=args.seed,
                        min_reduction=args.min_reduction, max_reduction=args.max_reduction, epochs=args.epochs,
                        recover=args.recover, lr=args.lr, reference=args.reference, knee_drop=args.knee_drop,
-                       limit=args.limit, calibration_samples=args.calibration_samples)
+                       limit=args.limit, calibration_samples=args.calibration_samples,
+                       group_lasso=_group_lasso(args), scratch=_scratch(args),
+                       latency=_latency(args))
+
+
+def _latency(args: argparse.Namespace) -> LatencyProbe | None:
+    if not args.latency:
+        if args.latency_batch is not None or args.latency_seeds is not None:
+            raise UsageError("--latency-batch and --latency-seeds set how --latency times: add --latency")
+        return None
+    return LatencyProbe(batch=args.latency_batch, seeds=args.latency_seeds)
+
+
+def _group_lasso(args: argparse.Namespace) -> GroupLassoCurve | None:
+    if args.group_lasso is None:
+        if args.sparsity_train is not None:
+            raise UsageError("--sparsity-train E goes with --group-lasso LAMBDA (the group-lasso curve's penalty)")
+        return None
+    return GroupLassoCurve(args.group_lasso, args.sparsity_train or GroupLassoCurve.epochs)
+
+
+def _scratch(args: argparse.Namespace) -> ScratchB | None:
+    if args.scratch is None:
+        if args.scratch_max_factor is not None:
+            raise UsageError("--scratch-max-factor caps Scratch-B's epochs: it goes with --scratch CURVES")
+        return None
+    if not args.train_epochs:
+        raise UsageError("--scratch trains each pruned architecture for the dense model's training compute, which "
+                         "the sweep knows when it trains it: pass --train-epochs E")
+    names = args.criteria + ((GROUP_LASSO,) if args.group_lasso is not None else ())
+    return ScratchB(names if args.scratch == ("all",) else args.scratch, args.train_epochs, DENSE_LR,
+                    args.scratch_max_factor)
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
@@ -133,11 +167,32 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="accuracy points below the dense model that mark a curve's knee")
     p.add_argument("--calibration-samples", type=_integer(1), default=512, metavar="N",
                    help="training samples for data-driven criteria, BatchNorm re-estimation and the limit")
+    _arm_arguments(p)
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="leave out Torch-Pruning's reference lines")
     p.add_argument("--no-limit", dest="limit", action="store_false", help="skip the pruning-limit estimate")
     p.add_argument("--out", metavar="DIR", help="output folder; export/<model-name>-sweep/ if not given")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+
+
+def _arm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-lasso", type=_positive, metavar="LAMBDA",
+                   help="add the group_lasso curve: group-lasso sparsity training (penalty weight LAMBDA, e.g. 0.1) "
+                        "once per seed, then a group-norm threshold at every point")
+    p.add_argument("--sparsity-train", type=_integer(1), metavar="E",
+                   help=f"sparsity-training epochs of the group_lasso curve (default {GroupLassoCurve.epochs}); "
+                        "counted in the CSV's extra_epochs")
+    p.add_argument("--scratch", type=_criteria, metavar="A,B,...|all",
+                   help="also train these curves' pruned architectures from scratch (Scratch-B: the dense "
+                        "training's epochs x the MACs reduction); needs --train-epochs")
+    p.add_argument("--scratch-max-factor", type=_factor, metavar="X",
+                   help="cap Scratch-B's compute factor (dense MACs / pruned MACs) at X, e.g. 4")
+    p.add_argument("--latency", action="store_true",
+                   help="time the dense and every pruned model with onnxruntime (exports each; costs time)")
+    p.add_argument("--latency-batch", type=_integer(1), metavar="N",
+                   help="batch size of the latency inputs (default: the example input's)")
+    p.add_argument("--latency-seeds", type=_integer(1), metavar="N",
+                   help="time only the first N seeds' points (default: every seed; each export costs seconds)")
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -146,6 +201,7 @@ def _integer(minimum: int) -> Callable[[str], int]:
 
 _positive = number(float, "a number > 0", lambda v: 0 < v < math.inf)
 _reduction = number(float, "a MACs reduction > 1, e.g. 1.5 or 8", lambda v: 1 < v < math.inf)
+_factor = number(float, "a compute factor >= 1, e.g. 4", lambda v: 1 <= v < math.inf)
 
 
 def _criteria(text: str) -> tuple[str, ...]:

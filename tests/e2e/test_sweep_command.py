@@ -10,6 +10,7 @@ import pytest
 
 from structprune.cli import build_parser
 from structprune.errors import UsageError
+from structprune.recover import scratch_b_epochs
 from structprune.sweep import run_sweep_command
 
 MLP = ["zoo:mlp", "--arch-kwargs", '{"in_features": 64}', "--data", "digits"]
@@ -71,3 +72,45 @@ def test_an_unknown_criterion_is_a_usage_error() -> None:
     args = cli_parser().parse_args(["sweep", *MLP, "--criteria", "l2,magic"])
     with pytest.raises(UsageError, match="unknown criterion 'magic'"):
         run_sweep_command(args)
+
+
+def test_the_arms_from_the_command_line(tmp_path, capsys) -> None:
+    """--group-lasso/--sparsity-train add a curve, --scratch all trains both curves' architectures from scratch
+    for the dense training's compute (--train-epochs, capped by --scratch-max-factor), --latency times them."""
+    out = tmp_path / "sweep"
+    assert run(["sweep", *MLP, *QUICK, "--train-epochs", "1", "--group-lasso", "0.01", "--sparsity-train", "1",
+                "--scratch", "all", "--scratch-max-factor", "2", "--latency", "--latency-batch", "4",
+                "--out", str(out)]) == 0
+    with open(out / "sweep.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [(r["criterion"], r["extra_epochs"]) for r in records] == [
+        ("l2", "0"), ("l2", "0"), ("group_lasso", "1"), ("group_lasso", "1")]
+    assert [int(r["scratch_epochs"]) for r in records] == [
+        scratch_b_epochs(1, int(r["macs_before"]), int(r["macs_after"]), 2.0) for r in records]
+    assert {r["scratch_epochs"] for r in records if r["target"] == "8.0000"} == {"2"}  # 8x, capped at 2
+    assert all(float(r["latency_speedup"]) > 0 and 0 <= float(r["accuracy_scratch"]) <= 100 for r in records)
+    printed = capsys.readouterr().out
+    assert "Scratch-B acc %" in printed and "speedup / MACs" in printed and "extra epochs" in printed
+    assert "l2: pruning + recovery" in printed and "group_lasso: pruning + recovery" in printed
+    assert "double descent: not assessed" in printed
+    config = json.loads((out / "sweep.json").read_text())["config"]
+    assert config["scratch"] == {"criteria": ["l2", "group_lasso"], "dense_epochs": 1, "lr": 0.05, "max_factor": 2.0}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--scratch", "l2"], "--scratch trains each pruned architecture for the dense model's training compute"),
+    (["--sparsity-train", "2"], "--sparsity-train E goes with --group-lasso LAMBDA"),
+    (["--latency-batch", "8"], "add --latency"),
+    (["--train-epochs", "1", "--scratch", "taylor"], "Scratch-B of taylor: name curves of this sweep (l2)"),
+])
+def test_arm_flags_that_do_not_fit_are_usage_errors_before_any_work(flags: list[str], message: str) -> None:
+    args = cli_parser().parse_args(["sweep", *MLP, *QUICK, *flags])
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_sweep_command(args)
+
+
+def test_a_scratch_factor_below_one_exits_2_naming_the_flag(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_parser().parse_args(["sweep", *MLP, "--scratch-max-factor", "0.5"])
+    assert exit_info.value.code == 2 and "--scratch-max-factor: '0.5' is not a compute factor >= 1" in \
+        capsys.readouterr().err

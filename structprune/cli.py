@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from structprune import __version__
 from structprune.arguments import HelpFormatter, batch_shape, json_object, number
-from structprune.compress_config import DEFAULT_RATIO, CompressConfig
+from structprune.compress_config import DEFAULT_RATIO, DEFAULT_ROUND_TO, CompressConfig
 from structprune.criteria import CRITERIA
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
@@ -210,7 +210,8 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                         "loses least output fidelity on --data (sensitivity; also with --ratio)")
     p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
-    p.add_argument("--round-to", type=_POSITIVE_INT, default=1, metavar="N", help="keep channel counts a multiple of N")
+    p.add_argument("--round-to", type=_POSITIVE_INT, default=DEFAULT_ROUND_TO, metavar="N",
+                   help="keep channel counts a multiple of N (default 1; 8 with --target-latency-ms)")
     p.add_argument("--attention", choices=("heads", "head_dims"), default="heads",
                    help="prune attention by whole heads or by the same dims of every head")
     p.add_argument("--ignore", nargs="+", default=[], metavar="GLOB", help="module FQN globs to leave whole")

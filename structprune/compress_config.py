@@ -34,6 +34,16 @@ class _DefaultRatio(float):
 DEFAULT_RATIO = _DefaultRatio(0.5)
 
 
+class _DefaultRoundTo(int):
+    """round_to when none was given: 1 to every reader, but a latency target may pick the channel multiple
+    onnxruntime's kernels like instead (`latency_target.LATENCY_ROUND_TO`); an explicit 1 is kept."""
+
+    __slots__ = ()
+
+
+DEFAULT_ROUND_TO = _DefaultRoundTo(1)
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """How `compress` chooses, rewrites and verifies. Building one checks every field (PlanError for
@@ -53,7 +63,8 @@ class CompressConfig:
       group alone costs least, read from `sensitivity`, a SensitivityTable, or measured on compress's
       data; also with a plain ratio). See `structprune.selection.targets` and `structprune.sensitivity`.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
-    - ignore: module FQN globs whose own outputs stay whole; round_to: kept counts are multiples of it.
+    - ignore: module FQN globs whose own outputs stay whole; round_to: every layer a group touches keeps a
+      multiple of it (`selection.channel_multiple`); a latency target defaults it to 8 (`latency_target`).
     - attention: "heads" (drop whole heads) or "head_dims" (drop the same dims from every head).
     - recapture, strict: how verification runs (see `compress`).
     - recalibrate_bn, reconstruct: what runs after the rewrite when `compress` is given data
@@ -72,7 +83,7 @@ class CompressConfig:
     criterion: Any = "l2"
     global_pruning: bool = False
     max_group_ratio: float = 0.9
-    round_to: int = 1
+    round_to: int = DEFAULT_ROUND_TO
     ignore: tuple[str, ...] = ()
     seed: int = 0
     attention: str = "heads"
@@ -114,6 +125,11 @@ class CompressConfig:
         ('params', 2.5)
         """
         return self._target(False)
+
+    @property
+    def round_to_given(self) -> bool:
+        """False while round_to is the default 1 (a latency target then picks its channel multiple)."""
+        return not isinstance(self.round_to, _DefaultRoundTo)
 
     def _target(self, ratio_given: bool) -> Target | LatencyTarget | None:
         return check_target_options(ratio_given, self.target_macs, self.target_params, self.allocation,

@@ -17,6 +17,12 @@ does. Where no step lands in the band (measurement noise, or one channel moving 
 band) after PROBES steps or when the bracket closes, the least pruned step measured fast enough is kept,
 and the report says so. A dense model already faster than the target, or a target out of reach at those
 steps, is a PlanError with the figures.
+
+Cuts that pay: onnxruntime's CPU convolutions (MLAS NCHWc) take channels in blocks of 8; a Conv with another
+count falls back to NCHW kernels with layout reorders around it, and a depthwise Conv gets several times
+slower (benchmarks/latency_profile.py: at 2x fewer MACs, mobilenet_v2 ran 0.58x as fast as dense unrounded,
+1.56x with counts multiple of 8). So unless `round_to` is given (an explicit 1 included), the search cuts
+at LATENCY_ROUND_TO, which `selection.channel_multiple` applies to every layer a group touches.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from structprune.selection.targets import active_groups, allocation_ranking, cut
 from structprune.verified import verified_rewrite
 
 PROBES = 12  # measured steps (besides dense and the deepest cut) before the search settles
+LATENCY_ROUND_TO = 8  # channel multiple of onnxruntime's NCHWc conv kernels, unless round_to is given
 RUNS, WARMUP = 20, 5  # onnxruntime calls per measurement, as the report's latency
 Measure = Callable[[Any, Any], float]  # (model, example_inputs) -> milliseconds
 
@@ -138,6 +145,7 @@ def plan_for_latency(model, example_inputs: Any, graph, scores: Mapping[str, np.
     `config.latency_measure` (default `ort_latency_ms`); the search's figures go into `meta["target"]`.
     `config` supplies the target, allocation, round_to, ignore, max_group_ratio and shrink_rules."""
     target: LatencyTarget = config.target
+    config = config.with_options(round_to=latency_round_to(config))
     measure = config.latency_measure or ort_latency_ms
     whole = dict(keep_whole or {})
     active = active_groups(graph, config, whole)
@@ -157,6 +165,11 @@ def plan_for_latency(model, example_inputs: Any, graph, scores: Mapping[str, np.
 
     found = search_latency(target, ladder.steps, lambda k: search.fraction(ladder.counts(k)), measured)
     return plan_at(found.step, {"target": _target_meta(target, found, ladder)})
+
+
+def latency_round_to(config) -> int:
+    """The channel multiple a latency search cuts at: the config's round_to if given, else LATENCY_ROUND_TO."""
+    return config.round_to if getattr(config, "round_to_given", True) else LATENCY_ROUND_TO
 
 
 def _target_meta(target: LatencyTarget, found: LatencySearch, ladder: Ladder) -> dict:

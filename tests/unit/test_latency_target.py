@@ -74,13 +74,27 @@ def macs_ms(dense_macs: int):
 def test_compress_meets_a_latency_target_measured_on_the_rewritten_model(allocation: str) -> None:
     model, x = models_zoo.create("resnet20").eval(), models_zoo.example_inputs("resnet20")
     measure = macs_ms(count_macs(model, x))
-    result = structprune.compress(model, x, target_latency_ms=6.0, latency_measure=measure, allocation=allocation)
+    result = structprune.compress(model, x, target_latency_ms=6.0, latency_measure=measure, allocation=allocation,
+                                  round_to=1)  # every channel a step: the fake latency is linear in MACs
     got = measure(result.model, x)
     section = result.report.to_json()["target"]
     assert result.report.verification["ok"] and abs(got - 6.0) <= 0.12
     assert section["kind"] == "latency_ms" and section["requested"] == 6.0 and section["achieved"] == round(got, 4)
     assert section["within_tolerance"] is True and section["dense_ms"] == 10.5 and section["allocation"] == allocation
     assert result.plan.meta["target"]["measured_ms"] == round(got, 4)
+
+
+def test_a_latency_target_cuts_at_multiples_of_8_channels_unless_round_to_is_given() -> None:
+    """onnxruntime's NCHWc convolutions take channels in blocks of 8 (latency_target's module docstring)."""
+    model, x = models_zoo.create("resnet20").eval(), models_zoo.example_inputs("resnet20")
+    measure = macs_ms(count_macs(model, x))
+    chosen = {round_to: structprune.compress(model, x, target_latency_ms=6.0, latency_measure=measure,
+                                             recapture=False, **({} if round_to is None else {"round_to": round_to}))
+              for round_to in (None, 1)}
+    widths = {r: [m.out_channels for m in c.model.modules() if isinstance(m, nn.Conv2d)] for r, c in chosen.items()}
+    assert chosen[None].plan.meta["round_to"] == 8 and all(w % 8 == 0 for w in widths[None])
+    assert chosen[1].plan.meta["round_to"] == 1 and any(w % 8 for w in widths[1])
+    assert chosen[None].report.extra["target"]["achieved"] <= 6.0 * 1.02
 
 
 def test_same_measurements_same_plan() -> None:
@@ -97,7 +111,7 @@ def test_candidates_are_measured_as_verification_hands_them_over() -> None:
     torch.manual_seed(0)
     model, x = LiteralFlattenLeNet().eval(), torch.randn(2, 1, 32, 32)
     measure = macs_ms(count_macs(model, x))
-    result = structprune.compress(model, x, target_latency_ms=8.0, latency_measure=measure)
+    result = structprune.compress(model, x, target_latency_ms=8.0, latency_measure=measure, round_to=1)
     section = result.report.extra["target"]
     assert len(result.plan.keep["conv2.weight:0"]) == 16 and "conv2.weight:0" in result.plan.meta[
         "blocked_by_verification"]

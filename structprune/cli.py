@@ -204,10 +204,11 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-latency-ms", type=_POSITIVE, metavar="X",
                    help="instead of --ratio: run in X ms, the onnxruntime median on this machine (1 thread, the "
                         "example inputs), searched by measuring candidate models (within 2%%, or the closest)")
-    p.add_argument("--allocation", choices=("global", "uniform", "sensitivity"),
+    p.add_argument("--allocation", choices=("global", "uniform", "sensitivity", "coreset"),
                    help="how a budget is spread: one threshold on normalised scores (global, the default with a "
-                        "target), one ratio for every group (uniform), or deepest where pruning a group alone "
-                        "loses least output fidelity on --data (sensitivity; also with --ratio)")
+                        "target), one ratio for every group (uniform), deepest where pruning a group alone "
+                        "loses least output fidelity on --data (sensitivity; also with --ratio), or by the coreset "
+                        "bound of the groups' sensitivities on --data (coreset)")
     p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=DEFAULT_ROUND_TO, metavar="N",
@@ -372,9 +373,9 @@ def _recovery_config(args: argparse.Namespace):
 
 
 def _run_compress(args: argparse.Namespace) -> int:
-    if getattr(args, "allocation", None) == "sensitivity" and not args.data:
-        raise UsageError("--allocation sensitivity measures each group's sensitivity on data: pass --data (digits, "
-                         "PATH.npz, a folder, or module:function)")
+    if getattr(args, "allocation", None) in ("sensitivity", "coreset") and not args.data:
+        raise UsageError(f"--allocation {args.allocation} measures each group's sensitivity on data: pass --data "
+                         "(digits, PATH.npz, a folder, or module:function)")
     result = run_job(_job_options(args))
     print(result.summary)
     return 0

@@ -61,7 +61,9 @@ class CompressConfig:
       allocation: how a budget is spread, "global" (default: one threshold on normalised scores, as
       `global_pruning`), "uniform" (one ratio for every group) or "sensitivity" (deepest where pruning a
       group alone costs least, read from `sensitivity`, a SensitivityTable, or measured on compress's
-      data; also with a plain ratio). See `structprune.selection.targets` and `structprune.sensitivity`.
+      data; also with a plain ratio) or "coreset" (by the coreset bound's global epsilon over the groups'
+      empirical sensitivities on compress's data, `selection.coreset_allocation`). See
+      `structprune.selection.targets` and `structprune.sensitivity`.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
     - ignore: module FQN globs whose own outputs stay whole; round_to: every layer a group touches keeps a
       multiple of it (`selection.channel_multiple`); a latency target defaults it to 8 (`latency_target`).

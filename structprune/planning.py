@@ -3,23 +3,27 @@ hands them to the planner of its config's target kind (PLANNERS; None is a plain
 criterion that chooses channels itself (i-SpaSP, coreset) pick them at the planner's counts.
 
 `allocation="sensitivity"` needs a SensitivityTable: the config's, or one measured here on `data` by output
-fidelity (`with_sensitivity`; compress measures it once, before its planning rounds).
+fidelity (`with_sensitivity`; compress measures it once, before its planning rounds). `allocation="coreset"`
+needs the coreset criterion's empirical sensitivities on `data` (`with_sensitivity` measures them into a
+`CoresetBound`, in the same field). With a budget target the target search sets every group's count, so a
+criterion that would re-spread counts by its own budget (coreset's `allocate`) only picks the channels.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from structprune.compress_config import CompressConfig
-from structprune.criteria import ScoringContext, get_criterion
+from structprune.criteria import Coreset, ScoringContext, get_criterion
 from structprune.criteria.views import group_views
 from structprune.errors import PlanError, stage_errors
 from structprune.latency_target import plan_for_latency
 from structprune.selection import Plan, plan_by_sensitivity, plan_for_target, select_plan
+from structprune.selection.coreset_allocation import CoresetBound
 from structprune.sensitivity import measure_sensitivity
 
 
@@ -56,7 +60,10 @@ def score_groups(model: nn.Module, example_inputs: Any, graph, config: CompressC
 def with_sensitivity(model: nn.Module, example_inputs: Any, graph, config: CompressConfig, data: Any,
                      scored: Scored | None = None) -> CompressConfig:
     """`config` with a SensitivityTable when its allocation is "sensitivity" and it has none: measured on
-    `data` by output fidelity (a smooth signal, and calibration data need no labels); PlanError without data."""
+    `data` by output fidelity (a smooth signal, and calibration data need no labels); PlanError without data.
+    For "coreset", a CoresetBound (`coreset_bound`)."""
+    if config.allocation == "coreset" and config.sensitivity is None:
+        return config.with_options(sensitivity=coreset_bound(model, example_inputs, graph, config, data))
     if config.allocation != "sensitivity" or config.sensitivity is not None:
         return config
     if data is None:
@@ -69,13 +76,30 @@ def with_sensitivity(model: nn.Module, example_inputs: Any, graph, config: Compr
     return config.with_options(sensitivity=table)
 
 
+def coreset_bound(model: nn.Module, example_inputs: Any, graph, config: CompressConfig, data: Any) -> CoresetBound:
+    """The coreset criterion's empirical sensitivities of the prunable groups on `data`, as the allocation reads
+    them (the config's criterion's constants when it is a Coreset); PlanError without data."""
+    if data is None:
+        raise PlanError("allocation 'coreset' spreads the budget by the coreset bound of each group's empirical "
+                        "sensitivities: pass data=... (on the command line --data SPEC)")
+    crit = get_criterion(config.criterion)
+    crit = crit if isinstance(crit, Coreset) else Coreset()
+    with stage_errors(PlanError, "measuring the coreset sensitivities"):
+        views = [v for v in group_views(graph, model) if v.group_id in {g.id for g in graph.groups if g.prunable}]
+        sens, eta = crit.sensitivities(views, ScoringContext(model, example_inputs, data, config.seed))
+    return CoresetBound(sens, eta, crit.k_const, crit.delta)
+
+
 def plan_groups(scored: Scored, graph, config: CompressConfig, *, keep_whole: Mapping[str, str] | None = None) -> Plan:
     """The plan of the config's budget (ratio or target) from `scored`, with the criterion's own selection."""
     meta = {"criterion": scored.criterion.name, "seed": config.seed, "attention": graph.attention}
     kind = config.target.kind if config.target is not None else None
     plan = PLANNERS[kind](scored, graph, config, keep_whole or {}, meta)
     if callable(getattr(scored.criterion, "select", None)):
-        plan = _criterion_selection(scored, plan)
+        criterion = scored.criterion
+        if kind is not None and getattr(criterion, "allocate", False):  # the target search set the counts
+            criterion = replace(criterion, allocate=False)
+        plan = _criterion_selection(scored, plan, criterion)
     return plan
 
 
@@ -103,12 +127,12 @@ PLANNERS: dict[str | None, Callable[..., Plan]] = {None: _by_ratio, "macs": _by_
                                                    "latency_ms": _by_latency}
 
 
-def _criterion_selection(scored: Scored, plan: Plan) -> Plan:
+def _criterion_selection(scored: Scored, plan: Plan, criterion: Any) -> Plan:
     """Criteria that are not a top-k (i-SpaSP, coreset) choose the kept channels themselves, given the
     planner's keep count per group (ignored and blocked groups stay whole)."""
     active = [v for v in scored.views if v.group_id in plan.pruned_groups()]
     counts = {v.group_id: len(plan.keep[v.group_id]) for v in active}
-    selection = scored.criterion.select(active, scored.context, counts) if active else None
+    selection = criterion.select(active, scored.context, counts) if active else None
     if selection is None:
         return plan
     keep = {**dict(plan.keep), **{g: tuple(sorted(k)) for g, k in selection.keep.items()}}

@@ -9,7 +9,8 @@ on the ChannelGraph (`PlanCost`), without rewriting the model. Where one more ch
 tolerance band (a small model's wide groups), the cut stops above the band and later channels of the
 ranking are added one at a time, skipping those that would undershoot. `allocation="uniform"` bisects
 on one ratio shared by every group instead (`target_search` holds the search); `allocation="sensitivity"` cuts
-the ranking of a sensitivity table (`sensitivity_allocation`). A latency target (`LatencyTarget`) is
+the ranking of a sensitivity table (`sensitivity_allocation`), `allocation="coreset"` that of the coreset
+bound's global epsilon (`coreset_allocation`). A latency target (`LatencyTarget`) is
 measured, not costed: `structprune.latency_target` searches it, above the ONNX layer.
 
 Verification may keep groups whole afterwards, which moves the achieved figure: `meet_target` then
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from structprune.errors import PlanError
+from structprune.selection.coreset_allocation import CoresetBound
 from structprune.selection.plan import Plan
 from structprune.selection.plan_cost import PlanCost
 from structprune.selection.select import is_ignored, output_fqns
@@ -34,7 +36,7 @@ from structprune.selection.target_search import KINDS, TargetSearch
 
 TARGET_TOLERANCE = 0.02  # relative to the target: 0.5 is met by 0.49 .. 0.51
 MAX_TARGET_ROUNDS = 3  # rewrites (each verified) before a target missed because of verification is final
-ALLOCATIONS = ("global", "uniform", "sensitivity")
+ALLOCATIONS = ("global", "uniform", "sensitivity", "coreset")
 FRACTION_TARGETS = ("target_macs", "target_params")
 Result = TypeVar("Result")
 
@@ -180,8 +182,15 @@ def plan_for_target(graph, scores: Mapping[str, np.ndarray], config, *, keep_who
     return cut_plan(graph, config, search, removed, ratio, whole, {"target": target_meta, **(meta or {})})
 
 
-def allocation_ranking(allocation: str, sensitivity: SensitivityTable | None, active: list, config) -> list[str] | None:
-    """The removal order of a ranked allocation: the sensitivity table's, or None for global pruning's."""
+def allocation_ranking(allocation: str, sensitivity: SensitivityTable | CoresetBound | None, active: list,
+                       config) -> list[str] | None:
+    """The removal order of a ranked allocation: the sensitivity table's or the coreset bound's
+    (`coreset_allocation`), or None for global pruning's."""
+    if allocation == "coreset":
+        if not isinstance(sensitivity, CoresetBound):
+            raise PlanError("allocation 'coreset' spreads the budget by the coreset bound of each group's empirical "
+                            "sensitivities: pass data=... (a DataLoader; on the command line --data SPEC)")
+        return sensitivity.ranking(active, config.max_group_ratio)
     if allocation != "sensitivity":
         return None
     if sensitivity is None:
@@ -200,8 +209,8 @@ def cut_plan(graph, config, search: TargetSearch, removed: Mapping[str, int], ra
     info = {"ratio": round(ratio, 6), "global": allocation == "global", "round_to": config.round_to,
             "ignore": list(ignore), "ignored_groups": [g.id for g in graph.groups if g.prunable
                                                        and g not in search.active and g.id not in whole]}
-    if allocation == "sensitivity":
-        info["allocation"] = "sensitivity"
+    if allocation in ("sensitivity", "coreset"):
+        info["allocation"] = allocation
     plan = Plan(keep, {g.id: g.size for g in graph.groups}, {**info, **meta})
     return plan.keeping_whole(whole) if whole else plan
 

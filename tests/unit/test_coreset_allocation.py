@@ -11,6 +11,7 @@ import torch
 
 import models_zoo
 import structprune
+from structprune.cli import main
 from structprune.criteria.budget import expected_unique, sample_bound
 from structprune.data import load_data
 from structprune.errors import PlanError
@@ -78,3 +79,11 @@ def test_coreset_allocation_spreads_differently_from_global_and_needs_data(digit
     assert kept["global"] != kept["coreset"] and plans["coreset"].meta["allocation"] == "coreset"
     with pytest.raises(PlanError, match="allocation 'coreset' .* pass data="):
         structprune.compress(cnn, x, target_macs=0.5, allocation="coreset")
+
+
+def test_cli_allocation_coreset_without_data_is_a_one_line_usage_error(tmp_path, capsys) -> None:
+    argv = ["compress", "zoo:mlp", "--target-macs", "0.5", "--allocation", "coreset", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--allocation coreset measures each group's sensitivity on data: pass --data" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()

@@ -22,7 +22,10 @@ Cuts that pay: onnxruntime's CPU convolutions (MLAS NCHWc) take channels in bloc
 count falls back to NCHW kernels with layout reorders around it, and a depthwise Conv gets several times
 slower (benchmarks/latency_profile.py: at 2x fewer MACs, mobilenet_v2 ran 0.58x as fast as dense unrounded,
 1.56x with counts multiple of 8). So unless `round_to` is given (an explicit 1 included), the search cuts
-at LATENCY_ROUND_TO, which `selection.channel_multiple` applies to every layer a group touches.
+at LATENCY_ROUND_TO, which `selection.channel_multiple` applies to every layer a group touches. Where that
+default multiple cannot reach the target (groups narrower than 16 channels can only stay whole, e.g. a
+DenseNet's growth-rate-8 layers), the search runs again at any channel count and `meta["target"]` says so;
+a round_to the user gave is never relaxed.
 """
 from __future__ import annotations
 
@@ -44,6 +47,10 @@ PROBES = 12  # measured steps (besides dense and the deepest cut) before the sea
 LATENCY_ROUND_TO = 8  # channel multiple of onnxruntime's NCHWc conv kernels, unless round_to is given
 RUNS, WARMUP = 20, 5  # onnxruntime calls per measurement, as the report's latency
 Measure = Callable[[Any, Any], float]  # (model, example_inputs) -> milliseconds
+
+
+class UnreachableLatency(PlanError):
+    """No cut the search may measure runs as fast as the target."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +128,9 @@ def _check_not_dense(target: LatencyTarget, dense: float) -> None:
 
 def _check_reachable(target: LatencyTarget, dense: float, fastest: float) -> None:
     if fastest > target.ms and not target.met(fastest):
-        raise PlanError(f"target_latency_ms={target.ms:g} cannot be met: the fastest cut measured ({target.allocation} "
-                        f"allocation as deep as allowed, and 3/4 and 1/2 of that) takes {fastest:.3f} ms (dense "
-                        f"{dense:.3f} ms); the best achievable is {fastest:.3f} ms")
+        raise UnreachableLatency(f"target_latency_ms={target.ms:g} cannot be met: the fastest cut measured "
+                                 f"({target.allocation} allocation as deep as allowed, and 3/4 and 1/2 of that) takes "
+                                 f"{fastest:.3f} ms (dense {dense:.3f} ms); the best achievable is {fastest:.3f} ms")
 
 
 def _next_step(target_ms: float, lo: int, hi: int, ms: tuple[float, float], macs_at: Callable[[int], float]) -> int:
@@ -144,8 +151,24 @@ def plan_for_latency(model, example_inputs: Any, graph, scores: Mapping[str, np.
     """The plan whose rewritten model runs closest to `config.target` (a LatencyTarget), measured with
     `config.latency_measure` (default `ort_latency_ms`); the search's figures go into `meta["target"]`.
     `config` supplies the target, allocation, round_to, ignore, max_group_ratio and shrink_rules."""
+    round_to = latency_round_to(config)
+    try:
+        return _plan_at_multiple(model, example_inputs, graph, scores, config.with_options(round_to=round_to),
+                                 keep_whole, meta, sensitivity)
+    except UnreachableLatency as error:
+        if round_to == 1 or getattr(config, "round_to_given", True):
+            raise
+        fallback = {**(meta or {}), "round_to_fallback": f"cuts at multiples of {round_to} channels could not "
+                                                          f"reach the target ({error.message}); cut at any count"}
+        return _plan_at_multiple(model, example_inputs, graph, scores, config.with_options(round_to=1),
+                                 keep_whole, fallback, sensitivity)
+
+
+def _plan_at_multiple(model, example_inputs: Any, graph, scores: Mapping[str, np.ndarray], config,
+                      keep_whole: Mapping[str, str] | None, meta: Mapping | None,
+                      sensitivity: SensitivityTable | None) -> Plan:
+    """plan_for_latency at `config.round_to`, as given."""
     target: LatencyTarget = config.target
-    config = config.with_options(round_to=latency_round_to(config))
     measure = config.latency_measure or ort_latency_ms
     whole = dict(keep_whole or {})
     active = active_groups(graph, config, whole)
@@ -185,8 +208,12 @@ def meet_latency_target(target: LatencyTarget, choose: Callable[[Mapping[str, st
     (groups it keeps whole included), so the chosen plan's figure is the verified model's."""
     plan = choose({})
     found = dict(plan.meta["target"])
-    section = {"dense_ms": found["dense_ms"], "probes": found["probes"]}
+    section, notes = {"dense_ms": found["dense_ms"], "probes": found["probes"]}, []
+    if plan.meta.get("round_to_fallback"):
+        notes.append(plan.meta["round_to_fallback"])
     if not found["met"]:
-        section["note"] = (f"no measured cut landed within the tolerance after {found['probes']} measurements; "
-                           "this is the least pruned one measured at or below the target")
+        notes.append(f"no measured cut landed within the tolerance after {found['probes']} measurements; "
+                     "this is the least pruned one measured at or below the target")
+    if notes:
+        section["note"] = "; ".join(notes)
     return rewrite(plan), target.section(found["measured_ms"], 1, **section)

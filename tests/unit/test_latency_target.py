@@ -97,6 +97,19 @@ def test_a_latency_target_cuts_at_multiples_of_8_channels_unless_round_to_is_giv
     assert chosen[None].report.extra["target"]["achieved"] <= 6.0 * 1.02
 
 
+def test_a_default_multiple_that_cannot_reach_the_target_falls_back_to_any_count_but_a_given_one_does_not() -> None:
+    """The zoo DenseNet's growth-rate-8 layers stay whole at multiples of 8: 10.5 ms dense reaches 5 ms at best."""
+    model, x = models_zoo.create("densenet").eval(), models_zoo.example_inputs("densenet")
+    measure = macs_ms(count_macs(model, x))
+    result = structprune.compress(model, x, target_latency_ms=3.0, latency_measure=measure, recapture=False)
+    section = result.report.extra["target"]
+    assert result.plan.meta["round_to"] == 1 and section["within_tolerance"] is True
+    assert section["note"].startswith("cuts at multiples of 8 channels could not reach the target (target_latency_ms=3")
+    assert abs(measure(result.model, x) - 3.0) <= 0.06
+    with pytest.raises(PlanError, match=r"target_latency_ms=3 cannot be met: .* the best achievable is 4.998 ms"):
+        structprune.compress(model, x, target_latency_ms=3.0, latency_measure=measure, recapture=False, round_to=8)
+
+
 def test_same_measurements_same_plan() -> None:
     model, x = models_zoo.create("mlp").eval(), models_zoo.example_inputs("mlp")
     measure = macs_ms(count_macs(model, x))

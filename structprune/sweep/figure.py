@@ -12,6 +12,7 @@ matplotlib is imported when a figure is drawn, not with the sweep.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 from structprune.sweep.curves import Curve, Knee
@@ -57,9 +58,9 @@ def _panel(ax, result: SweepResult, attribute: str, metric: str, knees: dict) ->
     dense = result.baseline()
     ax.axhline(dense.mean, color=BASELINE_COLOUR, linewidth=1, linestyle=":", label=f"dense {dense.text()} %")
     ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color=BASELINE_COLOUR, alpha=0.08)
-    for curve in result.curves():
-        colour = _curve(ax, curve, attribute, metric, knees.get((curve.tool, curve.criterion)))
-        if metric == "accuracy" and colour is not None:
+    for curve, colour in zip(result.curves(), _colours()):
+        _curve(ax, curve, attribute, metric, knees.get((curve.tool, curve.criterion)), colour)
+        if metric == "accuracy":
             _curve(ax, curve, attribute, "accuracy_scratch", None, colour)
     _log_axis(ax)
 
@@ -73,19 +74,23 @@ def _log_axis(ax) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _curve(ax, curve: Curve, attribute: str, metric: str, knee: Knee | None, colour: str | None = None) -> str | None:
-    """Draw `curve`'s `metric` against `attribute`; returns its colour (None when nothing was drawn)."""
+def _colours():
+    """One colour per curve, in the order of result.curves(), the same in every panel."""
+    return (f"C{i % 10}" for i in itertools.count())
+
+
+def _curve(ax, curve: Curve, attribute: str, metric: str, knee: Knee | None, colour: str) -> None:
+    """Draw `curve`'s `metric` against `attribute` in `colour` (nothing when no point was measured)."""
     points = [p for p in curve.points if math.isfinite(getattr(p, attribute).mean) and
               math.isfinite(getattr(p, metric).mean)]
     if not points:  # every seed failed at every point (the table says why), or the arm did not run
-        return None
+        return
     x, y = [getattr(p, attribute) for p in points], [getattr(p, metric) for p in points]
     reference, scratch = curve.tool != "structprune", metric == "accuracy_scratch"
     style = {"marker": "s", "linestyle": ":"} if reference else \
-        ({"marker": "x", "linestyle": "--", "color": colour} if scratch else {"marker": "o", "linestyle": "-"})
-    line = ax.errorbar([s.mean for s in x], [s.mean for s in y], yerr=[s.std for s in y], xerr=[s.std for s in x],
-                       markersize=4, capsize=2, label=_label(curve) + (" Scratch-B" if scratch else ""), **style)
-    colour = line[0].get_color()
+        ({"marker": "x", "linestyle": "--"} if scratch else {"marker": "o", "linestyle": "-"})
+    ax.errorbar([s.mean for s in x], [s.mean for s in y], yerr=[s.std for s in y], xerr=[s.std for s in x],
+                markersize=4, capsize=2, color=colour, label=_label(curve) + (" Scratch-B" if scratch else ""), **style)
     at = next((p for p in points if knee is not None and p.macs_reduction.mean == knee.reduction), None)
     if at is not None and not reference:
         ax.plot([getattr(at, attribute).mean], [getattr(at, metric).mean], marker="v", markersize=10,
@@ -94,14 +99,13 @@ def _curve(ax, curve: Curve, attribute: str, metric: str, knee: Knee | None, col
     for p in (p for p in points if p.index in risen):
         ax.plot([getattr(p, attribute).mean], [getattr(p, metric).mean], marker="o", markersize=14,
                 markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.5)
-    return colour
 
 
 def _latency_row(row, result: SweepResult) -> None:
     """onnxruntime speedup and speedup / MACs reduction against MACs reduction, ideal lines dotted."""
     for ax, (metric, ylabel) in zip(row, LATENCY):
-        for curve in result.curves():
-            _curve(ax, curve, "macs_reduction", metric, None)
+        for curve, colour in zip(result.curves(), _colours()):
+            _curve(ax, curve, "macs_reduction", metric, None, colour)
         low, high = ax.get_xlim()
         ideal = [max(low, 1.0), high]
         ax.plot(ideal, ideal if metric == "latency_speedup" else [1.0, 1.0], color=BASELINE_COLOUR, linestyle=":",

@@ -3,7 +3,8 @@
 `F.linear(x, self.w.t())`.
 
 A *weight expression* is a node computed from parameters only, through ops whose axes we can follow
-(element-wise with broadcasting, `_weight_norm`, permutes, size-preserving views), and read only as the
+(element-wise with broadcasting, `_weight_norm`, weight standardisation by `batch_norm` over a view
+`(1, out, in*k*k)` as timm's ScaledStdConv2d does, permutes, views), and read only as the
 weight or bias of a convolution/linear layer (or by another weight expression). Its own rule is
 deferred (`RuleContext.defer`): the layer asks `weight_axis_ids` for one axis at a time, and gets the
 ids of every parameter axis that lands on it, tied together. So `v`'s input axis and `g`'s and `v`'s
@@ -25,17 +26,57 @@ from structprune.ir.roles import ROLE_OUT
 from structprune.rules.context import RuleContext, tensor_inputs
 from structprune.rules.elementwise import ELEMENTWISE_OPS
 from structprune.rules.fallback import op_key
-from structprune.rules.shape import reshape_segments
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A run of positions along one dim: index = q * (inner * size) + c * inner + r, for the channel
+    c < size (a whole dim has inner 1). A view that merges dims carries a parameter axis as such a run."""
+
+    dim: int
+    inner: int
+    size: int
 
 
 @dataclass(frozen=True)
 class Edge:
-    """How one input of a weight-expression op reaches its output: output dim -> input dim."""
+    """How one input of a weight-expression op reaches its output: output dim -> input dim, or, for a
+    view, the input and output shapes (`view_axis` follows a run of positions across them)."""
 
     source: fx.Node
     dims: dict
     keeps_zeros: bool = True        # zeros on the mapped dims stay zeros in the output
-    mixes: frozenset = frozenset()  # output dims a 2-norm reduces over
+    mixes: frozenset = frozenset()  # output dims a normalisation reduces over
+    view: tuple | None = None       # (input shape, output shape) of a view
+
+    def follow(self, axis: Axis) -> Axis | None:
+        """Where `axis` of the output comes from in this input (None where it is not followed)."""
+        if self.view is not None:
+            return view_axis(*self.view, axis)
+        return Axis(self.dims[axis.dim], axis.inner, axis.size) if axis.dim in self.dims else None
+
+
+def _strides(shape) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return strides[::-1]
+
+
+def view_axis(in_shape, out_shape, axis: Axis) -> Axis | None:
+    """The run of the view's input that `axis` of its output reads: a view keeps flat positions, so
+    the run's flat stride is looked up in the input's dims; None if the run straddles two of them.
+
+    >>> view_axis((16, 3, 3, 3), (1, 16, 27), Axis(2, 9, 3))  # the input channels of a merged kernel
+    Axis(dim=1, inner=1, size=3)
+    """
+    step = axis.inner * _strides(out_shape)[axis.dim]
+    for dim, (size, stride) in enumerate(zip(in_shape, _strides(in_shape))):
+        if stride <= step < stride * size and step % stride == 0:
+            inner = step // stride
+            return Axis(dim, inner, axis.size) if size % (inner * axis.size) == 0 else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,12 +139,17 @@ def _permute(node: fx.Node) -> list[Edge]:
 
 
 def _reshape(node: fx.Node) -> list[Edge]:
-    """Only dims a view keeps whole (one input dim to one output dim of the same size) are followed."""
-    dims = {}
-    for seg_in, seg_out in reshape_segments(_shape(node.args[0]), _shape(node)):
-        if len(seg_in) == 1 and len(seg_out) == 1:
-            dims[seg_out[0]] = seg_in[0]
-    return [Edge(node.args[0], dims)]
+    """A view: runs of positions are followed across merged and split dims (`view_axis`)."""
+    return [Edge(node.args[0], {}, view=(_shape(node.args[0]), _shape(node)))]
+
+
+def _batch_norm(node: fx.Node) -> list[Edge]:
+    """batch_norm(x, weight, bias, ...) standardises each channel (dim 1) over every other dim: the
+    channel dim stays per channel, the others are mixed (and their zeros do not stay zeros)."""
+    ndim = len(_shape(node))
+    mixed = frozenset(d for d in range(ndim) if d != 1)
+    affine = [Edge(a, {1: 0}) for a in node.args[1:3] if isinstance(a, fx.Node)]
+    return [Edge(node.args[0], {d: d for d in range(ndim)}, False, mixed), *affine]
 
 
 _ZERO_KEEPING = frozenset({
@@ -112,7 +158,7 @@ _ZERO_KEEPING = frozenset({
 })
 EDGES = {f"aten.{name}": _elementwise for name in ELEMENTWISE_OPS} | {
     "aten.div": _divide, "aten.true_divide": _divide,
-    "aten._weight_norm": _weight_norm,
+    "aten._weight_norm": _weight_norm, "aten.batch_norm": _batch_norm,
     **{f"aten.{n}": _permute for n in ("permute", "t", "transpose", "swapaxes", "swapdims", "numpy_T")},
     **{f"aten.{n}": _reshape for n in ("view", "reshape", "_unsafe_view", "view_as", "reshape_as")},
 }
@@ -173,15 +219,21 @@ def _is_parameter(ctx: RuleContext, arg: fx.Node) -> bool:
 
 def sources(ctx: RuleContext, node: fx.Node, dim: int) -> list[Source]:
     """Every parameter axis that lands on dim `dim` of a parameter or a (deferred) weight expression."""
+    return _sources(ctx, node, Axis(dim, 1, _shape(node)[dim]))
+
+
+def _sources(ctx: RuleContext, node: fx.Node, axis: Axis) -> list[Source]:
     if _is_parameter(ctx, node):
-        return [Source(node, dim, True, False)]
+        whole = axis.inner == 1 and axis.size == _shape(node)[axis.dim]
+        return [Source(node, axis.dim, True, False)] if whole else []
     if not ctx.is_deferred(node):
         return []
     found = []
     for edge in EDGES[op_key(node.target)](node):
-        if dim in edge.dims:
-            for s in sources(ctx, edge.source, edge.dims[dim]):
-                found.append(Source(s.param, s.axis, s.keeps_zeros and edge.keeps_zeros, s.mixed or dim in edge.mixes))
+        moved = edge.follow(axis)
+        for s in _sources(ctx, edge.source, moved) if moved is not None else ():
+            mixed = s.mixed or axis.dim in edge.mixes
+            found.append(Source(s.param, s.axis, s.keeps_zeros and edge.keeps_zeros, mixed))
     return found
 
 

@@ -35,9 +35,9 @@ def _mha(ctx: RuleContext, prefix: str, module: nn.MultiheadAttention) -> None:
         ctx.union(out_cols, cols)
 
 
-# attribute names attention modules use (the rewrite reads them too)
-QUERY_PROJECTIONS = MappingProxyType({"qkv": 3, "to_qkv": 3, "qk": 2, "query": 1, "q_proj": 1, "q": 1})  # -> blocks
-VALUE_PROJECTIONS = MappingProxyType({"qk": "v", "query": "value", "q_proj": "v_proj", "q": "v"})
+# attribute names attention modules use (the rewrite reads them too); query projection -> its q/k/v blocks
+QUERY_PROJECTIONS = MappingProxyType({"qkv": 3, "to_qkv": 3, "qk": 2, "query": 1, "q_proj": 1, "q": 1, "wq": 1})
+VALUE_PROJECTIONS = MappingProxyType({"qk": "v", "query": "value", "q_proj": "v_proj", "q": "v", "wq": "wv"})
 HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
 HEAD_SIZES = ("head_dim", "attention_head_size", "head_size")
 

@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(criteria=args.criteria, points=args.points, seeds=args.seeds, seed=args.seed,
                        min_reduction=args.min_reduction, max_reduction=args.max_reduction, epochs=args.epochs,
                        recover=args.recover, lr=args.lr, reference=args.reference, knee_drop=args.knee_drop,
-                       limit=args.limit, calibration_samples=args.calibration_samples,
+                       limit=args.limit, calibration_samples=args.calibration_samples, round_to=args.round_to,
                        group_lasso=_group_lasso(args), scratch=_scratch(args),
                        latency=_latency(args))
 
@@ -168,6 +168,8 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-samples", type=_integer(1), default=512, metavar="N",
                    help="training samples for data-driven criteria, BatchNorm re-estimation and the limit")
     _arm_arguments(p)
+    p.add_argument("--round-to", type=_integer(1), default=1, metavar="N",
+                   help="keep every pruned layer a multiple of N channels (8 suits onnxruntime's CPU kernels)")
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="leave out Torch-Pruning's reference lines")
     p.add_argument("--no-limit", dest="limit", action="store_false", help="skip the pruning-limit estimate")

@@ -32,6 +32,8 @@ class SweepConfig:
     - limit: estimate the pruning limit (structprune.limit) on the first seed's dense model, before pruning.
     - calibration_samples: training samples that data-driven criteria, BatchNorm re-estimation and the
       limit's Hessian read.
+    - round_to: every layer a pruned point touches keeps a multiple of this many channels (compress's
+      `round_to`; Torch-Pruning's reference lines get the same), so latency is not lost to odd counts.
     - group_lasso, scratch, latency: the optional arms (structprune.sweep.options; None: not run): the
       group-lasso curve, Scratch-B of the named curves' architectures, onnxruntime latency of every point.
 
@@ -53,6 +55,7 @@ class SweepConfig:
     limit: bool = True
     calibration_samples: int = 512
     progress: bool = True
+    round_to: int = 1
     group_lasso: GroupLassoCurve | None = None
     scratch: ScratchB | None = None
     latency: LatencyProbe | None = None
@@ -72,6 +75,7 @@ class SweepConfig:
         _check(self.recover in RECOVERY_METHODS, f"recover={self.recover!r}: use one of {', '.join(RECOVERY_METHODS)}")
         _check(self.knee_drop > 0, f"knee_drop={self.knee_drop:g}: give accuracy points > 0, e.g. 2")
         _check(self.calibration_samples >= 1, "calibration_samples must be >= 1")
+        _check(isinstance(self.round_to, int) and self.round_to >= 1, f"round_to={self.round_to}: need an integer >= 1")
         unknown = sorted(set(self.scratch.criteria) - set(self.curve_names)) if self.scratch else []
         _check(not unknown, f"Scratch-B of {', '.join(unknown)}: name curves of this sweep "
                             f"({', '.join(self.curve_names)}) or 'all'")

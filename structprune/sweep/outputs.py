@@ -107,9 +107,10 @@ def _settings(result: SweepResult) -> str:
     c = result.config
     recovery = f"{c.epochs} epochs of {c.recover} (lr {c.lr:g})" if c.epochs else "none (one-shot)"
     arms = "".join(f"; {text}" for text in _arm_settings(c))
+    rounding = f"; channel counts multiples of {c.round_to}" if c.round_to > 1 else ""
     return (f"criteria {', '.join(c.criteria)}{arms}; MACs reductions {', '.join(f'{r:g}x' for r in c.reductions)}; "
             f"seeds {', '.join(map(str, c.seed_values))}; recovery {recovery}; calibration "
-            f"{c.calibration_samples} samples")
+            f"{c.calibration_samples} samples{rounding}")
 
 
 def _arm_settings(c) -> list[str]:

@@ -60,12 +60,12 @@ def prune_point(dense: Dense, criterion: str, point: Point, config: SweepConfig)
     try:
         if callable(getattr(get_criterion(criterion), "select", None)):
             plan = plan_to_target(dense.model, dense.example_inputs, criterion, fraction, point.calibration,
-                                  dense.seed)
+                                  dense.seed, config.round_to)
             result = compress(dense.model, dense.example_inputs, plan=plan, criterion=criterion, seed=dense.seed,
                               data=point.calibration)
         else:
             result = compress(dense.model, dense.example_inputs, target_macs=fraction, criterion=criterion,
-                              seed=dense.seed, data=point.calibration)
+                              seed=dense.seed, data=point.calibration, round_to=config.round_to)
     except StructpruneError as exc:
         return Pruned(structprune_failure(criterion, dense, point, start, exc), None)
     report = result.report

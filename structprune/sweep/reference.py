@@ -40,10 +40,10 @@ def reference_available() -> str:
     return ""
 
 
-def reference_ratios(dense: Dense, reductions: tuple[float, ...]) -> dict[float, float]:
+def reference_ratios(dense: Dense, reductions: tuple[float, ...], round_to: int = 1) -> dict[float, float]:
     """The uniform Torch-Pruning ratio of each MACs reduction: bisection to dense MACs / reduction, then the
     closer of the two ratios around it."""
-    macs_at = _macs_at_ratio(dense)
+    macs_at = _macs_at_ratio(dense, round_to)
     return {reduction: _bisect(macs_at, dense.macs / reduction) for reduction in reductions}
 
 
@@ -53,7 +53,7 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
     start = time.perf_counter()
     torch.manual_seed(dense.seed)  # random importance draws from torch's generator
     try:
-        pruned = tp_prune(dense.model, dense.example_inputs, criterion, ratio)
+        pruned = tp_prune(dense.model, dense.example_inputs, criterion, ratio, config.round_to)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # Torch-Pruning's own failures
         return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
                                  (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
@@ -66,15 +66,17 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
                                time.perf_counter() - start), pruned)
 
 
-def tp_prune(model: nn.Module, example_inputs: Any, criterion: str, ratio: float) -> nn.Module:
-    """A pruned deep copy of `model` by Torch-Pruning's MetaPruner at the uniform `ratio`."""
+def tp_prune(model: nn.Module, example_inputs: Any, criterion: str, ratio: float, round_to: int = 1) -> nn.Module:
+    """A pruned deep copy of `model` by Torch-Pruning's MetaPruner at the uniform `ratio` (its `round_to`: kept
+    channel counts a multiple of it)."""
     import torch_pruning as tp  # optional: the reference lines only
 
     pruned = copy.deepcopy(model).eval()
     importance = {"tp_l2": lambda: tp.importance.MagnitudeImportance(p=2),
                   "tp_random": tp.importance.RandomImportance}[criterion]()
     pruner = tp.pruner.MetaPruner(pruned, example_inputs, importance=importance, pruning_ratio=ratio,
-                                  ignored_layers=output_modules(pruned, example_inputs))
+                                  ignored_layers=output_modules(pruned, example_inputs),
+                                  round_to=round_to if round_to > 1 else None)
     pruner.step()
     return pruned
 
@@ -103,9 +105,9 @@ def runs_like_dense(pruned: nn.Module, dense: Dense, point: Point) -> bool:
     return True
 
 
-def _macs_at_ratio(dense: Dense) -> Callable[[float], int]:
+def _macs_at_ratio(dense: Dense, round_to: int) -> Callable[[float], int]:
     def macs_at(ratio: float) -> int:
-        return count_macs(tp_prune(dense.model, dense.example_inputs, "tp_l2", ratio), dense.example_inputs)
+        return count_macs(tp_prune(dense.model, dense.example_inputs, "tp_l2", ratio, round_to), dense.example_inputs)
 
     return macs_at
 

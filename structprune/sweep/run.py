@@ -92,7 +92,7 @@ def run_sweep(dense: nn.Module | DenseFactory, example_inputs: Any, bundle: Data
             if limit is None and config.limit:
                 limit = estimate_pruning_limit(model.model, example_inputs, calibration, seed=seed)
             if references and ratios is None:
-                ratios = reference_ratios(model, config.reductions)
+                ratios = reference_ratios(model, config.reductions, config.round_to)
             runs = _runs(model, config, bundle, references, ratios)
             rows += _run_points(bar, points, runs, config, partial(_arms, model, timer, config))
     bar.close()

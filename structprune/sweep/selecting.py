@@ -46,7 +46,8 @@ class Memoised:
         return self.criterion.select(groups, ctx, keep_counts, sensitivities=self._memo[key])
 
 
-def plan_to_target(model, example_inputs, criterion: str, fraction: float, data, seed: int = 0) -> Plan:
+def plan_to_target(model, example_inputs, criterion: str, fraction: float, data, seed: int = 0,
+                   round_to: int = 1) -> Plan:
     """The plan of selecting `criterion` that keeps `fraction` of the dense MACs within 2%: the request is
     scaled by wanted / achieved, and bisected (geometrically) once the wanted fraction is bracketed. Where
     the criterion's counts move in steps that jump over the 2% band, the closest plan within 10% is taken
@@ -55,7 +56,8 @@ def plan_to_target(model, example_inputs, criterion: str, fraction: float, data,
     cost, memo = PlanCost(graph), Memoised(criterion)
     request, below, above, tried = fraction, 0.0, 1.0, []
     for _ in range(TRIES):
-        plan = select(model, example_inputs, graph, target_macs=request, criterion=memo, seed=seed, data=data)
+        plan = select(model, example_inputs, graph, target_macs=request, criterion=memo, seed=seed, data=data,
+                      round_to=round_to)
         achieved = cost.of_plan(plan)[0] / cost.dense[0]
         tried.append((abs(achieved - fraction) / fraction, achieved, plan))
         if tried[-1][0] <= TOLERANCE:

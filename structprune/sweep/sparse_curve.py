@@ -44,7 +44,7 @@ def prune_group_lasso_point(dense: Dense, sparse: SparseDense, point: Point, con
     extra = sparse.sparse.config.epochs
     try:
         result = prune_sparse(sparse.sparse, dense.example_inputs, target_macs=1.0 / point.reduction, seed=dense.seed,
-                              data=point.calibration)
+                              data=point.calibration, round_to=config.round_to)
     except StructpruneError as exc:
         return Pruned(replace(structprune_failure(GROUP_LASSO, dense, point, start, exc), extra_epochs=extra), None)
     report = result.report

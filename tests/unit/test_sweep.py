@@ -203,3 +203,23 @@ def test_coreset_meets_a_macs_target_through_the_sweeps_search_as_compress_does(
     cost = PlanCost(analyze(cnn, x))
     assert cost.of_plan(plan)[0] / cost.dense[0] == pytest.approx(0.5, rel=0.02)
     assert plan.meta["criterion"] == "coreset"
+
+
+def _multiple_of_8_widths(macs: int) -> list[tuple[int, int]]:
+    """Hidden widths (a, b) of the zoo MLP 64 -> a -> b -> 10, both multiples of 8, that cost `macs`."""
+    return [(a, b) for a in range(8, 129, 8) for b in range(8, 65, 8) if 64 * a + a * b + 10 * b == macs]
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple_for_both_tools(bundle) -> None:
+    rounded, plain = (run_sweep(mlp(0), torch.randn(1, 64), bundle,
+                                SweepConfig(criteria=("l2",), points=2, min_reduction=2.0, max_reduction=3.0, epochs=0,
+                                            limit=False, progress=False, round_to=round_to))
+                      for round_to in (8, 1))
+    assert {r.tool for r in rounded.rows} == {"structprune", "torch-pruning"}
+    assert all(r.macs_before == 64 * 128 + 128 * 64 + 64 * 10 for r in rounded.rows)
+    verified = [r for r in rounded.rows if r.verified]
+    assert {r.tool for r in verified} == {"structprune", "torch-pruning"}
+    assert all(_multiple_of_8_widths(r.macs_after) for r in verified)
+    assert all("cannot be met within 2%" in r.error for r in rounded.rows if not r.verified)  # steps of 8 are coarse
+    assert any(not _multiple_of_8_widths(r.macs_after) for r in plain.rows)
+    assert "channel counts multiples of 8" in outputs._settings(rounded)

@@ -11,6 +11,7 @@ from structprune.ir.ops import op_base
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
+from structprune.rules.fallback import rule_unsupported
 from structprune.rules.split_sizes import SizedSplit
 
 MAX_RESHAPE_IDS = 20_000_000
@@ -145,18 +146,34 @@ def rule_cat(ctx: RuleContext, node: fx.Node) -> None:
     tensors = [ctx.value(t) for t in node.args[0]]
     out_shape = ctx.shape(node)
     tensors = [t for t in tensors if t is not None and t.ndim == len(out_shape)]
+    ctx.set(node, _concatenated(ctx, tensors, _arg(node, 1, "dim", 0) % len(out_shape), out_shape))
+
+
+def rule_stack(ctx: RuleContext, node: fx.Node) -> None:
+    """stack(tensors, dim) is cat of the tensors unsqueezed at `dim`: their other dims line up, so their
+    ids are tied position by position (RoPE's `stack([-x[..., 1::2], x[..., ::2]], -1)` pairs a head's dims)."""
+    out_shape = ctx.shape(node)
+    tensors = [ctx.value(t) for t in node.args[0]]
+    if out_shape is None or any(t is None for t in tensors):
+        return rule_unsupported(ctx, node, "stack of values without channel ids")
     dim = _arg(node, 1, "dim", 0) % len(out_shape)
+    pieces = [Abstract(np.expand_dims(t.ids, dim), t.chan[:dim] + (False,) + t.chan[dim:],
+                       _with_dim(out_shape, dim, 1)) for t in tensors]
+    ctx.set(node, _concatenated(ctx, pieces, dim, out_shape))
+
+
+def _concatenated(ctx: RuleContext, tensors: list[Abstract], dim: int, out_shape) -> Abstract:
+    """The values joined along `dim`: offsets on a channel dim; along a data dim the pieces are tied."""
     if not any(t.chan[dim] for t in tensors):
         merged = broadcast_union(ctx, tensors, _with_dim(out_shape, dim, 1))
-        ctx.set(node, make_with_chan(merged.ids, merged.chan, out_shape))
-        return
+        return make_with_chan(merged.ids, merged.chan, out_shape)
     wide = {d for d in range(len(out_shape)) if any(t.chan[d] for t in tensors)} | {dim}
     parts = []
     for t in tensors:
         target = tuple(t.shape[d] if d in wide else 1 for d in range(t.ndim))
         parts.append(np.broadcast_to(t.ids, target))
     ids = np.concatenate(parts, axis=dim)
-    ctx.set(node, make_with_chan(ids, tuple(d in wide for d in range(len(out_shape))), out_shape))
+    return make_with_chan(ids, tuple(d in wide for d in range(len(out_shape))), out_shape)
 
 
 def _with_dim(shape, dim, size):

@@ -47,7 +47,32 @@ def rule_conv(ctx: RuleContext, node: fx.Node, op: str) -> None:
         out_ids = weight_axis_ids(ctx, weight, 0, ROLE_OUT)
         _tie_conv_input(ctx, x, ch, weight, w_shape, groups, out_ids, op)
     _tie_bias(ctx, bias, out_ids)
-    ctx.set(node, _channel_output(out_ids, out_shape, ch))
+    along = _channels_along_space(ctx, x, ch, w_shape, out_shape, out_ids, op)
+    ctx.set(node, along if along is not None else _channel_output(out_ids, out_shape, ch))
+
+
+def _channels_along_space(ctx: RuleContext, x: Abstract, ch: int, w_shape, out_shape, out_ids: np.ndarray,
+                          op: str) -> Abstract | None:
+    """A conv whose input carries channels on a spatial dim (CoaT's `Conv1d` over the [B, tokens, C]
+    class tokens, ECA's `Conv1d` over [B, 1, C]): a kernel of 1 that keeps the size reads each position
+    alone, so those channels pass through to the output; a wider kernel slides over them (neighbours mix),
+    so they are blocked, and still passed on where the size stays so what reads them is blocked too.
+    The conv's own output channels then form a product with them: blocked unless there is one. None when
+    the input has no channel on a spatial dim (the common case)."""
+    spatial = [d for d in range(ch + 1, x.ndim) if x.chan[d]]
+    if not spatial or x.chan[ch]:
+        return None
+    kept = [d for d in spatial if out_shape[d] == x.shape[d]]
+    for d in spatial:
+        if w_shape[2 + d - ch - 1] != 1 or d not in kept:
+            ctx.block(x.ids, ReasonKind.DATA_DIMENSION, f"{op} slides its kernel over channel dim {d}")
+    if out_ids.size > 1 and kept:
+        ctx.block(out_ids, ReasonKind.DATA_DIMENSION, f"{op} output channels form a product with input channels")
+    ids = x.ids
+    for d in range(x.ndim):
+        if d not in kept and ids.shape[d] > 1:
+            ids = ids.take([0], axis=d)
+    return make_with_chan(ids, tuple(d in kept for d in range(len(out_shape))), out_shape) if kept else None
 
 
 def _tie_conv_input(ctx, x, ch, weight, w_shape, groups, out_ids, op) -> None:

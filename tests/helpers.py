@@ -158,3 +158,11 @@ class LiteralFlattenLeNet(nn.Module):
         x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
         x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))))
+
+
+def digits_mlp(seed: int) -> nn.Module:
+    """The zoo MLP (64 -> 128 -> 64 -> 10) for the 64-feature digits data, initialised from `seed`."""
+    import models_zoo
+
+    torch.manual_seed(seed)
+    return models_zoo.create("mlp", in_features=64).eval()

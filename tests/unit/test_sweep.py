@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import models_zoo
+from helpers import digits_mlp
 from structprune.api import analyze, compress
 from structprune.data import load_data
 from structprune.errors import UsageError, VerificationError
@@ -30,21 +31,11 @@ BRIEF_COLUMNS = ["criterion", "seed", "target", "macs_before", "macs_after", "pa
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return load_data("digits", input_shape=(64,), seed=0)
-
-
-def mlp(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return models_zoo.create("mlp", in_features=64).eval()
-
-
-@pytest.fixture(scope="module")
-def swept(bundle, tmp_path_factory):
+def swept(digits_bundle, tmp_path_factory):
     """l2 and taylor plus Torch-Pruning's two lines, 2 points, 2 seeds (a model per seed), 1 fine-tune epoch."""
     config = SweepConfig(criteria=("l2", "taylor"), points=2, seeds=2, min_reduction=2.0, max_reduction=4.0, epochs=1,
                          calibration_samples=256, progress=False)
-    result = run_sweep(mlp, torch.randn(1, 64), bundle, config, name="mlp")
+    result = run_sweep(digits_mlp, torch.randn(1, 64), digits_bundle, config, name="mlp")
     out = tmp_path_factory.mktemp("sweep") / "out"
     write_sweep(result, out)
     return result, out
@@ -117,20 +108,21 @@ def test_sweep_json_holds_the_limit_and_every_curve_s_knee(swept) -> None:
         ("structprune", "l2"), ("structprune", "taylor"), ("torch-pruning", "tp_l2"), ("torch-pruning", "tp_random")]
 
 
-def test_without_torch_pruning_the_reference_lines_are_omitted_with_a_note(bundle, tmp_path, monkeypatch) -> None:
+def test_without_torch_pruning_the_reference_lines_are_omitted_with_a_note(digits_bundle, tmp_path,
+                                                                           monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # `import torch_pruning` now raises ImportError
     config = SweepConfig(criteria=("l2",), points=2, epochs=0, limit=False, progress=False)
-    result = run_sweep(mlp(0), torch.randn(1, 64), bundle, config)
+    result = run_sweep(digits_mlp(0), torch.randn(1, 64), digits_bundle, config)
     assert {r.tool for r in result.rows} == {"structprune"} and len(result.rows) == 2
     assert any("torch_pruning is not installed" in note for note in result.notes)
     write_sweep(result, tmp_path / "out")
     assert "torch_pruning is not installed" in (tmp_path / "out" / "sweep.html").read_text()
 
 
-def test_a_point_that_cannot_be_reached_is_a_failed_row_not_a_crash(bundle) -> None:
+def test_a_point_that_cannot_be_reached_is_a_failed_row_not_a_crash(digits_bundle) -> None:
     config = SweepConfig(criteria=("l2",), points=2, min_reduction=2.0, max_reduction=5000.0, epochs=0,
                          reference=False, limit=False, progress=False)
-    result = run_sweep(mlp(0), torch.randn(1, 64), bundle, config)
+    result = run_sweep(digits_mlp(0), torch.randn(1, 64), digits_bundle, config)
     reached, failed = result.rows
     assert reached.verified and not failed.verified and not result.verified
     assert "best achievable" in failed.error or "cannot" in failed.error
@@ -210,8 +202,8 @@ def _multiple_of_8_widths(macs: int) -> list[tuple[int, int]]:
     return [(a, b) for a in range(8, 129, 8) for b in range(8, 65, 8) if 64 * a + a * b + 10 * b == macs]
 
 
-def test_round_to_keeps_every_pruned_width_a_multiple_for_both_tools(bundle) -> None:
-    rounded, plain = (run_sweep(mlp(0), torch.randn(1, 64), bundle,
+def test_round_to_keeps_every_pruned_width_a_multiple_for_both_tools(digits_bundle) -> None:
+    rounded, plain = (run_sweep(digits_mlp(0), torch.randn(1, 64), digits_bundle,
                                 SweepConfig(criteria=("l2",), points=2, min_reduction=2.0, max_reduction=3.0, epochs=0,
                                             limit=False, progress=False, round_to=round_to))
                       for round_to in (8, 1))

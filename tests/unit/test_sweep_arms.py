@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import models_zoo
-from structprune.data import load_data
+from helpers import digits_mlp
 from structprune.errors import UsageError
 from structprune.recover import scratch_b_epochs
 from structprune.sweep import COLUMNS, SweepConfig, SweepRow, latency, run_sweep, write_sweep
@@ -25,16 +24,6 @@ ARM_COLUMNS = ["extra_epochs", "accuracy_scratch", "scratch_epochs", "scratch_se
 TIMING = {"seconds", "scratch_seconds", "latency_dense_ms", "latency_ms", "latency_speedup", "speedup_per_mac"}
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return load_data("digits", input_shape=(64,), seed=0)
-
-
-def mlp(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return models_zoo.create("mlp", in_features=64).eval()
-
-
 def arms_config(**options) -> SweepConfig:
     fields = {"criteria": ("l2",), "points": 2, "seeds": 1, "min_reduction": 2.0, "max_reduction": 4.0, "epochs": 1,
               "reference": False, "limit": False, "calibration_samples": 128, "progress": False,
@@ -44,9 +33,9 @@ def arms_config(**options) -> SweepConfig:
 
 
 @pytest.fixture(scope="module")
-def swept(bundle, tmp_path_factory):
+def swept(digits_bundle, tmp_path_factory):
     """l2 and the group-lasso curve, Scratch-B of l2's architectures, 2 points, 1 seed, 1 fine-tune epoch."""
-    result = run_sweep(mlp, torch.randn(1, 64), bundle, arms_config(), name="mlp")
+    result = run_sweep(digits_mlp, torch.randn(1, 64), digits_bundle, arms_config(), name="mlp")
     out = tmp_path_factory.mktemp("arms") / "out"
     write_sweep(result, out)
     return result, out
@@ -80,9 +69,9 @@ def test_scratch_b_trains_the_named_curve_s_architectures_for_the_dense_compute(
     assert point.scratch_gain.mean == pytest.approx(result.rows[0].accuracy - result.rows[0].accuracy_scratch)
 
 
-def test_the_same_seed_gives_the_same_rows(bundle, swept) -> None:
+def test_the_same_seed_gives_the_same_rows(digits_bundle, swept) -> None:
     result, _ = swept
-    again = run_sweep(mlp, torch.randn(1, 64), bundle, arms_config(), name="mlp")
+    again = run_sweep(digits_mlp, torch.randn(1, 64), digits_bundle, arms_config(), name="mlp")
     strip = [{k: v for k, v in r.to_csv().items() if k not in TIMING} for r in result.rows]
     assert strip == [{k: v for k, v in r.to_csv().items() if k not in TIMING} for r in again.rows]
 
@@ -97,7 +86,7 @@ def test_the_table_and_page_show_the_arms_and_the_verdicts(swept) -> None:
     assert "group_lasso curve: 1 sparsity epochs, lambda 0.01" in page
 
 
-def test_latency_is_measured_beside_the_dense_model_once_per_architecture(bundle, tmp_path, monkeypatch) -> None:
+def test_latency_is_measured_beside_the_dense_model_once_per_architecture(digits_bundle, tmp_path, monkeypatch) -> None:
     exported = []
     original = latency.export_onnx
 
@@ -107,7 +96,7 @@ def test_latency_is_measured_beside_the_dense_model_once_per_architecture(bundle
 
     monkeypatch.setattr(latency, "export_onnx", counting)
     config = arms_config(seeds=2, group_lasso=None, scratch=None, epochs=0, latency=LatencyProbe(batch=4, runs=3))
-    result = run_sweep(mlp, torch.randn(1, 64), bundle, config, name="mlp")
+    result = run_sweep(digits_mlp, torch.randn(1, 64), digits_bundle, config, name="mlp")
     assert len(exported) == len(set(exported)) == 1 + len({(r.macs_after, r.params_after) for r in result.rows})
     for row in result.rows:
         assert row.latency_dense_ms > 0 and row.latency_ms > 0

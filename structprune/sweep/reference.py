@@ -25,6 +25,7 @@ from structprune.graph.cost import count_macs, count_params
 from structprune.sweep.config import SweepConfig
 from structprune.sweep.points import Dense, Point, Pruned, measured_row, recovered_accuracy
 from structprune.sweep.rows import failed_row
+from structprune.sweep.selecting import FALLBACK_TOLERANCE
 
 BISECTION_STEPS = 12
 MAX_RATIO = 0.95
@@ -58,6 +59,13 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
         return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
                                  (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
                                  f"Torch-Pruning failed: {type(exc).__name__}: {exc}"), None)
+    reached = dense.macs / max(count_macs(pruned, dense.example_inputs), 1)
+    if abs(reached - point.reduction) > FALLBACK_TOLERANCE * point.reduction:  # never a row off its target
+        rounding = f" with round_to={config.round_to}" if config.round_to > 1 else ""
+        return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
+                                 (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
+                                 f"Torch-Pruning's closest uniform ratio{rounding} ({ratio:.3f}) gives "
+                                 f"{reached:.2f}x fewer MACs, not {point.reduction:g}x (within 10%)"), None)
     recalibrate_batchnorm(pruned, point.calibration)
     verified = runs_like_dense(pruned, dense, point)
     accuracy = recovered_accuracy(pruned, dense, point.bundle, config)

@@ -215,3 +215,5 @@ def test_round_to_keeps_every_pruned_width_a_multiple_for_both_tools(digits_bund
     assert all("cannot be met within 2%" in r.error for r in rounded.rows if not r.verified)  # steps of 8 are coarse
     assert any(not _multiple_of_8_widths(r.macs_after) for r in plain.rows)
     assert "channel counts multiples of 8" in outputs._settings(rounded)
+    for r in rounded.rows + plain.rows:  # a point is on its target (within 10%) or a failed row that says why
+        assert (r.verified and abs(r.theoretical_speedup / r.target - 1) <= 0.10) or (not r.verified and r.error)

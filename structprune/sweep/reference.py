@@ -59,7 +59,8 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
         return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
                                  (dense.macs, dense.params), dense.accuracy, "shapes", time.perf_counter() - start,
                                  f"Torch-Pruning failed: {type(exc).__name__}: {exc}"), None)
-    reached = dense.macs / max(count_macs(pruned, dense.example_inputs), 1)
+    pruned_macs = count_macs(pruned, dense.example_inputs)
+    reached = dense.macs / max(pruned_macs, 1)
     if abs(reached - point.reduction) > FALLBACK_TOLERANCE * point.reduction:  # never a row off its target
         rounding = f" with round_to={config.round_to}" if config.round_to > 1 else ""
         return Pruned(failed_row("torch-pruning", criterion, dense.seed, point.index, point.reduction,
@@ -69,7 +70,7 @@ def prune_reference_point(dense: Dense, criterion: str, ratio: float, point: Poi
     recalibrate_batchnorm(pruned, point.calibration)
     verified = runs_like_dense(pruned, dense, point)
     accuracy = recovered_accuracy(pruned, dense, point.bundle, config)
-    after = (count_macs(pruned, dense.example_inputs), count_params(pruned))
+    after = (pruned_macs, count_params(pruned))  # recalibration and recovery never change the widths
     return Pruned(measured_row("torch-pruning", criterion, dense, point, after, accuracy, verified, "shapes",
                                time.perf_counter() - start), pruned)
 

@@ -37,6 +37,9 @@ linear decay), one epoch; each row one `--criteria C --lr L --loss X --dropout D
 Params 22,713,216 -> 18,283,200. The issue's target (cosine >= 0.98 after one epoch) is not reached: one
 epoch of final-state distillation moves obs's 0.948 to 0.958 at best; dropout off is the largest single
 gain (RecoveryConfig.dropout), the loss mix and the LR (1e-4 to 3e-4) matter less, 1e-3 hurts.
+benchmarks/minilm_distill_grid.py runs 28 recipes on a GPU (frozen embeddings, layer-wise hidden-state
+loss, batch sizes, schedules, optimiser settings, more epochs): every one-epoch recipe lands at
+0.957-0.959, and ten epochs reach 0.972.
 """
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ without the embedding tensors, which pruning left unchanged: the grid takes them
 the folder fits a 64 MiB transfer) and DIR/sentences.json. fp16 storage changes the one-shot fidelity
 by < 1e-4 (0.94823 either way). `grid` trains one copy of the student per recipe (CUDA when present).
 
-Measured on one NVIDIA H100 (torch 2.11, transformers 5.17), 2026-11-27; held-out cosine mean / min /
-nearest-neighbour agreement. The baseline recipe is minilm_distill.py's best (cosine+tokens, AdamW lr
-3e-4, batch 32, 10% warm-up then linear decay, dropout off); it reproduces that script's CPU result
-through `recover` (0.9584):
+Measured on one NVIDIA H100 and again, to the digit, on an H200 (torch 2.11, transformers 5.17),
+2026-11-27; held-out cosine mean / min / nearest-neighbour agreement. The baseline recipe is
+minilm_distill.py's best (cosine+tokens, AdamW lr 3e-4, batch 32, 10% warm-up then linear decay,
+dropout off); it reproduces that script's CPU result through `recover` (0.9584):
 
 | recipe (changes from the baseline) | cos mean | cos min | NN agree |
 |---|---:|---:|---:|

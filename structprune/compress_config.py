@@ -50,8 +50,9 @@ class CompressConfig:
     ratio, round_to and max_group_ratio, ValueError for an unknown criterion, UsageError for an unknown
     attention mode).
 
-    - ratio: fraction of each prunable group's channels to remove, in [0, 1); with `global_pruning`, of
-      all prunable channels together, never more than `max_group_ratio` of one group.
+    - ratio: fraction of each prunable group's channels to remove, in [0, 1) (the nearest count, halves
+      rounded up: `selection.select.removed_at`); with `global_pruning`, of all prunable channels together,
+      never more than `max_group_ratio` of one group.
     - target_macs, target_params: a budget instead of a ratio, the fraction in (0, 1) of the dense model's
       MACs or parameters to keep (within 2%); one of them, and not beside an explicit ratio (`ratio` is
       then None; dropping the target again needs a ratio).

@@ -1,6 +1,6 @@
 """Sensitivity analysis: what the model loses when one channel group alone is pruned at a few ratios.
 
-For each prunable group g and ratio r, the group keeps its highest-scored size - min(floor(size r), size - 1)
+For each prunable group g and ratio r, the group keeps its highest-scored size - removed_at(size, r)
 channels (the criterion's scores, as compress would choose them), every other group stays whole, the model
 is rewritten (`rewrite_model`, unverified: this only measures) and run on fixed batches. The value is
 - "accuracy": top-1 accuracy in percent, where the batches carry class labels and the model returns
@@ -26,7 +26,7 @@ from structprune.errors import PlanError, StructpruneError
 from structprune.rewrite import rewrite_model
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.selection import Plan, SensitivityTable, is_ignored
-from structprune.selection.select import output_fqns
+from structprune.selection.select import output_fqns, removed_at
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 MAX_SAMPLES = 256  # samples every candidate is run on
@@ -78,7 +78,7 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
 
 def _pruned_value(model, graph, group, scores, ratio: float, batches, dense, score, shrink_rules) -> float:
     """The metric with `group` alone pruned at `ratio` (NaN when that model cannot be built or run)."""
-    n_keep = group.size - min(int(group.size * ratio + 1e-9), group.size - 1)
+    n_keep = group.size - removed_at(group.size, ratio)
     kept = tuple(sorted(np.argsort(-np.asarray(scores), kind="stable")[:n_keep].tolist()))
     plan = Plan({**{g.id: tuple(range(g.size)) for g in graph.groups}, group.id: kept},
                 {g.id: g.size for g in graph.groups})

@@ -3,7 +3,7 @@ table of what the model loses when that group alone is pruned at a few ratios (`
 measures it).
 
 Notation: a group of n channels measured at ratios r_1 < ... < r_m lost d_j (baseline accuracy or output
-fidelity minus the value, `SensitivityTable.drops`) with c_j = min(floor(n r_j), n - 1) channels removed.
+fidelity minus the value, `SensitivityTable.drops`) with c_j = removed_at(n, r_j) channels removed (select.py).
 Its loss after removing k channels, D(k), is the piecewise-linear curve through (0, 0) and the (c_j, d_j),
 made non-decreasing (a running maximum); a measurement that failed counts as an infinite loss. The
 allocation removes the measured channels (k <= c_m) of all groups in order of D(k), ties by depth k / n,
@@ -25,7 +25,7 @@ import numpy as np
 from structprune.errors import PlanError
 from structprune.selection.channel_multiple import unit_multiple
 from structprune.selection.plan import Plan
-from structprune.selection.select import _rounded, check_ratio, is_ignored, output_fqns
+from structprune.selection.select import _rounded, check_ratio, is_ignored, output_fqns, removed_at
 
 MIN_SLOPE = 1e-6  # loss per channel past the deepest measured ratio, so deeper cuts always rank later
 METRICS = ("accuracy", "fidelity")
@@ -55,7 +55,7 @@ class SensitivityTable:
 
     def removed(self, size: int) -> list[int]:
         """Channels a group of `size` loses at each ratio (as the measurement removed them)."""
-        return [min(int(size * r + 1e-9), size - 1) for r in self.ratios]
+        return [removed_at(size, r) for r in self.ratios]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group and ratio: group, size, ratio, removed, metric, value, drop (CSV order)."""

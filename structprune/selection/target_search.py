@@ -17,7 +17,7 @@ import numpy as np
 from structprune.errors import PlanError
 from structprune.selection.channel_multiple import unit_multiple
 from structprune.selection.plan_cost import PlanCost
-from structprune.selection.select import _rounded
+from structprune.selection.select import _rounded, removed_at
 
 KINDS = {"macs": "MACs", "params": "parameters"}
 COST_INDEX = {"macs": 0, "params": 1}  # PlanCost.of_keep's order; other kinds (latency) cost by MACs
@@ -122,11 +122,11 @@ class TargetSearch:
 
     def _uniform_steps(self) -> list[float]:
         """The ratios at which some active group's kept count changes."""
-        return sorted({k / g.size for g in self.active for k in range(1, g.size)})
+        return sorted({(k - 0.5) / g.size for g in self.active for k in range(1, g.size)})
 
     def _uniform_counts(self, ratio: float) -> dict[str, int]:
         """As select_plan's uniform counts, exact at each step."""
-        return {g.id: min(int(g.size * ratio + 1e-9), g.size - 1) for g in self.active}
+        return {g.id: removed_at(g.size, ratio) for g in self.active}
 
     # ---- a ladder of cuts, for a measured figure ---------------------------------------------------------
     def ladder(self, allocation: str, cap: float, ranking: list[str] | None = None) -> Ladder:

@@ -253,7 +253,7 @@ def test_iterative_pruning_applies_each_plan_to_the_previous_model(loaders, trai
     config = cfg(method="finetune", epochs=1, schedule="silo")
     out = iterative_prune(trained, EXAMPLE, *loaders, cycles=3, fraction=0.25, config=config)
     widths = [c.recovery.model[0].out_features for c in out.cycles]
-    assert widths == [24, 18, 14]  # 32 -> 32 − 8 -> 24 − 6 -> 18 − 4
+    assert widths == [24, 18, 13]  # 32 -> 32 − 8 -> 24 − 6 -> 18 − 5 (4.5 of 18 rounds up)
     assert [c.plan.sizes["0.weight:0"] for c in out.cycles] == [32, 24, 18]
     assert [c.recovery.base_lr for c in out.cycles] == pytest.approx([silo_max_lr(c, 0.25) for c in (1, 2, 3)])
     assert out.cycles[1].recovery.base_lr == pytest.approx(0.03 + 0.04 / (1 + 3 ** 5))  # P = 0.25: odds 1/3

@@ -251,8 +251,8 @@ def test_grouped_conv_ties_local_channel_indices_across_groups() -> None:
 def test_grouped_conv_pruning_keeps_groups_and_equal_counts_per_group() -> None:
     net = Grouped().eval()
     result = compress(net, IMG)
-    g = result.model.g
-    assert g.groups == 2 and g.in_channels == 4 and g.out_channels == 4
+    g = result.model.g  # 3 outputs per group at ratio 0.5: 1.5 rounds to 2 removed, the same in each group
+    assert g.groups == 2 and g.in_channels == 4 and g.out_channels == 2
     keep_in, keep_out = result.plan.keep["a.weight:0"], result.plan.keep["g.weight:0"]
     rows = sorted(list(keep_out) + [3 + k for k in keep_out])
     torch.testing.assert_close(g.weight, net.g.weight.detach()[rows][:, list(keep_in)], rtol=0, atol=0)
@@ -483,9 +483,10 @@ def test_sdpa_pruning_removes_whole_heads_and_verifies() -> None:
     x = torch.randn(2, 5, 12)
     result = compress(SelfAttention(12, 3), x)
     model = result.model
-    assert model.q.out_features == model.k.out_features == model.v.out_features == model.o.in_features == 8
+    # 3 heads at ratio 0.5: 1.5 heads round to 2 removed, one head of 4 dims kept
+    assert model.q.out_features == model.k.out_features == model.v.out_features == model.o.in_features == 4
     kept = result.plan.keep["q.weight:0"]
-    assert len(kept) == 2
+    assert len(kept) == 1
     assert outputs(model, x).shape == (2, 5, 12)
     assert result.report.verification["masking_error"] <= 1e-5
 
@@ -504,8 +505,8 @@ def test_multihead_attention_pruning_updates_heads_and_runs() -> None:
     x = torch.randn(2, 5, 4)
     result = compress(MHABlock(), x)
     mha = result.model.mha
-    assert (mha.num_heads, mha.embed_dim, mha.head_dim) == (2, 8, 4)
-    assert mha.in_proj_weight.shape == (24, 8)
+    assert (mha.num_heads, mha.embed_dim, mha.head_dim) == (1, 4, 4)  # 1.5 of 3 heads round to 2 removed
+    assert mha.in_proj_weight.shape == (12, 4)
     assert outputs(result.model, x).shape == (2, 5, 2)
     assert result.report.verification["masking_error"] <= 1e-5
 

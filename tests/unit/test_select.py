@@ -37,11 +37,14 @@ def kept_counts(plan, graph) -> dict[str, tuple[int, int]]:
 
 # ---- counts: ratio, round_to, at least one kept, global cap -----------------------------------------
 
-def test_uniform_ratio_removes_floor_of_ratio_times_size_per_group() -> None:
+def test_uniform_ratio_removes_the_nearest_count_halves_up_per_group() -> None:
     plan, graph = plan_for(ladder(), ratio=0.5)
     assert kept_counts(plan, graph) == {"0.weight:0": (16, 8), "2.weight:0": (12, 6), "4.weight:0": (10, 5),
-                                        "6.weight:0": (6, 3), "8.weight:0": (3, 2)}
+                                        "6.weight:0": (6, 3), "8.weight:0": (3, 1)}  # 1.5 of 3 rounds to 2 gone
     assert plan.meta["ratio"] == 0.5 and plan.meta["criterion"] == "l2"
+    plan, graph = plan_for(ladder(), ratio=0.3)  # 4.8, 3.6, 3.0, 1.8, 0.9 removed -> 5, 4, 3, 2, 1
+    assert kept_counts(plan, graph) == {"0.weight:0": (16, 11), "2.weight:0": (12, 8), "4.weight:0": (10, 7),
+                                        "6.weight:0": (6, 4), "8.weight:0": (3, 2)}
 
 
 @pytest.mark.parametrize("global_pruning", [False, True])
@@ -58,7 +61,7 @@ def test_round_to_keeps_multiples_where_the_group_is_large_enough(ratio: float, 
 def test_round_to_compresses_end_to_end() -> None:
     # kept counts 8, 6, 5, 3 round *up* to multiples of 4; the 3-channel group is smaller than round_to
     result = structprune.compress(ladder(), X4, ratio=0.5, round_to=4)
-    assert [result.model[i].out_channels for i in (0, 2, 4, 6, 8)] == [8, 8, 8, 4, 2]
+    assert [result.model[i].out_channels for i in (0, 2, 4, 6, 8)] == [8, 8, 8, 4, 1]
 
 
 def test_ratio_zero_prunes_nothing_whatever_round_to() -> None:

@@ -270,6 +270,14 @@ def markdown(rows: list[dict], dense_params: int) -> str:
     return "\n".join(lines)
 
 
+def append_row(path: Path, row: dict, first: bool) -> None:
+    with open(path, "w" if first else "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if first:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -292,14 +300,12 @@ def main(argv=None) -> list[dict]:
             for name in args.criteria:
                 rows.append(run_one(dense, example, name, ffn, heads, calib, evals, reference, latency))
                 r = rows[-1]
+                speed = f"  speedup {r['speedup']:.2f}x" if "speedup" in r else ""
                 print(f"{name:10s} ffn {ffn:.0%} heads {heads:.0%}: cos {r['cos_mean']:.4f} (min {r['cos_min']:.3f}) "
-                      f"NN {r['nn_agree']:.3f}  {r['compress_s']:.1f} s", flush=True)
+                      f"NN {r['nn_agree']:.3f}  {r['compress_s']:.1f} s{speed}", flush=True)
+                if args.csv:  # row by row, so a run cut short keeps what it measured
+                    append_row(args.csv, r, first=len(rows) == 1)
     print(markdown(rows, sum(p.numel() for p in dense.parameters())))
-    if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
     return rows
 
 

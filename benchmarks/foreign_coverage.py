@@ -334,6 +334,7 @@ def print_result(result: dict) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     """One side on one model in this (fresh) process; the result goes to stdout as one JSON line."""
+    limit_memory(args.max_memory_gb)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     side = ours_worker if args.worker == "ours" else tp_worker
@@ -344,13 +345,29 @@ def worker_main(args: argparse.Namespace) -> None:
     print_result(result)
 
 
+def limit_memory(gigabytes: float) -> None:
+    """Cap this process's address space, so a side that runs away (Torch-Pruning on some timm models
+    grew past 23 GB on a 24 GB machine) fails with MemoryError in its own row instead of waking the
+    kernel's OOM killer, which also took the parent and other jobs down."""
+    import resource
+    if gigabytes > 0:
+        cap = int(gigabytes * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def default_memory_gb(jobs: int) -> float:
+    """Two thirds of the machine's memory, shared by the parallel jobs."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return round(total * 2 / 3 / max(jobs, 1), 1)
+
+
 # --- the parent: subprocesses, rows, summary -------------------------------------------------------------
 
 def run_side(side: str, source: str, name: str, args: argparse.Namespace) -> dict:
     """Run one side in a fresh subprocess; on timeout, kill its process group and say how far it got."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--worker-source", source,
            "--worker-model", name, "--max-size", str(args.max_size), "--ratio", str(args.ratio),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=args.timeout)
@@ -573,6 +590,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per side per model (default 300)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured in parallel (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/jobs)")
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="address-space cap per worker (default 2/3 of memory / jobs; 0: none)")
     parser.add_argument("--csv", default=None, help="write every row to this CSV (appended as rows finish)")
     parser.add_argument("--resume", action="store_true", help="keep the --csv file and skip the models in it")
     parser.add_argument("--from-csv", default=None,
@@ -582,6 +601,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--worker-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    if args.max_memory_gb is None:
+        args.max_memory_gb = default_memory_gb(args.jobs)
     return args
 
 

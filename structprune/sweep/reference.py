@@ -11,6 +11,7 @@ statistics are re-estimated on the calibration data, as `compress` does for stru
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -115,6 +116,7 @@ def runs_like_dense(pruned: nn.Module, dense: Dense, point: Point) -> bool:
 
 
 def _macs_at_ratio(dense: Dense, round_to: int) -> Callable[[float], int]:
+    @functools.cache  # the bisection's final comparison asks again for the two ratios it last measured
     def macs_at(ratio: float) -> int:
         return count_macs(tp_prune(dense.model, dense.example_inputs, "tp_l2", ratio, round_to), dense.example_inputs)
 

@@ -4,10 +4,12 @@ Token inputs (integer tensors, batch x sequence: `input_ids`, `attention_mask`) 
 sequence axis; the file names the two axes `batch` and `sequence` on every input, output and
 intermediate value that carries them, whichever exporter wrote it.
 
-The dynamo exporter (torch.export based) is tried first; if it raises, or its file fails the ONNX
-checker or does not run with another batch size, the legacy TorchScript exporter is used and the
-reason is recorded. The file is staged in a temporary folder next to `path` and moved into place only
-after every check passed, so `path` never holds a half-written or unchecked model.
+The dynamo exporter (torch.export based) is tried first; if its file fails the ONNX checker or does
+not run with another batch size, it is tried again without its ONNX optimizer ("dynamo-unoptimized");
+if that fails too, or dynamo raised while exporting, the legacy TorchScript exporter is used. The
+reasons are recorded (`fallback_reason`). The file is staged in a temporary folder next to `path`
+and moved into place only after every check passed, so `path` never holds a half-written or
+unchecked model.
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """Where the model went and how: `exporter` is "dynamo" or "legacy"; `fallback_reason` says why
-    dynamo was not used (empty when it was); `external_data` lists sidecar files (models over 2 GB)."""
+    """Where the model went and how: `exporter` is "dynamo", "dynamo-unoptimized" or "legacy";
+    `fallback_reason` says why the exporters before it failed (empty for "dynamo"); `external_data`
+    lists sidecar files (models over 2 GB)."""
 
     path: str
     exporter: str
@@ -78,18 +81,18 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     path = os.path.abspath(os.fspath(path))
     with eval_mode(model):
         spec = _export_spec(model, example_inputs)
-        try:
-            sidecars = _export_checked(_export_dynamo, model, spec, path, opset)
-            return OnnxExport(path, "dynamo", spec.input_names, spec.output_names, "", sidecars, spec.dynamic,
-                              _sequence_is_free(path, spec))
-        except Exception as exc:  # noqa: BLE001 - any dynamo failure triggers the fallback
-            dynamo_failure = _first_line(exc)
-        try:
-            sidecars = _export_checked(_export_legacy, model, spec, path, opset)
-        except Exception as exc:  # noqa: BLE001 - re-raised with both failures named
-            raise ExportError(_explain_failure(model, dynamo_failure, _first_line(exc))) from exc
-    return OnnxExport(path, "legacy", spec.input_names, spec.output_names, dynamo_failure, sidecars, spec.dynamic,
-                      _sequence_is_free(path, spec))
+        failures: dict[str, str] = {}
+        for name, exporter in _EXPORTERS:
+            if name == UNOPTIMIZED and not _optimizer_may_be_at_fault(failures["dynamo"]):
+                continue
+            try:
+                sidecars = _export_checked(exporter, model, spec, path, opset)
+            except Exception as exc:  # noqa: BLE001 - any failure moves on to the next exporter
+                failures[name] = _first_line(exc)
+                continue
+            return OnnxExport(path, name, spec.input_names, spec.output_names, " | ".join(failures.values()),
+                              sidecars, spec.dynamic, _sequence_is_free(path, spec))
+    raise ExportError(_explain_failure(model, failures))
 
 
 def _export_spec(model: nn.Module, example_inputs: Any) -> _ExportSpec:
@@ -160,7 +163,8 @@ def _export_checked(exporter: Callable, model: nn.Module, spec: _ExportSpec, pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
+def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None, *,
+                   optimize: bool = True) -> None:
     batch = torch.export.Dim("batch")
 
     def axes(value: Any) -> dict | None:
@@ -171,7 +175,7 @@ def _export_dynamo(model: nn.Module, spec: _ExportSpec, staged: str, opset: int 
     shapes = {name: pytree.tree_map(axes, value) for name, value in bound_inputs(model, spec.args, spec.kwargs).items()}
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=True, dynamic_shapes=shapes,
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
-                      external_data=_state_bytes(model) >= MAX_INLINE_BYTES, verbose=False)
+                      external_data=_state_bytes(model) >= MAX_INLINE_BYTES, optimize=optimize, verbose=False)
 
 
 def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
@@ -181,6 +185,23 @@ def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int 
     axes = axes if spec.dynamic else None
     torch.onnx.export(model, spec.args, staged, kwargs=spec.kwargs, dynamo=False, dynamic_axes=axes,
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset)
+
+
+def _export_dynamo_unoptimized(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
+    _export_dynamo(model, spec, staged, opset, optimize=False)
+
+
+UNOPTIMIZED = "dynamo-unoptimized"
+# tried in order: dynamo's ONNX graph optimizer can write a graph the checker rejects (timm's
+# gemma4_vit_167m: nodes out of topological order) although the unoptimised graph is valid
+_EXPORTERS = (("dynamo", _export_dynamo), (UNOPTIMIZED, _export_dynamo_unoptimized), ("legacy", _export_legacy))
+_AFTER_OPTIMIZER = ("onnx checker failed", "run with batch")
+
+
+def _optimizer_may_be_at_fault(dynamo_failure: str) -> bool:
+    """Whether dynamo's file was written and then rejected (so its optimizer may have broken it); a
+    failure while exporting would repeat without the optimizer."""
+    return dynamo_failure.startswith(_AFTER_OPTIMIZER)
 
 
 def _inline_external_data(staged: str) -> None:
@@ -315,8 +336,12 @@ def _line_of(exc: BaseException) -> str:
     return lines[0][:300] if lines else "(no message)"
 
 
-def _explain_failure(model: nn.Module, dynamo_failure: str, legacy_failure: str) -> str:
-    return (f"could not export {type(model).__name__} to ONNX. dynamo exporter: {dynamo_failure}. "
-            f"legacy TorchScript exporter: {legacy_failure}. Try: check that the model runs on inputs "
+_EXPORTER_TITLES = {"dynamo": "dynamo exporter", UNOPTIMIZED: "dynamo exporter without its optimizer",
+                    "legacy": "legacy TorchScript exporter"}
+
+
+def _explain_failure(model: nn.Module, failures: dict[str, str]) -> str:
+    tried = " ".join(f"{_EXPORTER_TITLES[name]}: {why}." for name, why in failures.items())
+    return (f"could not export {type(model).__name__} to ONNX. {tried} Try: check that the model runs on inputs "
             "with another batch size (dim 0 must be free), pass opset=... (17 or 18), or replace the "
             "op named above with supported ones.")

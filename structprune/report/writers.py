@@ -134,7 +134,8 @@ def _onnx_notes(report: dict) -> list[str]:
     onnx = report.get("onnx") or {}
     notes = []
     if onnx.get("fallback_reason"):
-        notes.append("> ONNX was exported with the **legacy** exporter; dynamo failed: " + onnx["fallback_reason"])
+        notes.append(f"> ONNX was exported with the **{onnx.get('exporter', 'legacy')}** exporter; "
+                     f"dynamo failed: {onnx['fallback_reason']}")
     if (onnx.get("parity") or {}).get("detail"):
         notes.append(f"> ONNX parity: {onnx['parity']['detail']}")
     return notes

@@ -145,6 +145,47 @@ def test_falls_back_to_legacy_when_dynamo_fails(zoo: _Zoo, monkeypatch: pytest.M
     assert _files_in(tmp_path) == ["cnn.onnx"]
 
 
+def test_dynamo_file_the_checker_rejects_is_exported_again_without_the_optimizer(
+        zoo: _Zoo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _, pruned, inputs, _ = zoo.pruned("cnn")
+    real_export, calls = torch.onnx.export, []
+
+    def optimizer_breaks_order(model, args, path, *rest, dynamo=True, optimize=True, **kwargs):
+        calls.append((dynamo, optimize))
+        real_export(model, args, path, *rest, dynamo=dynamo, optimize=optimize, **kwargs)
+        if dynamo and optimize:  # as timm's gemma4_vit_167m: nodes out of topological order
+            broken = onnx.load(path)
+            nodes = list(broken.graph.node)[::-1]
+            del broken.graph.node[:]
+            broken.graph.node.extend(nodes)
+            onnx.save_model(broken, path)
+
+    monkeypatch.setattr(torch.onnx, "export", optimizer_breaks_order)
+    exported = export_onnx(pruned, inputs, tmp_path / "cnn.onnx")
+    assert calls == [(True, True), (True, False)]
+    assert exported.exporter == "dynamo-unoptimized"
+    assert exported.fallback_reason.startswith("onnx checker failed: ")
+    onnx.checker.check_model(exported.path, full_check=True)
+    assert check_parity(pruned, exported.path, inputs).ok
+    assert _files_in(tmp_path) == ["cnn.onnx"]
+
+
+def test_dynamo_that_raises_goes_to_legacy_without_a_second_dynamo_try(
+        zoo: _Zoo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _, pruned, inputs, _ = zoo.pruned("cnn")
+    real_export, calls = torch.onnx.export, []
+
+    def dynamo_raises(*args, dynamo=True, **kwargs):
+        calls.append(dynamo)
+        if dynamo:
+            raise RuntimeError("simulated capture failure")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_raises)
+    assert export_onnx(pruned, inputs, tmp_path / "cnn.onnx").exporter == "legacy"
+    assert calls == [True, False]
+
+
 class _DataDependentBranch(nn.Module):
     """torch.export cannot guard on a tensor's value; the TorchScript tracer records one branch."""
 

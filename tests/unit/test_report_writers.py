@@ -93,6 +93,10 @@ def test_markdown_escapes_pipes_and_notes_a_fallback(full_report: dict) -> None:
     text = render_markdown(report)
     assert "op a\\|b" in text
     assert "exported with the **legacy** exporter; dynamo failed: a | b" in text
+    unoptimized = {**full_report, "onnx": {**ONNX_SECTION, "exporter": "dynamo-unoptimized",
+                                           "fallback_reason": "onnx checker failed: x"}}
+    assert ("exported with the **dynamo-unoptimized** exporter; dynamo failed: onnx checker failed: x"
+            in render_markdown(unoptimized))
 
 
 def test_png_is_a_readable_image(full_report: dict, tmp_path: Path) -> None:

@@ -130,16 +130,47 @@ def rule_expand(ctx: RuleContext, node: fx.Node) -> None:
 
 
 def rule_repeat(ctx: RuleContext, node: fx.Node) -> None:
+    """repeat(x, reps): a channel dim repeated r times holds its ids r times over (tiled)."""
+    _set_tiled(ctx, node, list(node.args[1]))
+
+
+def rule_tile(ctx: RuleContext, node: fx.Node) -> None:
+    """tile(x, dims) is repeat with `dims` padded by leading ones to x's rank (hieradet's window embedding)."""
+    src = ctx.value(node.args[0])
+    reps = list(node.args[1])
+    _set_tiled(ctx, node, [1] * ((src.ndim if src is not None else 0) - len(reps)) + reps)
+
+
+def _set_tiled(ctx: RuleContext, node: fx.Node, reps: list) -> None:
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
     if src is None or out_shape is None:
         ctx.set(node, None)
         return
-    reps = list(node.args[1])
     pad = len(reps) - src.ndim
     ids = src.ids.reshape((1,) * pad + src.ids.shape)
     chan = (False,) * pad + src.chan
     tiled = np.tile(ids, [r if chan[d] else 1 for d, r in enumerate(reps)])
     ctx.set(node, make_with_chan(tiled, chan, out_shape))
+
+
+def rule_repeat_interleave(ctx: RuleContext, node: fx.Node) -> None:
+    """repeat_interleave(x, repeats, dim): along a channel dim each id appears `repeats` times in a row
+    (grouped-query attention's `k.repeat_interleave(groups, dim=1)` then ties each key/value head to its
+    query heads); along a data dim the ids are unchanged (GCViT repeats its global query over the batch).
+    Per-element repeats (a tensor) or no dim (the input flattened) have no rule."""
+    src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
+    if src is None or out_shape is None:
+        ctx.set(node, None)
+        return
+    repeats, dim = _arg(node, 1, "repeats"), _arg(node, 2, "dim")
+    if dim is None:
+        return rule_unsupported(ctx, node, "no dim: the input is flattened")
+    dim %= src.ndim
+    if not src.chan[dim]:
+        return ctx.set(node, make_with_chan(src.ids, src.chan, out_shape))
+    if not isinstance(repeats, int):
+        return rule_unsupported(ctx, node, "repeats along a channel dim given per element")
+    ctx.set(node, make_with_chan(np.repeat(src.ids, repeats, axis=dim), src.chan, out_shape))
 
 
 def rule_cat(ctx: RuleContext, node: fx.Node) -> None:

@@ -32,10 +32,12 @@ class RMSNorm(nn.Module):
 
 class RotaryGQABlock(nn.Module):
     """Llama-style: RMSNorm, q/k/v with fewer key/value heads, RoPE from a non-persistent inv_freq,
-    repeat_kv, causal SDPA, o_proj; then RMSNorm and a SwiGLU MLP."""
+    repeat_kv (Hugging Face's expand + reshape, or timm's `repeat_interleave(groups, dim=1)`), causal
+    SDPA, o_proj; then RMSNorm and a SwiGLU MLP."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeat_kv: str = "expand") -> None:
         super().__init__()
+        self.repeat_kv = repeat_kv
         self.q_proj = nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
         self.k_proj = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
         self.v_proj = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
@@ -56,8 +58,11 @@ class RotaryGQABlock(nn.Module):
         cos, sin = emb.cos()[None, None], emb.sin()[None, None]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         n_rep = q.shape[1] // k.shape[1]
-        k = k[:, :, None].expand(b, k.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
-        v = v[:, :, None].expand(b, v.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
+        if self.repeat_kv == "interleave":
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+        else:
+            k = k[:, :, None].expand(b, k.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
+            v = v[:, :, None].expand(b, v.shape[1], n_rep, s, HEAD_DIM).reshape(b, -1, s, HEAD_DIM)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -81,9 +86,10 @@ def _kept_rows(model: nn.Module, pruned: nn.Module, name: str) -> list[int]:
     return [next(i for i in range(dense.shape[0]) if torch.equal(dense[i], row)) for row in small]
 
 
-def test_query_heads_go_with_their_key_value_head_and_rotary_dims_stay_whole() -> None:
+@pytest.mark.parametrize("repeat_kv", ["expand", "interleave"])
+def test_query_heads_go_with_their_key_value_head_and_rotary_dims_stay_whole(repeat_kv: str) -> None:
     torch.manual_seed(0)
-    model = RotaryGQABlock().eval()
+    model = RotaryGQABlock(repeat_kv).eval()
     x = torch.randn(2, 6, HIDDEN)
     graph = structprune.analyze(model, x)
     heads = next(g for g in graph.groups if any(m.fqn == "k_proj.weight" and m.axis == 0 for m in g.members))

@@ -1,0 +1,99 @@
+"""`repeat_interleave` and `tile`: along a channel dim every id is repeated as the op repeats its
+elements; along a data dim the ids are unchanged. Before they had rules, timm's GCViT (its global
+query repeated over the batch: 32 groups), hieradet (a window position embedding tiled over space) and
+grouped-query attention written with `repeat_interleave` (timm's Attention) were blocked."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import structprune
+from helpers import group_with
+
+
+class GlobalQuery(nn.Module):
+    """GCViT-style: a query computed once (batch 1) and repeated over the batch before it is used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.query, self.head = nn.Linear(6, 16), nn.Parameter(torch.randn(1, 16)), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(h * self.query.repeat_interleave(h.shape[0], dim=0))
+
+
+class InterleavedChannels(nn.Module):
+    """Each feature map channel used twice in a row by the next convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x)).repeat_interleave(2, dim=1)).mean((2, 3))
+
+
+class TiledPositions(nn.Module):
+    """hieradet-style: a window position embedding tiled over the feature map's space and added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.window = nn.Parameter(torch.randn(1, 8, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        return self.conv2(h + self.window.tile((h.shape[2] // 2, h.shape[3] // 2))).mean((2, 3))
+
+
+class Flattened(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x).repeat_interleave(2).reshape(x.shape[0], 16))
+
+
+def _compress_and_check(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    result = structprune.compress(model.eval(), x, ratio=0.5)
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    return result.model
+
+
+def test_repeat_over_the_batch_leaves_the_channels_prunable() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 6)
+    group = group_with(structprune.analyze(GlobalQuery().eval(), x), "embed.weight:0")
+    assert group.prunable and group.size == 16 and any(m.fqn == "query" for m in group.members)
+    pruned = _compress_and_check(GlobalQuery(), x)
+    assert pruned.embed.out_features == pruned.query.shape[1] == pruned.head.in_features == 8
+
+
+def test_channels_repeated_in_place_lose_both_copies() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    group = group_with(structprune.analyze(InterleavedChannels().eval(), x), "conv1.weight:0")
+    assert group.prunable and group.size == 8 and any(m.fqn == "conv2.weight" for m in group.members)
+    model = InterleavedChannels()
+    pruned = _compress_and_check(model, x)
+    assert pruned.conv1.out_channels == 4 and pruned.conv2.in_channels == 8
+    kept = [i for i in range(8) if any(torch.equal(model.conv1.weight[i], w) for w in pruned.conv1.weight)]
+    want = torch.stack([model.conv2.weight[:, 2 * i + r] for i in kept for r in (0, 1)], 1)
+    assert torch.equal(pruned.conv2.weight, want)
+
+
+def test_a_parameter_tiled_over_space_keeps_its_channel_axis_prunable() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    group = group_with(structprune.analyze(TiledPositions().eval(), x), "conv1.weight:0")
+    assert group.prunable and any(m.fqn == "window" and m.axis == 1 for m in group.members)
+    pruned = _compress_and_check(TiledPositions(), x)
+    assert pruned.window.shape == (1, 4, 2, 2) and pruned.conv1.out_channels == 4
+
+
+def test_repeat_interleave_without_a_dim_blocks_naming_why() -> None:
+    group = group_with(structprune.analyze(Flattened().eval(), torch.randn(2, 4)), "fc1.weight:0")
+    assert not group.prunable
+    assert any("repeat_interleave" in str(r) and "no dim" in str(r) for r in group.reasons)

@@ -2,7 +2,10 @@
 
 Reducing over a channel dim (mean over C in a hand-written LayerNorm, say) is allowed but flags those
 channels inexact, unless each reduced fibre is one unit (pruned or kept whole). Pooling and resampling act
-on spatial dims; if one of those carries channels, the op would mix them, so they are blocked.
+on spatial dims. Where those carry ids and another dim carries channels (a position-embedding parameter
+(1, C, H, W) interpolated to the feature map's size: every element has an id until a consumer narrows
+it), each fibre over the spatial dims becomes one unit, so the other dim stays prunable; where only the
+spatial dims carry channels, the op would mix them: blocked.
 """
 from __future__ import annotations
 
@@ -97,7 +100,12 @@ def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
     match = re.search(r"([123])d", op)
     k = int(match.group(1)) if match else x.ndim - 2
     spatial = list(range(x.ndim - k, x.ndim))
-    if any(x.chan[d] for d in spatial):
+    mixed = [d for d in spatial if x.chan[d]]
+    if mixed and any(c for d, c in enumerate(x.chan) if d not in spatial):
+        ctx.union_fibres(x, mixed)  # a parameter grid resampled over space: its other axis stays channels
+        chan = tuple(c and d not in spatial for d, c in enumerate(x.chan))
+        out = make_with_chan(representative(x, set(spatial)), chan, tuple(first.shape))
+    elif mixed:
         ctx.block(x.ids, ReasonKind.UNSUPPORTED_OP, f"{op} over a channel dim")
         out = ctx.fresh_data(tuple(first.shape))
     else:

@@ -1,7 +1,9 @@
 """`repeat_interleave` and `tile`: along a channel dim every id is repeated as the op repeats its
-elements; along a data dim the ids are unchanged. Before they had rules, timm's GCViT (its global
+elements; along a data dim the ids are unchanged. And a parameter grid resampled over space keeps its
+channel axis. Before they had rules, timm's GCViT (its global
 query repeated over the batch: 32 groups), hieradet (a window position embedding tiled over space) and
-grouped-query attention written with `repeat_interleave` (timm's Attention) were blocked."""
+grouped-query attention written with `repeat_interleave` (timm's Attention) were blocked; hieradet's
+position embedding, interpolated bicubically, blocked its stage's channels as "over a channel dim"."""
 from __future__ import annotations
 
 import torch
@@ -45,6 +47,31 @@ class TiledPositions(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
         return self.conv2(h + self.window.tile((h.shape[2] // 2, h.shape[3] // 2))).mean((2, 3))
+
+
+class ResampledPositions(nn.Module):
+    """hieradet-style: a position embedding parameter interpolated (bicubic) to the feature map's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        pos = nn.functional.interpolate(self.pos, size=h.shape[2:], mode="bicubic")
+        return self.conv2(h + pos).mean((2, 3))
+
+
+class ChannelPooling(nn.Module):
+    """Max-pooling over the channel axis (maxout-like): the pooled channels cannot be pruned one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.max_pool1d(self.fc1(x)[:, None], 2)[:, 0])
 
 
 class Flattened(nn.Module):
@@ -97,3 +124,17 @@ def test_repeat_interleave_without_a_dim_blocks_naming_why() -> None:
     group = group_with(structprune.analyze(Flattened().eval(), torch.randn(2, 4)), "fc1.weight:0")
     assert not group.prunable
     assert any("repeat_interleave" in str(r) and "no dim" in str(r) for r in group.reasons)
+
+
+def test_a_parameter_resampled_over_space_keeps_its_channel_axis_prunable() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    group = group_with(structprune.analyze(ResampledPositions().eval(), x), "conv1.weight:0")
+    assert group.prunable and group.size == 8 and any(m.fqn == "pos" and m.axis == 1 for m in group.members)
+    pruned = _compress_and_check(ResampledPositions(), x)
+    assert pruned.pos.shape == (1, 4, 3, 3) and pruned.conv1.out_channels == 4
+
+
+def test_pooling_over_the_only_channel_axis_still_blocks() -> None:
+    group = group_with(structprune.analyze(ChannelPooling().eval(), torch.randn(2, 4)), "fc1.weight:0")
+    assert not group.prunable and any("max_pool" in str(r) and "over a channel dim" in str(r) for r in group.reasons)

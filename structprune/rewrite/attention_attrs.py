@@ -3,7 +3,8 @@
 Attention code reshapes with stored attributes (timm `num_heads`/`head_dim`, Hugging Face
 `num_attention_heads`/`attention_head_size`/`all_head_size`), so they must follow the sliced weights.
 The query projection's width (heads x head_dim) is read before and after slicing: in the "heads"
-attention mode head_dim stays and the head count follows; in "head_dims" mode the head count stays.
+attention mode head_dim stays and the head count follows; in "head_dims" mode the head count stays,
+as it does for a single head, whose dims are pruned one by one in either mode.
 Softmax scale attributes (timm `scale`, HF `scaling`) are left as they were.
 """
 from __future__ import annotations
@@ -66,7 +67,11 @@ def attention_shape(module: nn.Module) -> AttentionShape | None:
 def refresh_attention(module: nn.Module, before: AttentionShape, attention: str) -> None:
     """Set the head attributes the module has from its sliced query projection."""
     width = getattr(module, before.projection).out_features // QUERY_PROJECTIONS[before.projection]
-    heads = before.heads if attention == "head_dims" else width // (before.width // before.heads)
+    head_size = before.width // before.heads
+    # "heads" mode removes whole heads, except from a single-head module, whose head is no batch dim
+    # of the analysis: its dims go one by one (hieradet's first stage), and the head count stays
+    whole_heads = attention != "head_dims" and width % head_size == 0
+    heads = width // head_size if whole_heads else before.heads
     for names, value in ((HEAD_COUNTS, heads), (HEAD_SIZES, width // max(heads, 1)), (WIDTHS, width)):
         for name in names:
             if isinstance(getattr(module, name, None), int):

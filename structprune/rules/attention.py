@@ -178,9 +178,19 @@ def rule_sdpa(ctx: RuleContext, node: fx.Node, head_dims: bool = False) -> None:
     mask_value = ctx.value(mask) if mask is not None else None
     if mask_value is not None:
         scores = broadcast_union(ctx, [scores, mask_value], scores_shape)
+    if not head_dims and q.chan[-1] and not any(q.chan[:-2]) and _default_scale(node):
+        # one head (no heads dim carries channels): its dims are pruned one by one and sdpa's default
+        # scale 1/sqrt(head_dim) follows them, which masking cannot show (as in "head_dims" mode)
+        ctx.flag_inexact(np.concatenate([q.ids.ravel(), k.ids.ravel()]), f"{op} (softmax scale follows head_dim)")
     if head_dims and q.shape[-1] == v.shape[-1] and q.chan[-1] and v.chan[-1]:
         ctx.union(q.ids.take([0], axis=-2), v.ids.take([0], axis=-2))  # one head_dim for q, k and v
     ctx.set(node, matmul_abstract(ctx, scores, v, out_shape, op, head_dims=head_dims))
+
+
+def _default_scale(node: fx.Node) -> bool:
+    """Whether sdpa scales by 1/sqrt(head_dim) (no `scale` given)."""
+    scale = node.args[6] if len(node.args) > 6 else node.kwargs.get("scale")
+    return scale is None
 
 
 def _transposed(v: Abstract) -> Abstract:

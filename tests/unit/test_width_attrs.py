@@ -273,6 +273,30 @@ def test_a_timm_style_attn_dim_width_follows_the_pruned_heads() -> None:
     assert model[0].attn_dim == 16
 
 
+class _SingleHeadAttention(nn.Module):
+    """hieradet's first stage: one head, q/k/v split from the projection with `-1` as head_dim."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.num_heads, self.dim_out = 1, dim
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = torch.unbind(self.qkv(x).reshape(b, n, 3, self.num_heads, -1), 2)
+        out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_single_head_keeps_its_head_count_when_its_dims_are_pruned() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), _SingleHeadAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 5, 16), ratio=0.5, ignore=["0"])
+    attn = result.model[1]
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert attn.num_heads == 1 and attn.qkv.out_features == 3 * 8 and attn.proj.in_features == 8
+
+
 class PatchAttention(nn.Module):
     """torchvision-ViT-style: the patch size (a conv kernel) equals the head count inside the attention."""
 

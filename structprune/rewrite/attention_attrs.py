@@ -27,13 +27,21 @@ class AttentionShape:
     projection: str
     width: int
     heads: int
+    blocks: int = 1  # the projection's outputs are `blocks` x width (q|k|v: 3)
 
 
-def _query_projection(module: nn.Module) -> tuple[str, int] | None:
+def _query_projection(module: nn.Module, stored: int | None) -> tuple[str, int, int] | None:
+    """(name, width, blocks) of the module's query projection. Where the module stores both its head
+    count and head size, their product `stored` is the width when the projection holds 1-3 blocks of it
+    (GCViT's global attention names its k|v projection `qkv`); else the name's usual block count."""
     for name, blocks in QUERY_PROJECTIONS.items():
         linear = child_module(module, name)
-        if isinstance(linear, nn.Linear) and linear.out_features % blocks == 0:
-            return name, linear.out_features // blocks
+        if not isinstance(linear, nn.Linear):
+            continue
+        if stored and linear.out_features % stored == 0 and linear.out_features // stored in (1, 2, 3):
+            return name, stored, linear.out_features // stored
+        if linear.out_features % blocks == 0:
+            return name, linear.out_features // blocks, blocks
     return None
 
 
@@ -49,24 +57,24 @@ def attention_shape(module: nn.Module) -> AttentionShape | None:
     ...         super().__init__()
     ...         self.num_heads, self.head_dim, self.qkv = 4, 8, nn.Linear(32, 96)
     >>> attention_shape(Attn())
-    AttentionShape(projection='qkv', width=32, heads=4)
+    AttentionShape(projection='qkv', width=32, heads=4, blocks=3)
     """
     if isinstance(module, nn.MultiheadAttention):  # the shrink table handles it
-        return None
-    found = _query_projection(module)
-    if found is None:
         return None
     count, size = _first_int(module, HEAD_COUNTS), _first_int(module, HEAD_SIZES)
     if count is None and size is None:
         return None
-    name, width = found
+    found = _query_projection(module, count * size if count and size else None)
+    if found is None:
+        return None
+    name, width, blocks = found
     heads = count if count is not None else width // size
-    return AttentionShape(name, width, heads) if heads and width % heads == 0 else None
+    return AttentionShape(name, width, heads, blocks) if heads and width % heads == 0 else None
 
 
 def refresh_attention(module: nn.Module, before: AttentionShape, attention: str) -> None:
     """Set the head attributes the module has from its sliced query projection."""
-    width = getattr(module, before.projection).out_features // QUERY_PROJECTIONS[before.projection]
+    width = getattr(module, before.projection).out_features // before.blocks
     head_size = before.width // before.heads
     # "heads" mode removes whole heads, except from a single-head module, whose head is no batch dim
     # of the analysis: its dims go one by one (hieradet's first stage), and the head count stays

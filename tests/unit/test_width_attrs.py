@@ -297,6 +297,34 @@ def test_a_single_head_keeps_its_head_count_when_its_dims_are_pruned() -> None:
     assert attn.num_heads == 1 and attn.qkv.out_features == 3 * 8 and attn.proj.in_features == 8
 
 
+class _GlobalQueryAttention(nn.Module):
+    """GCViT's global attention: a projection named `qkv` holds k|v only; q is a global query, made
+    once from the first sample's features, repeated over the batch."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv, self.proj = nn.Linear(dim, dim * 2), nn.Linear(dim, dim)
+        self.q_gen = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        k, v = self.qkv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.q_gen(x[:1]).repeat_interleave(b, dim=0).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_fused_key_value_projection_named_qkv_refreshes_the_head_count() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), _GlobalQueryAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 5, 6), ratio=0.5)
+    attn = result.model[1]  # its output is reshaped to the input's width, so the heads follow that width
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (attn.num_heads, attn.head_dim, attn.qkv.out_features, attn.q_gen.out_features) == (2, 4, 16, 8)
+    assert result.model[0].out_features == attn.proj.out_features == 8
+
+
 class PatchAttention(nn.Module):
     """torchvision-ViT-style: the patch size (a conv kernel) equals the head count inside the attention."""
 

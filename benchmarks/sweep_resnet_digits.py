@@ -8,6 +8,7 @@ pruned architecture is exported once, ~7 s each). It runs exactly `structprune s
 one torch thread (about 20 minutes of CPU; 2 seeds since the arms were added, 3 before: pass --seeds 3).
 
     python benchmarks/sweep_resnet_digits.py [--out export/sweep-resnet20-digits] [--seeds 2] [--scratch l2]
+                                             [--round-to 8]
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ def main() -> int:
     own.add_argument("--out", default="export/sweep-resnet20-digits")
     own.add_argument("--seeds", default="2")
     own.add_argument("--scratch", default="l2", help="curves whose architectures get Scratch-B (or 'all')")
+    own.add_argument("--round-to", default="1", help="keep multiples of N channels at every point (default 1)")
     options = own.parse_args()
     torch.set_num_threads(1)
     args = add_sweep_arguments(argparse.ArgumentParser(prog="structprune sweep")).parse_args(
-        [*FLAGS, "--out", options.out, "--seeds", options.seeds, "--scratch", options.scratch])
+        [*FLAGS, "--out", options.out, "--seeds", options.seeds, "--scratch", options.scratch,
+         "--round-to", options.round_to])
     start, wall = time.process_time(), time.perf_counter()
     code = args.handler(args)
     print(f"CPU time {time.process_time() - start:.0f}s, wall {time.perf_counter() - wall:.0f}s", file=sys.stderr)

@@ -4,10 +4,11 @@
 groups of 2, 3 and 3 heads, each with its own depthwise conv) passes literal sizes in the captured graph.
 After pruning, piece i must be cut at its kept size, so the sizes must follow the pruned widths. They do
 when the rewrite can set them: a list attribute of the module that runs the split, or of a module around
-it, that equals the sizes (the width-attribute refresh maps it piece by piece, rewrite/size_lists.py), or a
-GraphModule's literal argument (rewrite/graph_module.py). Sizes written in the code (`x.split([3, 5], 1)`)
-have neither: the pieces are blocked as FIXED_SIZE. Verification confirms the rest (re-capture fails in
-the module if the sizes went stale).
+it, that equals the sizes (the width-attribute refresh maps it piece by piece, rewrite/size_lists.py), int
+attributes of one such module, one per piece size (timm FasterNet: `[self.dim_conv3, self.dim_untouched]`;
+the width refresh maps each), or a GraphModule's literal argument (rewrite/graph_module.py). Sizes
+written in the code (`x.split([3, 5], 1)`) have none of these: the pieces are blocked as FIXED_SIZE.
+Verification confirms the rest (re-capture fails in the module if the sizes went stale).
 
 The split rule only records each such split (`RuleContext.sized_splits`); `check_sized_splits` decides
 once the modules are known, after the rule pass.
@@ -54,9 +55,17 @@ def _held_as_attribute(split: SizedSplit, modules: Mapping[str, nn.Module]) -> b
     paths = [path for path, _ in (split.node.meta.get("nn_module_stack") or {}).values()]
     for path in ["", *paths]:
         module = _module_at(modules, path)
-        if module is not None and any(_same_sizes(value, split.sizes) for value in vars(module).values()):
+        if module is not None and (any(_same_sizes(value, split.sizes) for value in vars(module).values())
+                                   or _each_piece_an_int(module, split.sizes)):
             return True
     return False
+
+
+def _each_piece_an_int(module: nn.Module, sizes: tuple[int, ...]) -> bool:
+    """Whether every piece size is an int attribute of the module (FasterNet's partial convolution splits
+    by `[self.dim_conv3, self.dim_untouched]`), which the width refresh maps like any width."""
+    ints = {v for v in vars(module).values() if isinstance(v, int) and not isinstance(v, bool)}
+    return all(size in ints for size in sizes)
 
 
 def _module_at(modules: Mapping[str, nn.Module], path: str) -> nn.Module | None:

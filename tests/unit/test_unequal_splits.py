@@ -58,6 +58,25 @@ class HeadGroupConvAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
+class PartialConvBlock(nn.Module):
+    """timm FasterNet: a 3x3 conv over the first quarter of the channels only, the split sizes held as
+    two int attributes (`[self.dim_conv3, self.dim_untouched]`), then a 1x1 MLP and a residual."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.dim_conv3 = dim // 4
+        self.dim_untouched = dim - self.dim_conv3
+        self.stem = nn.Conv2d(3, dim, 1)
+        self.partial = nn.Conv2d(self.dim_conv3, self.dim_conv3, 3, padding=1, bias=False)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.ReLU(), nn.Conv2d(2 * dim, dim, 1))
+        self.head = nn.Conv2d(dim, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x1, x2 = torch.split(x, [self.dim_conv3, self.dim_untouched], dim=1)
+        return self.head(x + self.mlp(torch.cat((self.partial(x1), x2), 1)))
+
+
 class AttentionNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -110,6 +129,17 @@ def test_an_attribute_equal_to_sizes_the_code_writes_itself_is_caught_by_verific
     assert result.report.verification["ok"] and result.model.stem.out_channels == 16  # the pieces stay whole
     blocked = result.plan.meta["blocked_by_verification"]
     assert len(blocked) == 3 and all("split_with_sizes into [4, 6, 6]" in why for why in blocked.values())
+
+
+def test_split_sizes_held_as_one_int_attribute_per_piece_follow_the_pruned_widths() -> None:
+    graph = structprune.analyze(_seeded(PartialConvBlock), IMAGE)
+    stem = [g for g in graph.groups if any(m.fqn == "stem.weight" and m.axis == 0 for m in g.members)]
+    assert sorted((g.size, g.prunable) for g in stem) == [(4, True), (12, True)]  # one group per piece
+    result = structprune.compress(_seeded(PartialConvBlock), IMAGE, ratio=0.5)
+    pruned = result.model
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (pruned.dim_conv3, pruned.dim_untouched) == (pruned.partial.out_channels, 6) == (2, 6)
+    assert pruned.stem.out_channels == 8 and outputs(pruned, IMAGE).shape == (2, 2, 6, 6)
 
 
 def test_head_groups_of_unequal_size_lose_whole_heads_each() -> None:

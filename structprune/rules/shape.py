@@ -274,7 +274,9 @@ def rule_slice(ctx: RuleContext, node: fx.Node) -> None:
     """slice / narrow. Along the only channel dim, bounds at exactly k/n and (k+1)/n of it (the middle third
     of a packed q|k|v bias, `b[n // 3:2 * n // 3]`) are taken as computed from the width, as an equal split
     is: the n pieces are tied to keep the same count, and verification confirms the assumption. Other
-    bounds are fixed in the code: blocked."""
+    bounds are recorded as a split whose inner bounds must be int attributes of the module that slices
+    (DPN's `x[:, :self.num_1x1_c]`; rules/split_sizes.py decides once the modules are known), else are
+    fixed in the code: blocked."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
     if src is None or out_shape is None:
         ctx.set(node, None)
@@ -286,17 +288,22 @@ def rule_slice(ctx: RuleContext, node: fx.Node) -> None:
         size = src.shape[dim]
         start, end, step = slice(start, end, step).indices(size)
         if (start, end, step) != (0, size, 1):
-            _constrain_slice(ctx, src, dim, start, end, step)
+            _constrain_slice(ctx, node, src, dim, start, end, step)
         ids = ids[(slice(None),) * dim + (slice(start, end, step),)]
     ctx.set(node, make_with_chan(ids, src.chan, out_shape))
 
 
-def _constrain_slice(ctx: RuleContext, src: Abstract, dim: int, start: int, end: int, step: int) -> None:
+def _constrain_slice(ctx: RuleContext, node: fx.Node, src: Abstract, dim: int, start: int, end: int,
+                     step: int) -> None:
     size, piece = src.shape[dim], end - start
     if step == 1 and 1 < piece < size and size % piece == 0 and start % piece == 0 and sum(src.chan) == 1:
         pieces = size // piece
         _tie_equal_pieces(ctx, src, dim, [piece] * pieces)
         ctx.assume(src.ids, f"slice {start // piece + 1} of {pieces} equal pieces follows the pruned width")
+    elif step == 1 and 0 < piece and src.chan[dim] and sum(src.chan) == 1:
+        bounds = tuple(b for b in (start, end) if 0 < b < size)  # checked as attributes (split_sizes.py)
+        pieces = tuple(p for p in (start, piece, size - end) if p > 0)
+        ctx.sized_splits.append(SizedSplit(node, src.ids, pieces, bounds))
     else:
         _fixed_index_block(ctx, src, dim, "slice")
 

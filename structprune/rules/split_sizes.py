@@ -6,7 +6,9 @@ After pruning, piece i must be cut at its kept size, so the sizes must follow th
 when the rewrite can set them: a list attribute of the module that runs the split, or of a module around
 it, that equals the sizes (the width-attribute refresh maps it piece by piece, rewrite/size_lists.py), int
 attributes of one such module, one per piece size (timm FasterNet: `[self.dim_conv3, self.dim_untouched]`;
-the width refresh maps each), or a GraphModule's literal argument (rewrite/graph_module.py). Sizes
+the width refresh maps each), or a GraphModule's literal argument (rewrite/graph_module.py). A slice of
+the only channel dim is such a split too when its inner bounds are int attributes of one such module
+(timm DPN's `x[:, :self.num_1x1_c]` and `x[:, self.num_1x1_c:]`). Sizes
 written in the code (`x.split([3, 5], 1)`) have none of these: the pieces are blocked as FIXED_SIZE.
 Verification confirms the rest (re-capture fails in the module if the sizes went stale).
 
@@ -32,6 +34,7 @@ class SizedSplit:
     node: fx.Node
     ids: np.ndarray  # the split value's ids
     sizes: tuple[int, ...]
+    boundaries: tuple[int, ...] = ()  # a slice's inner bounds (DPN's `x[:, :self.num_1x1_c]`); none for a split
 
     @property
     def op(self) -> str:
@@ -43,10 +46,11 @@ def check_sized_splits(ctx, modules: Mapping[str, nn.Module] | None) -> None:
     sets them; block its channels as FIXED_SIZE where nothing does. `modules`: None for a GraphModule."""
     for split in ctx.sized_splits:
         ctx.node = split.node
+        what = "indices" if split.boundaries else "sizes"
         if modules is None or _held_as_attribute(split, modules):
             ctx.assume(split.ids, f"{split.op} into {list(split.sizes)} channels follows the pruned widths")
         else:
-            ctx.block(split.ids, ReasonKind.FIXED_SIZE, f"{split.op} along a channel dim uses sizes fixed in the code")
+            ctx.block(split.ids, ReasonKind.FIXED_SIZE, f"{split.op} along a channel dim uses {what} fixed in the code")
     ctx.node = None
 
 
@@ -55,15 +59,20 @@ def _held_as_attribute(split: SizedSplit, modules: Mapping[str, nn.Module]) -> b
     paths = [path for path, _ in (split.node.meta.get("nn_module_stack") or {}).values()]
     for path in ["", *paths]:
         module = _module_at(modules, path)
-        if module is not None and (any(_same_sizes(value, split.sizes) for value in vars(module).values())
-                                   or _each_piece_an_int(module, split.sizes)):
+        if module is None:
+            continue
+        if split.boundaries:
+            if _each_piece_an_int(module, split.boundaries):
+                return True
+        elif any(_same_sizes(value, split.sizes) for value in vars(module).values()) or _each_piece_an_int(
+                module, split.sizes):
             return True
     return False
 
 
 def _each_piece_an_int(module: nn.Module, sizes: tuple[int, ...]) -> bool:
-    """Whether every piece size is an int attribute of the module (FasterNet's partial convolution splits
-    by `[self.dim_conv3, self.dim_untouched]`), which the width refresh maps like any width."""
+    """Whether every value (piece sizes, a slice's bounds) is an int attribute of the module (FasterNet's
+    partial convolution splits by `[self.dim_conv3, self.dim_untouched]`), which the width refresh maps."""
     ints = {v for v in vars(module).values() if isinstance(v, int) and not isinstance(v, bool)}
     return all(size in ints for size in sizes)
 

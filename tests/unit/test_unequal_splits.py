@@ -77,6 +77,24 @@ class PartialConvBlock(nn.Module):
         return self.head(x + self.mlp(torch.cat((self.partial(x1), x2), 1)))
 
 
+class DualPathBlock(nn.Module):
+    """timm DPN: one projection cut by slices at an int attribute into a residual path (the first
+    `num_1x1_c` channels, added) and a dense path (the rest, concatenated)."""
+
+    def __init__(self, num_1x1_c: int = 8, inc: int = 3, literal: bool = False) -> None:
+        super().__init__()
+        self.num_1x1_c, self.literal = None if literal else num_1x1_c, literal
+        self.stem = nn.Conv2d(3, num_1x1_c + inc, 1)
+        self.proj = nn.Conv2d(num_1x1_c + inc, num_1x1_c + inc, 3, padding=1)
+        self.head = nn.Conv2d(num_1x1_c + 2 * inc, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, cut = self.stem(x), 8 if self.literal else self.num_1x1_c
+        out = self.proj(torch.relu(x))
+        resid, dense = x[:, :cut] + out[:, :cut], torch.cat([x[:, cut:], out[:, cut:]], dim=1)
+        return self.head(torch.cat([resid, dense], dim=1))
+
+
 class AttentionNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -140,6 +158,24 @@ def test_split_sizes_held_as_one_int_attribute_per_piece_follow_the_pruned_width
     assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
     assert (pruned.dim_conv3, pruned.dim_untouched) == (pruned.partial.out_channels, 6) == (2, 6)
     assert pruned.stem.out_channels == 8 and outputs(pruned, IMAGE).shape == (2, 2, 6, 6)
+
+
+def test_slices_at_an_int_attribute_prune_each_side_and_the_attribute_follows() -> None:
+    graph = structprune.analyze(_seeded(DualPathBlock), IMAGE)
+    stem = [g for g in graph.groups if any(m.fqn == "stem.weight" and m.axis == 0 for m in g.members)]
+    assert sorted((g.size, g.prunable) for g in stem) == [(3, True), (8, True)]  # the two paths
+    result = structprune.compress(_seeded(DualPathBlock), IMAGE, ratio=0.5)
+    pruned = result.model
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (pruned.num_1x1_c, pruned.stem.out_channels, pruned.head.in_channels) == (4, 4 + 1, 4 + 2 * 1)
+    assert outputs(pruned, IMAGE).shape == (2, 2, 6, 6)
+
+
+def test_slices_at_a_literal_index_stay_blocked() -> None:
+    graph = structprune.analyze(_seeded(DualPathBlock, literal=True), IMAGE)
+    stem = [g for g in graph.groups if any(m.fqn == "stem.weight" and m.axis == 0 for m in g.members)]
+    assert stem and all(not g.prunable and reason_kinds(g) == {ReasonKind.FIXED_SIZE} for g in stem)
+    assert any("slice along a channel dim uses indices fixed in the code" in str(r) for g in stem for r in g.reasons)
 
 
 def test_head_groups_of_unequal_size_lose_whole_heads_each() -> None:

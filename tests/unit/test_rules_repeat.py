@@ -6,6 +6,7 @@ grouped-query attention written with `repeat_interleave` (timm's Attention) were
 position embedding, interpolated bicubically, blocked its stage's channels as "over a channel dim"."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -36,30 +37,22 @@ class InterleavedChannels(nn.Module):
         return self.conv2(torch.relu(self.conv1(x)).repeat_interleave(2, dim=1)).mean((2, 3))
 
 
-class TiledPositions(nn.Module):
-    """hieradet-style: a window position embedding tiled over the feature map's space and added."""
+class PositionGrid(nn.Module):
+    """hieradet-style: a position embedding parameter (1, C, 2, 2) brought to the feature map's size, by
+    tiling (its window embedding) or bicubic interpolation (its global one), and added."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
+        self.how = how
         self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
-        self.window = nn.Parameter(torch.randn(1, 8, 2, 2))
+        self.pos = nn.Parameter(torch.randn(1, 8, 2, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
-        return self.conv2(h + self.window.tile((h.shape[2] // 2, h.shape[3] // 2))).mean((2, 3))
-
-
-class ResampledPositions(nn.Module):
-    """hieradet-style: a position embedding parameter interpolated (bicubic) to the feature map's size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
-        self.pos = nn.Parameter(torch.randn(1, 8, 3, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(x)
-        pos = nn.functional.interpolate(self.pos, size=h.shape[2:], mode="bicubic")
+        if self.how == "tile":
+            pos = self.pos.tile((h.shape[2] // 2, h.shape[3] // 2))
+        else:
+            pos = nn.functional.interpolate(self.pos, size=h.shape[2:], mode="bicubic")
         return self.conv2(h + pos).mean((2, 3))
 
 
@@ -111,28 +104,20 @@ def test_channels_repeated_in_place_lose_both_copies() -> None:
     assert torch.equal(pruned.conv2.weight, want)
 
 
-def test_a_parameter_tiled_over_space_keeps_its_channel_axis_prunable() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 6, 6)
-    group = group_with(structprune.analyze(TiledPositions().eval(), x), "conv1.weight:0")
-    assert group.prunable and any(m.fqn == "window" and m.axis == 1 for m in group.members)
-    pruned = _compress_and_check(TiledPositions(), x)
-    assert pruned.window.shape == (1, 4, 2, 2) and pruned.conv1.out_channels == 4
-
-
 def test_repeat_interleave_without_a_dim_blocks_naming_why() -> None:
     group = group_with(structprune.analyze(Flattened().eval(), torch.randn(2, 4)), "fc1.weight:0")
     assert not group.prunable
     assert any("repeat_interleave" in str(r) and "no dim" in str(r) for r in group.reasons)
 
 
-def test_a_parameter_resampled_over_space_keeps_its_channel_axis_prunable() -> None:
+@pytest.mark.parametrize("how", ["tile", "interpolate"])
+def test_a_parameter_grid_brought_to_the_feature_size_keeps_its_channel_axis_prunable(how: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
-    group = group_with(structprune.analyze(ResampledPositions().eval(), x), "conv1.weight:0")
+    group = group_with(structprune.analyze(PositionGrid(how).eval(), x), "conv1.weight:0")
     assert group.prunable and group.size == 8 and any(m.fqn == "pos" and m.axis == 1 for m in group.members)
-    pruned = _compress_and_check(ResampledPositions(), x)
-    assert pruned.pos.shape == (1, 4, 3, 3) and pruned.conv1.out_channels == 4
+    pruned = _compress_and_check(PositionGrid(how), x)
+    assert pruned.pos.shape == (1, 4, 2, 2) and pruned.conv1.out_channels == 4
 
 
 def test_pooling_over_the_only_channel_axis_still_blocks() -> None:

@@ -47,7 +47,8 @@ SizeMap = dict[int, set[int]]  # old dim size -> the sizes it becomes
 
 def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str, SizeMap]]:
     """Per module FQN, old -> new sizes by strength of evidence: the literal sizes its own nodes pass
-    (view/reshape/expand/unflatten sizes: on a channel dim they change, on a data dim they stay), the
+    (view/reshape/expand/unflatten sizes and split_with_sizes pieces: on a channel dim they change, on a
+    data dim they stay), the
     channel dims of the values its own nodes compute, the same two for every node inside it, and last
     the data (non-channel) dims of the values inside it (a veto on the inner tiers, see `_mapped_size`)."""
     tiers: list[dict[str, SizeMap]] = [defaultdict(lambda: defaultdict(set)) for _ in range(5)]
@@ -65,11 +66,11 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
             continue
         for part in _abstracts(value):
             shape = new_shape(part, keep, graph.component)
-            if part is value:  # a single output: its literal size arguments line up
-                for old, new in _literal_sizes(node, part, shape):
-                    literals[stack[-1]][old].add(new)
-                    for path in stack:
-                        literals_within[path][old].add(new)
+            pairs = _literal_sizes(node, part, shape) if part is value else ()  # a single output lines up
+            for old, new in (*pairs, *_split_sizes(node, value, part, shape)):
+                literals[stack[-1]][old].add(new)
+                for path in stack:
+                    literals_within[path][old].add(new)
             for (old, new), chan in zip(zip(part.shape, shape), part.chan):
                 if chan:
                     own[stack[-1]][old].add(new)
@@ -114,6 +115,21 @@ def _literal_sizes(node, value: Abstract, shape: tuple[int, ...]) -> Iterator[tu
     for literal, d in zip(sizes, dims):
         if _is_int(literal) and literal == value.shape[d]:
             yield literal, shape[d] if value.chan[d] else literal
+
+
+def _split_sizes(node, value, part: Abstract, shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """(literal, its size after pruning) for piece `part` of a split_with_sizes: the piece's own size
+    argument (EfficientViM's `split(h, [self.d_inner, self.d_inner])`, where d_inner equals the module's
+    unpruned input width too)."""
+    if op_base(node.target) != "split_with_sizes" or not isinstance(value, tuple) or part not in value:
+        return
+    sizes = node.args[1] if len(node.args) > 1 else None
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(value):
+        return
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % part.ndim
+    literal = sizes[value.index(part)]
+    if _is_int(literal) and literal == part.shape[dim]:
+        yield literal, shape[dim] if part.chan[dim] else literal
 
 
 def _abstracts(value) -> Iterator[Abstract]:

@@ -325,6 +325,30 @@ def test_a_fused_key_value_projection_named_qkv_refreshes_the_head_count() -> No
     assert result.model[0].out_features == attn.proj.out_features == 8
 
 
+class _GatedMixer(nn.Module):
+    """EfficientViM's HSM-SSD: a projection split into halves by `[self.d_inner, self.d_inner]`, where
+    d_inner also equals the module's input width, which is not pruned (here: the model's output width)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.d_inner = dim
+        self.hz_proj, self.out_proj = nn.Conv1d(dim, 2 * dim, 1), nn.Conv1d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2)  # a value of the unpruned input width, computed inside the module
+        h, z = torch.split(self.hz_proj(x), [self.d_inner, self.d_inner], dim=1)
+        return x + self.out_proj(h * torch.sigmoid(z))
+
+
+def test_split_piece_sizes_settle_an_attribute_equal_to_two_widths() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), _GatedMixer()).eval()
+    result = structprune.compress(model, torch.randn(2, 3, 5, 1), ratio=0.5)
+    pruned = result.model[1]
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (pruned.d_inner, pruned.hz_proj.out_channels, pruned.out_proj.in_channels) == (4, 8, 4)
+
+
 class PatchAttention(nn.Module):
     """torchvision-ViT-style: the patch size (a conv kernel) equals the head count inside the attention."""
 

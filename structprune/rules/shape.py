@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan
+from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan, representative
 from structprune.ir.ops import op_base
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
@@ -356,13 +356,21 @@ def rule_channel_shuffle(ctx: RuleContext, node: fx.Node) -> None:
 
 
 def rule_pad(ctx: RuleContext, node: fx.Node) -> None:
-    """constant_pad_nd / pad: padding a channel dim would add channels, so it blocks them."""
+    """constant_pad_nd / pad: padding the only channel dim would add channels, so it blocks them. Where
+    another dim carries channels, the padded dims' ids are each fibre's one unit instead (positions of a
+    parameter grid, BoTNet's relative logits per head; a head's dims padded go with the whole head)."""
     src, out_shape = ctx.value(node.args[0]), ctx.shape(node)
     if src is None or out_shape is None:
         ctx.set(node, None)
         return
     padded = [d for d in range(src.ndim) if src.shape[d] != out_shape[d]]
-    if any(src.chan[d] for d in padded):
+    mixed = [d for d in padded if src.chan[d]]
+    if mixed and any(c for d, c in enumerate(src.chan) if d not in padded):
+        ctx.union_fibres(src, mixed)
+        chan = tuple(c and d not in padded for d, c in enumerate(src.chan))
+        ctx.set(node, make_with_chan(representative(src, set(padded)), chan, out_shape))
+        return
+    if mixed:
         ctx.block(src.ids, ReasonKind.UNSUPPORTED_OP, "padding along a channel dim")
         ctx.set(node, ctx.fresh_data(out_shape))
         return

@@ -1,6 +1,6 @@
 """`repeat_interleave` and `tile`: along a channel dim every id is repeated as the op repeats its
 elements; along a data dim the ids are unchanged. And a parameter grid resampled over space keeps its
-channel axis. Before they had rules, timm's GCViT (its global
+channel axis, as does one padded over its positions. Before they had rules, timm's GCViT (its global
 query repeated over the batch: 32 groups), hieradet (a window position embedding tiled over space) and
 grouped-query attention written with `repeat_interleave` (timm's Attention) were blocked; hieradet's
 position embedding, interpolated bicubically, blocked its stage's channels as "over a channel dim"."""
@@ -54,6 +54,19 @@ class PositionGrid(nn.Module):
         else:
             pos = nn.functional.interpolate(self.pos, size=h.shape[2:], mode="bicubic")
         return self.conv2(h + pos).mean((2, 3))
+
+
+class PaddedPositions(nn.Module):
+    """A position embedding (1, C, 3) padded by one position (a class token's slot) and added to
+    token features (B, C, 4); BoTNet pads its per-head relative logits the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Conv1d(3, 8, 1), nn.Conv1d(8, 2, 1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x) + nn.functional.pad(self.pos, (1, 0))).mean(2)
 
 
 class ChannelPooling(nn.Module):
@@ -118,6 +131,15 @@ def test_a_parameter_grid_brought_to_the_feature_size_keeps_its_channel_axis_pru
     assert group.prunable and group.size == 8 and any(m.fqn == "pos" and m.axis == 1 for m in group.members)
     pruned = _compress_and_check(PositionGrid(how), x)
     assert pruned.pos.shape == (1, 4, 2, 2) and pruned.conv1.out_channels == 4
+
+
+def test_a_parameter_grid_padded_over_positions_keeps_its_channel_axis_prunable() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4)
+    group = group_with(structprune.analyze(PaddedPositions().eval(), x), "embed.weight:0")
+    assert group.prunable and group.size == 8 and any(m.fqn == "pos" and m.axis == 1 for m in group.members)
+    pruned = _compress_and_check(PaddedPositions(), x)
+    assert pruned.pos.shape == (1, 4, 3) and pruned.embed.out_channels == pruned.head.in_channels == 4
 
 
 def test_pooling_over_the_only_channel_axis_still_blocks() -> None:

@@ -70,19 +70,30 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, mem
         fix_literal_shapes(pruned, graph, keep)
         return pruned
     originals = width_snapshot(pruned, shrink_rules)  # attributes only: still the unsliced ones
-    attention = _refresh_table_attributes(pruned, graph, shrink_rules)
+    attention = _refresh_table_attributes(pruned, graph, shrink_rules, kept_indices(graph, keep))
     refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
     return pruned
 
 
-def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph,
-                              shrink_rules: Mapping) -> dict[str, tuple[str, ...]]:
-    """Refresh the shrink table's and the attention modules' attributes; returns, per attention module,
-    the head attributes that refresh owns."""
-    before = [(name, m, snapshot(m, shrink_rules)) for name, m in pruned.named_modules()]
+def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph, shrink_rules: Mapping,
+                              kept: Mapping[str, dict[int, np.ndarray]] | None = None) -> dict[str, tuple[str, ...]]:
+    """Refresh the shrink table's and the attention modules' attributes (`kept`: the kept positions of
+    each sliced tensor, which tell an attention module's whole heads from dims of every head); returns,
+    per attention module, the head attributes that refresh owns."""
+    before = [(name, m, _with_query_rows(name, snapshot(m, shrink_rules), kept or {}))
+              for name, m in pruned.named_modules()]
     for _, module, old in reversed(before):  # children before parents
         refresh_attributes(module, old, graph.attention, shrink_rules)
     return {name: HEAD_ATTRIBUTES for name, _, old in before if "attention_shape" in old}
+
+
+def _with_query_rows(name: str, old: dict, kept: Mapping[str, dict[int, np.ndarray]]) -> dict:
+    """An attention module's snapshot plus the kept rows of its query projection (where it lost any)."""
+    shape = old.get("attention_shape")
+    if shape is None:
+        return old
+    rows = kept.get(f"{name}.{shape.projection}.weight" if name else f"{shape.projection}.weight", {}).get(0)
+    return old if rows is None else {**old, "query_rows": rows}
 
 
 def _own_tensors(model: nn.Module) -> dict[int, torch.Tensor]:

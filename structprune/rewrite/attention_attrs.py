@@ -4,13 +4,15 @@ Attention code reshapes with stored attributes (timm `num_heads`/`head_dim`, Hug
 `num_attention_heads`/`attention_head_size`/`all_head_size`), so they must follow the sliced weights.
 The query projection's width (heads x head_dim) is read before and after slicing: in the "heads"
 attention mode head_dim stays and the head count follows; in "head_dims" mode the head count stays,
-as it does for a single head, whose dims are pruned one by one in either mode.
+as it does wherever the plan kept some dims of every head (a single head; dims tied to a weight all
+heads share), which the kept rows of the projection tell.
 Softmax scale attributes (timm `scale`, HF `scaling`) are left as they were.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from structprune.compat import child_module
@@ -72,15 +74,28 @@ def attention_shape(module: nn.Module) -> AttentionShape | None:
     return AttentionShape(name, width, heads, blocks) if heads and width % heads == 0 else None
 
 
-def refresh_attention(module: nn.Module, before: AttentionShape, attention: str) -> None:
-    """Set the head attributes the module has from its sliced query projection."""
+def refresh_attention(module: nn.Module, before: AttentionShape, attention: str,
+                      query_rows: np.ndarray | None = None) -> None:
+    """Set the head attributes the module has from its sliced query projection; `query_rows`: the rows
+    of the projection the plan kept (None: not known, or none removed)."""
     width = getattr(module, before.projection).out_features // before.blocks
     head_size = before.width // before.heads
-    # "heads" mode removes whole heads, except from a single-head module, whose head is no batch dim
-    # of the analysis: its dims go one by one (hieradet's first stage), and the head count stays
-    whole_heads = attention != "head_dims" and width % head_size == 0
-    heads = width // head_size if whole_heads else before.heads
+    heads = width // head_size if attention != "head_dims" and _whole_heads(query_rows, before, width) else before.heads
     for names, value in ((HEAD_COUNTS, heads), (HEAD_SIZES, width // max(heads, 1)), (WIDTHS, width)):
         for name in names:
             if isinstance(getattr(module, name, None), int):
                 setattr(module, name, value)
+
+
+def _whole_heads(query_rows: np.ndarray | None, before: AttentionShape, width: int) -> bool:
+    """Whether the plan removed whole heads (the "heads" mode), not some dims of every head: a head whose
+    dims are tied to a weight that all heads share (MViTv2's pooling conv over head_dim) or the only head
+    (hieradet's first stage) loses dims one by one in either mode. Read from the kept rows where known,
+    else from the width being a multiple of the head size."""
+    head_size = before.width // before.heads
+    if query_rows is None:
+        return width % head_size == 0
+    first = np.asarray(query_rows)
+    first = first[first < before.width]  # the query block of a packed q|k|v projection
+    per_head = np.bincount(first // head_size, minlength=before.heads)
+    return bool(np.all((per_head == 0) | (per_head == head_size)))

@@ -113,4 +113,4 @@ def refresh_attributes(module: nn.Module, old: dict, attention: str = "heads",
             table[cls][0](module, {**old, "attention": attention})
             break
     if "attention_shape" in old:
-        refresh_attention(module, old["attention_shape"], attention)
+        refresh_attention(module, old["attention_shape"], attention, old.get("query_rows"))

@@ -297,6 +297,40 @@ def test_a_single_head_keeps_its_head_count_when_its_dims_are_pruned() -> None:
     assert attn.num_heads == 1 and attn.qkv.out_features == 3 * 8 and attn.proj.in_features == 8
 
 
+class _PooledHeadAttention(nn.Module):
+    """timm MViTv2: q, k and v are each pooled per head by a depthwise conv over head_dim that every head
+    shares, so pruning keeps every head and removes the same dims from each (the head count must stay)."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 2, side: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.dim_out, self.side = num_heads, dim, side
+        head_dim = dim // num_heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.pools = nn.ModuleList(nn.Conv2d(head_dim, head_dim, 3, padding=1, groups=head_dim, bias=False)
+                                   for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (self._pooled(pool, t) for pool, t in zip(self.pools, self.qkv(x).reshape(
+            b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)))
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.dim_out))
+
+    def _pooled(self, pool: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = t.shape
+        t = pool(t.reshape(-1, self.side, self.side, t.shape[-1]).permute(0, 3, 1, 2))
+        return t.reshape(b, self.num_heads, t.shape[1], n).transpose(2, 3)
+
+
+def test_heads_sharing_a_weight_over_their_dims_keep_their_count() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), _PooledHeadAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 4, 6), ratio=0.5, ignore=["0"])
+    attn = result.model[1]
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert (attn.num_heads, attn.pools[0].in_channels, attn.qkv.out_features) == (2, 4, 3 * 8)
+
+
 class _GlobalQueryAttention(nn.Module):
     """GCViT's global attention: a projection named `qkv` holds k|v only; q is a global query, made
     once from the first sample's features, repeated over the batch."""

@@ -89,15 +89,27 @@ def _refresh_rejected(model: nn.Module, pruned: nn.Module, verdict: Verdict, pla
 
 
 def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> None:
-    """Signal `compress` to analyse again with the failing attention class tied to its input width."""
-    try:
-        module = model.get_submodule(verdict.failing_module) if verdict.failing_module is not None else None
-    except AttributeError:
-        return
-    if module is not None and attention_shape(module) is not None:
+    """Signal `compress` to analyse again with the failing attention class tied to its input width: the
+    failing module's own, or its nearest enclosing attention module's (a width taken from the input can
+    first break a child, e.g. PVT v2's norm after a reshape by the input width)."""
+    module = _enclosing_attention(model, verdict.failing_module)
+    if module is not None:
         name = class_name(type(module))
         if name not in plan.meta.get(TIES_KEY, ()):
             raise InputWidthTieNeeded(name)
+
+
+def _enclosing_attention(model: nn.Module, path: str | None) -> nn.Module | None:
+    """The module at `path` or its nearest ancestor that is an attention module (None: neither)."""
+    parts = path.split(".") if path else []
+    for end in range(len(parts), 0, -1):
+        try:
+            module = model.get_submodule(".".join(parts[:end]))
+        except AttributeError:
+            return None
+        if attention_shape(module) is not None:
+            return module
+    return None
 
 
 def build_report(model, pruned, example_inputs, graph: ChannelGraph, plan: Plan, verdict: Verdict,

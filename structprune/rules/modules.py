@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+import numpy as np
 from torch import nn
 
-from structprune.compat import mha_packed_qkv
+from structprune.compat import ConvNd, mha_packed_qkv
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
 
@@ -68,7 +69,22 @@ def tie_input_width(ctx: RuleContext, prefix: str, module: nn.Module) -> None:
         value = ctx.axis_ids(f"{prefix}{VALUE_PROJECTIONS.get(name, '')}.weight", 0)
         if value is not None and value.size == cols.size:
             ctx.union(value, cols)
+        _tie_width_keeping_children(ctx, prefix, module, cols)
         return
+
+
+def _tie_width_keeping_children(ctx: RuleContext, prefix: str, module: nn.Module, cols: np.ndarray) -> None:
+    """The module's other layers that read its input width and write 1-3 blocks of it (PVT v2's spatial
+    reduction conv, reshaped by `reshape(B, C, -1)`; its k|v projection): each block tied to that width."""
+    for name, child in module.named_children():
+        if not isinstance(child, (nn.Linear, ConvNd)):
+            continue
+        rows, inputs = ctx.axis_ids(f"{prefix}{name}.weight", 0), ctx.axis_ids(f"{prefix}{name}.weight", 1)
+        if rows is None or inputs is None or inputs.size != cols.size or rows.size % cols.size:
+            continue
+        if rows.size // cols.size in (1, 2, 3) and getattr(child, "groups", 1) == 1:
+            for block in rows.reshape(rows.size // cols.size, -1):
+                ctx.union(block, cols)
 
 
 def with_input_width_ties(table: Mapping, classes) -> Mapping:

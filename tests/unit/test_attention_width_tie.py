@@ -102,3 +102,33 @@ def test_a_bias_table_indexed_by_positions_keeps_its_heads_axis_prunable() -> No
     assert not any("new_zeros" in str(r) for g in graph.groups for r in g.reasons)
     # a buffer over token positions, added to the logits, has no channel to lose
     assert not [g.id for g in graph.prunable if g.size > 1 and "window_mask" in str(g.member_fqns())]
+
+
+class SpatialReductionAttention(nn.Module):
+    """PVT v2: keys and values come from the input shrunk by a strided conv whose output is reshaped
+    with the input's width (`reshape(B, C, -1)`), through a k|v projection."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, side: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.side = heads, dim // heads, side
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.sr, self.norm = nn.Conv2d(dim, dim, 2, stride=2), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        x = x.permute(0, 2, 1).reshape(B, C, self.side, self.side)
+        x = self.norm(self.sr(x).reshape(B, C, -1).permute(0, 2, 1))
+        k, v = self.kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+def test_a_spatial_reduction_conv_reshaped_by_the_input_width_follows_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), SpatialReductionAttention(), nn.Linear(16, 3)).eval()
+    result = structprune.compress(model, torch.randn(2, 16, 6), ratio=0.5)
+    attn = result.model[1]
+    assert result.report.verification["ok"] and "blocked_by_verification" not in result.plan.meta
+    assert list(result.plan.meta[TIES_KEY]) == [class_name(SpatialReductionAttention)]
+    assert (attn.sr.in_channels, attn.sr.out_channels, attn.kv.out_features, attn.num_heads) == (8, 8, 16, 1)

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import onnx
@@ -187,14 +188,11 @@ def _export_legacy(model: nn.Module, spec: _ExportSpec, staged: str, opset: int 
                       input_names=spec.input_names, output_names=spec.output_names, opset_version=opset)
 
 
-def _export_dynamo_unoptimized(model: nn.Module, spec: _ExportSpec, staged: str, opset: int | None) -> None:
-    _export_dynamo(model, spec, staged, opset, optimize=False)
-
-
 UNOPTIMIZED = "dynamo-unoptimized"
 # tried in order: dynamo's ONNX graph optimizer can write a graph the checker rejects (timm's
 # gemma4_vit_167m: nodes out of topological order) although the unoptimised graph is valid
-_EXPORTERS = (("dynamo", _export_dynamo), (UNOPTIMIZED, _export_dynamo_unoptimized), ("legacy", _export_legacy))
+_EXPORTERS = (("dynamo", _export_dynamo), (UNOPTIMIZED, partial(_export_dynamo, optimize=False)),
+              ("legacy", _export_legacy))
 _AFTER_OPTIMIZER = ("onnx checker failed", "run with batch")
 
 

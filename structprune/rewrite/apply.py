@@ -29,8 +29,9 @@ def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_un
     refreshes the modules' attributes (see rewrite/shrink.py). `share_unchanged=True` is for a throwaway
     copy that is only run (verification): tensors that lose nothing are then the caller's own, not copies."""
     keep = component_keep(graph, plan)
-    memo = _sliced_memo(model, kept_indices(graph, keep))
-    return _rewritten_copy(model, graph, keep, (_own_tensors(model) | memo) if share_unchanged else memo,
+    indices = kept_indices(graph, keep)
+    memo = _sliced_memo(model, indices)
+    return _rewritten_copy(model, graph, keep, indices, (_own_tensors(model) | memo) if share_unchanged else memo,
                            kept_as_is(plan), shrink_rules)
 
 
@@ -44,43 +45,46 @@ def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan, *,
     (TorchScript) sees NaN, so the caller can tell from non-finite outputs. For running the pruned
     model once without building it."""
     keep, memo = component_keep(graph, plan), _own_tensors(model)
+    indices = kept_indices(graph, keep)
     replacements: dict[int, tuple[torch.Tensor, Callable[[], torch.Tensor]]] = {}
-    for tensor, steps in _slicing_steps(model, kept_indices(graph, keep)).items():
+    for tensor, steps in _slicing_steps(model, indices).items():
         if not tensor.is_floating_point():  # cannot hold NaN; such tensors are small (index tables)
             memo[id(tensor)] = reduce(_sliced, steps, tensor)
             continue
         stand_in = _nan_stand_in(tensor, reduce(_sliced, steps, _meta_like(tensor)).shape)
         memo[id(tensor)] = stand_in
         replacements[id(stand_in)] = (stand_in, partial(reduce, _sliced, steps, tensor))
-    pruned = _rewritten_copy(model, graph, keep, memo, kept_as_is(plan), shrink_rules)  # outside: stand-in shapes
+    pruned = _rewritten_copy(model, graph, keep, indices, memo, kept_as_is(plan), shrink_rules)  # stand-in shapes
     with ReplacedOnRead(replacements):
         yield pruned
 
 
-def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray, memo: dict,
-                    as_is: frozenset[str] = frozenset(), shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> nn.Module:
+def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray,
+                    indices: Mapping[str, dict[int, np.ndarray]], memo: dict, as_is: frozenset[str] = frozenset(),
+                    shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> nn.Module:
     """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes
-    (width attributes of the classes named in `as_is` stay as they were)."""
+    (`indices`: `kept_indices(graph, keep)`; width attributes of the classes named in `as_is` stay as
+    they were)."""
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
     recompute_weight_norms(pruned)
     if isinstance(pruned, fx.GraphModule):
-        _refresh_table_attributes(pruned, graph, shrink_rules)
+        _refresh_table_attributes(pruned, graph, shrink_rules, {})
         fix_literal_shapes(pruned, graph, keep)
         return pruned
     originals = width_snapshot(pruned, shrink_rules)  # attributes only: still the unsliced ones
-    attention = _refresh_table_attributes(pruned, graph, shrink_rules, kept_indices(graph, keep))
+    attention = _refresh_table_attributes(pruned, graph, shrink_rules, indices)
     refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
     return pruned
 
 
 def _refresh_table_attributes(pruned: nn.Module, graph: ChannelGraph, shrink_rules: Mapping,
-                              kept: Mapping[str, dict[int, np.ndarray]] | None = None) -> dict[str, tuple[str, ...]]:
+                              kept: Mapping[str, dict[int, np.ndarray]]) -> dict[str, tuple[str, ...]]:
     """Refresh the shrink table's and the attention modules' attributes (`kept`: the kept positions of
     each sliced tensor, which tell an attention module's whole heads from dims of every head); returns,
     per attention module, the head attributes that refresh owns."""
-    before = [(name, m, _with_query_rows(name, snapshot(m, shrink_rules), kept or {}))
+    before = [(name, m, _with_query_rows(name, snapshot(m, shrink_rules), kept))
               for name, m in pruned.named_modules()]
     for _, module, old in reversed(before):  # children before parents
         refresh_attributes(module, old, graph.attention, shrink_rules)

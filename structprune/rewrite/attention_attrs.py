@@ -31,6 +31,10 @@ class AttentionShape:
     heads: int
     blocks: int = 1  # the projection's outputs are `blocks` x width (q|k|v: 3)
 
+    @property
+    def head_size(self) -> int:
+        return self.width // self.heads
+
 
 def _query_projection(module: nn.Module, stored: int | None) -> tuple[str, int, int] | None:
     """(name, width, blocks) of the module's query projection. Where the module stores both its head
@@ -79,8 +83,8 @@ def refresh_attention(module: nn.Module, before: AttentionShape, attention: str,
     """Set the head attributes the module has from its sliced query projection; `query_rows`: the rows
     of the projection the plan kept (None: not known, or none removed)."""
     width = getattr(module, before.projection).out_features // before.blocks
-    head_size = before.width // before.heads
-    heads = width // head_size if attention != "head_dims" and _whole_heads(query_rows, before, width) else before.heads
+    whole = attention != "head_dims" and _whole_heads(query_rows, before, width)
+    heads = width // before.head_size if whole else before.heads
     for names, value in ((HEAD_COUNTS, heads), (HEAD_SIZES, width // max(heads, 1)), (WIDTHS, width)):
         for name in names:
             if isinstance(getattr(module, name, None), int):
@@ -92,10 +96,9 @@ def _whole_heads(query_rows: np.ndarray | None, before: AttentionShape, width: i
     dims are tied to a weight that all heads share (MViTv2's pooling conv over head_dim) or the only head
     (hieradet's first stage) loses dims one by one in either mode. Read from the kept rows where known,
     else from the width being a multiple of the head size."""
-    head_size = before.width // before.heads
     if query_rows is None:
-        return width % head_size == 0
+        return width % before.head_size == 0
     first = np.asarray(query_rows)
     first = first[first < before.width]  # the query block of a packed q|k|v projection
-    per_head = np.bincount(first // head_size, minlength=before.heads)
-    return bool(np.all((per_head == 0) | (per_head == head_size)))
+    per_head = np.bincount(first // before.head_size, minlength=before.heads)
+    return bool(np.all((per_head == 0) | (per_head == before.head_size)))

@@ -9,7 +9,7 @@ import torch
 from torch import fx
 
 from structprune.capture import Captured
-from structprune.ir.abstract import Abstract, channel_vector, data_value, make_with_chan
+from structprune.ir.abstract import Abstract, channel_vector, data_value, make_with_chan, representative
 from structprune.ir.ops import op_key
 from structprune.ir.reasons import Reason, ReasonKind
 from structprune.ir.roles import ROLE_ELEM, StateMap
@@ -207,6 +207,13 @@ class RuleContext:
         for d in dims:
             if av.ids.shape[d] > 1:
                 self.union(av.ids, av.ids.take([0], axis=d))
+
+    def fibres_as_units(self, av: Abstract, dims, shape: tuple[int, ...]) -> Abstract:
+        """`av`'s fibres along `dims` tied into one unit each, returned at `shape` with `dims` as data dims
+        (a parameter grid resampled or padded over its positions keeps its other channel axis)."""
+        self.union_fibres(av, dims)
+        chan = tuple(c and d not in dims for d, c in enumerate(av.chan))
+        return make_with_chan(representative(av, set(dims)), chan, shape)
 
 
 def _flags(ndim: int, dims) -> tuple[bool, ...]:

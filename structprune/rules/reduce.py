@@ -102,9 +102,7 @@ def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
     spatial = list(range(x.ndim - k, x.ndim))
     mixed = [d for d in spatial if x.chan[d]]
     if mixed and any(c for d, c in enumerate(x.chan) if d not in spatial):
-        ctx.union_fibres(x, mixed)  # a parameter grid resampled over space: its other axis stays channels
-        chan = tuple(c and d not in spatial for d, c in enumerate(x.chan))
-        out = make_with_chan(representative(x, set(spatial)), chan, tuple(first.shape))
+        out = ctx.fibres_as_units(x, spatial, tuple(first.shape))  # a parameter grid resampled over space
     elif mixed:
         ctx.block(x.ids, ReasonKind.UNSUPPORTED_OP, f"{op} over a channel dim")
         out = ctx.fresh_data(tuple(first.shape))

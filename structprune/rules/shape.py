@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import fx
 
-from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan, representative
+from structprune.ir.abstract import Abstract, expand_to, make, make_with_chan
 from structprune.ir.ops import op_base
 from structprune.ir.reasons import ReasonKind
 from structprune.rules.context import RuleContext
@@ -366,9 +366,7 @@ def rule_pad(ctx: RuleContext, node: fx.Node) -> None:
     padded = [d for d in range(src.ndim) if src.shape[d] != out_shape[d]]
     mixed = [d for d in padded if src.chan[d]]
     if mixed and any(c for d, c in enumerate(src.chan) if d not in padded):
-        ctx.union_fibres(src, mixed)
-        chan = tuple(c and d not in padded for d, c in enumerate(src.chan))
-        ctx.set(node, make_with_chan(representative(src, set(padded)), chan, out_shape))
+        ctx.set(node, ctx.fibres_as_units(src, padded, out_shape))
         return
     if mixed:
         ctx.block(src.ids, ReasonKind.UNSUPPORTED_OP, "padding along a channel dim")

@@ -61,16 +61,13 @@ def _held_as_attribute(split: SizedSplit, modules: Mapping[str, nn.Module]) -> b
         module = _module_at(modules, path)
         if module is None:
             continue
-        if split.boundaries:
-            if _each_piece_an_int(module, split.boundaries):
-                return True
-        elif any(_same_sizes(value, split.sizes) for value in vars(module).values()) or _each_piece_an_int(
-                module, split.sizes):
+        as_list = not split.boundaries and any(_same_sizes(v, split.sizes) for v in vars(module).values())
+        if as_list or _int_attributes(module, split.boundaries or split.sizes):
             return True
     return False
 
 
-def _each_piece_an_int(module: nn.Module, sizes: tuple[int, ...]) -> bool:
+def _int_attributes(module: nn.Module, sizes: tuple[int, ...]) -> bool:
     """Whether every value (piece sizes, a slice's bounds) is an int attribute of the module (FasterNet's
     partial convolution splits by `[self.dim_conv3, self.dim_untouched]`), which the width refresh maps."""
     ints = {v for v in vars(module).values() if isinstance(v, int) and not isinstance(v, bool)}

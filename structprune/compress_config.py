@@ -57,7 +57,8 @@ class CompressConfig:
       MACs or parameters to keep (within 2%); one of them, and not beside an explicit ratio (`ratio` is
       then None; dropping the target again needs a ratio).
       target_latency_ms: a budget in milliseconds instead: the onnxruntime median latency on this machine
-      (1 thread, the example inputs), searched by measuring candidate models (`structprune.latency_target`);
+      (1 thread, the example inputs), searched by measuring candidate models, each timed alternately with
+      the dense model so that a drifting machine does not mislead the search (`structprune.latency_target`);
       `latency_measure(model, example_inputs) -> ms` replaces that measurement (a fake one in tests).
       allocation: how a budget is spread, "global" (default: one threshold on normalised scores, as
       `global_pruning`), "uniform" (one ratio for every group) or "sensitivity" (deepest where pruning a

@@ -7,6 +7,13 @@ step to the plan of that cut, the model verification hands over for it (`verifie
 rewrite fails are kept whole, so every candidate runs), and its onnxruntime median latency (`ort_latency_ms`:
 1 thread, the example inputs, RUNS timed calls after WARMUP; `config.latency_measure` replaces it).
 
+Every candidate is timed on the dense model's clock (`PinnedLatency`): its runs alternate with the dense
+model's in one process, and its figure is the dense reference (timed once, first) times the ratio of the two
+medians. A machine that other jobs share drifts by tens of percent between measurements a minute apart; the
+ratio of two models timed in alternation does not, so the search compares candidates as if all were timed
+beside the reference. The report gives the range of dense medians seen (`dense_ms_seen`): how much the
+machine drifted during the search.
+
 The search brackets the target between a step that is too slow (lo; at first the dense model) and one
 that is fast enough (hi; at first step K, or 3K/4 or K/2 where step K is not: very thin layers can hit slow
 kernels, so latency is not always lowest at the deepest cut), and measures a step in between until one
@@ -79,6 +86,61 @@ def ort_latency_ms(model, example_inputs: Any, *, runs: int = RUNS, warmup: int 
         return ort_latency(exported.path, example_inputs, runs=runs, warmup=warmup).median_ms
 
 
+class PinnedLatency:
+    """onnxruntime latency on the dense model's clock; a `Measure` to use as a context manager (the ONNX
+    files live in a temporary folder removed after). The first call times the dense model (beside itself:
+    the reference); each later call times its model alternately with the dense one (`compare`, default
+    `structprune.onnx.compare_latency`) and returns reference x candidate median / dense median.
+
+    >>> import torch
+    >>> dense = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    >>> with PinnedLatency(dense, torch.randn(8, 64), runs=3, warmup=1) as measure:
+    ...     measure(dense, None) == measure.reference_ms > 0, measure(torch.nn.Linear(64, 2), None) > 0
+    (True, True)
+    """
+
+    def __init__(self, dense, example_inputs: Any, *, runs: int = RUNS, warmup: int = WARMUP,
+                 compare: Callable | None = None) -> None:
+        from structprune.onnx import compare_latency  # lazy: onnxruntime loads only when measuring
+
+        self.dense, self.example_inputs, self.runs, self.warmup = dense, example_inputs, runs, warmup
+        self.compare = compare or compare_latency
+        self.reference_ms: float | None = None
+        self.dense_seen: list[float] = []
+        self._folder = tempfile.TemporaryDirectory(prefix="structprune-latency-")
+        self._dense_path = self._export(dense, "dense")
+
+    def __enter__(self) -> PinnedLatency:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._folder.cleanup()
+
+    def __call__(self, model, example_inputs: Any = None) -> float:
+        if self.reference_ms is None:
+            first, second, _ = self._timed(self._dense_path)
+            self.reference_ms = (first.median_ms + second.median_ms) / 2
+            self.dense_seen.append(self.reference_ms)
+        if model is self.dense:
+            return self.reference_ms
+        dense, candidate, _ = self._timed(self._export(model, "candidate"))
+        self.dense_seen.append(dense.median_ms)
+        return self.reference_ms * candidate.median_ms / max(dense.median_ms, 1e-9)
+
+    def _timed(self, path: str):
+        return self.compare(self._dense_path, path, self.example_inputs, runs=self.runs, warmup=self.warmup)
+
+    def drift_meta(self) -> dict:
+        """The report's figures on the clock: the dense medians' range over the search."""
+        return {"clock": "pinned to the dense model, timed alternately",
+                "dense_ms_seen": [round(min(self.dense_seen), 4), round(max(self.dense_seen), 4)]}
+
+    def _export(self, model, name: str) -> str:
+        from structprune.onnx import export_onnx
+
+        return os.fspath(export_onnx(model, self.example_inputs, os.path.join(self._folder.name, f"{name}.onnx")).path)
+
+
 def search_latency(target: LatencyTarget, steps: int, macs_at: Callable[[int], float],
                    measure: Callable[[int], float], *, probes: int = PROBES) -> LatencySearch:
     """Search steps 0 .. `steps` for one whose measured latency (`measure(step)`, ms) is within `target`'s
@@ -149,27 +211,40 @@ def plan_for_latency(model, example_inputs: Any, graph, scores: Mapping[str, np.
                      keep_whole: Mapping[str, str] | None = None, meta: Mapping | None = None,
                      sensitivity: SensitivityTable | None = None) -> Plan:
     """The plan whose rewritten model runs closest to `config.target` (a LatencyTarget), measured with
-    `config.latency_measure` (default `ort_latency_ms`); the search's figures go into `meta["target"]`.
-    `config` supplies the target, allocation, round_to, ignore, max_group_ratio and shrink_rules."""
+    `config.latency_measure` (default: onnxruntime on the dense model's clock, `PinnedLatency`); the search's
+    figures go into `meta["target"]`. `config` supplies the target, allocation, round_to, ignore,
+    max_group_ratio and shrink_rules."""
+    if config.latency_measure is not None:
+        return _plan_measured(model, example_inputs, graph, scores, config, keep_whole, meta, sensitivity,
+                              config.latency_measure)
+    with PinnedLatency(model, example_inputs) as pinned:
+        plan = _plan_measured(model, example_inputs, graph, scores, config, keep_whole, meta, sensitivity, pinned)
+        return plan.with_meta(target={**plan.meta["target"], **pinned.drift_meta()})
+
+
+def _plan_measured(model, example_inputs: Any, graph, scores: Mapping[str, np.ndarray], config,
+                   keep_whole: Mapping[str, str] | None, meta: Mapping | None, sensitivity: SensitivityTable | None,
+                   measure: Measure) -> Plan:
+    """plan_for_latency with `measure` as the clock: at LATENCY_ROUND_TO, then at any count if that cannot
+    reach the target and the user gave no round_to."""
     round_to = latency_round_to(config)
     try:
-        return _plan_at_multiple(model, example_inputs, graph, scores, config.with_options(round_to=round_to),
-                                 keep_whole, meta, sensitivity)
+        return _search_plan(model, example_inputs, graph, scores, config.with_options(round_to=round_to),
+                            keep_whole, meta, sensitivity, measure)
     except UnreachableLatency as error:
         if round_to == 1 or getattr(config, "round_to_given", True):
             raise
         fallback = {**(meta or {}), "round_to_fallback": f"cuts at multiples of {round_to} channels could not "
                                                           f"reach the target ({error.message}); cut at any count"}
-        return _plan_at_multiple(model, example_inputs, graph, scores, config.with_options(round_to=1),
-                                 keep_whole, fallback, sensitivity)
+        return _search_plan(model, example_inputs, graph, scores, config.with_options(round_to=1),
+                            keep_whole, fallback, sensitivity, measure)
 
 
-def _plan_at_multiple(model, example_inputs: Any, graph, scores: Mapping[str, np.ndarray], config,
-                      keep_whole: Mapping[str, str] | None, meta: Mapping | None,
-                      sensitivity: SensitivityTable | None) -> Plan:
-    """plan_for_latency at `config.round_to`, as given."""
+def _search_plan(model, example_inputs: Any, graph, scores: Mapping[str, np.ndarray], config,
+                 keep_whole: Mapping[str, str] | None, meta: Mapping | None, sensitivity: SensitivityTable | None,
+                 measure: Measure) -> Plan:
+    """The latency search at `config.round_to`, as given, with `measure` as the clock."""
     target: LatencyTarget = config.target
-    measure = config.latency_measure or ort_latency_ms
     whole = dict(keep_whole or {})
     active = active_groups(graph, config, whole)
     search = TargetSearch(graph, active, scores, target, config.round_to, PlanCost(graph), len(whole))
@@ -208,7 +283,8 @@ def meet_latency_target(target: LatencyTarget, choose: Callable[[Mapping[str, st
     (groups it keeps whole included), so the chosen plan's figure is the verified model's."""
     plan = choose({})
     found = dict(plan.meta["target"])
-    section, notes = {"dense_ms": found["dense_ms"], "probes": found["probes"]}, []
+    section = {key: found[key] for key in ("dense_ms", "probes", "clock", "dense_ms_seen") if key in found}
+    notes = []
     if plan.meta.get("round_to_fallback"):
         notes.append(plan.meta["round_to_fallback"])
     if not found["met"]:

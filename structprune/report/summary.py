@@ -38,8 +38,10 @@ def _target_line(target: dict | None) -> list[str]:
     band = "within" if target["within_tolerance"] else "outside"
     how = f"({band} {target['tolerance']:.0%}; {target['allocation']} allocation)"
     if target["kind"] == "latency_ms":
+        seen = target.get("dense_ms_seen")
+        drift = f"; each timed beside dense, whose own time moved {seen[0]:.3f}-{seen[1]:.3f} ms" if seen else ""
         return [f"target: run in {target['requested']:g} ms, measured {target['achieved']:.3f} ms (dense "
-                f"{target['dense_ms']:.3f} ms, {target['probes']} measurements) {how}"] + (
+                f"{target['dense_ms']:.3f} ms, {target['probes']} measurements{drift}) {how}"] + (
             [f"target: {target['note']}"] if target.get("note") else [])
     kind = "MACs" if target["kind"] == "macs" else "params"
     return [f"target: keep {target['requested']:g} of {kind}, kept {target['achieved']:.4f} {how}"]

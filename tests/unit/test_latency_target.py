@@ -3,6 +3,8 @@ tests inject the measurement (a function of the rewritten model's MACs, or of th
 deterministic; the slow one measures onnxruntime on this machine with a loose bound."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,9 @@ from helpers import LiteralFlattenLeNet
 from structprune.cli import main
 from structprune.errors import PlanError
 from structprune.graph.cost import count_macs
-from structprune.latency_target import PROBES, ort_latency_ms, search_latency
+from structprune.latency_target import PROBES, PinnedLatency, ort_latency_ms, search_latency
+from structprune.onnx import Latency, export_onnx
+from structprune.report.summary import job_summary
 from structprune.selection import LatencyTarget
 
 
@@ -172,3 +176,56 @@ def test_onnxruntime_latency_target_on_resnet20_within_a_loose_bound() -> None:
     assert section["kind"] == "latency_ms" and section["within_tolerance"] == (abs(section["achieved"] - target)
                                                                                <= 0.02 * target + 1e-9)
     assert abs(again - target) <= 0.25 * target and result.report.macs_after < result.report.macs_before
+
+
+def drifting_clock(slowdown_per_call: float):
+    """A fake `compare_latency` on a machine that gets slower with every call: a model's true time is its ONNX
+    file's size in MB, scaled by the machine's current slowdown (the same for both models of one call)."""
+    calls = []
+
+    def compare(dense_path, candidate_path, example_inputs, *, runs, warmup):
+        slowdown = 1.0 + slowdown_per_call * len(calls)
+        calls.append(slowdown)
+        dense, candidate = (Latency(slowdown * os.path.getsize(p) / 1e6, 0.0, runs)
+                            for p in (dense_path, candidate_path))
+        return dense, candidate, dense.median_ms / candidate.median_ms
+    return compare
+
+
+def onnx_mb(model: nn.Module, x, tmp_path) -> float:
+    return os.path.getsize(export_onnx(model, x, tmp_path / f"m{id(model)}.onnx").path) / 1e6
+
+
+def test_pinned_latency_reads_every_candidate_on_the_dense_clock_whatever_the_drift(tmp_path) -> None:
+    """The machine slows by 50% per measurement; each candidate's figure is still the dense reference times its
+    true ratio to dense, in any order, and the drift shows in dense_ms_seen."""
+    def mlp(width: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(256, width), nn.ReLU(), nn.Linear(width, 10))
+
+    dense, x = mlp(256), torch.randn(4, 256)
+    candidates = {width: mlp(width) for width in (128, 64)}
+    true = {width: onnx_mb(model, x, tmp_path) for width, model in {256: dense, **candidates}.items()}
+    for order in ((128, 64), (64, 128)):
+        with PinnedLatency(dense, x, compare=drifting_clock(0.5)) as measure:
+            assert measure(dense) == pytest.approx(true[256])
+            got = {width: measure(candidates[width]) for width in order}
+            assert got == {width: pytest.approx(true[width], rel=1e-9) for width in order}
+            assert measure.drift_meta()["dense_ms_seen"] == [round(true[256], 4), round(2.0 * true[256], 4)]
+
+
+def test_compress_latency_target_is_met_on_the_true_clock_while_the_machine_drifts(monkeypatch, tmp_path) -> None:
+    """compress's own measurement (no latency_measure) alternates with dense: a machine that slows by 20% per
+    call does not push the search to a deeper cut; the handed-over model's true figure is within the band."""
+    monkeypatch.setattr(structprune.onnx, "compare_latency", drifting_clock(0.2))
+    model, x = models_zoo.create("resnet20").eval(), models_zoo.example_inputs("resnet20")
+    dense_mb = onnx_mb(model, x, tmp_path)
+    result = structprune.compress(model, x, target_latency_ms=0.5 * dense_mb, recapture=False)
+    section = result.report.to_json()["target"]
+    assert section["clock"] == "pinned to the dense model, timed alternately"
+    low, high = section["dense_ms_seen"]
+    assert low == pytest.approx(dense_mb, rel=1e-3)  # and the machine drifted by 20% per measurement:
+    assert section["probes"] >= 3 and high == pytest.approx(low * (1 + 0.2 * (section["probes"] - 1)), rel=1e-3)
+    assert section["within_tolerance"] and onnx_mb(result.model, x, tmp_path) == pytest.approx(0.5 * dense_mb,
+                                                                                                rel=0.02)
+    summary = job_summary(result.report.to_json(), tmp_path)
+    assert f"each timed beside dense, whose own time moved {low:.3f}-{high:.3f} ms)" in summary

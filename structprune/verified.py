@@ -18,10 +18,13 @@ from structprune.rewrite import rewrite_model
 from structprune.rewrite.attention_attrs import attention_shape
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rewrite.width_attrs import AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes, refreshed_in
+from structprune.rewrite.width_search import CHOICES_KEY, choices_for_class, chosen_widths
 from structprune.selection import Plan
 from structprune.verify import Verdict, verify_rewrite
 
 MAX_REPLANS = 4  # verification rounds that may block localised groups before the failure is final
+MAX_WIDTH_SEARCHES = 3  # extra rounds that retry with width attributes found by running the failing class
+SEARCHED_KEY = "width_searched_classes"  # plan.meta: classes whose width attributes were searched once
 TIES_KEY = "input_width_ties"  # plan.meta: attention classes whose heads x head_dim follows their input
 class_name = qualified_name  # plans record the attention classes tied to their input width by this name
 
@@ -53,12 +56,17 @@ def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: C
     at most MAX_REPLANS times; `plan.meta["blocked_by_verification"]` says which and why. A model is
     never returned unverified. `config.strict` raises on the first failure instead. `may_tie`: raise
     InputWidthTieNeeded when tying a failing attention class to its input width may help."""
-    for _ in range(MAX_REPLANS + 1):
+    for _ in range(MAX_REPLANS + MAX_WIDTH_SEARCHES + 1):
         with stage_errors(RewriteError, f"rewriting the model for {len(plan.pruned_groups())} pruned groups"):
             pruned = rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)
         with stage_errors(VerificationError, "verifying the rewrite"):
             verdict = verify_rewrite(model, pruned, example_inputs, graph, plan, recapture=config.recapture,
                                      shrink_rules=config.shrink_rules)
+        searched = None if verdict.ok else _with_searched_widths(model, pruned, example_inputs, graph, plan, verdict,
+                                                                  config.shrink_rules)
+        if searched is not None:  # before a tie, which prunes attention less deeply
+            plan = searched
+            continue
         if may_tie and not verdict.ok:
             _raise_if_a_tie_may_help(model, verdict, plan)
         if not verdict.ok and _refresh_rejected(model, pruned, verdict, plan, config.shrink_rules):
@@ -73,6 +81,23 @@ def verified_rewrite(model: nn.Module, example_inputs: Any, plan: Plan, graph: C
     if SCALES_KEY in plan.meta:  # a sampled selection (coreset_sampled) rescales kept channels
         report = report.with_extra(rescaled_tensors=apply_channel_scales(pruned, graph, plan))
     return CompressResult(pruned, plan, report, graph)
+
+
+def _with_searched_widths(model: nn.Module, pruned: nn.Module, example_inputs: Any, graph: ChannelGraph, plan: Plan,
+                          verdict: Verdict, shrink_rules: Mapping) -> Plan | None:
+    """Verification failed inside a module whose class was not searched yet: the plan with the width
+    attributes that make that class's modules run (rewrite/width_search.py), or None when none change."""
+    if verdict.failing_module is None or len(plan.meta.get(SEARCHED_KEY, ())) >= MAX_WIDTH_SEARCHES:
+        return None
+    name = _failing_class(model, verdict)
+    if name in plan.meta.get(SEARCHED_KEY, ()):
+        return None
+    with stage_errors(VerificationError, f"searching the width attributes of {name}"):
+        found = choices_for_class(model, pruned, example_inputs, graph, plan, name, shrink_rules)
+    if not found:
+        return None
+    return plan.with_meta(**{SEARCHED_KEY: [*plan.meta.get(SEARCHED_KEY, ()), name],
+                             CHOICES_KEY: {**chosen_widths(plan), **found}})
 
 
 def _failing_class(model: nn.Module, verdict: Verdict) -> str:

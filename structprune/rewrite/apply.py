@@ -20,6 +20,7 @@ from structprune.rewrite.on_read import ReplacedOnRead
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES, refresh_attributes, snapshot
 from structprune.rewrite.weight_norm import computed_attribute_memo, recompute_weight_norms
 from structprune.rewrite.width_attrs import kept_as_is, refresh_width_attributes, width_snapshot
+from structprune.rewrite.width_search import apply_width_choices, chosen_widths
 from structprune.selection.plan import Plan
 
 
@@ -32,7 +33,7 @@ def rewrite_model(model: nn.Module, graph: ChannelGraph, plan: Plan, *, share_un
     indices = kept_indices(graph, keep)
     memo = _sliced_memo(model, indices)
     return _rewritten_copy(model, graph, keep, indices, (_own_tensors(model) | memo) if share_unchanged else memo,
-                           kept_as_is(plan), shrink_rules)
+                           kept_as_is(plan), shrink_rules, chosen_widths(plan))
 
 
 @contextmanager
@@ -54,17 +55,18 @@ def sliced_on_read(model: nn.Module, graph: ChannelGraph, plan: Plan, *,
         stand_in = _nan_stand_in(tensor, reduce(_sliced, steps, _meta_like(tensor)).shape)
         memo[id(tensor)] = stand_in
         replacements[id(stand_in)] = (stand_in, partial(reduce, _sliced, steps, tensor))
-    pruned = _rewritten_copy(model, graph, keep, indices, memo, kept_as_is(plan), shrink_rules)  # stand-in shapes
+    pruned = _rewritten_copy(model, graph, keep, indices, memo, kept_as_is(plan), shrink_rules,
+                             chosen_widths(plan))  # stand-in shapes
     with ReplacedOnRead(replacements):
         yield pruned
 
 
 def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray,
                     indices: Mapping[str, dict[int, np.ndarray]], memo: dict, as_is: frozenset[str] = frozenset(),
-                    shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> nn.Module:
+                    shrink_rules: Mapping = DEFAULT_SHRINK_RULES, choices: Mapping | None = None) -> nn.Module:
     """Deep-copy `model` through `memo` (tensor id -> its new tensor), then refresh the attributes
     (`indices`: `kept_indices(graph, keep)`; width attributes of the classes named in `as_is` stay as
-    they were)."""
+    they were; `choices`, module -> attribute -> value, are set last: see rewrite/width_search.py)."""
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying a .pt2 module
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         pruned = copy.deepcopy(model, memo=memo | computed_attribute_memo(model, memo))
@@ -76,6 +78,7 @@ def _rewritten_copy(model: nn.Module, graph: ChannelGraph, keep: np.ndarray,
     originals = width_snapshot(pruned, shrink_rules)  # attributes only: still the unsliced ones
     attention = _refresh_table_attributes(pruned, graph, shrink_rules, indices)
     refresh_width_attributes(pruned, originals, graph, keep, attention, as_is)
+    apply_width_choices(pruned, choices or {})
     return pruned
 
 

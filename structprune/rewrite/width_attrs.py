@@ -41,6 +41,7 @@ from structprune.rewrite.size_lists import by_module, mapped_size_list, size_lis
 
 BUILTIN_WIDTHS = MappingProxyType({nn.Unflatten: ("unflattened_size",)})
 AMBIGUOUS = -1
+NODE_TIERS = 4  # the tiers of `scoped_size_changes` that nodes run in a module fill (the fifth: weights' data sizes)
 
 SizeMap = dict[int, set[int]]  # old dim size -> the sizes it becomes
 
@@ -77,6 +78,30 @@ def scoped_size_changes(graph: ChannelGraph, keep: np.ndarray) -> list[dict[str,
                 for path in stack:
                     (within if chan else data_within)[path][old].add(new)
     return tiers
+
+
+def evidence_scope(tiers: list[dict[str, SizeMap]], name: str) -> str:
+    """The module whose nodes speak for `name`: itself, or, where none of the graph's nodes ran in it (its
+    parent calls a method of it, as timm's attention calls `rel_pos.get_bias()`), its nearest ancestor that
+    has some. Only the width search reads it (rewrite/width_search.py): refreshing by an ancestor's evidence
+    would also change modules that hold a size by chance (a rotary embedding's cached length)."""
+    parts = name.split(".") if name else []
+    for end in range(len(parts), 0, -1):
+        scope = ".".join(parts[:end])
+        if any(scope in tier for tier in tiers[:NODE_TIERS]):
+            return scope
+    return ""
+
+
+def size_targets(tiers: list[dict[str, SizeMap]], name: str) -> SizeMap:
+    """Every size that any tier of `scoped_size_changes` maps an old size to inside module `name` (or the
+    module that speaks for it, `evidence_scope`)."""
+    merged: SizeMap = defaultdict(set)
+    scope = evidence_scope(tiers, name)
+    for tier in tiers:
+        for old, new in tier.get(scope, {}).items():
+            merged[old] |= new
+    return merged
 
 
 def _weight_data_sizes(node, value, fqn: str, channel_axes: set) -> list[int]:

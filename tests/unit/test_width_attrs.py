@@ -143,12 +143,14 @@ class Pooled(nn.Module):
         return self.fc(self.pool(x))
 
 
-def test_a_refresh_that_verification_rejects_is_undone_for_that_class_and_recorded_in_the_plan() -> None:
+def test_a_refresh_that_verification_rejects_is_undone_for_that_module_and_recorded_in_the_plan() -> None:
+    """Re-capture fails in TokenWindow; running it finds that `k` must stay 8 (rewrite/width_search.py)."""
     torch.manual_seed(0)
     x = torch.randn(2, 10, 4)
     result = _compress(Pooled(), x)
     assert result.report.verification["ok"] and result.report.params_after < result.report.params_before
-    assert result.plan.meta["width_attributes_as_is"] == [f"{TokenWindow.__module__}.TokenWindow"]
+    assert result.plan.meta["width_attribute_choices"] == {"pool": {"k": 8}}
+    assert result.plan.meta["width_searched_classes"] == [f"{TokenWindow.__module__}.TokenWindow"]
     assert result.model.pool.k == 8 and result.model.pool.a.out_features == 4
     assert "blocked_by_verification" not in result.plan.meta
     replayed = structprune.apply_plan(Pooled().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
@@ -411,3 +413,90 @@ def test_a_kernel_size_equal_to_a_head_count_inside_is_not_refreshed_with_the_he
     assert "blocked_by_verification" not in result.plan.meta
     widths = (pruned.patch_size, pruned.hidden_dim, pruned.attn.num_heads, pruned.conv_proj.out_channels)
     assert widths == (4, 16, 2, 16)
+
+
+class StackedQKVAttention(nn.Module):
+    """One 1x1 conv writes q|k|v head by head, as timm's cpubone ConvAttention: the head count equals the
+    number of keys (3) by chance, and the value width `inner` (24) is also the unchanged per-head q|k|v block
+    (3 x 8), so the graph alone refreshes `num_keys` with the heads and leaves `inner` alone."""
+
+    def __init__(self, dim: int = 24, heads: int = 3) -> None:
+        super().__init__()
+        self.num_heads, self.num_keys, self.head_dim = heads, 3, dim // heads
+        self.inner = self.num_heads * self.head_dim
+        self.mix = nn.Conv2d(dim, self.num_keys * self.inner, 1)
+        self.out = nn.Conv2d(self.inner, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        qkv = self.mix(x).reshape(n, self.num_heads, self.num_keys * self.head_dim, h * w).transpose(2, 3)
+        q, k, v = qkv.chunk(3, dim=3)
+        values = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(2, 3)
+        return self.out(values.reshape(n, self.inner, h, w))
+
+
+class StackedQKVNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.attn, self.head = nn.Conv2d(3, 24, 3, padding=1), StackedQKVAttention(), nn.Conv2d(24, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.attn(torch.relu(self.stem(x)))))
+
+
+def test_width_attributes_the_graph_gets_wrong_are_found_by_running_the_failing_class() -> None:
+    """Heads 3 -> 1: `num_heads` and `inner` follow, `num_keys` stays 3; the choice is in the plan, so
+    applying the plan again rebuilds the same model, and every group verifies (nothing kept whole)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 6)
+    result = structprune.compress(StackedQKVNet().eval(), x, ratio=0.5, strict=True)
+    attn = result.model.attn
+    assert (attn.num_heads, attn.num_keys, attn.head_dim, attn.inner) == (1, 3, 8, 8)
+    assert attn.mix.out_channels == 24 and result.report.verification["masking_error"] < 1e-5
+    assert result.plan.meta["width_attribute_choices"] == {"attn": {"num_keys": 3, "inner": 8}}
+    assert sorted(result.report.extra["refreshed_attributes"]) == ["attn.inner: 24 -> 8", "attn.num_heads: 3 -> 1"]
+    assert "blocked_by_verification" not in result.plan.meta
+    replayed = structprune.apply_plan(StackedQKVNet().eval(), x, structprune.Plan.from_json(result.plan.to_json()))
+    assert (replayed.attn.num_heads, replayed.attn.num_keys, replayed.attn.inner) == (1, 3, 8)
+
+
+class StoredBiasShape(nn.Module):
+    """A per-head bias table viewed to a stored (area, area, heads) shape, read by its parent through a
+    method, not forward, as timm's RelPosBias.get_bias(): its nodes run in the parent."""
+
+    def __init__(self, area: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.bias_shape = (area, area, heads)
+        self.table = nn.Parameter(torch.randn(area * area, heads))
+
+    def get_bias(self) -> torch.Tensor:
+        return self.table.view(self.bias_shape).permute(2, 0, 1).unsqueeze(0)
+
+
+class BiasedHeads(nn.Module):
+    """Heads of 4 over 8 tokens of width 8, with StoredBiasShape's bias on their scores. With a batch of 2,
+    the size 2 is both the head count (2 -> 1) and the batch, so the graph leaves `bias_shape` alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_dim = 4
+        self.q, self.k, self.v, self.bias, self.proj = (nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                                          StoredBiasShape(), nn.Linear(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (layer(x).reshape(b, n, -1, self.head_dim).transpose(1, 2) for layer in (self.q, self.k, self.v))
+        attn = (q @ k.transpose(-2, -1) + self.bias.get_bias()).softmax(-1)
+        return x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_shape_tuple_read_through_a_method_is_found_by_running_its_caller() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 8)
+    net = nn.Sequential(BiasedHeads(), nn.Linear(8, 3)).eval()
+    graph = structprune.analyze(net, x)
+    heads = next(g.id for g in graph.groups if g.size == 2 and any("bias.table" in m.fqn for m in g.members))
+    plan = structprune.Plan({heads: (1,)}, {heads: 2})
+    result = structprune.compress(net, x, plan=plan, strict=True)
+    assert result.plan.meta["width_attribute_choices"] == {"0.bias": {"bias_shape": (8, 8, 1)}}
+    assert result.model[0].bias.table.shape == (64, 1) and result.report.verification["masking_error"] < 1e-5

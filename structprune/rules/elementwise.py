@@ -11,16 +11,30 @@ import numpy as np
 from torch import fx
 
 from structprune.ir.abstract import Abstract, make_with_chan
+from structprune.ir.ops import op_base
 from structprune.rules.context import RuleContext, tensor_inputs
+
+EXPANDS = frozenset({"expand", "expand_as", "broadcast_to", "expand_copy"})
 
 
 def rule_elementwise(ctx: RuleContext, node: fx.Node) -> None:
-    inputs = [v for v in (ctx.value(a) for a in tensor_inputs(node)) if v is not None]
+    inputs = [v for v in (_broadcast_source(ctx, a) for a in tensor_inputs(node)) if v is not None]
     out_shape = ctx.shape(node)
     if out_shape is None:
         ctx.set(node, None)
         return
     ctx.set(node, broadcast_union(ctx, inputs, out_shape))
+
+
+def _broadcast_source(ctx: RuleContext, arg: fx.Node):
+    """An operand's value; for one made by expand, the value it expanded: an element-wise op broadcasts it
+    the same way. (F.normalize divides by its norm expanded over the channels: taken as a full-size data
+    value it would tie every channel into one unit.)"""
+    if isinstance(arg, fx.Node) and arg.op == "call_function" and op_base(arg.target) in EXPANDS and arg.args:
+        source = ctx.value(arg.args[0])
+        if source is not None:
+            return source
+    return ctx.value(arg)
 
 
 def broadcast_union(ctx: RuleContext, inputs: list[Abstract], out_shape: tuple[int, ...]) -> Abstract:

@@ -595,6 +595,26 @@ def test_broadcast_one_channel_gate_does_not_join_the_feature_group() -> None:
     assert not any(m.fqn.startswith("gate.") for m in features.members)
 
 
+class NormalizedTokens(nn.Module):
+    """F.normalize over the channels, as SwiftFormer's additive attention: the norm is expanded back over the
+    channels before the division; an expanded value broadcasts like its source, so the channels stay apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.c(torch.nn.functional.normalize(self.a(x), dim=-1))
+
+
+def test_an_expanded_norm_broadcasts_like_its_source_and_keeps_the_channels_apart() -> None:
+    x = torch.randn(2, 5, 6)
+    group = group_with(analyze(NormalizedTokens(), x), "a.weight:0")
+    assert group.size == 8 and group.prunable and not group.exact  # the norm mixes the channels: parity only
+    result = compress(NormalizedTokens().eval(), x)
+    assert result.model.a.out_features == 4 and result.report.verification["ok"]
+
+
 @pytest.mark.parametrize("body", [
     pytest.param(nn.InstanceNorm2d(8, affine=True), id="instance_norm"),
     pytest.param(nn.PReLU(8), id="prelu_per_channel"),

@@ -17,7 +17,14 @@ from structprune.report.report import GroupRow, Report
 from structprune.rewrite import rewrite_model
 from structprune.rewrite.attention_attrs import attention_shape
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
-from structprune.rewrite.width_attrs import AS_IS_KEY, kept_as_is, qualified_name, refreshed_attributes, refreshed_in
+from structprune.rewrite.width_attrs import (
+    AS_IS_KEY,
+    kept_as_is,
+    qualified_name,
+    refreshed_attributes,
+    refreshed_in,
+    width_snapshot,
+)
 from structprune.rewrite.width_search import CHOICES_KEY, choices_for_class, chosen_widths
 from structprune.selection import Plan
 from structprune.verify import Verdict, verify_rewrite
@@ -89,8 +96,8 @@ def _with_searched_widths(model: nn.Module, pruned: nn.Module, example_inputs: A
     attributes that make that class's modules run (rewrite/width_search.py), or None when none change."""
     if verdict.failing_module is None or len(plan.meta.get(SEARCHED_KEY, ())) >= MAX_WIDTH_SEARCHES:
         return None
-    name = _failing_class(model, verdict)
-    if name in plan.meta.get(SEARCHED_KEY, ()):
+    name = _class_to_search(model, verdict.failing_module, plan, shrink_rules)
+    if name is None:
         return None
     with stage_errors(VerificationError, f"searching the width attributes of {name}"):
         found = choices_for_class(model, pruned, example_inputs, graph, plan, name, shrink_rules)
@@ -98,6 +105,20 @@ def _with_searched_widths(model: nn.Module, pruned: nn.Module, example_inputs: A
         return None
     return plan.with_meta(**{SEARCHED_KEY: [*plan.meta.get(SEARCHED_KEY, ()), name],
                              CHOICES_KEY: {**chosen_widths(plan), **found}})
+
+
+def _class_to_search(model: nn.Module, path: str, plan: Plan, shrink_rules: Mapping) -> str | None:
+    """The class of the failing module or of its nearest ancestor that has width attributes (a torch layer
+    that fails was fed by the code around it: timm's SelectiveKernel splits its input by
+    `self.in_channels // self.num_paths` before its convs), unless that class was searched already."""
+    widths = width_snapshot(model, shrink_rules)
+    parts = path.split(".") if path else []
+    for end in range(len(parts), -1, -1):
+        name = ".".join(parts[:end])
+        if name in widths:
+            found = qualified_name(type(model.get_submodule(name)))
+            return None if found in plan.meta.get(SEARCHED_KEY, ()) else found
+    return None
 
 
 def _failing_class(model: nn.Module, verdict: Verdict) -> str:

@@ -16,14 +16,15 @@ verification then judges the whole model as always.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from itertools import combinations, islice, product
 from typing import Any
 
 import torch
 from torch import nn
 
-from structprune.data.running import call_model, eval_mode
+from structprune.data.running import call_model, eval_mode, forward_hooks
 from structprune.rewrite.keep import component_keep
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rewrite.width_attrs import (
@@ -89,57 +90,93 @@ def assignments(slots: list[Slot]) -> Iterator[dict[int, Any]]:
 def choices_for_class(model: nn.Module, pruned: nn.Module, example_inputs: Any, graph, plan, class_name: str,
                       shrink_rules: Mapping = DEFAULT_SHRINK_RULES) -> dict[str, dict[str, Any]]:
     """`search_widths` over every module of class `class_name` (a qualified name) that has width
-    attributes: their values in `model` (old), in `pruned` (refreshed) and the sizes `graph` maps them to
-    under `plan`. Each is tried while the module whose forward reads them runs (itself, or the ancestor
-    that calls a method of it: `evidence_scope`)."""
+    attributes: their values in `model` (old), in `pruned` (refreshed), the sizes `graph` maps them to under
+    `plan`, and the sizes the reading module's inputs have in `model` and in `pruned` (timm's SelectiveKernel
+    splits its input by `self.in_channels // self.num_paths`: its input's width, 64 -> 32). Each is tried
+    while the module whose forward reads them runs (itself, or the ancestor that calls a method of it:
+    `evidence_scope`)."""
     tiers = scoped_size_changes(graph, component_keep(graph, plan))
     modules = dict(pruned.named_modules())
-    by_runner: dict[str, list[Slot]] = {}
+    entries: dict[str, list[tuple]] = {}
     for name, old in width_snapshot(model, shrink_rules).items():
         if name not in modules or qualified_name(type(modules[name])) != class_name:
             continue
         current = {attr: getattr(modules[name], attr, value) for attr, value in old.items()}
-        by_runner.setdefault(evidence_scope(tiers, name), []).extend(
-            width_slots(name, old, current, size_targets(tiers, name)))
-    return search_widths(pruned, example_inputs, by_runner)
+        entries.setdefault(evidence_scope(tiers, name), []).append((name, old, current, size_targets(tiers, name)))
+    dense_inputs = _input_shapes(model, example_inputs, list(entries))
+    builders = {runner: partial(_slots_at_call, found, dense_inputs.get(runner, ()))
+                for runner, found in entries.items()}
+    return search_widths(pruned, example_inputs, builders)
+
+
+def _slots_at_call(entries: list[tuple], dense_inputs: tuple, args: tuple) -> list[Slot]:
+    """The slots of a runner's modules, with the sizes its tensor inputs had dense (`dense_inputs`) and
+    have now (`args`) as further targets."""
+    now = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+    read: dict[int, set[int]] = {}
+    for before, after in zip(dense_inputs, now):
+        for old, new in zip(before, after) if len(before) == len(after) else ():
+            read.setdefault(old, set()).add(new)
+    return [slot for name, old, current, targets in entries
+            for slot in width_slots(name, old, current, {size: targets.get(size, set()) | read.get(size, set())
+                                                         for size in {*targets, *read}})]
+
+
+def _input_shapes(model: nn.Module, example_inputs: Any, names: list[str]) -> dict[str, tuple]:
+    """Per module in `names`, the shapes of the tensors its first call reads, on `model` run on the inputs."""
+    seen: dict[str, tuple] = {}
+
+    def take(name: str):
+        def hook(module, args):
+            seen.setdefault(name, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        return hook
+
+    with forward_hooks(model, pre={name: take(name) for name in names}), eval_mode(model), torch.no_grad():
+        call_model(model, example_inputs)
+    return seen
 
 
 def search_widths(pruned: nn.Module, example_inputs: Any,
-                  slots_by_runner: Mapping[str, list[Slot]]) -> dict[str, dict[str, Any]]:
+                  slots_by_runner: Mapping[str, Callable[[tuple], list[Slot]]]) -> dict[str, dict[str, Any]]:
     """Per module, the attributes whose value must change for the forward of the module that reads them
-    (`slots_by_runner`: runner module -> the slots it reads) to run on its real inputs (the pruned model
-    run on `example_inputs`); modules whose refresh already runs, or that no assignment makes run, are
-    absent. The model is left as it was."""
-    found: dict[str, dict[str, Any]] = {}
-    runners = {name: pruned.get_submodule(name) for name, slots in slots_by_runner.items() if slots}
-    starts = {name: _values(pruned, slots_by_runner[name]) for name in runners}
+    (`slots_by_runner`: runner module -> the slots it reads, given its call's arguments) to run on its real
+    inputs (the pruned model run on `example_inputs`); modules whose refresh already runs, or that no
+    assignment makes run, are absent. The model is left as it was."""
+    found: dict[tuple[str, str], Any] = {}
+    starts: list[dict] = []
+    runners = {name: pruned.get_submodule(name) for name in slots_by_runner}
     for name, runner in runners.items():
-        runner.forward = _trying(pruned, runner, slots_by_runner[name], found)
+        runner.forward = _trying(pruned, runner, slots_by_runner[name], found, starts)
     try:
         with eval_mode(pruned), torch.no_grad():
             call_model(pruned, example_inputs)
     except Exception:  # noqa: BLE001 — a module no assignment fixes, or a failure elsewhere: keep what was found
         pass
     finally:
-        for name, runner in runners.items():
+        for runner in runners.values():
             del runner.forward
-            _assign(pruned, starts[name])
+        for start in starts:
+            _assign(pruned, start)
     changed: dict[str, dict[str, Any]] = {}
     for (module, attr), value in found.items():
         changed.setdefault(module, {})[attr] = value
     return changed
 
 
-def _trying(pruned: nn.Module, runner: nn.Module, slots: list[Slot], found: dict):
+def _trying(pruned: nn.Module, runner: nn.Module, build: Callable[[tuple], list[Slot]], found: dict,
+            starts: list):
     """The runner's forward that, on its first call, tries the assignments until one runs, and records
-    in `found` the (module, attribute) values that changed."""
+    in `found` the (module, attribute) values that changed (`starts`: the values to restore after)."""
     forward = type(runner).forward.__get__(runner)
     state = {"done": False}
 
     def trying(*args, **kwargs):
         if state["done"]:
             return forward(*args, **kwargs)
+        state["done"] = True
+        slots = build(args)
         start = _values(pruned, slots)
+        starts.append(start)
         for assignment in islice(assignments(slots), MAX_TRIALS):
             values = _with(start, slots, assignment)
             _assign(pruned, values)
@@ -147,7 +184,6 @@ def _trying(pruned: nn.Module, runner: nn.Module, slots: list[Slot], found: dict
                 out = forward(*args, **kwargs)
             except Exception:  # noqa: BLE001 — this assignment does not run; try the next
                 continue
-            state["done"] = True
             found.update({key: value for key, value in values.items() if value != start[key]})
             return out
         _assign(pruned, start)

@@ -500,3 +500,28 @@ def test_a_shape_tuple_read_through_a_method_is_found_by_running_its_caller() ->
     result = structprune.compress(net, x, plan=plan, strict=True)
     assert result.plan.meta["width_attribute_choices"] == {"0.bias": {"bias_shape": (8, 8, 1)}}
     assert result.model[0].bias.table.shape == (64, 1) and result.report.verification["masking_error"] < 1e-5
+
+
+class SplitPaths(nn.Module):
+    """Splits its input in halves by `self.in_channels // self.num_paths`, one conv per half, as timm's
+    SelectiveKernel: no value inside is as wide as the input (16), so only the input's own width, 16 -> 8,
+    says what `in_channels` becomes; the failure shows in a path's Conv2d, below this class."""
+
+    def __init__(self, in_channels: int = 16, out_channels: int = 24) -> None:
+        super().__init__()
+        self.in_channels, self.num_paths = in_channels, 2
+        self.paths = nn.ModuleList(nn.Conv2d(in_channels // 2, out_channels, 3, padding=1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        halves = torch.split(x, self.in_channels // self.num_paths, 1)
+        return self.paths[0](halves[0]) + self.paths[1](halves[1])
+
+
+def test_an_attribute_that_follows_the_input_width_is_found_from_the_inputs_read() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), SplitPaths(), nn.ReLU(), nn.Conv2d(24, 5, 1)).eval()
+    result = structprune.compress(net, x, ratio=0.5, strict=True)
+    assert result.model[0].out_channels == 8 and result.model[2].in_channels == 8
+    assert result.plan.meta["width_attribute_choices"] == {"2": {"in_channels": 8}}
+    assert result.report.verification["masking_error"] < 1e-5

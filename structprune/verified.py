@@ -19,6 +19,7 @@ from structprune.rewrite.attention_attrs import attention_shape
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rewrite.width_attrs import (
     AS_IS_KEY,
+    enclosing_paths,
     kept_as_is,
     qualified_name,
     refreshed_attributes,
@@ -112,13 +113,9 @@ def _class_to_search(model: nn.Module, path: str, plan: Plan, shrink_rules: Mapp
     that fails was fed by the code around it: timm's SelectiveKernel splits its input by
     `self.in_channels // self.num_paths` before its convs), unless that class was searched already."""
     widths = width_snapshot(model, shrink_rules)
-    parts = path.split(".") if path else []
-    for end in range(len(parts), -1, -1):
-        name = ".".join(parts[:end])
-        if name in widths:
-            found = qualified_name(type(model.get_submodule(name)))
-            return None if found in plan.meta.get(SEARCHED_KEY, ()) else found
-    return None
+    name = next((name for name in enclosing_paths(path) if name in widths), None)
+    found = None if name is None else qualified_name(type(model.get_submodule(name)))
+    return None if found in plan.meta.get(SEARCHED_KEY, ()) else found
 
 
 def _failing_class(model: nn.Module, verdict: Verdict) -> str:
@@ -147,10 +144,11 @@ def _raise_if_a_tie_may_help(model: nn.Module, verdict: Verdict, plan: Plan) -> 
 
 def _enclosing_attention(model: nn.Module, path: str | None) -> nn.Module | None:
     """The module at `path` or its nearest ancestor that is an attention module (None: neither)."""
-    parts = path.split(".") if path else []
-    for end in range(len(parts), 0, -1):
+    for name in enclosing_paths(path or ""):
+        if not name:  # the root is not an enclosing attention module
+            return None
         try:
-            module = model.get_submodule(".".join(parts[:end]))
+            module = model.get_submodule(name)
         except AttributeError:
             return None
         if attention_shape(module) is not None:

@@ -85,12 +85,18 @@ def evidence_scope(tiers: list[dict[str, SizeMap]], name: str) -> str:
     parent calls a method of it, as timm's attention calls `rel_pos.get_bias()`), its nearest ancestor that
     has some. Only the width search reads it (rewrite/width_search.py): refreshing by an ancestor's evidence
     would also change modules that hold a size by chance (a rotary embedding's cached length)."""
-    parts = name.split(".") if name else []
-    for end in range(len(parts), 0, -1):
-        scope = ".".join(parts[:end])
-        if any(scope in tier for tier in tiers[:NODE_TIERS]):
-            return scope
-    return ""
+    return next((scope for scope in enclosing_paths(name) if any(scope in tier for tier in tiers[:NODE_TIERS])), "")
+
+
+def enclosing_paths(path: str) -> Iterator[str]:
+    """The module path `path`, then each enclosing module's, nearest first, ending with the root ("").
+
+    >>> list(enclosing_paths("blocks.0.attn"))
+    ['blocks.0.attn', 'blocks.0', 'blocks', '']
+    """
+    parts = path.split(".") if path else []
+    for end in range(len(parts), -1, -1):
+        yield ".".join(parts[:end])
 
 
 def size_targets(tiers: list[dict[str, SizeMap]], name: str) -> SizeMap:

@@ -65,7 +65,7 @@ _TABLE |= _aten(
 )
 _TABLE |= _aten(("permute", "permute_copy", "movedim"), _same(shape.rule_permute))
 _TABLE |= _aten(("transpose", "t", "swapaxes", "swapdims", "transpose_copy"), _same(shape.rule_transpose))
-_TABLE |= _aten(("expand", "expand_as", "broadcast_to", "expand_copy"), _same(shape.rule_expand))
+_TABLE |= _aten(elementwise.EXPAND_OPS, _same(shape.rule_expand))
 _TABLE |= _aten(("cat", "concat", "concatenate"), _same(shape.rule_cat))
 _TABLE |= _aten(("stack",), _same(shape.rule_stack))
 _TABLE |= _aten(("split", "split_with_sizes", "chunk", "unbind", "tensor_split"), _same(shape.rule_split))

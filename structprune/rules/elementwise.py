@@ -14,7 +14,7 @@ from structprune.ir.abstract import Abstract, make_with_chan
 from structprune.ir.ops import op_base
 from structprune.rules.context import RuleContext, tensor_inputs
 
-EXPANDS = frozenset({"expand", "expand_as", "broadcast_to", "expand_copy"})
+EXPAND_OPS = ("expand", "expand_as", "broadcast_to", "expand_copy")  # rules/shape.py's rule_expand
 
 
 def rule_elementwise(ctx: RuleContext, node: fx.Node) -> None:
@@ -30,7 +30,7 @@ def _broadcast_source(ctx: RuleContext, arg: fx.Node):
     """An operand's value; for one made by expand, the value it expanded: an element-wise op broadcasts it
     the same way. (F.normalize divides by its norm expanded over the channels: taken as a full-size data
     value it would tie every channel into one unit.)"""
-    if isinstance(arg, fx.Node) and arg.op == "call_function" and op_base(arg.target) in EXPANDS and arg.args:
+    if isinstance(arg, fx.Node) and arg.op == "call_function" and op_base(arg.target) in EXPAND_OPS and arg.args:
         source = ctx.value(arg.args[0])
         if source is not None:
             return source

@@ -28,12 +28,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
+from structprune.calibrate.chain import Chain, find_chain, first_call, replays, with_stream
 from structprune.calibrate.layers import input_rows, refittable, take_rows
 from structprune.calibrate.stream import Reader, find_reader, output_rows, run_to_reader, stream_inputs
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.taps import token_places
 from structprune.data.batches import Batch, calibration_batches, token_mask
-from structprune.data.running import call_order, eval_mode, model_device, run_until
+from structprune.data.running import Call, call_model, call_order, eval_mode, first_tensor, model_device, run_until
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.selection.plan import Plan
@@ -50,13 +52,17 @@ class LayerFit:
 
 @dataclass(frozen=True)
 class ReconstructionReport:
-    """Every refit layer, and the consumers that could not be refit (with why)."""
+    """Every refit layer, the consumers that could not be refit (with why), the blocks tuned by gradient,
+    and how the layers were reached ("blocks": a chain replayed block by block, else "prefixes")."""
 
     layers: tuple[LayerFit, ...]
     skipped: tuple[tuple[str, str], ...]
+    blocks: tuple[BlockTune, ...] = ()
+    passes: str = "prefixes"
 
     def to_json(self) -> dict:
-        return {"layers": [vars(f) for f in self.layers], "skipped": [list(s) for s in self.skipped]}
+        return {"layers": [vars(f) for f in self.layers], "skipped": [list(s) for s in self.skipped],
+                "blocks": [vars(b) for b in self.blocks], "passes": self.passes}
 
 
 @dataclass
@@ -82,20 +88,36 @@ FROM_PLAN = "plan"  # reconstruct(max_samples=...): as plan.meta["reconstruction
 
 @dataclass(frozen=True)
 class _Settings:
-    """How each layer is refit: the target ("dense" or "stream"), ridge, and row sampling."""
+    """How each layer is refit: the target ("dense" or "stream"), ridge, row sampling, block tuning."""
 
     target: str
     ridge: float
     max_rows: int
     generator: torch.Generator
+    tune: TuneSettings | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every refit reads: both networks, the consumers in call order, their readers, kept axes."""
+
+    dense: nn.Module
+    pruned: nn.Module
+    order: list[str]
+    readers: dict[str, Reader]
+    kept: dict
+    batches: list[Batch]
+    settings: _Settings
 
 
 def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan, loader: Iterable,
                 *, ridge: float | None = None, target: str | None = None, max_samples: int | None | str = FROM_PLAN,
+                tune_epochs: float | None = None, tune_lr: float | None = None,
                 max_rows_per_batch: int = 8192, max_features: int = 8192, seed: int = 0) -> ReconstructionReport:
     """Refit, in place, the weights (and biases) of `pruned`'s consumer layers of every pruned group.
-    `ridge` (default 1e-3), `target` ("dense", default, or "stream") and `max_samples` (default 1024,
-    None: all): as given, else as the plan asks.
+    `ridge` (default 1e-3), `target` ("dense", default, or "stream"), `max_samples` (default 1024,
+    None: all) and `tune_epochs` / `tune_lr` (block tuning by gradient after the refits, where the
+    layers lie in a chain of blocks; default 0: none): as given, else as the plan asks.
 
     >>> import torch, structprune
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -113,21 +135,24 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         raise ValueError(f"reconstruction target must be 'dense' or 'stream', got {target!r}")
     ridge = float(asked.get("ridge", 1e-3) if ridge is None else ridge)
     max_samples = asked.get("max_samples", 1024) if max_samples == FROM_PLAN else max_samples
+    epochs = float(asked.get("tune_epochs", 0) if tune_epochs is None else tune_epochs)
+    tune = TuneSettings(epochs, float(asked.get("tune_lr", 3e-4) if tune_lr is None else tune_lr), seed) \
+        if epochs > 0 else None
     kept = kept_indices(graph, component_keep(graph, plan))
     names, skipped = _consumers(pruned, graph, plan, max_features)
     batches = list(calibration_batches(loader, max_samples, model_device(pruned), who="reconstruction"))
     if not names or not batches:
         return ReconstructionReport((), tuple(skipped))
-    settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed))
-    fits = []
+    settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed), tune)
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
         order = call_order(pruned, batches[0].x, names)
         readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
-        streams = _dense_streams(dense, readers, batches)
-        for name in order:
-            fits.append(_refit(dense, pruned, name, kept.get(f"{name}.weight", {}), batches, settings,
-                               (readers.get(name), streams.get(name))))
-    return ReconstructionReport(tuple(fits), tuple(skipped))
+        job = _Job(dense, pruned, order, readers, kept, batches, settings)
+        chain = _chain(job)
+        if chain is None:
+            return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped))
+        fits, tuned = _refit_by_blocks(job, chain)
+    return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks")
 
 
 def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
@@ -136,17 +161,96 @@ def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
     return {name: reader for name, reader in found.items() if reader is not None}
 
 
-def _dense_streams(dense: nn.Module, readers: dict[str, Reader], batches: list[Batch]) -> dict[str, list]:
+def _chain(job: _Job) -> Chain | None:
+    """The chain of blocks holding every consumer and its reader, if both networks replay it."""
+    x = job.batches[0].x
+    chain = find_chain(job.pruned, x, job.order)
+    if chain is None or not replays(job.dense, chain, x):
+        return None
+    inside = all(chain.block_of(r.name) == chain.block_of(name) for name, r in job.readers.items())
+    return chain if inside else None
+
+
+def _refit_by_prefixes(job: _Job) -> list[LayerFit]:
+    """Each consumer in call order, its rows from passes of both networks up to it (or its reader)."""
+    streams = _dense_streams(job.dense, job.readers, [b.x for b in job.batches], job.batches)
+    fits = []
+    for name in job.order:
+        module = job.pruned.get_submodule(name)
+        if name in job.readers:
+            seen = (run_to_reader(job.pruned, name, job.readers[name].name, b.x) for b in job.batches)
+            sums = _stream_sums(module, seen, streams[name], job.readers[name], job.batches, job.settings)
+        else:
+            pairs = ((run_until(job.dense, b.x, name), run_until(job.pruned, b.x, name)) for b in job.batches)
+            sums = _dense_sums(module, _dense_weight(job.dense.get_submodule(name), job.kept.get(f"{name}.weight", {})),
+                               pairs, job.batches, job.settings)
+        fits.append(_refit(module, name, sums, job.settings))
+    return fits
+
+
+def _refit_by_blocks(job: _Job, chain: Chain) -> tuple[list[LayerFit], list[BlockTune]]:
+    """Each block in order on the streams the block before it returned (dense and pruned): its
+    consumers refit in call order, then (if asked) the block tuned; blocks after the last consumer
+    are not run."""
+    calls_d = [first_call(job.dense, chain.blocks[0], b.x) for b in job.batches]
+    calls_p = [first_call(job.pruned, chain.blocks[0], b.x) for b in job.batches]
+    fits, tuned = [], []
+    last = max(chain.blocks.index(chain.block_of(n)) for n in job.order)
+    for block in chain.blocks[:last + 1]:
+        inside = [n for n in job.order if chain.block_of(n) == block]
+        local = {n: n[len(block) + 1:] for n in inside}
+        readers = {local[n]: Reader(job.readers[n].name[len(block) + 1:], job.readers[n].normalises)
+                   for n in inside if n in job.readers}
+        dense_block, pruned_block = job.dense.get_submodule(block), job.pruned.get_submodule(block)
+        streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches)
+        for name in inside:
+            fits.append(_refit_in_block(job, name, local[name], readers, dense_block, pruned_block,
+                                        (calls_d, calls_p), streams))
+        if inside and job.settings.tune is not None and owns_parameters(job.pruned, block):
+            record, outs_p = tune_block(block, pruned_block, calls_p, outs_d, job.batches, job.settings.tune)
+            tuned.append(record)
+        else:
+            outs_p = [first_tensor(call_model(pruned_block, c)) for c in calls_p]
+        calls_d = [with_stream(c, o) for c, o in zip(calls_d, outs_d)]
+        calls_p = [with_stream(c, o) for c, o in zip(calls_p, outs_p)]
+    return fits, tuned
+
+
+def _refit_in_block(job: _Job, name: str, local: str, readers: dict[str, Reader], dense_block: nn.Module,
+                    pruned_block: nn.Module, calls: tuple[list[Call], list[Call]], streams: dict) -> LayerFit:
+    """One consumer refit from passes of its block alone (on the streams the blocks before returned)."""
+    calls_d, calls_p = calls
+    module = pruned_block.get_submodule(local)
+    if local in readers:
+        seen = (run_to_reader(pruned_block, local, readers[local].name, c) for c in calls_p)
+        sums = _stream_sums(module, seen, streams[local], readers[local], job.batches, job.settings)
+    else:
+        pairs = ((run_until(dense_block, cd, local), run_until(pruned_block, cp, local))
+                 for cd, cp in zip(calls_d, calls_p))
+        sums = _dense_sums(module, _dense_weight(dense_block.get_submodule(local), job.kept.get(f"{name}.weight", {})),
+                           pairs, job.batches, job.settings)
+    return _refit(module, name, sums, job.settings)
+
+
+def _dense_streams(dense: nn.Module, readers: dict[str, Reader], inputs: list, batches: list[Batch]) -> dict[str, list]:
     """Per consumer with a reader: the dense network's stream rows (real tokens) of every batch, from
     one forward pass per batch."""
+    return _dense_streams_and_outputs(dense, readers, inputs, batches)[0] if readers else {}
+
+
+def _dense_streams_and_outputs(dense: nn.Module, readers: dict[str, Reader], inputs: list,
+                               batches: list[Batch]) -> tuple[dict[str, list], list[torch.Tensor]]:
+    """`_dense_streams`, and the first output tensor of each pass."""
     out: dict[str, list] = {name: [] for name in readers}
-    for batch in batches:
-        seen = stream_inputs(dense, readers, batch.x) if readers else {}
+    outputs = []
+    for x, batch in zip(inputs, batches):
+        seen, result = stream_inputs(dense, readers, x)
+        outputs.append(first_tensor(result))
         for name in readers:
             module = dense.get_submodule(name)
             rows = output_rows(module, seen[name])
             out[name].append(_real_rows(rows, seen[name], module, batch).float())
-    return out
+    return out, outputs
 
 
 def _real_rows(rows: torch.Tensor, like: torch.Tensor, module: nn.Module, batch: Batch) -> torch.Tensor:
@@ -185,13 +289,7 @@ def _why_not(module: nn.Module, axis: int, max_features: int) -> str:
     return ""
 
 
-def _refit(dense, pruned, name, axes, batches, settings: _Settings, stream) -> LayerFit:
-    module = pruned.get_submodule(name)
-    if stream[0] is not None:
-        sums = _accumulate_stream(pruned, name, module, stream, batches, settings)
-    else:
-        target_w = _dense_weight(dense.get_submodule(name), axes)
-        sums = _accumulate(dense, pruned, name, module, target_w, batches, settings)
+def _refit(module: nn.Module, name: str, sums: _Sums, settings: _Settings) -> LayerFit:
     prior = module.weight.detach().flatten(1).double()
     solution = _solve(sums, prior, settings.ridge, module.bias is not None)
     before, after = _error(sums, _augment(prior, module)), _error(sums, solution)
@@ -221,10 +319,10 @@ def _with_ones(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
 
 
-def _accumulate(dense, pruned, name, module, target_w, batches, settings: _Settings) -> _Sums:
+def _dense_sums(module, target_w, pairs, batches, settings: _Settings) -> _Sums:
+    """Sums for the dense target from (dense input, pruned input) of the consumer per batch."""
     sums = _empty_sums(module, target_w.shape[0])
-    for batch in batches:
-        x_d, x_p = run_until(dense, batch.x, name), run_until(pruned, batch.x, name)
+    for (x_d, x_p), batch in zip(pairs, batches):
         rows_d = _real_rows(input_rows(module, x_d), x_d, module, batch).double()
         rows_p = _real_rows(input_rows(module, x_p), x_p, module, batch).double()
         pick = take_rows(rows_p, settings.max_rows, settings.generator)
@@ -232,13 +330,12 @@ def _accumulate(dense, pruned, name, module, target_w, batches, settings: _Setti
     return sums
 
 
-def _accumulate_stream(pruned, name, module, stream, batches, settings: _Settings) -> _Sums:
-    """Sums for the stream target: Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises."""
-    reader, dense_rows = stream
+def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _Settings) -> _Sums:
+    """Sums for the stream target from (consumer input, its output, reader input) per batch:
+    Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
     sums = _empty_sums(module, module.weight.shape[0])
-    for batch, z_d in zip(batches, dense_rows):
-        x, out, z = run_to_reader(pruned, name, reader.name, batch.x)
+    for (x, out, z), z_d, batch in zip(seen, dense_rows, batches):
         rows = _real_rows(input_rows(module, x), x, module, batch)
         o_p = _real_rows(output_rows(module, out), out, module, batch).double()
         z_p = _real_rows(output_rows(module, z), z, module, batch).double()

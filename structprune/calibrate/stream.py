@@ -83,8 +83,9 @@ def run_to_reader(model: nn.Module, name: str, reader: str, x: Any) -> tuple[tor
     return seen["x"], seen["out"], seen["z"]
 
 
-def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> dict[str, torch.Tensor]:
-    """Each reader's input on one forward pass of `model` (the dense network's streams), by consumer."""
+def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Each reader's input on one forward pass of `model` (the dense network's streams), by consumer;
+    and the pass's output."""
     seen: dict[str, torch.Tensor] = {}
 
     def take(consumer: str):
@@ -94,8 +95,8 @@ def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> dict[
 
     pre = {r.name: take(c) for c, r in readers.items()}
     with forward_hooks(model, pre=pre), torch.no_grad():
-        call_model(model, x)
-    return seen
+        out = call_model(model, x)
+    return seen, out
 
 
 def _inputs_after(model, name, names, x, delta):

@@ -2,7 +2,7 @@
 eval mode, the model's device, and forward hooks. Every stage calls models through this module.
 
 Inputs (see `data.batches`): a tensor is one positional argument, a tuple/list is the positional
-arguments, a dict (any Mapping) is the keyword arguments.
+arguments, a dict (any Mapping) is the keyword arguments, a `Call` is both (what a hook caught).
 
 Logits: `logits_of` reads one rule, shared by scoring, calibration, recovery and evaluation —
 a tensor output is the logits; else a `logits` attribute (a Hugging Face ModelOutput) or a "logits"
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -32,6 +33,14 @@ _LOGITS_RULES: tuple[tuple[Callable[[Any], bool], Callable[[Any], Any]], ...] = 
     (lambda out: isinstance(out, (tuple, list)) and len(out) > 0 and isinstance(out[0], torch.Tensor),
      lambda out: out[0]),
 )
+
+
+@dataclass(frozen=True)
+class Call:
+    """Positional and keyword arguments of one module call, as a forward pre-hook sees them."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
 
 
 class StopForward(Exception):
@@ -84,6 +93,15 @@ def model_logits(model: nn.Module, inputs: Any) -> torch.Tensor:
 def flat_outputs(output: Any) -> list[torch.Tensor]:
     """Tensor leaves of a model output (tensor, tuple, dict, ModelOutput, ...) in pytree order."""
     return [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The first tensor leaf of a module's output (None: it returned no tensor).
+
+    >>> first_tensor((None, torch.ones(2))).tolist()
+    [1.0, 1.0]
+    """
+    return next(iter(flat_outputs(output)), None)
 
 
 def eval_outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
@@ -196,7 +214,10 @@ def call_order(model: nn.Module, x: Any, names: list[str]) -> list[str]:
 
 
 def _as_call(inputs: Any) -> tuple[tuple, dict]:
-    """(args, kwargs): a Mapping is keyword inputs, a tuple/list positional ones, anything else one input."""
+    """(args, kwargs): a Mapping is keyword inputs, a tuple/list positional ones, a Call both, anything
+    else one input."""
+    if isinstance(inputs, Call):
+        return inputs.args, dict(inputs.kwargs)
     if isinstance(inputs, Mapping):
         return (), dict(inputs)
     return (tuple(inputs), {}) if isinstance(inputs, (tuple, list)) else ((inputs,), {})

@@ -1,0 +1,112 @@
+"""Block reconstruction by gradient: after its layers were refit by least squares, a pruned block's
+parameters are tuned so that, on the calibration inputs it receives in the pruned network, it returns
+what the dense block returns on the dense network's -- the block-wise objective of BRECQ (Li et al.,
+"BRECQ: Pushing the Limit of Post-Training Quantization by Block Reconstruction", ICLR 2021), used for
+pruning as the blockwise reconstruction of BESA (Xu et al., ICLR 2024) and FLAP's successors. No
+labels and no end-to-end training: each block sees only its own inputs and the dense block's outputs.
+
+Error: the mean over real positions (padded tokens left out) of the squared output difference over
+the channels, divided by that position's variance in the dense output, so a position counts in units
+of its own spread (the stream weighting of `reconstruct`). Tuning is kept only where it lowers this
+error on the calibration data; otherwise the block is restored as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from structprune.criteria.taps import token_places
+from structprune.data.batches import Batch, token_mask
+from structprune.data.running import Call, call_model, first_tensor
+
+
+@dataclass(frozen=True)
+class BlockTune:
+    """One tuned block: its name, gradient steps, and the relative output error before/after."""
+
+    name: str
+    steps: int
+    error_before: float
+    error_after: float
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Adam with learning rate `lr` for `epochs` passes over the calibration batches, seeded."""
+
+    epochs: float
+    lr: float
+    seed: int = 0
+
+
+def owns_parameters(model: nn.Module, block: str) -> bool:
+    """True if no parameter of module `block` is also used outside it (tied weights are not tuned)."""
+    inside = {id(p) for p in model.get_submodule(block).parameters()}
+    outside = {id(p) for name, p in model.named_parameters(remove_duplicate=False)
+               if not name.startswith(block + ".")}
+    return bool(inside) and not inside & outside
+
+
+def tune_block(name: str, block: nn.Module, calls: list[Call], targets: list[torch.Tensor], batches: list[Batch],
+               settings: TuneSettings) -> tuple[BlockTune, list[torch.Tensor]]:
+    """Tune `block` in place on (`calls`, `targets`); its outputs on `calls` afterwards, and the record."""
+    with torch.no_grad():
+        before = [first_tensor(call_model(block, c)) for c in calls]
+    error_before = relative_error(before, targets, batches)
+    saved = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    steps = _train(block, calls, targets, batches, settings)
+    with torch.no_grad():
+        after = [first_tensor(call_model(block, c)) for c in calls]
+    error_after = relative_error(after, targets, batches)
+    if not error_after < error_before:
+        block.load_state_dict(saved)
+        return BlockTune(name, steps, error_before, error_before), before
+    return BlockTune(name, steps, error_before, error_after), after
+
+
+def relative_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], batches: list[Batch]) -> float:
+    """Mean over real positions of the squared difference per channel over the target's variance."""
+    total, count = 0.0, 0
+    for out, target, batch in zip(outputs, targets, batches):
+        per_row = _row_errors(out, target, batch)
+        total, count = total + float(per_row.sum()), count + per_row.numel()
+    return total / max(count, 1)
+
+
+def _row_errors(out: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
+    rows_out, rows_target = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
+    valid = token_places(target, -1, token_mask(batch.x))
+    if valid is not None:
+        keep = valid.reshape(-1).to(rows_out.device)
+        rows_out, rows_target = rows_out[keep], rows_target[keep]
+    scale = rows_target.var(dim=1).clamp(min=1e-12)
+    return ((rows_out - rows_target) ** 2).mean(dim=1) / scale
+
+
+def _train(block: nn.Module, calls: list[Call], targets: list[torch.Tensor], batches: list[Batch],
+           settings: TuneSettings) -> int:
+    params = [p for p in block.parameters() if p.is_floating_point()]
+    flags = [p.requires_grad for p in params]
+    generator = torch.Generator().manual_seed(settings.seed)
+    steps = max(1, round(settings.epochs * len(calls)))
+    order: list[int] = []
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(params, lr=settings.lr)
+            for _ in range(steps):
+                if not order:
+                    order = torch.randperm(len(calls), generator=generator).tolist()
+                i = order.pop()
+                loss = _row_errors(first_tensor(call_model(block, calls[i])), targets[i], batches[i]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    return steps

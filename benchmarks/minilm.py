@@ -4,7 +4,8 @@
 Grid: criterion x FFN ratio (of every layer's intermediate neurons) x head ratio (of every layer's
 attention heads); the hidden width is kept. Criteria: ours (l2, random, dropnet, coreset, ispasp,
 obs; `compress` with its defaults, so data-driven criteria are followed by the least-squares
-reconstruction and data-free ones are not) and Torch-Pruning's magnitude (L2) and random importance
+reconstruction and data-free ones are not; `obs_tuned`: obs with two epochs of block tuning by gradient
+after the refits, see structprune/calibrate/block_tuning.py) and Torch-Pruning's magnitude (L2) and random importance
 (`tp_l2`, `tp_random`: its MetaPruner restricted to the intermediate Linear layers, and the query/key/value
 layers with whole-head pruning when heads are pruned), all on the same weights in the same run.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import dataclasses
 import os
 import random
 import sys
@@ -45,7 +47,8 @@ import torch.nn.functional as F
 import structprune
 from structprune.criteria import Selection, get_criterion
 
-OURS = ("l2", "random", "dropnet", "coreset", "ispasp", "obs")
+OURS = ("l2", "random", "dropnet", "coreset", "ispasp", "obs", "obs_tuned")
+TUNED = {"obs_tuned": ("obs", {"tune_epochs": 2.0, "tune_lr": 3e-4})}  # obs + block tuning by gradient
 THEIRS = ("tp_l2", "tp_random")
 FFN_GROUPS, HEAD_GROUPS = "*.intermediate.*", "*.attention.*"
 HIDDEN = ["embeddings*", "pooler*"]  # the hidden width: a model output, blocked anyway; ignored explicitly
@@ -202,7 +205,9 @@ class GroupRatios:
 
 
 def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[dict]):
-    criterion = GroupRatios(get_criterion(name), ffn, heads)
+    base, options = TUNED.get(name, (name, {}))
+    inner = get_criterion(base)
+    criterion = GroupRatios(dataclasses.replace(inner, **options) if options else inner, ffn, heads)
     ignore = HIDDEN + ([] if heads else [HEAD_GROUPS]) + ([] if ffn else [FFN_GROUPS])
     result = structprune.compress(model, example, ratio=0.5, criterion=criterion, ignore=ignore,
                                   data=calib if criterion.needs_data else None)

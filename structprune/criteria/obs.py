@@ -20,7 +20,10 @@ block update, so a layer costs `rounds` matrix products instead of a Python step
 Our adaptation: the criterion only chooses channels (H is measured on the dense network in one
 forward pass, padded tokens left out); the weight update is done after the rewrite by
 `structprune.calibrate.reconstruct`, layer by layer on the already-pruned network, which the plan
-asks for (`plan.meta["reconstruction"]`: target "stream", ridge = `damp`, the same `max_samples`).
+asks for (`plan.meta["reconstruction"]`: target "stream", ridge = `damp`, the same `max_samples`, and
+`tune_epochs` / `tune_lr` of block tuning by gradient after the refits, off by default: see
+`calibrate.block_tuning`; on all-MiniLM-L6-v2 at FFN -50 % it lifts the mean cosine 0.966 -> 0.971 and
+about doubles the compress time).
 Groups without a consumer of the form X W^T + b fall back to the L1 magnitude ranking. H for score()
 and select() of the same ScoringContext is measured once (a cache keyed weakly by the context).
 """
@@ -140,6 +143,8 @@ class StructuredOBS:
     max_samples: int | None = 2048
     damp: float = 0.01
     rounds: int = 16
+    tune_epochs: float = 0.0
+    tune_lr: float = 3e-4
     max_features: int = 8192
     needs_data: bool = True
     needs_labels: bool = False
@@ -171,7 +176,8 @@ class StructuredOBS:
                 scores = with_fallback([group], {})[group.group_id]
                 keep[group.group_id] = tuple(sorted(np.argsort(-scores, kind="stable")[:count].tolist()))
         return Selection(keep, {RECONSTRUCTION_KEY: {"target": "stream", "ridge": self.damp,
-                                                     "max_samples": self.max_samples}})
+                                                     "max_samples": self.max_samples,
+                                                     "tune_epochs": self.tune_epochs, "tune_lr": self.tune_lr}})
 
     def _surgeons(self, group: GroupView, grams: Mapping[str, list[ConsumerGram]]) -> list[Surgeon]:
         made = (Surgeon.of(g, group.size, self.damp) for g in grams.get(group.group_id, []))

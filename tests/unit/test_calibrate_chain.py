@@ -83,13 +83,19 @@ def test_refitting_through_the_chain_gives_the_layers_the_prefix_passes_give(dat
     assert all(f.error_after < f.error_before for f in report.layers)
 
 
-def test_block_tuning_lowers_each_blocks_output_error(data):
-    torch.manual_seed(2)
+def _refit_and_tuned(seed: int, data, **tuning):
+    """(dense net, input, refit-only pruned net, refit-then-tuned pruned net, report of the tuned one)."""
+    torch.manual_seed(seed)
     net, (x, loader) = Stack().eval(), data
     graph, plan, pruned = _pruned(net, x)
     refit_only = copy.deepcopy(pruned)
     reconstruct(net, refit_only, graph, plan, loader, target="stream")
-    report = reconstruct(net, pruned, graph, plan, loader, target="stream", tune_epochs=20, tune_lr=1e-2)
+    report = reconstruct(net, pruned, graph, plan, loader, target="stream", **tuning)
+    return net, x, refit_only, pruned, report
+
+
+def test_block_tuning_lowers_each_blocks_output_error(data):
+    net, x, refit_only, pruned, report = _refit_and_tuned(2, data, tune_epochs=20, tune_lr=1e-2)
     assert [b.name for b in report.blocks] == ["blocks.0", "blocks.1", "blocks.2"]
     assert all(b.steps == 40 and b.error_after < b.error_before for b in report.blocks)
     with torch.no_grad():
@@ -98,12 +104,7 @@ def test_block_tuning_lowers_each_blocks_output_error(data):
 
 
 def test_block_tuning_that_does_not_help_leaves_the_block_as_it_was(data):
-    torch.manual_seed(3)
-    net, (x, loader) = Stack().eval(), data
-    graph, plan, pruned = _pruned(net, x)
-    refit_only = copy.deepcopy(pruned)
-    reconstruct(net, refit_only, graph, plan, loader, target="stream")
-    report = reconstruct(net, pruned, graph, plan, loader, target="stream", tune_epochs=1, tune_lr=1e3)
+    _, _, refit_only, pruned, report = _refit_and_tuned(3, data, tune_epochs=1, tune_lr=1e3)
     assert all(b.error_after == b.error_before for b in report.blocks)
     for a, b in zip(pruned.parameters(), refit_only.parameters()):
         torch.testing.assert_close(a, b)

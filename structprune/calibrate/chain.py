@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from structprune.data.running import Call, StopForward, call_model, first_tensor
+from structprune.data.running import Call, call_model, first_tensor
 
 CONTAINERS = (nn.ModuleList, nn.Sequential)
 
@@ -48,26 +48,6 @@ def find_chain(model: nn.Module, x: Any, names: list[str]) -> Chain | None:
         if replays(model, chain, x):
             return chain
     return None
-
-
-def first_call(model: nn.Module, block: str, x: Any) -> Call:
-    """The arguments module `block` receives when `model` runs on `x` (the pass stops there)."""
-    seen: list[Call] = []
-
-    def catch(module, args, kwargs):
-        seen.append(Call(tuple(args), dict(kwargs)))
-        raise StopForward
-
-    handle = model.get_submodule(block).register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        call_model(model, x)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"reconstruction: block '{block}' was not called on a calibration batch")
-    return seen[0]
 
 
 def with_stream(call: Call, stream: torch.Tensor) -> Call:

@@ -29,13 +29,22 @@ import torch
 from torch import nn
 
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
-from structprune.calibrate.chain import Chain, find_chain, first_call, replays, with_stream
+from structprune.calibrate.chain import Chain, find_chain, replays, with_stream
 from structprune.calibrate.layers import input_rows, refittable, take_rows
 from structprune.calibrate.stream import Reader, find_reader, output_rows, run_to_reader, stream_inputs
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.taps import token_places
 from structprune.data.batches import Batch, calibration_batches, token_mask
-from structprune.data.running import Call, call_model, call_order, eval_mode, first_tensor, model_device, run_until
+from structprune.data.running import (
+    Call,
+    call_model,
+    call_order,
+    eval_mode,
+    first_call,
+    first_tensor,
+    model_device,
+    run_until,
+)
 from structprune.graph.channel_graph import ChannelGraph
 from structprune.rewrite.keep import component_keep, kept_indices
 from structprune.selection.plan import Plan

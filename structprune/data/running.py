@@ -180,23 +180,30 @@ def forward_inputs(model: nn.Module, loader: Iterable, max_batches: int | None =
             call_model(model, to_device(split_batch(batch)[0], device))
 
 
-def run_until(model: nn.Module, x: Any, name: str) -> torch.Tensor:
-    """The first positional input that module `name` receives when the model runs on `x`; the
-    forward pass stops there."""
-    seen: list[torch.Tensor] = []
+def first_call(model: nn.Module, name: str, x: Any) -> Call:
+    """The arguments module `name` receives when the model runs on `x`; the forward pass stops there."""
+    seen: list[Call] = []
 
-    def grab(module: nn.Module, args: tuple) -> None:
-        seen.append(args[0])
+    def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append(Call(tuple(args), dict(kwargs)))
         raise StopForward
 
-    with forward_hooks(model, pre={name: grab}):
-        try:
-            call_model(model, x)
-        except StopForward:
-            pass
+    handle = model.get_submodule(name).register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        call_model(model, x)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
     if not seen:
         raise RuntimeError(f"module '{name}' was not called during the forward pass")
     return seen[0]
+
+
+def run_until(model: nn.Module, x: Any, name: str) -> torch.Tensor:
+    """The first positional input that module `name` receives when the model runs on `x`; the
+    forward pass stops there."""
+    return first_call(model, name, x).args[0]
 
 
 def call_order(model: nn.Module, x: Any, names: list[str]) -> list[str]:

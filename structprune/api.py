@@ -247,6 +247,8 @@ def recalibrate(model: nn.Module, result: CompressResult, example_inputs: Any, d
     if reconstruct:
         fits = refit_layers(model, pruned, result.graph, result.plan, data, seed=seed)
         section["reconstructed_layers"] = len(fits.layers)
+        if fits.blocks:
+            section["tuned"] = [b.name for b in fits.blocks]
     if recalibrate_bn:
         section["batchnorm_layers_recalibrated"] = recalibrate_batchnorm(pruned, data)
     shapes = [tuple(t.shape) for t in eval_outputs(result.model, example_inputs)]

@@ -19,6 +19,11 @@ residual stream that a module reads, Y = O_p + (Z_d - Z_p) makes the pruned stre
 position; elsewhere the dense target. A plan may ask for its target and ridge in
 `plan.meta["reconstruction"]` (the `obs` criterion does); explicit arguments win. Padded tokens (a dict
 batch's `attention_mask`) are not rows.
+
+Where the consumers lie in a chain of blocks (`chain.py`; for the stream target each consumer's reader
+lies in its block or reads the block's output, as in pre-norm transformers) the layers are refit block
+by block, and optional tuning by gradient follows each refit (`unit_tuning.py`) or each block
+(`block_tuning.py`); otherwise each consumer is reached by a pass from the network's input.
 """
 from __future__ import annotations
 
@@ -31,7 +36,16 @@ from torch import nn
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
 from structprune.calibrate.chain import Chain, find_chain, replays, with_stream
 from structprune.calibrate.layers import input_rows, refittable, take_rows
-from structprune.calibrate.stream import Reader, find_reader, output_rows, run_to_reader, stream_inputs
+from structprune.calibrate.stream import (
+    OUTPUT,
+    Reader,
+    find_reader,
+    output_rows,
+    reads_output_of,
+    run_to_reader,
+    stream_inputs,
+)
+from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.taps import token_places
 from structprune.data.batches import Batch, calibration_batches, token_mask
@@ -114,6 +128,7 @@ class _Job:
     pruned: nn.Module
     order: list[str]
     readers: dict[str, Reader]
+    producers: dict[str, list[str]]
     kept: dict
     batches: list[Batch]
     settings: _Settings
@@ -125,8 +140,9 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
                 max_rows_per_batch: int = 8192, max_features: int = 8192, seed: int = 0) -> ReconstructionReport:
     """Refit, in place, the weights (and biases) of `pruned`'s consumer layers of every pruned group.
     `ridge` (default 1e-3), `target` ("dense", default, or "stream"), `max_samples` (default 1024,
-    None: all) and `tune_epochs` / `tune_lr` (block tuning by gradient after the refits, where the
-    layers lie in a chain of blocks; default 0: none): as given, else as the plan asks.
+    None: all) and `tune_epochs` / `tune_lr` (tuning by gradient after the refits, where the layers lie
+    in a chain of blocks: each consumer with its unit on rows, see `unit_tuning`, else the whole block,
+    see `block_tuning`; default 0: none, lr 1e-3): as given, else as the plan asks.
 
     >>> import torch, structprune
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -145,7 +161,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     ridge = float(asked.get("ridge", 1e-3) if ridge is None else ridge)
     max_samples = asked.get("max_samples", 1024) if max_samples == FROM_PLAN else max_samples
     epochs = float(asked.get("tune_epochs", 0) if tune_epochs is None else tune_epochs)
-    tune = TuneSettings(epochs, float(asked.get("tune_lr", 3e-4) if tune_lr is None else tune_lr), seed) \
+    tune = TuneSettings(epochs, float(asked.get("tune_lr", 1e-3) if tune_lr is None else tune_lr), seed) \
         if epochs > 0 else None
     kept = kept_indices(graph, component_keep(graph, plan))
     names, skipped = _consumers(pruned, graph, plan, max_features)
@@ -156,7 +172,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
         order = call_order(pruned, batches[0].x, names)
         readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
-        job = _Job(dense, pruned, order, readers, kept, batches, settings)
+        job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings)
         chain = _chain(job)
         if chain is None:
             return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped))
@@ -171,13 +187,24 @@ def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
 
 
 def _chain(job: _Job) -> Chain | None:
-    """The chain of blocks holding every consumer and its reader, if both networks replay it."""
+    """The chain of blocks holding every consumer, if both networks replay it and each consumer's
+    reader lies in the consumer's block or reads that block's output (a pre-norm transformer: the
+    next block's norm or the final one)."""
     x = job.batches[0].x
     chain = find_chain(job.pruned, x, job.order)
     if chain is None or not replays(job.dense, chain, x):
         return None
-    inside = all(chain.block_of(r.name) == chain.block_of(name) for name, r in job.readers.items())
-    return chain if inside else None
+    return chain if all(_local_reader(job, chain, name) is not None for name in job.readers) else None
+
+
+def _local_reader(job: _Job, chain: Chain, name: str) -> Reader | None:
+    """`name`'s reader named within its block (`OUTPUT` where it reads the block's output), or None."""
+    block, reader = chain.block_of(name), job.readers[name]
+    if chain.block_of(reader.name) == block:
+        return Reader(reader.name[len(block) + 1:], reader.normalises)
+    if reads_output_of(job.pruned, block, reader.name, job.batches[0].x):
+        return Reader(OUTPUT, reader.normalises)
+    return None
 
 
 def _refit_by_prefixes(job: _Job) -> list[LayerFit]:
@@ -208,14 +235,19 @@ def _refit_by_blocks(job: _Job, chain: Chain) -> tuple[list[LayerFit], list[Bloc
     for block in chain.blocks[:last + 1]:
         inside = [n for n in job.order if chain.block_of(n) == block]
         local = {n: n[len(block) + 1:] for n in inside}
-        readers = {local[n]: Reader(job.readers[n].name[len(block) + 1:], job.readers[n].normalises)
-                   for n in inside if n in job.readers}
+        readers = {local[n]: _local_reader(job, chain, n) for n in inside if n in job.readers}
         dense_block, pruned_block = job.dense.get_submodule(block), job.pruned.get_submodule(block)
         streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches)
+        units = _units(job, block, inside, readers, calls_p[0])
         for name in inside:
-            fits.append(_refit_in_block(job, name, local[name], readers, dense_block, pruned_block,
-                                        (calls_d, calls_p), streams))
-        if inside and job.settings.tune is not None and owns_parameters(job.pruned, block):
+            unit = units.get(name)
+            fit, rows = _refit_in_block(job, name, local[name], readers, dense_block, pruned_block,
+                                        (calls_d, calls_p), streams, unit)
+            fits.append(fit)
+            if unit is not None:
+                tuned.append(tune_unit(f"{block}.{unit.name}", pruned_block, unit, local[name], rows,
+                                       job.settings.tune))
+        if inside and not units and job.settings.tune is not None and owns_parameters(job.pruned, block):
             record, outs_p = tune_block(block, pruned_block, calls_p, outs_d, job.batches, job.settings.tune)
             tuned.append(record)
         else:
@@ -225,20 +257,48 @@ def _refit_by_blocks(job: _Job, chain: Chain) -> tuple[list[LayerFit], list[Bloc
     return fits, tuned
 
 
+def _units(job: _Job, block: str, inside: list[str], readers: dict[str, Reader], call: Call) -> dict[str, Unit]:
+    """With tuning asked: the unit of every consumer of `block` (see `unit_tuning`), or none at all when
+    one consumer has none (the whole block is tuned instead). A unit needs the stream target and
+    parameters used nowhere else."""
+    if job.settings.tune is None:
+        return {}
+    pruned_block, units = job.pruned.get_submodule(block), {}
+    for name in inside:
+        local = name[len(block) + 1:]
+        producers = [p[len(block) + 1:] for p in job.producers.get(name, []) if p.startswith(block + ".")]
+        unit = find_unit(pruned_block, local, producers, call) if local in readers else None
+        if unit is None or not all(owns_parameters(job.pruned, f"{block}.{n}") for n in (unit.name, local)):
+            return {}
+        units[name] = unit
+    return units
+
+
 def _refit_in_block(job: _Job, name: str, local: str, readers: dict[str, Reader], dense_block: nn.Module,
-                    pruned_block: nn.Module, calls: tuple[list[Call], list[Call]], streams: dict) -> LayerFit:
-    """One consumer refit from passes of its block alone (on the streams the blocks before returned)."""
+                    pruned_block: nn.Module, calls: tuple[list[Call], list[Call]], streams: dict,
+                    unit: Unit | None = None) -> tuple[LayerFit, UnitRows | None]:
+    """One consumer refit from passes of its block alone (on the streams the blocks before returned);
+    with a `unit`, also the rows it is tuned on."""
     calls_d, calls_p = calls
     module = pruned_block.get_submodule(local)
+    rows = None
     if local in readers:
-        seen = (run_to_reader(pruned_block, local, readers[local].name, c) for c in calls_p)
-        sums = _stream_sums(module, seen, streams[local], readers[local], job.batches, job.settings)
+        also = unit.name if unit is not None else None
+        seen = (run_to_reader(pruned_block, local, readers[local].name, c, also) for c in calls_p)
+        rows = [] if unit is not None else None
+        sums = _stream_sums(module, seen, streams[local], readers[local], job.batches, job.settings, rows)
     else:
         pairs = ((run_until(dense_block, cd, local), run_until(pruned_block, cp, local))
                  for cd, cp in zip(calls_d, calls_p))
         sums = _dense_sums(module, _dense_weight(dense_block.get_submodule(local), job.kept.get(f"{name}.weight", {})),
                            pairs, job.batches, job.settings)
-    return _refit(module, name, sums, job.settings)
+    fit = _refit(module, name, sums, job.settings)
+    return fit, (None if rows is None else _unit_rows(rows))
+
+
+def _unit_rows(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> UnitRows:
+    inputs, targets, weights = zip(*parts)
+    return UnitRows(torch.cat(inputs), torch.cat(targets), torch.cat(weights))
 
 
 def _dense_streams(dense: nn.Module, readers: dict[str, Reader], inputs: list, batches: list[Batch]) -> dict[str, list]:
@@ -249,16 +309,18 @@ def _dense_streams(dense: nn.Module, readers: dict[str, Reader], inputs: list, b
 
 def _dense_streams_and_outputs(dense: nn.Module, readers: dict[str, Reader], inputs: list,
                                batches: list[Batch]) -> tuple[dict[str, list], list[torch.Tensor]]:
-    """`_dense_streams`, and the first output tensor of each pass."""
+    """`_dense_streams`, and the first output tensor of each pass (also the stream of the consumers
+    whose reader is `OUTPUT`)."""
     out: dict[str, list] = {name: [] for name in readers}
+    inner = {name: r for name, r in readers.items() if r.name != OUTPUT}
     outputs = []
     for x, batch in zip(inputs, batches):
-        seen, result = stream_inputs(dense, readers, x)
+        seen, result = stream_inputs(dense, inner, x)
         outputs.append(first_tensor(result))
         for name in readers:
             module = dense.get_submodule(name)
-            rows = output_rows(module, seen[name])
-            out[name].append(_real_rows(rows, seen[name], module, batch).float())
+            z = seen[name] if name in inner else outputs[-1]
+            out[name].append(_real_rows(output_rows(module, z), z, module, batch).float())
     return out, outputs
 
 
@@ -286,6 +348,19 @@ def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features:
             else:
                 names.append(owner)
     return names, sorted(skipped.items())
+
+
+def _producers(graph: ChannelGraph, plan: Plan, consumers: list[str]) -> dict[str, list[str]]:
+    """Per consumer: the layers whose output channels (weight rows) form the pruned groups it reads."""
+    found: dict[str, list[str]] = {}
+    for gid in plan.pruned_groups():
+        members = graph.group(gid).members
+        readers = {m.fqn.rpartition(".")[0] for m in members if m.role == "in"} & set(consumers)
+        made = [m.fqn.rpartition(".")[0] for m in members if m.role == "out" and m.fqn.endswith(".weight")]
+        for name in readers:
+            found.setdefault(name, [])
+            found[name] += [p for p in made if p not in found[name]]
+    return found
 
 
 def _why_not(module: nn.Module, axis: int, max_features: int) -> str:
@@ -339,12 +414,14 @@ def _dense_sums(module, target_w, pairs, batches, settings: _Settings) -> _Sums:
     return sums
 
 
-def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _Settings) -> _Sums:
-    """Sums for the stream target from (consumer input, its output, reader input) per batch:
-    Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises."""
+def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _Settings,
+                 unit_rows: list | None = None) -> _Sums:
+    """Sums for the stream target from (consumer input, its output, reader input, unit input) per batch:
+    Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises. `unit_rows`: a list that
+    receives (unit input rows, Y + bias, weights) of the rows used."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
     sums = _empty_sums(module, module.weight.shape[0])
-    for (x, out, z), z_d, batch in zip(seen, dense_rows, batches):
+    for (x, out, z, u), z_d, batch in zip(seen, dense_rows, batches):
         rows = _real_rows(input_rows(module, x), x, module, batch)
         o_p = _real_rows(output_rows(module, out), out, module, batch).double()
         z_p = _real_rows(output_rows(module, z), z, module, batch).double()
@@ -352,6 +429,10 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
         weight = 1.0 / z_d.float().var(dim=1).clamp(min=1e-12) if reader.normalises else None
         pick = take_rows(rows, settings.max_rows, settings.generator)
         sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
+        if unit_rows is not None:
+            full = (y + bias).float()[pick] if module.bias is not None else y[pick]
+            u_rows = _real_rows(u.reshape(-1, u.shape[-1]), u, module, batch)[pick].float()
+            unit_rows.append((u_rows.detach(), full, torch.ones_like(full[:, 0]) if weight is None else weight[pick]))
     return sums
 
 

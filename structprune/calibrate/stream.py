@@ -9,9 +9,11 @@ dense output, as before.
 
 The reader is found by probing, not by module type: on one batch, the first module called after the
 consumer whose input moves by exactly delta when delta is added to the consumer's output, and which
-reads more than the output itself (so a dropout in between is skipped). A reader that normalises each
-position (reader(2 Z) == reader(Z), as LayerNorm) makes the error of a position count in units of
-that position's spread, so rows are weighted by 1 / var(Z_dense) over the channels.
+reads more than the output itself (so a dropout in between is skipped). In a pre-norm transformer that
+is the next block, not its norm: the stream itself goes on unnormalised, so its rows are not weighted
+(measured on a random Llama: weighting by the next norm lowered the output cosine). A reader that
+normalises each position (reader(2 Z) == reader(Z), as LayerNorm) makes the error of a position
+count in units of that position's spread, so rows are weighted by 1 / var(Z_dense) over the channels.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from structprune.data.running import StopForward, call_model, forward_hooks
+from structprune.data.running import StopForward, call_model, first_tensor, forward_hooks
 
 PROBE_MODULES = 16  # modules after the consumer that may be its reader
+OUTPUT = ""  # a reader name: whatever reads the output of the module that is run (its first tensor)
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,16 @@ def find_reader(model: nn.Module, name: str, x: Any) -> Reader | None:
     return None
 
 
-def run_to_reader(model: nn.Module, name: str, reader: str, x: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(consumer input, consumer output, reader input) of one forward pass, stopped at the reader."""
+def run_to_reader(model: nn.Module, name: str, reader: str, x: Any, also: str | None = None) -> tuple:
+    """(consumer input, consumer output, reader input, input of module `also` or None) of one forward
+    pass, stopped at the reader (`OUTPUT`: run to the end; the reader input is the output)."""
     seen: dict[str, torch.Tensor] = {}
 
     def take_input(module, args):
         seen.setdefault("x", args[0])
+
+    def take_also(module, args):
+        seen.setdefault("also", args[0])
 
     def take_output(module, args, out):
         seen.setdefault("out", out)
@@ -73,14 +80,42 @@ def run_to_reader(model: nn.Module, name: str, reader: str, x: Any) -> tuple[tor
             seen["z"] = args[0]
             raise StopForward
 
-    with forward_hooks(model, pre={name: take_input, reader: stop}, post={name: take_output}):
+    pre = {name: take_input, **({reader: stop} if reader != OUTPUT else {}), **({also: take_also} if also else {})}
+    with forward_hooks(model, pre=pre, post={name: take_output}):
+        try:
+            result = call_model(model, x)
+            if reader == OUTPUT and "out" in seen:
+                seen["z"] = first_tensor(result)
+        except StopForward:
+            pass
+    if not {"x", "out", "z"} <= set(seen) or (also and "also" not in seen):
+        missing = f"'{name}', its reader '{reader or 'the output'}'" + (f" or '{also}'" if also else "")
+        raise RuntimeError(f"reconstruction: {missing} was not called on a calibration batch")
+    return seen["x"], seen["out"], seen["z"], seen.get("also")
+
+
+def reads_output_of(model: nn.Module, block: str, reader: str, x: Any) -> bool:
+    """True if, on input `x`, the first call of `reader` after `block` returned reads exactly the
+    block's output (first tensor): the block's output is the stream the reader normalises."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def take_output(module, args, out):
+        if "out" not in seen:
+            seen["out"] = first_tensor(out)
+
+    def take_reader(module, args):
+        if "out" in seen and "z" not in seen and args:
+            seen["z"] = args[0]
+            raise StopForward
+
+    with forward_hooks(model, pre={reader: take_reader}, post={block: take_output}), torch.no_grad():
         try:
             call_model(model, x)
         except StopForward:
             pass
-    if len(seen) != 3:
-        raise RuntimeError(f"reconstruction: '{name}' or its reader '{reader}' was not called on a calibration batch")
-    return seen["x"], seen["out"], seen["z"]
+    out, z = seen.get("out"), seen.get("z")
+    return isinstance(out, torch.Tensor) and isinstance(z, torch.Tensor) and out.shape == z.shape \
+        and bool(torch.equal(out, z))
 
 
 def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> tuple[dict[str, torch.Tensor], Any]:

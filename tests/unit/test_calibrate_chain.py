@@ -30,20 +30,29 @@ class Block(nn.Module):
         return self.norm(x + self.down(torch.relu(self.up(x))) * scale)
 
 
-class Stack(nn.Module):
-    """Blocks in a ModuleList; `vary` gives each block another keyword value (not a chain)."""
+class PreNormBlock(Block):
+    """Pre-norm (Llama, ViT): the block returns the stream; the next block's norm reads it."""
 
-    def __init__(self, depth: int = 3, vary: bool = False):
+    def forward(self, x, scale=None):
+        return x + self.down(torch.relu(self.up(self.norm(x)))) * scale
+
+
+class Stack(nn.Module):
+    """Blocks in a ModuleList; `vary` gives each block another keyword value (not a chain); pre-norm
+    blocks are followed by a final norm."""
+
+    def __init__(self, depth: int = 3, vary: bool = False, kind: type = Block):
         super().__init__()
         self.inp, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
-        self.blocks = nn.ModuleList(Block() for _ in range(depth))
+        self.blocks = nn.ModuleList(kind() for _ in range(depth))
+        self.final = nn.LayerNorm(8) if kind is PreNormBlock else nn.Identity()
         self.vary = vary
 
     def forward(self, x):
         h = self.inp(x)
         for i, block in enumerate(self.blocks):
             h = block(h, scale=torch.full((1,), 1.0 + i * self.vary))
-        return self.head(h)
+        return self.head(self.final(h))
 
 
 def _pruned(net: nn.Module, x: torch.Tensor):
@@ -68,9 +77,10 @@ def test_a_chain_is_found_only_where_replaying_the_blocks_reproduces_the_network
     assert find_chain(Stack().eval(), x[:4], names + ["head"]) is None  # a layer outside every block
 
 
-def test_refitting_through_the_chain_gives_the_layers_the_prefix_passes_give(data, monkeypatch):
+@pytest.mark.parametrize("kind", [Block, PreNormBlock])
+def test_refitting_through_the_chain_gives_the_layers_the_prefix_passes_give(data, monkeypatch, kind):
     torch.manual_seed(1)
-    net, (x, loader) = Stack().eval(), data
+    net, (x, loader) = Stack(kind=kind).eval(), data
     graph, plan, pruned = _pruned(net, x)
     by_blocks = copy.deepcopy(pruned)
     report = reconstruct(net, by_blocks, graph, plan, loader, target="stream")
@@ -81,6 +91,14 @@ def test_refitting_through_the_chain_gives_the_layers_the_prefix_passes_give(dat
     for a, b in zip(by_blocks.parameters(), by_prefixes.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert all(f.error_after < f.error_before for f in report.layers)
+    readers = {name: reconstruct_module.find_reader(pruned, name, x[:2]).name for name in report_names(report)}
+    expected = {f"blocks.{i}.down": f"blocks.{i}.norm" for i in range(3)} if kind is Block else \
+        {"blocks.0.down": "blocks.1", "blocks.1.down": "blocks.2", "blocks.2.down": "final"}
+    assert readers == expected  # pre-norm: each reader lies outside the consumer's block
+
+
+def report_names(report) -> list[str]:
+    return [f.name for f in report.layers]
 
 
 def _refit_and_tuned(seed: int, data, **tuning):

@@ -51,7 +51,7 @@ def test_obs_is_registered_and_asks_for_the_stream_reconstruction():
     selection = CRITERIA["obs"].select(views, ScoringContext(net, x[:2], [x]), {"0.weight:0": 20})
     assert len(selection.keep["0.weight:0"]) == 20
     assert selection.meta[RECONSTRUCTION_KEY] == {"target": "stream", "ridge": 0.01, "max_samples": 2048,
-                                                  "tune_epochs": 0.0, "tune_lr": 3e-4}
+                                                  "tune_epochs": 0.0, "tune_lr": 1e-3}
 
 
 def test_obs_update_is_the_ridge_least_squares_refit_of_the_kept_columns():

@@ -1,0 +1,183 @@
+"""Tuning a refit layer together with the layers that feed it, on rows: the cheap form of block tuning
+for position-wise units such as a transformer's feed-forward network.
+
+A unit is the smallest module, above the producers of the channels a consumer reads, that maps rows
+to the consumer's input (a Hugging Face `BertIntermediate`: up-projection then activation) or to its
+output (a `LlamaMLP`: gate, up and down projections), one position at a time. It is found by replay,
+not by type: on a real batch the module must take one tensor, return exactly the consumer's input (or
+output), and return the same values when its input positions are fed as a (rows, features) matrix.
+
+On rows X of the unit's input in the pruned network and the consumer's least-squares target Y (the
+"stream" target of `reconstruct`, row weights included), the unit's and the consumer's parameters are
+tuned by Adam on random minibatches of rows -- BRECQ's block reconstruction (Li et al., ICLR 2021)
+restricted to the layers that were pruned, so no attention is re-run and rows of all sentences mix in
+each step. The tuned weights are kept only if the weighted error over all rows goes down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from structprune.calibrate.block_tuning import BlockTune, TuneSettings
+from structprune.data.running import call_model
+
+ROWS_PER_STEP = 1024
+_CHUNK = 8192  # rows per forward when measuring the error
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Module `name` (inside the searched module) maps rows to the consumer's output if it
+    `holds_consumer`, else to the consumer's input."""
+
+    name: str
+    holds_consumer: bool
+
+
+@dataclass(frozen=True)
+class UnitRows:
+    """What a unit is tuned on: its input rows, the consumer's target rows, and each row's weight."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+
+
+def find_unit(module: nn.Module, consumer: str, producers: list[str], call: Any) -> Unit | None:
+    """The unit of `consumer` within `module` (names relative to it), checked on the input `call`."""
+    if not producers or not isinstance(module.get_submodule(consumer), nn.Linear):
+        return None
+    for name in _enclosing(producers):
+        holds = consumer.startswith(name + ".")
+        seen = _seen(module, name, consumer, call)
+        if seen is not None and _maps_rows(module.get_submodule(name), seen, holds):
+            return Unit(name, holds)
+    return None
+
+
+def tune_unit(label: str, module: nn.Module, unit: Unit, consumer: str, rows: UnitRows,
+              settings: TuneSettings) -> BlockTune:
+    """Tune, in place, the parameters of `unit` and `consumer` (inside `module`) on `rows`."""
+    forward = _row_function(module, unit, consumer)
+    params = _parameters(module, unit, consumer)
+    saved = [p.detach().clone() for p in params]
+    before = _error(forward, rows)
+    steps = _train(forward, params, rows, settings)
+    after = _error(forward, rows)
+    if not after < before:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        after = before
+    return BlockTune(label, steps, before, after)
+
+
+def _enclosing(producers: list[str]) -> list[str]:
+    """The producers' common ancestor and its ancestors, deepest first (the searched module excluded)."""
+    parts = [p.split(".") for p in producers]
+    common = []
+    for names in zip(*parts):
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return [".".join(common[:i]) for i in range(len(common), 0, -1)]
+
+
+def _seen(module: nn.Module, name: str, consumer: str, call: Any) -> dict | None:
+    """(unit input, unit output, consumer input, consumer output) of one pass, if the unit takes a
+    single tensor and both are called once."""
+    seen: dict[str, list] = {"unit": [], "consumer": []}
+
+    def record(key):
+        def hook(_, args, kwargs, out):
+            seen[key].append((args, kwargs, out))
+        return hook
+
+    handles = [module.get_submodule(name).register_forward_hook(record("unit"), with_kwargs=True),
+               module.get_submodule(consumer).register_forward_hook(record("consumer"), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            call_model(module, call)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen["unit"]) != 1 or len(seen["consumer"]) != 1:
+        return None
+    (args, kwargs, out), (c_args, _, c_out) = seen["unit"][0], seen["consumer"][0]
+    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    return {"x": args[0], "out": out, "consumer_in": c_args[0], "consumer_out": c_out}
+
+
+def _maps_rows(unit: nn.Module, seen: dict, holds: bool) -> bool:
+    """True if the unit's output is the consumer's output (input) and it maps rows position-wise."""
+    expected = seen["consumer_out"] if holds else seen["consumer_in"]
+    out, x = seen["out"], seen["x"]
+    if out.shape != expected.shape or not _close(out, expected):
+        return False
+    try:
+        with torch.no_grad():
+            flat = unit(x.reshape(-1, x.shape[-1]))
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return False
+    return isinstance(flat, torch.Tensor) and flat.numel() == out.numel() and _close(flat.reshape(out.shape), out)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max().clamp(min=1.0))))
+
+
+def _row_function(module: nn.Module, unit: Unit, consumer: str):
+    inner, layer = module.get_submodule(unit.name), module.get_submodule(consumer)
+    return inner if unit.holds_consumer else (lambda x: layer(inner(x)))
+
+
+def _parameters(module: nn.Module, unit: Unit, consumer: str) -> list[torch.nn.Parameter]:
+    found = {id(p): p for p in module.get_submodule(unit.name).parameters()}
+    found.update({id(p): p for p in module.get_submodule(consumer).parameters()})
+    return [p for p in found.values() if p.is_floating_point()]
+
+
+def _weighted_loss(forward, rows: UnitRows, index) -> torch.Tensor:
+    diff = forward(rows.inputs[index]) - rows.targets[index]
+    return (diff.pow(2).mean(dim=1) * rows.weights[index]).sum()
+
+
+def _error(forward, rows: UnitRows) -> float:
+    """Weighted squared error over all rows, relative to the weighted squared target."""
+    total, scale = 0.0, float((rows.targets.pow(2).mean(dim=1) * rows.weights).sum())
+    with torch.no_grad():
+        for start in range(0, rows.inputs.shape[0], _CHUNK):
+            total += float(_weighted_loss(forward, rows, slice(start, start + _CHUNK)))
+    return total / max(scale, 1e-30)
+
+
+def _train(forward, params: list[torch.nn.Parameter], rows: UnitRows, settings: TuneSettings) -> int:
+    count = rows.inputs.shape[0]
+    per_step = min(ROWS_PER_STEP, count)
+    steps = max(1, round(settings.epochs * count / per_step))
+    norm = float(rows.weights.mean()) * per_step
+    generator = torch.Generator().manual_seed(settings.seed)
+    flags = [p.requires_grad for p in params]
+    order = torch.empty(0, dtype=torch.long)
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(params, lr=settings.lr)
+            for _ in range(steps):
+                if order.numel() < per_step:
+                    order = torch.randperm(count, generator=generator)
+                index, order = order[:per_step].to(rows.inputs.device), order[per_step:]
+                loss = _weighted_loss(forward, rows, index) / norm
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    return steps

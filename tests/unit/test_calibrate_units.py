@@ -1,0 +1,143 @@
+"""Tuning by units: where a refit layer's producers sit in a module that maps positions one at a time
+(a feed-forward network), tuning trains that module and the layer on rows instead of re-running the
+whole block; a module that mixes positions is not a unit, and the whole block is tuned as before."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import structprune
+from structprune.calibrate import reconstruct
+from structprune.calibrate.unit_tuning import Unit, find_unit
+
+
+class Ffn(nn.Module):
+    """Up-projection then activation, as Hugging Face's BertIntermediate (the consumer lies outside)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(width, hidden)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.dense(x))
+
+
+class Mixing(Ffn):
+    """Like Ffn, but each position also reads the one before it: not position-wise."""
+
+    def forward(self, x):
+        h = super().forward(x)
+        return h + 0.5 * torch.roll(h, 1, dims=1)
+
+
+class Gated(nn.Module):
+    """SwiGLU as LlamaMLP: gate and up projections, and the down projection (the consumer) inside."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(width, hidden), nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """Post-norm residual block around one of the feed-forward kinds above."""
+
+    def __init__(self, kind: type, width: int = 8, hidden: int = 16):
+        super().__init__()
+        self.ffn, self.norm = kind(width, hidden), nn.LayerNorm(width)
+        self.down = nn.Linear(hidden, width) if kind is not Gated else None
+
+    def forward(self, x):
+        out = self.ffn(x)
+        return self.norm(x + (out if self.down is None else self.down(out)))
+
+
+class Stack(nn.Module):
+    def __init__(self, kind: type, depth: int = 3):
+        super().__init__()
+        self.inp, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.blocks = nn.ModuleList(Block(kind) for _ in range(depth))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def _consumer(kind: type) -> str:
+    return "ffn.down" if kind is Gated else "down"
+
+
+def _pruned(net: Stack, x: torch.Tensor, kind: type):
+    graph = structprune.analyze(net, x[:2])
+    producer = "ffn.gate.weight:0" if kind is Gated else "ffn.dense.weight:0"
+    groups = [g.id for g in graph.prunable if any(g.id.endswith(f"{i}.{producer}") for i in range(3))]
+    assert len(groups) == 3, [g.id for g in graph.prunable]
+    plan = Plan_of(groups)
+    return graph, plan, structprune.apply_plan(net, x[:2], plan, graph=graph)
+
+
+def Plan_of(groups):  # noqa: N802 - reads as a constructor
+    from structprune.selection import Plan
+    return Plan({g: tuple(range(0, 16, 2)) for g in groups}, {g: 16 for g in groups})
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(0)
+    x = torch.randn(96, 5, 4)
+    return x, [(x[:48], None), (x[48:], None)]
+
+
+@pytest.mark.parametrize("kind, producers, expected", [
+    (Ffn, ["ffn.dense"], Unit("ffn", holds_consumer=False)),
+    (Gated, ["ffn.gate", "ffn.up"], Unit("ffn", holds_consumer=True)),
+    (Mixing, ["ffn.dense"], None),
+])
+def test_a_unit_is_the_module_that_maps_positions_to_the_consumers_input_or_output(kind, producers, expected):
+    torch.manual_seed(0)
+    block = Block(kind).eval()
+    assert find_unit(block, _consumer(kind), producers, torch.randn(4, 5, 8)) == expected
+
+
+def _refit_and_tuned(kind: type, data, seed: int = 0, **tuning):
+    torch.manual_seed(seed)
+    net, (x, loader) = Stack(kind).eval(), data
+    graph, plan, pruned = _pruned(net, x, kind)
+    refit_only = copy.deepcopy(pruned)
+    reconstruct(net, refit_only, graph, plan, loader, target="stream")
+    report = reconstruct(net, pruned, graph, plan, loader, target="stream", **tuning)
+    return net, x, refit_only, pruned, report
+
+
+@pytest.mark.parametrize("kind", [Ffn, Gated])
+def test_units_are_tuned_on_rows_and_lower_the_networks_output_error(data, kind):
+    net, x, refit_only, pruned, report = _refit_and_tuned(kind, data, tune_epochs=30, tune_lr=1e-2)
+    assert report.passes == "blocks" and [b.name for b in report.blocks] == [f"blocks.{i}.ffn" for i in range(3)]
+    assert all(b.steps == 30 and b.error_after < b.error_before for b in report.blocks)  # 480 rows: 1 step each
+    with torch.no_grad():
+        dense, tuned, refit = net(x), pruned(x), refit_only(x)
+    assert float((tuned - dense).pow(2).mean()) < 0.9 * float((refit - dense).pow(2).mean())
+    changed = {n for (n, a), b in zip(pruned.named_parameters(), refit_only.parameters()) if not torch.equal(a, b)}
+    producer = "ffn.gate" if kind is Gated else "ffn.dense"
+    assert {f"blocks.0.{producer}.weight", f"blocks.0.{_consumer(kind)}.weight"} <= changed
+    assert not any("norm" in n or n.startswith(("inp", "head")) for n in changed)
+
+
+def test_unit_tuning_that_does_not_help_leaves_the_layers_as_they_were(data):
+    _, _, refit_only, pruned, report = _refit_and_tuned(Ffn, data, tune_epochs=1, tune_lr=1e3)
+    assert [b.name for b in report.blocks] == [f"blocks.{i}.ffn" for i in range(3)]
+    assert all(b.error_after == b.error_before for b in report.blocks)
+    for a, b in zip(pruned.parameters(), refit_only.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_without_a_unit_the_whole_block_is_tuned(data):
+    _, _, _, _, report = _refit_and_tuned(Mixing, data, tune_epochs=5, tune_lr=1e-2)
+    assert [b.name for b in report.blocks] == ["blocks.0", "blocks.1", "blocks.2"]

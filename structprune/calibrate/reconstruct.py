@@ -106,6 +106,7 @@ class _Sums:
         self.rows += x.shape[0]
 
 
+MAX_UNIT_ROWS = 65536  # rows kept per unit for tuning (inputs and targets: rows x width floats each)
 FROM_PLAN = "plan"  # reconstruct(max_samples=...): as plan.meta["reconstruction"] asks, else 1024
 
 
@@ -430,10 +431,19 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
         pick = take_rows(rows, settings.max_rows, settings.generator)
         sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
         if unit_rows is not None:
-            full = (y + bias).float()[pick] if module.bias is not None else y[pick]
-            u_rows = _real_rows(u.reshape(-1, u.shape[-1]), u, module, batch)[pick].float()
-            unit_rows.append((u_rows.detach(), full, torch.ones_like(full[:, 0]) if weight is None else weight[pick]))
+            unit_rows.append(_unit_part(u, y + bias, weight, pick, module, batch, settings, len(batches)))
     return sums
+
+
+def _unit_part(u, target, weight, pick, module, batch, settings: _Settings, batches: int):
+    """(unit input rows, target rows, weights) of one batch: the rows the refit used, at most
+    MAX_UNIT_ROWS over all batches (a seeded random share of each)."""
+    cap = max(1, MAX_UNIT_ROWS // max(batches, 1))
+    if len(pick) > cap:
+        pick = pick[take_rows(pick.unsqueeze(1), cap, settings.generator)]
+    rows = _real_rows(u.reshape(-1, u.shape[-1]), u, module, batch)[pick].detach().float()
+    weights = torch.ones(len(pick), device=rows.device) if weight is None else weight[pick]
+    return rows, target.float()[pick], weights
 
 
 def _augment(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:

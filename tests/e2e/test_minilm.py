@@ -1,7 +1,8 @@
 """One-shot FFN pruning of a real pretrained sentence encoder (all-MiniLM-L6-v2): with the `obs`
 criterion and the stream reconstruction it asks for, half of every layer's intermediate neurons go
 and the embeddings of held-out sentences stay close to the dense model's (issue 13; numbers from
-`python benchmarks/minilm.py --criteria obs --ffn 0.5 --heads 0`)."""
+`python benchmarks/minilm.py --criteria obs obs_tuned --ffn 0.5 --heads 0`); tuning by gradient after
+the refits raises the cosine further."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,6 +20,7 @@ pytestmark = [
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 MEASURED = {"cos_mean": 0.9657, "nn_agree": 0.797}  # FFN 50%, heads 0%, 2048 calibration sentences
+MEASURED_TUNED = 0.9702  # cos_mean of obs_tuned: two epochs of tuning by units (the FFNs) on token rows
 TOLERANCE = {"cos_mean": 0.005, "nn_agree": 0.04}   # NN agreement moves by 1/256 per sentence
 
 
@@ -34,9 +36,10 @@ def minilm():
 
 def test_obs_halves_every_ffn_and_keeps_the_embeddings(minilm):
     torch.set_num_threads(1)
-    rows = minilm.main(["--criteria", "obs", "--ffn", "0.5", "--heads", "0", "--calib", "2048"])
-    row = rows[0]
+    rows = minilm.main(["--criteria", "obs", "obs_tuned", "--ffn", "0.5", "--heads", "0", "--calib", "2048"])
+    row, tuned = rows
     assert row["params"] == 19_169_664  # 22,713,216 dense: 6 x 2 x 384 x 768 weights and 6 x 768 biases gone
     for metric, measured in MEASURED.items():
         assert row[metric] >= measured - TOLERANCE[metric], (metric, row)
     assert row["cos_min"] > 0.85
+    assert tuned["cos_mean"] >= MEASURED_TUNED - TOLERANCE["cos_mean"] and tuned["cos_mean"] > row["cos_mean"], tuned

@@ -4,14 +4,18 @@ whole block; a module that mixes positions is not a unit, and the whole block is
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
 from torch import nn
 
 import structprune
+from helpers import import_transformers
 from structprune.calibrate import reconstruct
+from structprune.calibrate.stream import find_reader
 from structprune.calibrate.unit_tuning import Unit, find_unit
+from structprune.criteria.obs import StructuredOBS
 
 
 class Ffn(nn.Module):
@@ -138,6 +142,45 @@ def test_unit_tuning_that_does_not_help_leaves_the_layers_as_they_were(data):
         torch.testing.assert_close(a, b)
 
 
+def test_the_rows_a_unit_is_tuned_on_are_capped_by_a_seeded_share_of_every_batch(data, monkeypatch):
+    module = importlib.import_module("structprune.calibrate.reconstruct")
+    seen, tune = [], module.tune_unit
+    monkeypatch.setattr(module, "tune_unit", lambda *args: seen.append(args[4]) or tune(*args))
+    monkeypatch.setattr(module, "MAX_UNIT_ROWS", 40)
+    _refit_and_tuned(Ffn, data, tune_epochs=1, tune_lr=1e-2)
+    assert [rows.inputs.shape for rows in seen] == [(40, 8)] * 3  # 2 batches of 240 rows: 20 of each
+    assert all(rows.targets.shape == (40, 8) and rows.weights.shape == (40,) for rows in seen)
+    again = []
+    monkeypatch.setattr(module, "tune_unit", lambda *args: again.append(args[4]) or tune(*args))
+    _refit_and_tuned(Ffn, data, tune_epochs=1, tune_lr=1e-2)
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(seen, again))
+
+
 def test_without_a_unit_the_whole_block_is_tuned(data):
     _, _, _, _, report = _refit_and_tuned(Mixing, data, tune_epochs=5, tune_lr=1e-2)
     assert [b.name for b in report.blocks] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_a_hugging_face_llama_is_refit_block_by_block_and_tuned_by_its_mlps():
+    transformers = import_transformers()
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=64)).eval()
+    ids = torch.randint(0, 100, (8, 12), generator=torch.Generator().manual_seed(1))
+    batches = [{"input_ids": ids[i:i + 4], "attention_mask": torch.ones(4, 12, dtype=torch.long)} for i in (0, 4)]
+    criterion = StructuredOBS(tune_epochs=3)
+    result = structprune.compress(model, batches[0], ratio=0.5, criterion=criterion, data=batches,
+                                  ignore=["*self_attn*", "embed*"])
+    assert result.report.verification["ok"]
+    assert result.report.extra["calibration"]["tuned"] == ["layers.0.mlp", "layers.1.mlp"]
+    pruned = structprune.apply_plan(model, batches[0], result.plan, graph=result.graph)
+    # pre-norm: layer 0's down projection is read by the next layer (its stream), layer 1's by the final norm
+    assert find_reader(pruned, "layers.0.mlp.down_proj", batches[0]).name == "layers.1"
+    assert find_reader(pruned, "layers.1.mlp.down_proj", batches[0]).name == "norm"
+    report = reconstruct(model, pruned, result.graph, result.plan, batches)
+    assert report.passes == "blocks" and [b.name for b in report.blocks] == ["layers.0.mlp", "layers.1.mlp"]
+    assert all(b.error_after <= b.error_before for b in report.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**batches[1]).last_hidden_state,
+                                   result.model(**batches[1]).last_hidden_state)

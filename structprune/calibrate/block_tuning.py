@@ -13,6 +13,7 @@ error on the calibration data; otherwise the block is restored as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -88,25 +89,35 @@ def _row_errors(out: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.
 def _train(block: nn.Module, calls: list[Call], targets: list[torch.Tensor], batches: list[Batch],
            settings: TuneSettings) -> int:
     params = [p for p in block.parameters() if p.is_floating_point()]
-    flags = [p.requires_grad for p in params]
     generator = torch.Generator().manual_seed(settings.seed)
     steps = max(1, round(settings.epochs * len(calls)))
     order: list[int] = []
+
+    def loss(_: int) -> torch.Tensor:
+        if not order:
+            order.extend(torch.randperm(len(calls), generator=generator).tolist())
+        i = order.pop()
+        return _row_errors(first_tensor(call_model(block, calls[i])), targets[i], batches[i]).mean()
+
+    adam_steps(params, loss, steps, settings.lr)
+    return steps
+
+
+def adam_steps(params: list[torch.nn.Parameter], loss: Callable[[int], torch.Tensor], steps: int, lr: float) -> None:
+    """`steps` Adam steps on `params`, the loss of step i being `loss(i)`; the parameters are trainable
+    only meanwhile and keep no gradient afterwards."""
+    flags = [p.requires_grad for p in params]
     try:
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            optimizer = torch.optim.Adam(params, lr=settings.lr)
-            for _ in range(steps):
-                if not order:
-                    order = torch.randperm(len(calls), generator=generator).tolist()
-                i = order.pop()
-                loss = _row_errors(first_tensor(call_model(block, calls[i])), targets[i], batches[i]).mean()
+            optimizer = torch.optim.Adam(params, lr=lr)
+            for step in range(steps):
+                value = loss(step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 optimizer.step()
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
             p.grad = None
-    return steps

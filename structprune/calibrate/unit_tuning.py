@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structprune.calibrate.block_tuning import BlockTune, TuneSettings
+from structprune.calibrate.block_tuning import BlockTune, TuneSettings, adam_steps
 from structprune.data.running import call_model
 
 ROWS_PER_STEP = 1024
@@ -161,23 +161,14 @@ def _train(forward, params: list[torch.nn.Parameter], rows: UnitRows, settings: 
     steps = max(1, round(settings.epochs * count / per_step))
     norm = float(rows.weights.mean()) * per_step
     generator = torch.Generator().manual_seed(settings.seed)
-    flags = [p.requires_grad for p in params]
     order = torch.empty(0, dtype=torch.long)
-    try:
-        with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            optimizer = torch.optim.Adam(params, lr=settings.lr)
-            for _ in range(steps):
-                if order.numel() < per_step:
-                    order = torch.randperm(count, generator=generator)
-                index, order = order[:per_step].to(rows.inputs.device), order[per_step:]
-                loss = _weighted_loss(forward, rows, index) / norm
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-            p.grad = None
+
+    def loss(_: int) -> torch.Tensor:
+        nonlocal order
+        if order.numel() < per_step:
+            order = torch.randperm(count, generator=generator)
+        index, order = order[:per_step].to(rows.inputs.device), order[per_step:]
+        return _weighted_loss(forward, rows, index) / norm
+
+    adam_steps(params, loss, steps, settings.lr)
     return steps

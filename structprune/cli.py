@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import re
 import signal
@@ -17,7 +18,7 @@ from typing import NoReturn
 from structprune import __version__
 from structprune.arguments import HelpFormatter, batch_shape, json_object, number
 from structprune.compress_config import DEFAULT_RATIO, DEFAULT_ROUND_TO, CompressConfig
-from structprune.criteria import CRITERIA
+from structprune.criteria import CRITERIA, get_criterion
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
 from structprune.group_lasso import GroupLassoConfig
@@ -210,6 +211,10 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                         "loses least output fidelity on --data (sensitivity; also with --ratio), or by the coreset "
                         "bound of the groups' sensitivities on --data (coreset)")
     p.add_argument("--criterion", default="l2", metavar="NAME", help=_criterion_help())
+    p.add_argument("--tune-epochs", type=_POSITIVE, metavar="E",
+                   help="after the least-squares refit (--criterion obs, with --data), tune each refit layer with the "
+                        "layers feeding it (a transformer's FFN, on token rows) or its whole block by gradient for E "
+                        "epochs towards the dense model's outputs; no labels")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=DEFAULT_ROUND_TO, metavar="N",
                    help="keep channel counts a multiple of N (default 1; 8 with --target-latency-ms)")
@@ -353,10 +358,28 @@ def _sparsity_conflicts(args: argparse.Namespace, lam, threshold) -> list[str]:
 
 def _compress_config(args: argparse.Namespace):
     """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
+    fields = {k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__}
+    if getattr(args, "tune_epochs", None):
+        fields["criterion"] = _tuned_criterion(args.criterion, args.tune_epochs, bool(args.data))
     try:
-        return CompressConfig(**{k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__})
+        return CompressConfig(**fields)
     except ValueError as exc:  # PlanError and UsageError are ValueErrors too: all are bad flags
         raise UsageError(getattr(exc, "message", str(exc))) from exc
+
+
+def _tuned_criterion(name: str, epochs: float, has_data: bool):
+    """Criterion `name` asking for `epochs` of tuning after its refit (a UsageError where it cannot)."""
+    try:
+        criterion = get_criterion(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if "tune_epochs" not in getattr(criterion, "__dataclass_fields__", {}):
+        raise UsageError(f"--tune-epochs tunes the layers a criterion refits; --criterion {name} refits none: "
+                         "use --criterion obs, or drop --tune-epochs")
+    if not has_data:
+        raise UsageError("--tune-epochs tunes on calibration data: pass --data (a text file, digits, PATH.npz, a "
+                         "folder, or module:function)")
+    return dataclasses.replace(criterion, tune_epochs=epochs)
 
 
 def _recovery_config(args: argparse.Namespace):

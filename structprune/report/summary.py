@@ -208,10 +208,15 @@ def _epoch_cells(epoch: dict) -> list:
             md_sci(epoch.get("lr")), "—" if dead is None else f"{100 * dead:.1f}%"]
 
 
+def _count(value) -> int:
+    return len(value) if isinstance(value, list) else value
+
+
 def _calibration_section(calibration: dict | None) -> list[str]:
     steps = (("batchnorm_layers_recalibrated", "BatchNorm layers with re-estimated statistics"),
-             ("reconstructed_layers", "layers refitted by least squares (reconstruction)"))
-    rows = [[name, calibration[key]] for key, name in steps if key in (calibration or {})]
+             ("reconstructed_layers", "layers refitted by least squares (reconstruction)"),
+             ("tuned", "units or blocks tuned by gradient after the refit"))
+    rows = [[name, _count(calibration[key])] for key, name in steps if key in (calibration or {})]
     return ["## Calibration", markdown_table(["step", "layers"], rows)] if rows else []
 
 

@@ -71,6 +71,10 @@ def runs(tmp_path_factory) -> dict:
         "text_without_tokenizer": ["compress", "zoo:mlp", "--data", "calib.txt", "--no-onnx", "--out", "out_mlp"],
         "sensitivity": ["sensitivity", "bert", "--data", "calib.txt", "--metric", "fidelity", "--ratios", "0.25,0.5",
                         "--out", "out_sens"],
+        "tuned": ["compress", "bert", "--data", "calib.txt", "--criterion", "obs", "--tune-epochs", "2",
+                  "--ignore", "*attention*", "--no-onnx", "--out", "out_tuned"],
+        "tune_without_refit": ["compress", "bert", "--data", "calib.txt", "--tune-epochs", "2", "--no-onnx",
+                               "--out", "out_tune_l2"],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run_cli, args, base) for name, args in jobs.items()}
@@ -138,3 +142,23 @@ def test_sensitivity_reads_the_text_file_with_the_folders_tokenizer(runs) -> Non
     groups = {row["group"] for row in rows}
     assert {"encoder.layer.0.intermediate.dense.weight:0", "encoder.layer.1.attention.self.query.weight:0"} <= groups
     assert len(rows) == 2 * len(groups) and all(0.0 < float(row["value"]) <= 1.0 + 1e-6 for row in rows)
+
+
+def test_tune_epochs_tunes_each_ffn_after_the_refit_and_reports_it(runs) -> None:
+    proc = runs["procs"]["tuned"]
+    assert proc.returncode == 0, describe(proc)
+    out = runs["base"] / "out_tuned"
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["ok"] and report["artifacts"]["hf/"]["ok"]
+    assert report["calibration"]["reconstructed_layers"] == 2
+    assert report["calibration"]["tuned"] == ["encoder.layer.0.intermediate", "encoder.layer.1.intermediate"]
+    assert "| units or blocks tuned by gradient after the refit | 2 |" in (out / "report.md").read_text()
+
+
+def test_tune_epochs_without_a_refitting_criterion_is_a_one_line_usage_error(runs) -> None:
+    proc = runs["procs"]["tune_without_refit"]
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--criterion l2 refits none" in lines[0], describe(proc)
+    assert "use --criterion obs" in lines[0]
+    assert not (runs["base"] / "out_tune_l2").exists()

@@ -249,6 +249,9 @@ def recalibrate(model: nn.Module, result: CompressResult, example_inputs: Any, d
         section["reconstructed_layers"] = len(fits.layers)
         if fits.blocks:
             section["tuned"] = [b.name for b in fits.blocks]
+        if fits.untuned:
+            section["tuning_skipped"] = fits.untuned
+            warnings.warn(f"tuning was asked for and not run: {fits.untuned}", stacklevel=2)
     if recalibrate_bn:
         section["batchnorm_layers_recalibrated"] = recalibrate_batchnorm(pruned, data)
     shapes = [tuple(t.shape) for t in eval_outputs(result.model, example_inputs)]

@@ -82,10 +82,11 @@ class ReconstructionReport:
     skipped: tuple[tuple[str, str], ...]
     blocks: tuple[BlockTune, ...] = ()
     passes: str = "prefixes"
+    untuned: str = ""  # why tuning was asked for and not run ("" where it ran or was not asked for)
 
     def to_json(self) -> dict:
         return {"layers": [vars(f) for f in self.layers], "skipped": [list(s) for s in self.skipped],
-                "blocks": [vars(b) for b in self.blocks], "passes": self.passes}
+                "blocks": [vars(b) for b in self.blocks], "passes": self.passes, "untuned": self.untuned}
 
 
 @dataclass
@@ -107,6 +108,8 @@ class _Sums:
 
 
 MAX_UNIT_ROWS = 65536  # rows kept per unit for tuning (inputs and targets: rows x width floats each)
+NO_CHAIN = ("the refit layers do not lie in one chain of blocks (a ModuleList or Sequential whose blocks each read "
+            "the previous one's output), and tuning runs block by block")
 FROM_PLAN = "plan"  # reconstruct(max_samples=...): as plan.meta["reconstruction"] asks, else 1024
 
 
@@ -176,7 +179,8 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings)
         chain = _chain(job)
         if chain is None:
-            return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped))
+            why = NO_CHAIN if tune is not None else ""
+            return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped), untuned=why)
         fits, tuned = _refit_by_blocks(job, chain)
     return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks")
 

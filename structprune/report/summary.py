@@ -217,7 +217,9 @@ def _calibration_section(calibration: dict | None) -> list[str]:
              ("reconstructed_layers", "layers refitted by least squares (reconstruction)"),
              ("tuned", "units or blocks tuned by gradient after the refit"))
     rows = [[name, _count(calibration[key])] for key, name in steps if key in (calibration or {})]
-    return ["## Calibration", markdown_table(["step", "layers"], rows)] if rows else []
+    skipped = (calibration or {}).get("tuning_skipped")
+    return (["## Calibration", markdown_table(["step", "layers"], rows)] if rows else []) + \
+        ([f"Tuning was asked for and not run: {skipped}."] if skipped else [])
 
 
 def _artifact_row(name: str, check: dict) -> list[str]:

@@ -184,3 +184,15 @@ def test_a_hugging_face_llama_is_refit_block_by_block_and_tuned_by_its_mlps():
     with torch.no_grad():
         torch.testing.assert_close(pruned(**batches[1]).last_hidden_state,
                                    result.model(**batches[1]).last_hidden_state)
+
+
+def test_tuning_asked_for_where_there_is_no_chain_of_blocks_is_reported_and_warned():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 6), nn.LayerNorm(6)).eval()
+    x = torch.randn(64, 6)
+    with pytest.warns(UserWarning, match="tuning was asked for and not run: the refit layers do not lie in one chain"):
+        result = structprune.compress(net, x[:2], ratio=0.5, criterion=StructuredOBS(tune_epochs=2),
+                                      data=[(x[:32], None), (x[32:], None)])
+    calibration = result.report.extra["calibration"]
+    assert calibration["reconstructed_layers"] == 1 and "tuned" not in calibration
+    assert calibration["tuning_skipped"].startswith("the refit layers do not lie in one chain of blocks")

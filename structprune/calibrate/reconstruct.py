@@ -426,6 +426,7 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
     receives (unit input rows, Y + bias, weights) of the rows used."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
     sums = _empty_sums(module, module.weight.shape[0])
+    caps = _unit_caps(batches) if unit_rows is not None else []
     for (x, out, z, u), z_d, batch in zip(seen, dense_rows, batches):
         rows = _real_rows(input_rows(module, x), x, module, batch)
         o_p = _real_rows(output_rows(module, out), out, module, batch).double()
@@ -435,14 +436,24 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
         pick = take_rows(rows, settings.max_rows, settings.generator)
         sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
         if unit_rows is not None:
-            unit_rows.append(_unit_part(u, y + bias, weight, pick, module, batch, settings, len(batches)))
+            unit_rows.append(_unit_part(u, y + bias, weight, pick, module, batch, settings, caps[len(unit_rows)]))
     return sums
 
 
-def _unit_part(u, target, weight, pick, module, batch, settings: _Settings, batches: int):
-    """(unit input rows, target rows, weights) of one batch: the rows the refit used, at most
-    MAX_UNIT_ROWS over all batches (a seeded random share of each)."""
-    cap = max(1, MAX_UNIT_ROWS // max(batches, 1))
+def _unit_caps(batches: list[Batch]) -> list[int]:
+    """Rows of each batch a unit keeps: all of them unless the batches' real tokens exceed MAX_UNIT_ROWS,
+    then a share of MAX_UNIT_ROWS proportional to each batch's tokens (equal shares without a mask)."""
+    masks = [token_mask(b.x) for b in batches]
+    if any(mask is None for mask in masks):
+        return [max(1, MAX_UNIT_ROWS // max(len(batches), 1))] * len(batches)
+    counts = [int(mask.sum()) for mask in masks]
+    total = sum(counts)
+    return counts if total <= MAX_UNIT_ROWS else [max(1, MAX_UNIT_ROWS * c // total) for c in counts]
+
+
+def _unit_part(u, target, weight, pick, module, batch, settings: _Settings, cap: int):
+    """(unit input rows, target rows, weights) of one batch: the rows the refit used, at most `cap`
+    of them (a seeded random choice)."""
     if len(pick) > cap:
         pick = pick[take_rows(pick.unsqueeze(1), cap, settings.generator)]
     rows = _real_rows(u.reshape(-1, u.shape[-1]), u, module, batch)[pick].detach().float()

@@ -16,6 +16,7 @@ from structprune.calibrate import reconstruct
 from structprune.calibrate.stream import find_reader
 from structprune.calibrate.unit_tuning import Unit, find_unit
 from structprune.criteria.obs import StructuredOBS
+from structprune.data.batches import Batch
 
 
 class Ffn(nn.Module):
@@ -154,6 +155,19 @@ def test_the_rows_a_unit_is_tuned_on_are_capped_by_a_seeded_share_of_every_batch
     monkeypatch.setattr(module, "tune_unit", lambda *args: again.append(args[4]) or tune(*args))
     _refit_and_tuned(Ffn, data, tune_epochs=1, tune_lr=1e-2)
     assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(seen, again))
+
+
+def test_token_batches_keep_every_row_up_to_the_cap_then_shares_by_their_real_tokens(monkeypatch):
+    module = importlib.import_module("structprune.calibrate.reconstruct")
+
+    def batch(real: int) -> Batch:
+        mask = torch.zeros(2, 20, dtype=torch.long)
+        mask.view(-1)[:real] = 1
+        return Batch({"input_ids": torch.zeros(2, 20, dtype=torch.long), "attention_mask": mask}, None)
+
+    monkeypatch.setattr(module, "MAX_UNIT_ROWS", 40)
+    assert module._unit_caps([batch(10), batch(30)]) == [10, 30]  # 40 real tokens: all kept
+    assert module._unit_caps([batch(20), batch(40)]) == [13, 26]  # 60: shares of 40 by tokens
 
 
 def test_without_a_unit_the_whole_block_is_tuned(data):

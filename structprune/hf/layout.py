@@ -53,11 +53,13 @@ class LayerSizes:
 _BERT = Layout("encoder.layer", "attention.self", "query", "intermediate.dense")
 _DECODER = Layout("layers", "self_attn", "q_proj", "mlp.up_proj", key="k_proj", kv_field="num_key_value_heads")
 _GPT2 = Layout("h", "attn", "c_attn", "mlp.c_fc", qkv_blocks=3, intermediate_field="n_inner")
+_DISTILBERT = Layout("transformer.layer", "attention", "q_lin", "ffn.lin1", intermediate_field="hidden_dim")
+_VIT = Layout("layers", "attention", "q_proj", "mlp.fc1")
 
 LAYOUTS: Mapping[str, Layout] = MappingProxyType({
     "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT,
     "llama": _DECODER, "mistral": _DECODER, "qwen2": _DECODER, "qwen3": _DECODER,
-    "gpt2": _GPT2,
+    "gpt2": _GPT2, "distilbert": _DISTILBERT, "vit": _VIT,
 })
 
 
@@ -67,6 +69,16 @@ def out_width(module: nn.Module) -> int:
         return int(module.weight.shape[0])
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
         return int(module.weight.shape[1])
+    raise VerificationError(f"Hugging Face config: {type(module).__name__} is not a projection whose width "
+                            "structprune can read")
+
+
+def in_width(module: nn.Module) -> int:
+    """Input features of a projection (see `out_width`)."""
+    if isinstance(module, nn.Linear):
+        return int(module.weight.shape[1])
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nx"):
+        return int(module.weight.shape[0])
     raise VerificationError(f"Hugging Face config: {type(module).__name__} is not a projection whose width "
                             "structprune can read")
 
@@ -105,9 +117,12 @@ def _int_attribute(module: nn.Module, names: tuple[str, ...]) -> int | None:
 
 def config_fields(model: nn.Module, sizes: tuple[LayerSizes, ...], layout: Layout) -> dict:
     """The config fields that describe `sizes` (the largest value where blocks differ): hidden size from
-    the input embedding, heads, MLP width, key/value heads (grouped-query attention), and `head_dim` where
-    the config has it or the head size is no longer hidden size / heads."""
-    hidden, heads = int(model.get_input_embeddings().weight.shape[1]), max(s.num_attention_heads for s in sizes)
+    the first block's query projection's input (the stream every block reads; a ViT's input embedding is
+    a patch convolution), heads, MLP width, key/value heads (grouped-query attention), and `head_dim`
+    where the config has it or the head size is no longer hidden size / heads."""
+    first = model.base_model.get_submodule(layout.layers)[0]
+    hidden = in_width(first.get_submodule(layout.attention).get_submodule(layout.query))
+    heads = max(s.num_attention_heads for s in sizes)
     fields = {"hidden_size": hidden, "num_attention_heads": heads,
               layout.intermediate_field: max(s.intermediate_size for s in sizes)}
     if layout.kv_field is not None:

@@ -34,6 +34,9 @@ def tiny(name: str) -> torch.nn.Module:
         "qwen2": lambda: t.Qwen2ForCausalLM(t.Qwen2Config(**decoder)),
         "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
                                                        n_positions=POSITIONS, bos_token_id=0, eos_token_id=0)),
+        "distilbert": lambda: t.DistilBertModel(t.DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS,
+                                                                   n_heads=HEADS, hidden_dim=MLP,
+                                                                   max_position_embeddings=POSITIONS)),
     }[name]
     torch.manual_seed(0)
     return built().eval()
@@ -55,7 +58,7 @@ def max_diff(a: torch.nn.Module, b: torch.nn.Module, inputs: dict) -> float:
 def pruned() -> dict:
     """Each family compressed once at ratio 0.5 (default criterion), with the dense model and its state."""
     found = {}
-    for name in ("bert", "llama", "qwen2", "gpt2"):
+    for name in ("bert", "llama", "qwen2", "gpt2", "distilbert"):
         model = tiny(name)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         config = model.config.to_dict()
@@ -63,18 +66,18 @@ def pruned() -> dict:
     return found
 
 
-@pytest.mark.parametrize("name", ["bert", "llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("name", ["bert", "llama", "qwen2", "gpt2", "distilbert"])
 def test_compress_verifies_and_leaves_the_users_model_and_use_cache_alone(pruned, name: str) -> None:
     model, state, config, result = pruned[name]
     assert result.report.verification["ok"]
     assert result.report.params_after < result.report.params_before
     assert model.config.to_dict() == config
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert result.model.config.use_cache == model.config.use_cache
+    assert getattr(result.model.config, "use_cache", None) == getattr(model.config, "use_cache", None)
     assert result.report.extra["hf_config"]["ok"]
 
 
-@pytest.mark.parametrize("name", ["bert", "llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("name", ["bert", "llama", "qwen2", "gpt2", "distilbert"])
 def test_save_pretrained_round_trip_gives_the_same_outputs(pruned, name: str, tmp_path) -> None:
     _, _, _, result = pruned[name]
     result.model.save_pretrained(tmp_path)
@@ -188,3 +191,23 @@ def test_text_lines_are_tokenised_to_a_fixed_length_with_the_mask_kept(tmp_path)
     assert train["input_ids"].shape == (2, 6) and val["input_ids"].shape == (1, 6)
     lengths = [*train["attention_mask"].sum(1).tolist(), *val["attention_mask"].sum(1).tolist()]
     assert sorted(lengths) == [3, 4, 6] and bundle.num_classes is None
+
+
+def test_a_vit_round_trips_and_an_ffn_pruned_distilbert_loads_with_plain_transformers(tmp_path) -> None:
+    t = import_transformers()
+    torch.manual_seed(0)
+    vit = t.ViTModel(t.ViTConfig(image_size=16, patch_size=4, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                 num_attention_heads=HEADS, intermediate_size=MLP)).eval()
+    pixels = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))}
+    result = structprune.compress(vit, pixels, ratio=0.5)
+    assert result.report.verification["ok"] and result.report.extra["hf_config"]["ok"]
+    result.model.save_pretrained(tmp_path / "vit")
+    assert max_diff(hf.from_pretrained(tmp_path / "vit"), result.model, pixels) <= ATOL
+
+    bert = tiny("distilbert")
+    result = structprune.compress(bert, tokens(), ratio=0.5, ignore=["*attention*"])
+    assert result.report.extra["hf_config"]["loader"] == "transformers from_pretrained"
+    assert result.model.config.hidden_dim == MLP // 2 and result.model.config.dim == HIDDEN
+    result.model.save_pretrained(tmp_path / "distilbert")
+    loaded = type(result.model).from_pretrained(tmp_path / "distilbert").eval()
+    assert max_diff(loaded, result.model, tokens(3, 7)) <= ATOL

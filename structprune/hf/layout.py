@@ -65,20 +65,19 @@ LAYOUTS: Mapping[str, Layout] = MappingProxyType({
 
 def out_width(module: nn.Module) -> int:
     """Output features of a projection: nn.Linear's weight is (out, in), transformers' Conv1D's (in, out)."""
-    if isinstance(module, nn.Linear):
-        return int(module.weight.shape[0])
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return int(module.weight.shape[1])
-    raise VerificationError(f"Hugging Face config: {type(module).__name__} is not a projection whose width "
-                            "structprune can read")
+    return _width(module, linear_axis=0)
 
 
 def in_width(module: nn.Module) -> int:
     """Input features of a projection (see `out_width`)."""
+    return _width(module, linear_axis=1)
+
+
+def _width(module: nn.Module, linear_axis: int) -> int:
     if isinstance(module, nn.Linear):
-        return int(module.weight.shape[1])
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nx"):
-        return int(module.weight.shape[0])
+        return int(module.weight.shape[linear_axis])
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return int(module.weight.shape[1 - linear_axis])
     raise VerificationError(f"Hugging Face config: {type(module).__name__} is not a projection whose width "
                             "structprune can read")
 

@@ -359,26 +359,20 @@ def _sparsity_conflicts(args: argparse.Namespace, lam, threshold) -> list[str]:
 def _compress_config(args: argparse.Namespace):
     """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
     fields = {k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__}
-    if getattr(args, "tune_epochs", None):
-        fields["criterion"] = _tuned_criterion(args.criterion, args.tune_epochs, bool(args.data))
     try:
+        if getattr(args, "tune_epochs", None):
+            fields["criterion"] = _tuned_criterion(args.criterion, args.tune_epochs)
         return CompressConfig(**fields)
     except ValueError as exc:  # PlanError and UsageError are ValueErrors too: all are bad flags
         raise UsageError(getattr(exc, "message", str(exc))) from exc
 
 
-def _tuned_criterion(name: str, epochs: float, has_data: bool):
-    """Criterion `name` asking for `epochs` of tuning after its refit (a UsageError where it cannot)."""
-    try:
-        criterion = get_criterion(name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+def _tuned_criterion(name: str, epochs: float):
+    """Criterion `name` asking for `epochs` of tuning after its refit (a UsageError where it has none)."""
+    criterion = get_criterion(name)
     if "tune_epochs" not in getattr(criterion, "__dataclass_fields__", {}):
         raise UsageError(f"--tune-epochs tunes the layers a criterion refits; --criterion {name} refits none: "
                          "use --criterion obs, or drop --tune-epochs")
-    if not has_data:
-        raise UsageError("--tune-epochs tunes on calibration data: pass --data (a text file, digits, PATH.npz, a "
-                         "folder, or module:function)")
     return dataclasses.replace(criterion, tune_epochs=epochs)
 
 

@@ -161,10 +161,10 @@ def _rebuilder(loaded: LoadedModel, plan: Plan):
 
 def _check_job(options: JobOptions) -> None:
     """UsageError for flags that contradict each other or need others (the configs check their own)."""
-    criterion = options.compress.criterion
-    if getattr(get_criterion(criterion), "needs_data", False) and options.data is None:
-        raise UsageError(f"--criterion {criterion} is data-driven: pass --data (digits, PATH.npz, a folder, "
-                         "or module:function)")
+    criterion = get_criterion(options.compress.criterion)
+    if getattr(criterion, "needs_data", False) and options.data is None:
+        raise UsageError(f"--criterion {getattr(criterion, 'name', options.compress.criterion)} is data-driven: "
+                         "pass --data (digits, PATH.npz, a folder, or module:function)")
     if options.recovery.epochs and options.data is None:
         raise UsageError("--finetune-epochs needs training data: pass --data digits, PATH.npz, a folder, or "
                          "module:function")

@@ -177,11 +177,11 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         order = call_order(pruned, batches[0].x, names)
         readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
         job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings)
-        chain = _chain(job)
-        if chain is None:
+        found = _chain(job)
+        if found is None:
             why = NO_CHAIN if tune is not None else ""
             return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped), untuned=why)
-        fits, tuned = _refit_by_blocks(job, chain)
+        fits, tuned = _refit_by_blocks(job, *found)
     return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks")
 
 
@@ -191,15 +191,16 @@ def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
     return {name: reader for name, reader in found.items() if reader is not None}
 
 
-def _chain(job: _Job) -> Chain | None:
+def _chain(job: _Job) -> tuple[Chain, dict[str, Reader]] | None:
     """The chain of blocks holding every consumer, if both networks replay it and each consumer's
     reader lies in the consumer's block or reads that block's output (a pre-norm transformer: the
-    next block's norm or the final one)."""
+    next block or the final norm); with each consumer's reader named within its block."""
     x = job.batches[0].x
     chain = find_chain(job.pruned, x, job.order)
     if chain is None or not replays(job.dense, chain, x):
         return None
-    return chain if all(_local_reader(job, chain, name) is not None for name in job.readers) else None
+    local = {name: _local_reader(job, chain, name) for name in job.readers}
+    return (chain, local) if all(r is not None for r in local.values()) else None
 
 
 def _local_reader(job: _Job, chain: Chain, name: str) -> Reader | None:
@@ -214,25 +215,17 @@ def _local_reader(job: _Job, chain: Chain, name: str) -> Reader | None:
 
 def _refit_by_prefixes(job: _Job) -> list[LayerFit]:
     """Each consumer in call order, its rows from passes of both networks up to it (or its reader)."""
-    streams = _dense_streams(job.dense, job.readers, [b.x for b in job.batches], job.batches)
-    fits = []
-    for name in job.order:
-        module = job.pruned.get_submodule(name)
-        if name in job.readers:
-            seen = (run_to_reader(job.pruned, name, job.readers[name].name, b.x) for b in job.batches)
-            sums = _stream_sums(module, seen, streams[name], job.readers[name], job.batches, job.settings)
-        else:
-            pairs = ((run_until(job.dense, b.x, name), run_until(job.pruned, b.x, name)) for b in job.batches)
-            sums = _dense_sums(module, _dense_weight(job.dense.get_submodule(name), job.kept.get(f"{name}.weight", {})),
-                               pairs, job.batches, job.settings)
-        fits.append(_refit(module, name, sums, job.settings))
-    return fits
+    inputs = [b.x for b in job.batches]
+    streams = _dense_streams(job.dense, job.readers, inputs, job.batches)
+    return [_refit_one(job, name, name, job.readers, (job.dense, job.pruned), (inputs, inputs), streams)[0]
+            for name in job.order]
 
 
-def _refit_by_blocks(job: _Job, chain: Chain) -> tuple[list[LayerFit], list[BlockTune]]:
+def _refit_by_blocks(job: _Job, chain: Chain,
+                     local_readers: dict[str, Reader]) -> tuple[list[LayerFit], list[BlockTune]]:
     """Each block in order on the streams the block before it returned (dense and pruned): its
-    consumers refit in call order, then (if asked) the block tuned; blocks after the last consumer
-    are not run."""
+    consumers refit in call order, each tuned with its unit or (if asked) the block tuned after them;
+    blocks after the last consumer are not run."""
     calls_d = [first_call(job.dense, chain.blocks[0], b.x) for b in job.batches]
     calls_p = [first_call(job.pruned, chain.blocks[0], b.x) for b in job.batches]
     fits, tuned = [], []
@@ -240,14 +233,14 @@ def _refit_by_blocks(job: _Job, chain: Chain) -> tuple[list[LayerFit], list[Bloc
     for block in chain.blocks[:last + 1]:
         inside = [n for n in job.order if chain.block_of(n) == block]
         local = {n: n[len(block) + 1:] for n in inside}
-        readers = {local[n]: _local_reader(job, chain, n) for n in inside if n in job.readers}
+        readers = {local[n]: local_readers[n] for n in inside if n in local_readers}
         dense_block, pruned_block = job.dense.get_submodule(block), job.pruned.get_submodule(block)
         streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches)
         units = _units(job, block, inside, readers, calls_p[0])
         for name in inside:
             unit = units.get(name)
-            fit, rows = _refit_in_block(job, name, local[name], readers, dense_block, pruned_block,
-                                        (calls_d, calls_p), streams, unit)
+            fit, rows = _refit_one(job, name, local[name], readers, (dense_block, pruned_block),
+                                   (calls_d, calls_p), streams, unit)
             fits.append(fit)
             if unit is not None:
                 tuned.append(tune_unit(f"{block}.{unit.name}", pruned_block, unit, local[name], rows,
@@ -279,23 +272,22 @@ def _units(job: _Job, block: str, inside: list[str], readers: dict[str, Reader],
     return units
 
 
-def _refit_in_block(job: _Job, name: str, local: str, readers: dict[str, Reader], dense_block: nn.Module,
-                    pruned_block: nn.Module, calls: tuple[list[Call], list[Call]], streams: dict,
-                    unit: Unit | None = None) -> tuple[LayerFit, UnitRows | None]:
-    """One consumer refit from passes of its block alone (on the streams the blocks before returned);
-    with a `unit`, also the rows it is tuned on."""
-    calls_d, calls_p = calls
-    module = pruned_block.get_submodule(local)
+def _refit_one(job: _Job, name: str, local: str, readers: dict[str, Reader], parts: tuple[nn.Module, nn.Module],
+               calls: tuple[list, list], streams: dict, unit: Unit | None = None) -> tuple[LayerFit, UnitRows | None]:
+    """Consumer `name` (`local` within `parts`: the dense and pruned networks, or one block of each)
+    refit from passes of the parts on `calls`; with a `unit`, also the rows it is tuned on."""
+    (dense_part, pruned_part), (calls_d, calls_p) = parts, calls
+    module = pruned_part.get_submodule(local)
     rows = None
     if local in readers:
         also = unit.name if unit is not None else None
-        seen = (run_to_reader(pruned_block, local, readers[local].name, c, also) for c in calls_p)
+        seen = (run_to_reader(pruned_part, local, readers[local].name, c, also) for c in calls_p)
         rows = [] if unit is not None else None
         sums = _stream_sums(module, seen, streams[local], readers[local], job.batches, job.settings, rows)
     else:
-        pairs = ((run_until(dense_block, cd, local), run_until(pruned_block, cp, local))
+        pairs = ((run_until(dense_part, cd, local), run_until(pruned_part, cp, local))
                  for cd, cp in zip(calls_d, calls_p))
-        sums = _dense_sums(module, _dense_weight(dense_block.get_submodule(local), job.kept.get(f"{name}.weight", {})),
+        sums = _dense_sums(module, _dense_weight(dense_part.get_submodule(local), job.kept.get(f"{name}.weight", {})),
                            pairs, job.batches, job.settings)
     fit = _refit(module, name, sums, job.settings)
     return fit, (None if rows is None else _unit_rows(rows))

@@ -35,7 +35,14 @@ from torch import nn
 
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
 from structprune.calibrate.chain import Chain, find_chain, replays, with_stream
-from structprune.calibrate.layers import input_rows, refittable, take_rows
+from structprune.calibrate.layers import (
+    channel_last,
+    form_of,
+    input_rows,
+    set_weight_matrix,
+    take_rows,
+    weight_matrix,
+)
 from structprune.calibrate.stream import (
     OUTPUT,
     Reader,
@@ -283,7 +290,8 @@ def _refit_one(job: _Job, name: str, local: str, readers: dict[str, Reader], par
         also = unit.name if unit is not None else None
         seen = (run_to_reader(pruned_part, local, readers[local].name, c, also) for c in calls_p)
         rows = [] if unit is not None else None
-        sums = _stream_sums(module, seen, streams[local], readers[local], job.batches, job.settings, rows)
+        dense_rows = _kept_stream(streams[local], module, job.kept.get(f"{name}.weight", {}))
+        sums = _stream_sums(module, seen, dense_rows, readers[local], job.batches, job.settings, rows)
     else:
         pairs = ((run_until(dense_part, cd, local), run_until(pruned_part, cp, local))
                  for cd, cp in zip(calls_d, calls_p))
@@ -291,6 +299,16 @@ def _refit_one(job: _Job, name: str, local: str, readers: dict[str, Reader], par
                            pairs, job.batches, job.settings)
     fit = _refit(module, name, sums, job.settings)
     return fit, (None if rows is None else _unit_rows(rows))
+
+
+def _kept_stream(rows: list[torch.Tensor], module: nn.Module, axes: dict) -> list[torch.Tensor]:
+    """The dense stream rows on the channels the pruned stream kept: those of the consumer's kept
+    outputs (all of them unless the plan prunes the stream's width too, e.g. a decoder's hidden size)."""
+    outputs = form_of(module).output_axis
+    if outputs not in axes:
+        return rows
+    keep = torch.as_tensor(axes[outputs], dtype=torch.long)
+    return [r[:, keep.to(r.device)] for r in rows]
 
 
 def _unit_rows(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> UnitRows:
@@ -323,7 +341,7 @@ def _dense_streams_and_outputs(dense: nn.Module, readers: dict[str, Reader], inp
 
 def _real_rows(rows: torch.Tensor, like: torch.Tensor, module: nn.Module, batch: Batch) -> torch.Tensor:
     """`rows` without those of padded tokens (`like`: the tensor the rows were read from)."""
-    if not isinstance(module, nn.Linear):
+    if not channel_last(module):
         return rows
     valid = token_places(like, -1, token_mask(batch.x))
     return rows if valid is None else rows[valid.reshape(-1).to(rows.device)]
@@ -361,17 +379,17 @@ def _producers(graph: ChannelGraph, plan: Plan, consumers: list[str]) -> dict[st
 
 
 def _why_not(module: nn.Module, axis: int, max_features: int) -> str:
-    if not refittable(module):
-        return f"{type(module).__name__} is not a Linear or a groups=1 zero-padded Conv2d"
-    if axis != 1:
+    form = form_of(module)
+    if form is None:
+        return f"{type(module).__name__} is not a Linear, a transposed Conv1D or a groups=1 zero-padded Conv2d"
+    if axis != form.input_axis:
         return f"pruned axis {axis} is not the input axis"
-    if module.weight[0].numel() > max_features:
-        return f"{module.weight[0].numel()} input features exceed max_features={max_features}"
-    return ""
+    features = weight_matrix(module).shape[1]
+    return f"{features} input features exceed max_features={max_features}" if features > max_features else ""
 
 
 def _refit(module: nn.Module, name: str, sums: _Sums, settings: _Settings) -> LayerFit:
-    prior = module.weight.detach().flatten(1).double()
+    prior = weight_matrix(module).double()
     solution = _solve(sums, prior, settings.ridge, module.bias is not None)
     before, after = _error(sums, _augment(prior, module)), _error(sums, solution)
     if after < before:
@@ -381,14 +399,14 @@ def _refit(module: nn.Module, name: str, sums: _Sums, settings: _Settings) -> La
 
 def _dense_weight(layer: nn.Module, axes: dict) -> torch.Tensor:
     """Dense weight rows for the kept outputs, all inputs: (kept_out, in_features * kernel)."""
-    weight = layer.weight.detach().flatten(1).double()
-    if 0 in axes:
-        weight = weight[torch.as_tensor(axes[0], dtype=torch.long, device=weight.device)]
+    weight, outputs = weight_matrix(layer).double(), form_of(layer).output_axis
+    if outputs in axes:
+        weight = weight[torch.as_tensor(axes[outputs], dtype=torch.long, device=weight.device)]
     return weight
 
 
 def _empty_sums(module: nn.Module, outputs: int) -> _Sums:
-    width = module.weight[0].numel() + (module.bias is not None)
+    width = weight_matrix(module).shape[1] + (module.bias is not None)
     device = module.weight.device
     return _Sums(torch.zeros(width, width, dtype=torch.float64, device=device),
                  torch.zeros(width, outputs, dtype=torch.float64, device=device))
@@ -417,7 +435,7 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
     Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises. `unit_rows`: a list that
     receives (unit input rows, Y + bias, weights) of the rows used."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
-    sums = _empty_sums(module, module.weight.shape[0])
+    sums = _empty_sums(module, weight_matrix(module).shape[0])
     caps = _unit_caps(batches) if unit_rows is not None else []
     for (x, out, z, u), z_d, batch in zip(seen, dense_rows, batches):
         rows = _real_rows(input_rows(module, x), x, module, batch)
@@ -482,8 +500,7 @@ def _error(sums: _Sums, weight: torch.Tensor) -> float:
 
 
 def _assign(module: nn.Module, solution: torch.Tensor) -> None:
-    d = module.weight[0].numel()
-    weight = solution[:, :d].reshape(module.weight.shape).to(module.weight.dtype)
-    module.weight.data.copy_(weight)
+    d = weight_matrix(module).shape[1]
+    set_weight_matrix(module, solution[:, :d])
     if module.bias is not None:
         module.bias.data.add_(solution[:, d].to(module.bias.dtype))

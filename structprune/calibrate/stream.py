@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from structprune.calibrate.layers import channel_last
 from structprune.data.running import StopForward, call_model, first_tensor, forward_hooks
 
 PROBE_MODULES = 16  # modules after the consumer that may be its reader
@@ -39,7 +40,7 @@ class Reader:
 
 def output_rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
     """(positions, channels) of a consumer's output-shaped tensor, in the order of its input rows."""
-    if isinstance(module, nn.Linear):
+    if channel_last(module):
         return t.reshape(-1, t.shape[-1])
     return t.movedim(1, -1).reshape(-1, t.shape[1])
 

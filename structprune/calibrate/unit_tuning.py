@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, adam_steps
+from structprune.calibrate.layers import channel_last
 from structprune.data.running import call_model
 
 ROWS_PER_STEP = 1024
@@ -48,7 +49,7 @@ class UnitRows:
 
 def find_unit(module: nn.Module, consumer: str, producers: list[str], call: Any) -> Unit | None:
     """The unit of `consumer` within `module` (names relative to it), checked on the input `call`."""
-    if not producers or not isinstance(module.get_submodule(consumer), nn.Linear):
+    if not producers or not channel_last(module.get_submodule(consumer)):
         return None
     for name in _enclosing(producers):
         holds = consumer.startswith(name + ".")

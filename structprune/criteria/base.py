@@ -131,6 +131,19 @@ class PerGroupCriterion:
         return {g.group_id: np.asarray(self.fn(g, ctx), dtype=np.float64) for g in groups}
 
 
+def canonical_names(model: torch.nn.Module) -> dict[str, str]:
+    """Every parameter name -> the name `model.named_parameters()` lists its tensor under. A tied tensor
+    (an LM head sharing the input embedding) has several names, and graph members may use any of them.
+
+    >>> net = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    >>> net[1].weight = net[0].weight
+    >>> canonical_names(net)
+    {'0.weight': '0.weight', '1.weight': '0.weight'}
+    """
+    first = {id(p): name for name, p in model.named_parameters()}
+    return {name: first[id(p)] for name, p in model.named_parameters(remove_duplicate=False)}
+
+
 def rows_of(member: MemberSlice, values: torch.Tensor) -> torch.Tensor:
     """`values` (shaped like the member's whole tensor) laid out like `member.tensor`: (rows, -1)."""
     return values.movedim(member.axis, 0).reshape(len(member.positions), -1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.criteria.base import GroupView
+from structprune.criteria.base import GroupView, canonical_names
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,19 +36,20 @@ class ChannelElements:
 
 
 def channel_elements(group: GroupView, model: nn.Module) -> ChannelElements:
-    """Element -> channel maps for the group's parameter members (each tensor once)."""
-    params = dict(model.named_parameters())
+    """Element -> channel maps for the group's parameter members, each tensor once under its canonical
+    name (`canonical_names`: a tied tensor is one tensor)."""
+    names = canonical_names(model)
     index: dict[str, torch.Tensor] = {}
     for m in group.members:
-        if not m.is_param or m.fqn in index:
+        if not m.is_param or names[m.fqn] in index:
             continue
-        full = params[m.fqn]
+        full = model.get_parameter(names[m.fqn])
         axis = m.axis
         if full.shape[axis] != len(m.positions):
             continue
         shape = [1] * full.ndim
         shape[axis] = len(m.positions)
-        index[m.fqn] = torch.as_tensor(m.positions, device=full.device).reshape(shape).expand(full.shape).clone()
+        index[names[m.fqn]] = torch.as_tensor(m.positions, device=full.device).reshape(shape).expand(full.shape).clone()
     return ChannelElements(group, index)
 
 

@@ -38,7 +38,8 @@ class ConsumerGram:
 
 
 def matrix_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> torch.Tensor | None:
-    """(rows, columns) of the consumer's input laid out like `weight.flatten(1)` (None: not supported)."""
+    """(rows, columns) of the consumer's input, one column per input feature (per (input channel,
+    kernel offset) of a convolution, as `weight.flatten(1)` lays them out); None: not supported."""
     if weight.ndim == 2 and tap.channel_dim == -1:
         return as_samples(x, -1).reshape(-1, x.shape[-1])
     if weight.ndim == 4 and getattr(module, "groups", 1) == 1 and not isinstance(getattr(module, "padding", 0), str):
@@ -53,32 +54,37 @@ def row_mask(weight: torch.Tensor, x: torch.Tensor, tap: Tap, padding: Padding) 
     return None if valid is None else valid.reshape(-1)
 
 
-def computes_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> bool:
-    """True if module(x) == rows(x) @ W^T + b on (a slice of) real input."""
+def consumer_matrix(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> torch.Tensor | None:
+    """The (outputs, columns) matrix M (`tap.matrix`) if module(x) == rows(x) @ M^T + b on (a slice of)
+    real input, else None."""
     x = x[:2]
     rows = matrix_rows(module, weight, x, tap)
     if rows is None:
-        return False
+        return None
     bias = getattr(module, "bias", None)
     try:
         with torch.no_grad():
             out = module(x)
     except (RuntimeError, TypeError, ValueError, IndexError):
-        return False
+        return None
     if not isinstance(out, torch.Tensor):
-        return False
+        return None
     out_rows = out.reshape(-1, out.shape[-1]) if weight.ndim == 2 else out.flatten(2).transpose(1, 2)
-    want = rows @ weight.flatten(1).T + (bias if isinstance(bias, torch.Tensor) else 0)
+    matrix = tap.matrix(weight)
+    return matrix if matrix.shape[1] == rows.shape[1] and _matches(out_rows, rows @ matrix.T, bias) else None
+
+
+def _matches(out_rows: torch.Tensor, product: torch.Tensor, bias) -> bool:
+    want = product + (bias if isinstance(bias, torch.Tensor) and bias.shape == product.shape[-1:] else 0)
     if out_rows.numel() != want.numel():
         return False
     scale = float(want.abs().max()) + 1e-12
     return float((out_rows.reshape(want.shape) - want).abs().max()) <= 1e-3 * scale
 
 
-def column_channels(weight: torch.Tensor, tap: Tap) -> np.ndarray:
-    """Group channel of each column of `weight.flatten(1)` (input-channel major, kernel offsets inner)."""
-    per_input = int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
-    return np.repeat(np.asarray(tap.positions), per_input)
+def column_channels(matrix: torch.Tensor, tap: Tap) -> np.ndarray:
+    """Group channel of each column of a consumer matrix (input-channel major, kernel offsets inner)."""
+    return np.repeat(np.asarray(tap.positions), matrix.shape[1] // len(tap.positions))
 
 
 def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch],
@@ -110,12 +116,13 @@ def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch],
 def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> ConsumerGram | None:
     module = model.get_submodule(tap.module)
     weight = model.get_parameter(tap.weight).detach()
-    if weight[0].numel() > max_features or not computes_rows(module, weight, x, tap):
+    found = consumer_matrix(module, weight, x, tap) if x.shape[tap.channel_dim] <= max_features else None
+    if found is None or found.shape[1] > max_features:
         return None
     bias = getattr(module, "bias", None)
     has_bias = isinstance(bias, torch.Tensor)
-    matrix = weight.flatten(1).double()
-    columns = column_channels(weight, tap)
+    matrix = found.double()
+    columns = column_channels(found, tap)
     if has_bias:
         matrix = torch.cat([matrix, bias.detach().double().reshape(-1, 1)], dim=1)
         columns = np.append(columns, -1)

@@ -128,6 +128,7 @@ def kfac_stats(model, taps: list[Tap], group: GroupView, data, max_batches: int,
         if a is None:
             continue
         w = model.get_parameter(tap.weight).detach().double()
+        w = tap.matrix(w) if w.ndim == 2 else w  # outputs first (a transposed Conv1D turned round)
         cols = w.movedim(1, 0).reshape(w.shape[1], w.shape[0], -1)  # (in, out, kernel)
         quad = torch.einsum("cok,op,cpk->c", cols, g, cols).numpy()
         lam_a, vec_a = torch.linalg.eigh(a)

@@ -54,7 +54,7 @@ def per_input_channel(feature_sens: torch.Tensor, in_channels: int) -> np.ndarra
 def tap_sensitivity(model: nn.Module, tap: Tap, x: torch.Tensor) -> np.ndarray | None:
     """Per input position of `tap`: max share on this batch (None if the weight's input axis does not
     match the observed channels, e.g. grouped convolutions)."""
-    weight = model.get_parameter(tap.weight)
+    weight = _consumer_weight(model, tap)
     if weight.shape[1] != x.shape[tap.channel_dim]:
         return None
     rows = patch_rows(model.get_submodule(tap.module), weight, x, tap)
@@ -63,6 +63,13 @@ def tap_sensitivity(model: nn.Module, tap: Tap, x: torch.Tensor) -> np.ndarray |
 
 def output_units(model: nn.Module, tap: Tap, x: torch.Tensor) -> int:
     """eta: output units of the consumer for one input (outputs x patches)."""
-    weight = model.get_parameter(tap.weight)
+    weight = _consumer_weight(model, tap)
     patches = patch_rows(model.get_submodule(tap.module), weight, x[:1], tap).shape[-1]
     return int(weight.shape[0] * patches)
+
+
+def _consumer_weight(model: nn.Module, tap: Tap) -> torch.Tensor:
+    """The consumer's weight with outputs first: a matrix weight as `tap.matrix` lays it out (a
+    transposed Conv1D turned round), a convolution's as it is."""
+    weight = model.get_parameter(tap.weight)
+    return tap.matrix(weight) if weight.ndim == 2 else weight

@@ -37,14 +37,20 @@ class Tap:
     channel_dim: int
     positions: np.ndarray
     size: int
+    weight_axis: int = 1  # the weight axis of the input channels: 0 where a 2-D weight is stored (in, out)
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.ndim >= 2 and x.shape[self.channel_dim] == len(self.positions)
 
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The consumer's weight as (outputs, input features): `weight.flatten(1)`, or the transpose of a
+        2-D weight stored (in, out) (transformers' Conv1D in GPT-2)."""
+        return weight.T if weight.ndim == 2 and self.weight_axis == 0 else weight.flatten(1)
+
 
 def consumer_taps(groups: list[GroupView], model: nn.Module) -> list[Tap]:
     """One tap per (group, consumer module) pair."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied LM head is a consumer too
     taps, seen = [], set()
     for group in groups:
         for member in group.members:
@@ -55,7 +61,7 @@ def consumer_taps(groups: list[GroupView], model: nn.Module) -> list[Tap]:
             if (group.group_id, module) not in seen:
                 seen.add((group.group_id, module))
                 taps.append(Tap(group.group_id, module, member.fqn, 1 if weight.ndim >= 3 else -1,
-                                np.asarray(member.positions), group.size))
+                                np.asarray(member.positions), group.size, member.axis))
     return taps
 
 

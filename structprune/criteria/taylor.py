@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from structprune.criteria.activations import load_batches
-from structprune.criteria.base import GroupView, MemberSlice, ScoringContext, rows_of
+from structprune.criteria.base import GroupView, MemberSlice, ScoringContext, canonical_names, rows_of
 from structprune.criteria.gradients import LossFn, cross_entropy, gradients, requiring_grad
 from structprune.data.running import eval_mode
 
@@ -34,32 +34,34 @@ class Taylor:
 
     def score(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, np.ndarray]:
         batches = load_batches(ctx, self.max_samples, self.name, labels=True)
-        members = {g.group_id: _distinct_params(g) for g in groups}
-        params = dict(ctx.model.named_parameters())
-        used = sorted({m.fqn for ms in members.values() for m in ms})
+        names = canonical_names(ctx.model)
+        members = {g.group_id: _distinct_params(g, names) for g in groups}
+        params = {alias: ctx.model.get_parameter(name) for alias, name in names.items()}
+        used = sorted({names[m.fqn] for ms in members.values() for m in ms})
         totals = {g.group_id: np.zeros(g.size) for g in groups}
         with eval_mode(ctx.model), requiring_grad([params[f] for f in used]):
             for batch in batches:
                 grads = dict(zip(used, gradients(ctx.model, batch, [params[f] for f in used], self.loss_fn)))
                 for g in groups:
-                    totals[g.group_id] += np.abs(_group_change(g, members[g.group_id], params, grads))
+                    totals[g.group_id] += np.abs(_group_change(g, members[g.group_id], params, grads, names))
         return {gid: t / len(batches) for gid, t in totals.items()}
 
 
-def _distinct_params(group: GroupView) -> list[MemberSlice]:
-    """The group's parameter members, each tensor once (a depthwise weight shows up on two axes)."""
+def _distinct_params(group: GroupView, names: dict[str, str]) -> list[MemberSlice]:
+    """The group's parameter members, each tensor once: a depthwise weight shows up on two axes, a tied
+    one (an LM head sharing the embedding) under two names, and its gradient already sums both uses."""
     seen, out = set(), []
     for m in group.members:
-        if m.is_param and m.fqn not in seen:
-            seen.add(m.fqn)
+        if m.is_param and names[m.fqn] not in seen:
+            seen.add(names[m.fqn])
             out.append(m)
     return out
 
 
-def _group_change(group: GroupView, members, params, grads) -> np.ndarray:
+def _group_change(group: GroupView, members, params, grads, names: dict[str, str]) -> np.ndarray:
     """Per channel: sum over its slice of all members of w * dL/dw (first-order loss change)."""
     total = np.zeros(group.size)
     for m in members:
-        product = rows_of(m, params[m.fqn].detach() * grads[m.fqn])
+        product = rows_of(m, params[m.fqn].detach() * grads[names[m.fqn]])
         total += m.per_channel(product.sum(dim=1), group.size)
     return total

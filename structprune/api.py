@@ -6,6 +6,7 @@ named like its fields, laid over `config`; the options are checked once, when th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from structprune.criteria import get_criterion
 from structprune.data.running import eval_outputs
 from structprune.errors import AnalysisError, UsageError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
-from structprune.hf import is_hf_model, restore_runtime_flags, update_config, without_cache
+from structprune.hf import is_hf_model, restore_runtime_flags, update_config, with_hf_shrink_rules, without_cache
 from structprune.latency_target import meet_latency_target
 from structprune.planning import plan_groups, score_groups, with_sensitivity
 from structprune.rewrite import rewrite_model
@@ -83,7 +84,7 @@ def select(model: nn.Module, example_inputs: Any, graph: ChannelGraph, *, config
     >>> len(select(net, x, analyze(net, x), ratio=0.25).keep["0.weight:0"])
     6
     """
-    config = compress_config(config, options)
+    config = _model_config(model, config, options)
     scored = score_groups(model, example_inputs, graph, config, data)
     config = with_sensitivity(model, example_inputs, graph, config, data, scored)
     return plan_groups(scored, graph, config, keep_whole=keep_whole)
@@ -108,12 +109,19 @@ def compress(model: nn.Module, example_inputs: Any, *, config: CompressConfig | 
     >>> result.report.verification["ok"], result.report.params_after < result.report.params_before
     (True, True)
     """
-    config = compress_config(config, options)
+    config = _model_config(model, config, options)
     with without_cache(model):
         result = _compress(model, example_inputs, config, data, plan, graph)
     section = _hf_config(model, result.model, example_inputs)
     return result if section is None else CompressResult(result.model, result.plan,
                                                          result.report.with_extra(hf_config=section), result.graph)
+
+
+def _model_config(model: nn.Module, config: CompressConfig | None, options: Mapping[str, Any]) -> CompressConfig:
+    """`compress_config`, with the shrink rules the model's own layers need (transformers' Conv1D)."""
+    config = compress_config(config, options)
+    rules = with_hf_shrink_rules(model, config.shrink_rules)
+    return config if rules is config.shrink_rules else dataclasses.replace(config, shrink_rules=rules)
 
 
 def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None,
@@ -193,7 +201,7 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, graph: Chan
     >>> apply_plan(net, torch.randn(2, 4), plan)[0].out_features
     3
     """
-    config = compress_config(config, options)
+    config = _model_config(model, config, options)
     graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
     if not verify:
         return rewrite_model(model, graph, plan, shrink_rules=config.shrink_rules)

@@ -19,8 +19,9 @@ from structprune.hf.config import ConfigUpdate, update_config
 from structprune.hf.layout import LAYOUTS, LayerSizes, Layout
 from structprune.hf.load import from_pretrained
 from structprune.hf.readback import SavedCheck, check_saved
-from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY
+from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, with_hf_shrink_rules
 from structprune.hf.runtime import is_hf_model, restore_runtime_flags, without_cache
 
 __all__ = ["ATTRIBUTES_KEY", "LAYERS_KEY", "LAYOUTS", "ConfigUpdate", "LayerSizes", "Layout", "SavedCheck",
-           "check_saved", "from_pretrained", "is_hf_model", "restore_runtime_flags", "update_config", "without_cache"]
+           "check_saved", "from_pretrained", "is_hf_model", "restore_runtime_flags", "update_config",
+           "with_hf_shrink_rules", "without_cache"]

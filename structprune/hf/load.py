@@ -55,6 +55,8 @@ def built_for_folder(folder: Path, config: Any, cls: type) -> nn.Module:
     initialising weights, resized to the stored shapes and given the recorded attributes."""
     with _weights_not_initialised():
         model = cls(config).to(_dtype(config))
+    if callable(getattr(model, "tie_weights", None)):
+        model.tie_weights()  # transformers ties input and output embeddings in the initialisation skipped above
     return rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
 
 

@@ -38,6 +38,18 @@ def hf_shrink_rules() -> Mapping:
     return DEFAULT_SHRINK_RULES | {Conv1D: (refresh_conv1d, ())}
 
 
+def with_hf_shrink_rules(model: nn.Module, rules: Mapping) -> Mapping:
+    """`rules` plus transformers' Conv1D (`hf_shrink_rules`) where `model` is a Hugging Face model that
+    holds one: its `nf` is a width the general search cannot always place (GPT-2's attention output
+    projection reads heads x head size and writes the hidden size, both the same number before pruning)."""
+    from structprune.hf.runtime import is_hf_model
+
+    if not is_hf_model(model) or not any(type(m).__name__ == "Conv1D" for m in model.modules()):
+        return rules
+    extra = hf_shrink_rules()
+    return rules if all(cls in rules for cls in extra) else {**extra, **rules}
+
+
 def build(model_class: type, config: Any, device: str | torch.device = "cpu") -> nn.Module:
     """`model_class(config)` on `device` ("meta": shapes and attributes only, no memory)."""
     with torch.device(device):

@@ -157,3 +157,24 @@ def test_taylor_counts_a_tied_embedding_once_and_spectral_scores_it():
     np.testing.assert_allclose(scores, manual.detach().double().numpy(), rtol=1e-5, atol=1e-9)
     spectral = Spectral(probes=2).score([hidden], ctx)[hidden.group_id]
     assert spectral.shape == (6,) and np.isfinite(spectral).all() and (spectral != 0).any()
+
+
+def test_a_gpt2_whose_heads_and_hidden_width_keep_different_sizes_rewrites_and_reloads(tmp_path):
+    """GPT-2's attention c_proj reads heads x head size and writes the hidden size (64 and 64 before):
+    kept as 48 and 40, its Conv1D `nf` must become 40, which the general width search cannot tell."""
+    from structprune.selection import Plan
+    model, (batch, *_) = _gpt2(), _token_batches(1)
+    example = {k: v[:2] for k, v in batch.items()}
+    sizes = {"lm_head.weight:1": 64, **{f"transformer.h.{i}.attn.c_attn.weight:1": 4 for i in range(2)}}
+    keep = {"lm_head.weight:1": tuple(range(0, 64, 8)) + tuple(range(1, 64, 2)),
+            **{f"transformer.h.{i}.attn.c_attn.weight:1": (0, 1, 3) for i in range(2)}}
+    keep = {gid: tuple(sorted(set(kept))) for gid, kept in keep.items()}
+    assert len(keep["lm_head.weight:1"]) == 40
+    result = structprune.compress(model, example, plan=Plan(keep, sizes))
+    assert result.report.verification["ok"] and not result.plan.meta.get("blocked_by_verification")
+    projection = result.model.transformer.h[0].attn.c_proj
+    assert tuple(projection.weight.shape) == (48, 40) and projection.nf == 40
+    result.model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        again = structprune.hf.from_pretrained(tmp_path)(**batch).logits
+        assert torch.allclose(again, result.model(**batch).logits, atol=1e-5)

@@ -216,7 +216,7 @@ def compress_with_plan(model: nn.Module, example_inputs: Any, plan: Plan, *, gra
     """Deprecated: `compress(model, example_inputs, plan=plan)`, or `apply_plan` for the model alone."""
     warnings.warn("structprune.compress_with_plan is deprecated: use structprune.compress(model, example_inputs, "
                   "plan=plan)", DeprecationWarning, stacklevel=2)
-    config = CompressConfig(recapture=recapture, strict=strict)
+    config = _model_config(model, CompressConfig(recapture=recapture, strict=strict), {})
     graph = graph if graph is not None else _analysis_for(model, example_inputs, plan, config)
     return verified_rewrite(model, example_inputs, plan, graph, config)
 

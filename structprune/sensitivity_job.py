@@ -16,12 +16,14 @@ from structprune.api import analyze
 from structprune.compress_config import CompressConfig
 from structprune.data import DataBundle, load_data
 from structprune.errors import PlanError, UsageError
+from structprune.hf import with_hf_shrink_rules
 from structprune.io import load_model, staged_output_dir
 from structprune.io.load import LoadedModel
 from structprune.pipeline import calibration_loader, data_sources
 from structprune.planning import score_groups
 from structprune.report.sensitivity_files import write_sensitivity_csv, write_sensitivity_png
 from structprune.report.tables import format_table
+from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.selection import SensitivityTable
 from structprune.sensitivity import DEFAULT_RATIOS, MAX_SAMPLES, METRIC_CHOICES, check_ratios, measure_sensitivity
 
@@ -101,7 +103,8 @@ def _measure(loaded: LoadedModel, bundle: DataBundle, options: SensitivityOption
     try:
         return measure_sensitivity(loaded.model, loaded.example_inputs, graph, scored.scores, data,
                                    ratios=options.ratios, metric=options.metric, max_samples=options.max_samples,
-                                   ignore=options.ignore)
+                                   ignore=options.ignore,
+                                   shrink_rules=with_hf_shrink_rules(loaded.model, DEFAULT_SHRINK_RULES))
     except PlanError as exc:  # what the data cannot measure is bad input on the command line
         raise UsageError(exc.message) from exc
 

@@ -52,13 +52,9 @@ FORMS: tuple[tuple[Callable[[nn.Module], bool], LayerForm], ...] = (
 
 
 def form_of(module: nn.Module) -> LayerForm | None:
-    """The layer's form, or None where it cannot be refit."""
+    """The layer's form (its output is `input_rows(x) @ weight_matrix(layer).T (+ bias)`), or None where
+    it cannot be refit."""
     return next((form for matches, form in FORMS if matches(module)), None)
-
-
-def refittable(module: nn.Module) -> bool:
-    """True for the layers whose output is `input_rows(x) @ weight_matrix(layer).T (+ bias)`."""
-    return form_of(module) is not None
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

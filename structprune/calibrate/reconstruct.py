@@ -357,7 +357,7 @@ def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features:
             owner, _, attr = member.fqn.rpartition(".")
             if member.role != "in" or attr != "weight" or owner in names or owner in skipped:
                 continue
-            why = _why_not(pruned.get_submodule(owner), member.axis, max_features)
+            why = _why_not(pruned.get_submodule(owner), member.axis, max_features) or _tied(pruned, owner)
             if why:
                 skipped[owner] = why
             else:
@@ -376,6 +376,14 @@ def _producers(graph: ChannelGraph, plan: Plan, consumers: list[str]) -> dict[st
             found.setdefault(name, [])
             found[name] += [p for p in made if p not in found[name]]
     return found
+
+
+def _tied(model: nn.Module, name: str) -> str:
+    """Why a layer sharing a tensor with another module is not refit (else ""): refitting it would
+    rewrite that module too (an LM head tied to the input embedding), after the layers before were fit."""
+    if owns_parameters(model, name):
+        return ""
+    return "its weight is tied to another module's (such as an LM head sharing the input embedding)"
 
 
 def _why_not(module: nn.Module, axis: int, max_features: int) -> str:

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 from torch import nn
 
-from structprune.criteria.base import GroupView
+from structprune.criteria.base import GroupView, canonical_names
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,12 @@ class ParamModel:
 
     def __init__(self, groups: list[GroupView], model: nn.Module) -> None:
         self.sizes = {g.group_id: g.size for g in groups}
+        names = canonical_names(model)  # a tied tensor may be a member under any of its names
         touched: dict[str, dict[str, float]] = {}
         for g in groups:
             for m in g.members:
                 share = float(np.mean(m.positions >= 0)) if len(m.positions) else 0.0
-                touched.setdefault(m.fqn, {})[g.group_id] = share
+                touched.setdefault(names.get(m.fqn, m.fqn), {})[g.group_id] = share
         self.tensors = [(p.numel(), touched.get(name, {})) for name, p in model.named_parameters()]
 
     def count(self, keep: Mapping[str, int]) -> float:

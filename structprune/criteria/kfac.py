@@ -127,8 +127,7 @@ def kfac_stats(model, taps: list[Tap], group: GroupView, data, max_batches: int,
         a, g = _factors(model, tap, data, max_batches, loss_fn)
         if a is None:
             continue
-        w = model.get_parameter(tap.weight).detach().double()
-        w = tap.matrix(w) if w.ndim == 2 else w  # outputs first (a transposed Conv1D turned round)
+        w = tap.outputs_first(model.get_parameter(tap.weight).detach().double())
         cols = w.movedim(1, 0).reshape(w.shape[1], w.shape[0], -1)  # (in, out, kernel)
         quad = torch.einsum("cok,op,cpk->c", cols, g, cols).numpy()
         lam_a, vec_a = torch.linalg.eigh(a)

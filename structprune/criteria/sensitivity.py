@@ -20,7 +20,7 @@ CHUNK_ELEMENTS = 2**22
 
 def patch_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Tap) -> torch.Tensor:
     """(samples, in_features * kernel, patches) view of the consumer's input; the layout matches
-    weight.flatten(1). Conv-like weights (ndim 4) unfold with the module's stride/padding/dilation."""
+    `tap.matrix(weight)`. Conv-like weights (ndim 4) unfold with the module's stride/padding/dilation."""
     if weight.ndim == 2:
         return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
     if weight.ndim != 4:
@@ -29,7 +29,8 @@ def patch_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Ta
 
 
 def batch_sensitivity(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Max relative contribution per input feature (in_features * kernel) over this batch."""
+    """Max relative contribution per input feature (in_features * kernel) over this batch; `weight` has
+    its outputs first (`Tap.outputs_first`)."""
     w = weight.detach().flatten(1).float()
     a = rows.float()
     if (a < 0).any():
@@ -54,7 +55,7 @@ def per_input_channel(feature_sens: torch.Tensor, in_channels: int) -> np.ndarra
 def tap_sensitivity(model: nn.Module, tap: Tap, x: torch.Tensor) -> np.ndarray | None:
     """Per input position of `tap`: max share on this batch (None if the weight's input axis does not
     match the observed channels, e.g. grouped convolutions)."""
-    weight = _consumer_weight(model, tap)
+    weight = tap.outputs_first(model.get_parameter(tap.weight))
     if weight.shape[1] != x.shape[tap.channel_dim]:
         return None
     rows = patch_rows(model.get_submodule(tap.module), weight, x, tap)
@@ -63,13 +64,6 @@ def tap_sensitivity(model: nn.Module, tap: Tap, x: torch.Tensor) -> np.ndarray |
 
 def output_units(model: nn.Module, tap: Tap, x: torch.Tensor) -> int:
     """eta: output units of the consumer for one input (outputs x patches)."""
-    weight = _consumer_weight(model, tap)
+    weight = tap.outputs_first(model.get_parameter(tap.weight))
     patches = patch_rows(model.get_submodule(tap.module), weight, x[:1], tap).shape[-1]
     return int(weight.shape[0] * patches)
-
-
-def _consumer_weight(model: nn.Module, tap: Tap) -> torch.Tensor:
-    """The consumer's weight with outputs first: a matrix weight as `tap.matrix` lays it out (a
-    transposed Conv1D turned round), a convolution's as it is."""
-    weight = model.get_parameter(tap.weight)
-    return tap.matrix(weight) if weight.ndim == 2 else weight

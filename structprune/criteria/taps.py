@@ -29,7 +29,8 @@ from structprune.data.running import call_model, forward_hooks
 @dataclass(frozen=True, eq=False)
 class Tap:
     """The input of consumer `module`, seen as group `group_id`'s channels: input position p along
-    `channel_dim` is channel `positions[p]` (-1: another group's)."""
+    `channel_dim` is channel `positions[p]` (-1: another group's); `weight_axis` is the axis of the
+    consumer's weight that reads them (1, or 0 for a 2-D weight stored (in, out))."""
 
     group_id: str
     module: str
@@ -37,15 +38,19 @@ class Tap:
     channel_dim: int
     positions: np.ndarray
     size: int
-    weight_axis: int = 1  # the weight axis of the input channels: 0 where a 2-D weight is stored (in, out)
+    weight_axis: int = 1
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.ndim >= 2 and x.shape[self.channel_dim] == len(self.positions)
 
+    def outputs_first(self, weight: torch.Tensor) -> torch.Tensor:
+        """The consumer's weight with outputs on axis 0: as it is, or the transpose of a 2-D weight stored
+        (in, out) (transformers' Conv1D in GPT-2)."""
+        return weight.T if weight.ndim == 2 and self.weight_axis == 0 else weight
+
     def matrix(self, weight: torch.Tensor) -> torch.Tensor:
-        """The consumer's weight as (outputs, input features): `weight.flatten(1)`, or the transpose of a
-        2-D weight stored (in, out) (transformers' Conv1D in GPT-2)."""
-        return weight.T if weight.ndim == 2 and self.weight_axis == 0 else weight.flatten(1)
+        """The consumer's weight as (outputs, input features): `outputs_first(weight).flatten(1)`."""
+        return self.outputs_first(weight).flatten(1)
 
 
 def consumer_taps(groups: list[GroupView], model: nn.Module) -> list[Tap]:

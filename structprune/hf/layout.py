@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from torch import nn
 
+from structprune.calibrate.layers import form_of
 from structprune.errors import VerificationError
 from structprune.rules.modules import HEAD_COUNTS, HEAD_SIZES
 
@@ -65,19 +66,18 @@ LAYOUTS: Mapping[str, Layout] = MappingProxyType({
 
 def out_width(module: nn.Module) -> int:
     """Output features of a projection: nn.Linear's weight is (out, in), transformers' Conv1D's (in, out)."""
-    return _width(module, linear_axis=0)
+    return _width(module, outputs=True)
 
 
 def in_width(module: nn.Module) -> int:
     """Input features of a projection (see `out_width`)."""
-    return _width(module, linear_axis=1)
+    return _width(module, outputs=False)
 
 
-def _width(module: nn.Module, linear_axis: int) -> int:
-    if isinstance(module, nn.Linear):
-        return int(module.weight.shape[linear_axis])
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return int(module.weight.shape[1 - linear_axis])
+def _width(module: nn.Module, outputs: bool) -> int:
+    form = form_of(module)  # the layer forms reconstruction knows: Linear, Conv1D, Conv2d
+    if form is not None and form.channel_last:
+        return int(module.weight.shape[form.output_axis if outputs else form.input_axis])
     raise VerificationError(f"Hugging Face config: {type(module).__name__} is not a projection whose width "
                             "structprune can read")
 

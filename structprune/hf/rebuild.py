@@ -39,15 +39,17 @@ def hf_shrink_rules() -> Mapping:
 
 
 def with_hf_shrink_rules(model: nn.Module, rules: Mapping) -> Mapping:
-    """`rules` plus transformers' Conv1D (`hf_shrink_rules`) where `model` is a Hugging Face model that
-    holds one: its `nf` is a width the general search cannot always place (GPT-2's attention output
-    projection reads heads x head size and writes the hidden size, both the same number before pruning)."""
-    from structprune.hf.runtime import is_hf_model
-
-    if not is_hf_model(model) or not any(type(m).__name__ == "Conv1D" for m in model.modules()):
+    """`rules` plus transformers' Conv1D (`hf_shrink_rules`) where `model` holds one, at any depth: its
+    `nf` is a width the general search cannot always place (GPT-2's attention output projection reads
+    heads x head size and writes the hidden size, both the same number before pruning)."""
+    if not any(_is_transformers_conv1d(m) for m in model.modules()):
         return rules
     extra = hf_shrink_rules()
     return rules if all(cls in rules for cls in extra) else {**extra, **rules}
+
+
+def _is_transformers_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.")
 
 
 def build(model_class: type, config: Any, device: str | torch.device = "cpu") -> nn.Module:

@@ -192,3 +192,39 @@ def test_every_data_driven_criterion_compresses_and_refits_a_gpt2(criterion):
     assert result.report.params_before / result.report.params_after > 2.5
     assert result.report.to_json()["calibration"]["reconstructed_layers"] >= 6
     assert torch.isfinite(result.model(**held).logits).all()
+
+
+def test_a_tied_lm_head_is_not_refit_and_the_input_embedding_stays_as_pruned():
+    """Refitting GPT-2's lm_head would rewrite wte, which every layer before was fit on."""
+    model, (held, *data) = _gpt2(), _token_batches(3)
+    example = {k: v[:2] for k, v in held.items()}
+    result = structprune.compress(model, example, ratio=0.5, criterion=StructuredOBS(), data=data, reconstruct=False)
+    refit = copy.deepcopy(result.model)
+    report = reconstruct(model, refit, result.graph, result.plan, data)
+    assert dict(report.skipped)["lm_head"].startswith("its weight is tied to another module's")
+    assert "lm_head" not in {f.name for f in report.layers} and len(report.layers) >= 6
+    assert torch.equal(refit.transformer.wte.weight, result.model.transformer.wte.weight)
+    assert refit.lm_head.weight is refit.transformer.wte.weight
+
+
+def test_the_parameter_model_of_the_coreset_budget_shrinks_a_tied_embedding():
+    """The graph names the tied tensor by the head; the count must still shrink the embedding's rows."""
+    from structprune.criteria.budget import ParamModel
+    from structprune.selection import Plan
+    torch.manual_seed(0)
+    net, ids = TiedLM().eval(), torch.randint(0, 20, (4, 5))
+    graph = structprune.analyze(net, ids[:2])
+    views = group_views(graph, net)
+    keep = {"head.weight:1": 3, "up.weight:0": 5}
+    plan = Plan({gid: tuple(range(n)) for gid, n in keep.items()}, {v.group_id: v.size for v in views})
+    pruned = structprune.apply_plan(net, ids[:2], plan, graph=graph)
+    assert ParamModel(views, net).count(keep) == sum(p.numel() for p in pruned.parameters())
+
+
+def test_the_conv1d_shrink_rule_is_added_for_a_gpt2_inside_a_users_wrapper():
+    from structprune.hf import with_hf_shrink_rules
+    from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
+    wrapped = nn.Sequential(_gpt2(layers=1))
+    rules = with_hf_shrink_rules(wrapped, DEFAULT_SHRINK_RULES)
+    assert {cls.__name__ for cls in set(rules) - set(DEFAULT_SHRINK_RULES)} == {"Conv1D"}
+    assert with_hf_shrink_rules(nn.Linear(2, 2), DEFAULT_SHRINK_RULES) is DEFAULT_SHRINK_RULES

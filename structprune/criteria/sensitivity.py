@@ -30,20 +30,24 @@ def patch_rows(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, tap: Ta
 
 def batch_sensitivity(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Max relative contribution per input feature (in_features * kernel) over this batch; `weight` has
-    its outputs first (`Tap.outputs_first`)."""
+    its outputs first (`Tap.outputs_first`). Every (sample, patch) is a point: for point r, feature d and
+    output o the share is a[r, d] * w[o, d] / z[r, o], so the max over o is taken first, once per point and
+    feature (M[r, d] = max_o w[o, d] / z[r, o]), then the max over points of a[r, d] * M[r, d]."""
     w = weight.detach().flatten(1).float()
     a = rows.float()
     if (a < 0).any():
         a = torch.cat([a.clamp(min=0), (-a).clamp(min=0)], dim=0)
+    points = a.transpose(1, 2).reshape(-1, a.shape[1])  # (samples x patches, features)
     best = torch.zeros(w.shape[1], dtype=torch.float32, device=w.device)
+    step = max(1, CHUNK_ELEMENTS // max(points.numel(), 1))
     for part in (w.clamp(min=0), (-w).clamp(min=0)):
-        z = torch.einsum("od,bdp->bpo", part, a)
+        z = points @ part.T  # (points, outputs)
         inv = torch.where(z > 1e-12, 1.0 / z, torch.zeros_like(z))
-        step = max(1, CHUNK_ELEMENTS // max(a.numel(), 1))
+        most = torch.zeros_like(points)
         for lo in range(0, w.shape[0], step):
-            ratio = a.unsqueeze(-1) * inv[:, :, lo:lo + step].unsqueeze(1)  # (b, d, p, o)
-            share = ratio.amax(dim=2) * part[lo:lo + step].T.unsqueeze(0)   # (b, d, o)
-            best = torch.maximum(best, share.amax(dim=(0, 2)))
+            shares = inv[:, lo:lo + step].unsqueeze(2) * part[lo:lo + step].unsqueeze(0)  # (points, o, features)
+            most = torch.maximum(most, shares.amax(dim=1))
+        best = torch.maximum(best, (points * most).amax(dim=0))
     return best
 
 

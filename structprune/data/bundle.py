@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from structprune.errors import UsageError
@@ -68,6 +67,8 @@ def split_indices(count: int, labels: np.ndarray | None, options: DataOptions) -
         return Split(order, order[:0])
     if val_count >= count:
         raise UsageError(f"cannot split {count} samples with val fraction {options.val_fraction}; lower it")
+    from sklearn.model_selection import train_test_split  # deferred: 2 s of every CLI start otherwise
+
     stratify = labels if _can_stratify(labels, val_count, count) else None
     train, val = train_test_split(
         order, test_size=val_count, stratify=None if stratify is None else stratify[order],

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
 from structprune.data.bundle import DataBundle, DataOptions, make_bundle, split_indices
@@ -22,6 +21,8 @@ def load_digits_bundle(spec: str, options: DataOptions) -> DataBundle:
     >>> next(iter(bundle.train))[0].shape
     torch.Size([64, 64])
     """
+    from sklearn.datasets import load_digits  # deferred: scikit-learn costs 2 s of every CLI start
+
     digits = load_digits()
     labels = digits.target.astype(np.int64)
     split = split_indices(len(labels), labels, options)

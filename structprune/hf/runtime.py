@@ -1,9 +1,10 @@
 """Running a Hugging Face model the way structprune runs every model: plain tensors out, no KV cache.
 
-A causal LM whose `config.use_cache` is set returns a `DynamicCache` next to its logits; torch.export
+A causal LM (or an encoder-decoder such as T5) whose `config.use_cache` is set returns a cache object
+(`DynamicCache`, `EncoderDecoderCache`) next to its logits; torch.export
 cannot capture that object (it is no pytree) and the cache only repeats keys and values the logits
 already depend on. So while structprune captures, verifies and exports, `without_cache` sets
-`use_cache` to False on the model's configs and puts the user's values back afterwards, even on
+`use_cache` to False on every config the model holds and puts the user's values back afterwards, even on
 error. The logits are the same either way, so verification compares what the model computes; the
 exported `model.pt2` / `model.onnx` take tokens and return logits without a cache.
 
@@ -32,12 +33,19 @@ def is_hf_model(model: Any) -> bool:
 
 
 def model_configs(model: nn.Module) -> list[Any]:
-    """The model's config and its text config (a multimodal model's decoder), each once."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return []
-    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else None
-    return [config] + ([text] if text is not None and text is not config else [])
+    """Every config the model runs with, each once, in module order: its own, its text config (a
+    multimodal model's decoder) and those its submodules hold (T5 and BART give their decoder stack a
+    copy of the config, which decides that stack's cache)."""
+    found: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or not hasattr(config, "to_dict"):
+            continue
+        text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else None
+        for each in (config, text):
+            if each is not None:
+                found.setdefault(id(each), each)
+    return list(found.values())
 
 
 @contextmanager

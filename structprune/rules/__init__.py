@@ -65,6 +65,7 @@ _TABLE |= _aten(
 )
 _TABLE |= _aten(("permute", "permute_copy", "movedim"), _same(shape.rule_permute))
 _TABLE |= _aten(("transpose", "t", "swapaxes", "swapdims", "transpose_copy"), _same(shape.rule_transpose))
+_TABLE |= _aten(("numpy_T",), _same(shape.rule_reverse_dims))
 _TABLE |= _aten(elementwise.EXPAND_OPS, _same(shape.rule_expand))
 _TABLE |= _aten(("cat", "concat", "concatenate"), _same(shape.rule_cat))
 _TABLE |= _aten(("stack",), _same(shape.rule_stack))

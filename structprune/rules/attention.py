@@ -26,6 +26,7 @@ from structprune.rules.context import RuleContext
 from structprune.rules.elementwise import broadcast_union
 from structprune.rules.fallback import rule_unsupported
 from structprune.rules.layers import _tie_bias, contract_last
+from structprune.rules.weights import resolvable, weight_axis_ids
 
 
 def matmul_abstract(ctx: RuleContext, a: Abstract, b: Abstract, out_shape, op: str, *,
@@ -144,10 +145,11 @@ def rule_matmul(ctx: RuleContext, node: fx.Node, op: str, head_dims: bool = Fals
     a_node, b_node = node.args[offset], node.args[offset + 1]
     a, out_shape = ctx.value(a_node), ctx.shape(node)
     b_shape = ctx.shape(b_node)
-    if ctx.fqn(b_node) is not None and b_shape is not None and len(b_shape) == 2 and a is not None and a.ndim >= 1:
-        # a parameter operand acts like a linear weight (read per axis, never as a joint tensor)
-        ctx.tie_dim(a, -1, ctx.state_axis(b_node, 0, ROLE_IN), op)
-        out_ids = ctx.state_axis(b_node, 1, ROLE_OUT)
+    if b_shape is not None and len(b_shape) == 2 and a is not None and a.ndim >= 1 and resolvable(ctx, b_node, (0, 1)):
+        # a parameter operand, or one computed from parameters (Falcon's `x @ self.weight.T`), acts like a
+        # linear weight (read per axis, never as a joint tensor)
+        ctx.tie_dim(a, -1, weight_axis_ids(ctx, b_node, 0, ROLE_IN), op)
+        out_ids = weight_axis_ids(ctx, b_node, 1, ROLE_OUT)
         if offset:
             _tie_bias(ctx, node.args[0], out_ids)
         ctx.set(node, contract_last(ctx, a, out_ids, out_shape, op))

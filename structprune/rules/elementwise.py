@@ -109,8 +109,9 @@ ELEMENTWISE_OPS = (
     # arithmetic and comparison
     "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "pow",
     "maximum", "minimum", "fmax", "fmin", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
-    "logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and", "bitwise_or",
-    "bitwise_not", "addcmul", "addcdiv", "lerp", "atan2", "hypot", "copysign", "clamp", "clip",
+    "logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and", "bitwise_or", "bitwise_xor",
+    "bitwise_not", "__and__", "__or__", "__xor__", "__invert__",
+    "addcmul", "addcdiv", "lerp", "atan2", "hypot", "copysign", "clamp", "clip",
     "clamp_min", "clamp_max", "xlogy",
     # unary maths
     "neg", "abs", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",

@@ -107,6 +107,15 @@ def rule_transpose(ctx: RuleContext, node: fx.Node) -> None:
     _set_permuted(ctx, node, src, perm)
 
 
+def rule_reverse_dims(ctx: RuleContext, node: fx.Node) -> None:
+    """`x.T` (aten.numpy_T): every dim reversed, as Falcon's linear layers read their weight."""
+    src = ctx.value(node.args[0])
+    if src is None:
+        ctx.set(node, None)
+        return
+    _set_permuted(ctx, node, src, list(reversed(range(src.ndim))))
+
+
 def _set_permuted(ctx, node, src: Abstract, perm) -> None:
     ctx.set(node, permuted(src, perm))
 

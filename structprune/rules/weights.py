@@ -1,6 +1,6 @@
 """Weights computed in the graph: `F.conv2d(x, self.v * self.scale)`, weight normalisation
 (`aten._weight_norm(v, g, dim)`, both `torch.nn.utils.weight_norm` and its parametrization form),
-`F.linear(x, self.w.t())`.
+`F.linear(x, self.w.t())`, `x @ self.weight.T` (Falcon's linear layers).
 
 A *weight expression* is a node computed from parameters only, through ops whose axes we can follow
 (element-wise with broadcasting, `_weight_norm`, weight standardisation by `batch_norm` over a view
@@ -165,6 +165,7 @@ EDGES = {f"aten.{name}": _elementwise for name in ELEMENTWISE_OPS} | {
 WEIGHT_CONSUMERS = {  # op key -> argument positions read as weight or bias
     **{f"aten.{n}": (1, 2) for n in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution",
                                      "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear")},
+    "aten.matmul": (1,), "aten.mm": (1,), "aten.addmm": (2,),  # x @ w.T (rules.attention.rule_matmul)
 }
 
 

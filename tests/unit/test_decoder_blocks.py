@@ -1,7 +1,7 @@
 """Decoder LLM blocks: grouped-query attention (query heads that share a key/value head go with it),
 RoPE (a head's rotary dims never split: its `inv_freq` is a buffer the module computes, not a weight),
-SwiGLU (gate and up tied), RMSNorm, and Hugging Face's own Llama, Qwen2, Mistral and GPT-2 (Conv1D)
-built from their config classes."""
+SwiGLU (gate and up tied), RMSNorm, and Hugging Face's own Llama, Qwen2, Mistral, GPT-2 (Conv1D) and
+Falcon (fused grouped q/k/v) built from their config classes."""
 from __future__ import annotations
 
 import numpy as np
@@ -121,6 +121,10 @@ def _hf_decoder(name: str) -> nn.Module:
         "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(**llama_like)),
         "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, eos_token_id=0, bos_token_id=0)),
+        # fused grouped q/k/v read as `x @ weight.T`, key and value picked by a constant index
+        "falcon": lambda: transformers.FalconForCausalLM(transformers.FalconConfig(
+            vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_kv_heads=2,
+            new_decoder_architecture=True, eos_token_id=0, bos_token_id=0)),
     }
     torch.manual_seed(0)
     model = build[name]().eval()
@@ -133,6 +137,7 @@ def _hf_decoder(name: str) -> nn.Module:
     ("qwen2", "model.layers.0.self_attn.k_proj.weight", 2, False),
     ("mistral", "model.layers.0.self_attn.k_proj.weight", 2, False),
     ("gpt2", "transformer.h.0.attn.c_attn.weight", 4, True),
+    ("falcon", "transformer.h.0.self_attention.query_key_value.weight", 2, False),
 ])
 def test_hugging_face_decoders_prune_whole_heads_generate_and_export(name, heads_member, units, export,
                                                                      tmp_path) -> None:

@@ -151,6 +151,21 @@ def test_analyze_and_export_run_a_causal_lm_that_uses_its_cache(tmp_path) -> Non
     assert section["parity"]["ok"] and model.config.use_cache
 
 
+def test_an_encoder_decoder_whose_decoder_stack_holds_its_own_config_captures_and_generates() -> None:
+    """T5 gives its decoder stack a copy of the config; that copy's use_cache made the capture fail with
+    an EncoderDecoderCache in the output."""
+    t = import_transformers()
+    torch.manual_seed(0)
+    model = t.T5ForConditionalGeneration(t.T5Config(vocab_size=VOCAB, d_model=HIDDEN, d_ff=MLP, d_kv=8, num_layers=2,
+                                                    num_heads=HEADS, decoder_start_token_id=0)).eval()
+    assert model.decoder.config is not model.config and model.decoder.config.use_cache
+    inputs = {**tokens(), "decoder_input_ids": tokens()["input_ids"][:, :4]}
+    result = structprune.compress(model, inputs, ratio=0.5)
+    assert result.report.verification["ok"] and result.report.params_after < result.report.params_before
+    assert model.decoder.config.use_cache and result.model.decoder.config.use_cache
+    assert result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False).shape == (2, 4)
+
+
 def test_the_core_library_imports_and_prunes_without_transformers() -> None:
     code = ("import sys; sys.modules['transformers'] = None; sys.modules['safetensors'] = None\n"
             "import torch, structprune\n"

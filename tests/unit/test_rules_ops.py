@@ -10,6 +10,7 @@ from torch import nn
 import structprune
 from helpers import group_with, outputs, positions, reason_kinds, refs
 from structprune.ir.reasons import ReasonKind
+from structprune.selection.plan import Plan
 
 SEQ = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1))
 IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -143,6 +144,82 @@ def test_a_computed_weight_read_elsewhere_is_blocked_naming_the_layer() -> None:
     group = group_with(structprune.analyze(SharedComputedWeight().eval(), IMG), "c.weight:1")
     assert not group.prunable
     assert any("aten.conv2d (convolution whose weight is not a parameter)" in r.detail for r in group.reasons)
+
+
+class TransposedReads(nn.Module):
+    """Linear layers that read their weight as Falcon's FalconLinear does: `x @ self.weight.T` (and the
+    `.t()` / `.transpose(0, 1)` spellings), between a norm and a residual add."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.norm = nn.LayerNorm(6)
+        self.up = nn.Parameter(torch.randn(16, 6) * 0.3)
+        self.down = nn.Parameter(torch.randn(6, 16) * 0.3)
+
+    def read(self, w: torch.Tensor) -> torch.Tensor:
+        return {"T": lambda: w.T, "t": w.t, "transpose": lambda: w.transpose(0, 1)}[self.spelling]()
+
+    def forward(self, x):
+        return x + torch.relu(self.norm(x) @ self.read(self.up)) @ self.read(self.down)
+
+
+@pytest.mark.parametrize("spelling", ["T", "t", "transpose"])
+def test_a_weight_read_through_a_transpose_by_matmul_is_a_linear_layer(spelling: str) -> None:
+    """These layers used to form no group at all (nothing prunable, no reason given)."""
+    group = group_with(structprune.analyze(TransposedReads(spelling).eval(), SEQ), "up:0")
+    assert group.prunable and group.exact and group.size == 16 and refs(group) == {"up:0", "down:1"}
+    result = compress(TransposedReads(spelling), SEQ)
+    assert (result.model.up.shape, result.model.down.shape) == ((8, 6), (6, 8))
+
+
+class FusedGroupedQKV(nn.Module):
+    """Falcon's fused grouped-query projection: per KV group, `heads` query slots then one key and one
+    value slot; the key and value are picked by a constant index along the slot dim."""
+
+    def __init__(self, groups: int = 2, heads: int = 2, head_dim: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.groups, self.heads, self.head_dim = groups, heads, head_dim
+        self.qkv = nn.Linear(hidden, groups * (heads + 2) * head_dim, bias=False)
+        self.out = nn.Linear(groups * heads * head_dim, hidden, bias=False)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        fused = self.qkv(x).view(b, s, self.groups, self.heads + 2, self.head_dim)
+        q = fused[:, :, :, :-2]
+        k = fused[:, :, :, torch.tensor([self.heads])].expand_as(q)
+        v = fused[:, :, :, torch.tensor([self.heads + 1])].expand_as(q)
+        q, k, v = (t.flatten(2, 3).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def test_a_constant_index_along_the_slot_dim_keeps_the_slots_and_prunes_whole_groups() -> None:
+    group = group_with(structprune.analyze(FusedGroupedQKV().eval(), SEQ), "qkv.weight:0")
+    assert group.prunable and group.size == 2  # components: the KV groups, each with all its slots
+    result = compress(FusedGroupedQKV(), SEQ)
+    assert result.model.qkv.out_features == 16 and result.model.out.in_features == 8
+    model = FusedGroupedQKV().eval()
+    model.qkv.weight.data.view(2, -1, 6)[1] = 0.0  # group 1 silent: pruning it away changes nothing
+    model.out.weight.data[:, 8:] = 0.0
+    pruned = structprune.apply_plan(model, SEQ, Plan({group.id: (0,)}, {group.id: 2}))
+    assert pruned.qkv.out_features == 16
+    assert torch.allclose(outputs(pruned, SEQ), outputs(model, SEQ), atol=1e-6)
+
+
+class IndexedChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))[..., torch.tensor([0, 2, 5])])
+
+
+def test_a_constant_index_along_the_only_channel_dim_blocks_naming_it() -> None:
+    group = group_with(structprune.analyze(IndexedChannels().eval(), SEQ), "a.weight:0")
+    assert not group.prunable and reason_kinds(group) == {ReasonKind.FIXED_SIZE}
+    assert "advanced indexing along a channel dim" in group.reasons[0].detail
 
 
 # ---- pixel shuffle, index_select, interpolate, unbind ---------------------------------------------

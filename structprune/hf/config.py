@@ -9,9 +9,10 @@ class from the config on the meta device and compares every tensor shape and eve
 attribute with the pruned model. If they all agree the config is *uniform* and
 `AutoModel.from_pretrained(folder)` loads the saved folder. If not (blocks kept different widths
 under global pruning, or an attention width no field of the family expresses, as in BERT whose
-attention is always hidden_size wide), the config also records the per-block sizes (LAYERS_KEY) and the
-module attributes a rebuild must set (ATTRIBUTES_KEY), and the folder is loaded with
-`structprune.hf.from_pretrained`; the same check is then run on that rebuild. Where the widths make a
+attention is always hidden_size wide), the config also records the per-block sizes (LAYERS_KEY), the
+shapes of the tensors whose build from the config differs (SHAPES_KEY, under the model's own names, which
+the stored names need not be) and the module attributes a rebuild must set (ATTRIBUTES_KEY), and the folder
+is loaded with `structprune.hf.from_pretrained`; the same check is then run on that rebuild. Where the widths make a
 config transformers refuses to build (BERT wants hidden_size divisible by the head count), the config
 keeps the original per-block fields as the base the rebuild starts from.
 """
@@ -29,11 +30,19 @@ from torch import nn
 from structprune.data.running import eval_outputs
 from structprune.errors import StructpruneError, VerificationError
 from structprune.hf.layout import LAYOUTS, LayerSizes, Layout, config_fields, layer_sizes
-from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, attribute_differences, build, mismatches, rebuild
+from structprune.hf.rebuild import (
+    ATTRIBUTES_KEY,
+    LAYERS_KEY,
+    SHAPES_KEY,
+    attribute_differences,
+    build,
+    mismatches,
+    rebuild,
+)
 
 PLAIN_LOADER = "transformers from_pretrained"
 LAYERED_LOADER = "structprune.hf.from_pretrained"
-RECORDS = (LAYERS_KEY, ATTRIBUTES_KEY)
+RECORDS = (LAYERS_KEY, ATTRIBUTES_KEY, SHAPES_KEY)
 _MISSING = object()
 
 
@@ -97,9 +106,12 @@ def _record_layers(pruned: nn.Module, sizes: tuple[LayerSizes, ...], changed: di
     base = _built(pruned, config)
     if base is None:
         raise VerificationError(f"transformers cannot build {type(pruned).__name__} from the pruned config")
+    built = {k: tuple(t.shape) for k, t in base.state_dict().items()}
+    resized = {k: list(shape) for k, shape in shapes.items() if built.get(k) != shape}
     setattr(config, LAYERS_KEY, [s.to_json() for s in sizes])
-    setattr(config, ATTRIBUTES_KEY, attribute_differences(rebuild(base, shapes, {}), pruned))
-    wrong = mismatches(rebuild(_built(pruned, config), shapes, getattr(config, ATTRIBUTES_KEY)), pruned)
+    setattr(config, SHAPES_KEY, resized)
+    setattr(config, ATTRIBUTES_KEY, attribute_differences(rebuild(base, resized, {}), pruned))
+    wrong = mismatches(rebuild(_built(pruned, config), resized, getattr(config, ATTRIBUTES_KEY)), pruned)
     if wrong:
         raise VerificationError("the model rebuilt from the pruned config differs from it: " + "; ".join(wrong))
     return ConfigUpdate(changed, sizes, LAYERED_LOADER)

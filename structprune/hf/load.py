@@ -1,15 +1,15 @@
 """`from_pretrained`: load a folder written by `save_pretrained` after structprune pruned the model.
 
 A folder whose config transformers can rebuild alone (no LAYERS_KEY in config.json) is loaded by
-transformers' own `from_pretrained`. Otherwise the model is built from config.json, resized to the
-shapes stored in the safetensors files and given the recorded module attributes (rebuild.py), then the
-weights are loaded strictly: every stored tensor must land on a tensor of the model and every tensor
-of the model must be stored, except the tied copies transformers leaves out (GPT-2's `lm_head.weight`
-is `wte.weight`). Only safetensors are read, so loading never unpickles anything.
-
-The build skips weight initialisation (the stored tensors replace every weight; buffers the model
-computes, like RoPE's frequencies, are still computed) and the stored tensors become the model's
-(`assign`), so a reload holds one copy of the weights and takes seconds for a 1B model, not a minute.
+transformers' own `from_pretrained`. Otherwise transformers' `from_pretrained` loads it into a subclass
+of the model's class that, right after transformers builds it from config.json, resizes itself to the
+recorded shapes (SHAPES_KEY, the model's own tensor names; older folders: the shapes stored in the
+safetensors files) and sets the recorded module attributes (rebuild.py). So transformers' loader does
+what it does for any model: it renames and merges stored tensors where the family's checkpoint format
+differs from its modules (transformers 5 saves GPT-NeoX's `lm_head` as `embed_out` and Mixtral's fused
+experts one by one), reads shards and dtypes, builds on the meta device and assigns the stored tensors.
+The load is strict: a missing, unexpected or mis-shaped tensor is an error. The model returned is of
+the original class. Only safetensors are read, so loading never unpickles anything.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from structprune.errors import UsageError
-from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, rebuild
+from structprune.hf.rebuild import ATTRIBUTES_KEY, LAYERS_KEY, SHAPES_KEY, rebuild
 from structprune.io.hf_folder import architecture_class as io_architecture_class
 from structprune.io.hf_folder import quiet_progress
 
@@ -45,19 +45,60 @@ def from_pretrained(folder: str | Path, model_class: type | None = None) -> nn.M
     if getattr(config, LAYERS_KEY, None) is None:
         with quiet_progress():
             return cls.from_pretrained(folder, use_safetensors=True).eval()
-    model = built_for_folder(folder, config, cls)
-    load_strictly(model, stored_tensors(folder), folder)
+    resizing = _resizing_class(cls, rebuild_shapes(folder, config), getattr(config, ATTRIBUTES_KEY, None) or {})
+    with quiet_progress():
+        model, info = resizing.from_pretrained(folder, config=config, use_safetensors=True, output_loading_info=True)
+    model.__class__ = cls
+    problems = {key: sorted(map(str, found))[:3] for key, found in info.items() if found and key in LOAD_PROBLEMS}
+    if problems:
+        raise UsageError(f"{folder} does not fit the model its config describes ({problems}); "
+                         "save it again with save_pretrained")
     return model.eval()
+
+
+LOAD_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs", "conversion_errors")
+
+
+def _resizing_class(cls: type, shapes: dict, attributes: dict) -> type:
+    """`cls`, resized to `shapes` with `attributes` set as soon as transformers has built it. It keeps
+    cls's name and module: transformers looks up a family's checkpoint renames by them."""
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, config, *args, **kwargs)
+        rebuild(self, shapes, attributes)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                        "__qualname__": cls.__qualname__})
+
+
+def rebuild_shapes(folder: Path, config: Any) -> dict[str, tuple[int, ...]]:
+    """The shapes the architecture built from `config` is resized to: none where the config needs no
+    rebuild, else those structprune recorded in it (the model's tensor names), or, in folders saved
+    before it recorded them, the stored ones."""
+    if getattr(config, LAYERS_KEY, None) is None:
+        return {}  # transformers builds this config's model as it was saved
+    recorded = getattr(config, SHAPES_KEY, None)
+    return {k: tuple(v) for k, v in recorded.items()} if recorded is not None else stored_shapes(folder)
 
 
 def built_for_folder(folder: Path, config: Any, cls: type) -> nn.Module:
     """The architecture `from_pretrained` loads the folder's tensors into: built from `config` without
-    initialising weights, resized to the stored shapes and given the recorded attributes."""
+    initialising weights, resized to the recorded shapes and given the recorded attributes."""
     with _weights_not_initialised():
         model = cls(config).to(_dtype(config))
     if callable(getattr(model, "tie_weights", None)):
         model.tie_weights()  # transformers ties input and output embeddings in the initialisation skipped above
-    return rebuild(model, stored_shapes(folder), getattr(config, ATTRIBUTES_KEY, None) or {})
+    return rebuild(model, rebuild_shapes(folder, config), getattr(config, ATTRIBUTES_KEY, None) or {})
+
+
+def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under the names (and in the pieces) `save_pretrained` writes them: transformers
+    5 reverts its checkpoint conversions on save; the plain state_dict where this transformers has none."""
+    state = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return state
+    return revert_weight_conversion(model, dict(state))
 
 
 def _weights_not_initialised() -> ContextManager:
@@ -107,16 +148,6 @@ def stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as stream:
             shapes.update({key: tuple(stream.get_slice(key).get_shape()) for key in stream.keys()})
     return shapes
-
-
-def stored_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's safetensors files."""
-    from safetensors.torch import load_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(folder):
-        tensors.update(load_file(str(path)))
-    return tensors
 
 
 def load_strictly(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:

@@ -4,9 +4,10 @@ copy of the weights (for models too large to load twice).
 `check_saved` does what `from_pretrained(folder)` does, step by step, and compares as it goes: it builds
 the architecture from the folder's config exactly as `from_pretrained` does (`built_for_folder`; the plain
 transformers path builds the same class from the same config), reads every stored tensor one at a time
-and compares it bit for bit with the model's tensor of that name, checks the stored names fit the built
-model strictly (only tied copies may be absent), then runs the built model on the model's own tensors
-(assigned, not copied) and compares its outputs with the model's. If all of that holds,
+and compares it bit for bit with the model's tensor saved under that name (`checkpoint_state`: the names
+and pieces save_pretrained writes), checks every such tensor is stored (only tied copies may be absent)
+and that the model's tensors fit the built model strictly, then runs the built model on the model's own
+tensors (assigned, not copied) and compares its outputs with the model's. If all of that holds,
 `from_pretrained(folder)` gives the same model: the same architecture holding the same bytes.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from structprune.data.running import eval_outputs
 from structprune.errors import UsageError
-from structprune.hf.load import architecture_class, built_for_folder, load_strictly, weight_files
+from structprune.hf.load import architecture_class, built_for_folder, checkpoint_state, load_strictly, weight_files
 from structprune.hf.runtime import without_cache
 
 
@@ -46,18 +47,31 @@ def check_saved(folder: str | Path, model: nn.Module, example_inputs: Any) -> Sa
     folder = Path(folder)
     config = transformers.AutoConfig.from_pretrained(folder)
     built = built_for_folder(folder, config, architecture_class(config))
-    state = model.state_dict()
-    different = _stored_differences(folder, state)
+    saved = checkpoint_state(model)
+    different = _stored_differences(folder, saved)
     if different:
         return SavedCheck(False, 0, float("inf"), f"stored tensors differ from the model's: {different[:3]}")
     stored = _stored_names(folder)
+    unsaved = _unsaved(saved, set(stored))
+    if unsaved:
+        return SavedCheck(False, len(stored), float("inf"), f"tensors of the model not stored: {unsaved[:3]}")
     try:
-        load_strictly(built, {name: state[name] for name in stored}, folder)
+        load_strictly(built, model.state_dict(), folder)
     except UsageError as exc:
         return SavedCheck(False, len(stored), float("inf"), exc.message)
     worst = _worst_difference(built.eval(), model, example_inputs)
     ok = worst == 0.0
     return SavedCheck(ok, len(stored), worst, "" if ok else f"outputs differ by up to {worst:.3g}")
+
+
+def _unsaved(saved: dict[str, torch.Tensor], stored: set[str]) -> list[str]:
+    """Names save_pretrained should have written and did not: all but tied copies of a stored tensor."""
+    stored_memory = {_memory(t) for name, t in saved.items() if name in stored}
+    return [name for name, t in saved.items() if name not in stored and _memory(t) not in stored_memory]
+
+
+def _memory(tensor: torch.Tensor) -> tuple:
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride()
 
 
 def _stored_names(folder: Path) -> list[str]:

@@ -24,6 +24,7 @@ from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES, refresh_attributes,
 
 LAYERS_KEY = "structprune_layers"  # config: per-block sizes (LayerSizes.to_json), when blocks differ
 ATTRIBUTES_KEY = "structprune_module_attributes"  # config: module FQN -> {attribute: value} to set after resizing
+SHAPES_KEY = "structprune_shapes"  # config: tensor name (the model's) -> shape, where the build from config differs
 PLAIN = (bool, int, float, str, type(None))
 SKIPPED = frozenset({"training"})
 

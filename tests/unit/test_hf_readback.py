@@ -60,6 +60,34 @@ def test_check_saved_catches_a_config_that_builds_another_architecture(saved, tm
     assert not check.ok and check.max_abs_difference > 0 and "outputs differ" in check.detail
 
 
+def _renamed_on_save(name: str) -> torch.nn.Module:
+    """Families whose checkpoint names differ from their modules' in transformers 5: GPT-NeoX saves
+    `lm_head` as `embed_out`; Mixtral stores each expert's weights apart from its fused expert tensors."""
+    t = pytest.importorskip("transformers")
+    decoder = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    torch.manual_seed(0)
+    if name == "gpt_neox":
+        return t.GPTNeoXForCausalLM(t.GPTNeoXConfig(**decoder)).eval()
+    return t.MixtralForCausalLM(t.MixtralConfig(**decoder, num_key_value_heads=2, num_local_experts=4,
+                                                num_experts_per_tok=2)).eval()
+
+
+@pytest.mark.parametrize("name, stored", [("gpt_neox", "embed_out.weight"),
+                                          ("mixtral", "model.layers.0.block_sparse_moe.experts.3.w2.weight")])
+def test_a_folder_saved_under_the_familys_checkpoint_names_reloads_and_checks(name: str, stored: str,
+                                                                               tmp_path) -> None:
+    """These folders failed to reload ('GPTNeoXForCausalLM has no attribute embed_out'): the rebuild read
+    shapes and tensors by their stored names."""
+    result = structprune.compress(_renamed_on_save(name), tokens(), ratio=0.5)
+    result.model.save_pretrained(tmp_path)
+    assert stored in hf.load.stored_shapes(tmp_path) and stored not in result.model.state_dict()
+    again = hf.from_pretrained(tmp_path)
+    assert type(again) is type(result.model) and not again.training
+    assert max_diff(again, result.model, tokens(3, 7)) == 0.0
+    check = hf.check_saved(tmp_path, result.model, tokens(3, 7))
+    assert check.ok and check.max_abs_difference == 0.0, check
+
+
 def test_compress_with_a_plan_reuses_the_given_analysis(monkeypatch) -> None:
     model = tiny("llama")
     graph = structprune.analyze(model, tokens())

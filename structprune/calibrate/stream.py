@@ -123,13 +123,17 @@ def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> tuple
     """Each reader's input on one forward pass of `model` (the dense network's streams), by consumer;
     and the pass's output."""
     seen: dict[str, torch.Tensor] = {}
+    consumers_of: dict[str, list[str]] = {}
+    for consumer, reader in readers.items():  # one reader may follow several consumers (parallel blocks)
+        consumers_of.setdefault(reader.name, []).append(consumer)
 
-    def take(consumer: str):
+    def take(consumers: list[str]):
         def hook(module, args):
-            seen.setdefault(consumer, args[0].detach())
+            for consumer in consumers:
+                seen.setdefault(consumer, args[0].detach())
         return hook
 
-    pre = {r.name: take(c) for c, r in readers.items()}
+    pre = {name: take(consumers) for name, consumers in consumers_of.items()}
     with forward_hooks(model, pre=pre), torch.no_grad():
         out = call_model(model, x)
     return seen, out

@@ -126,6 +126,40 @@ def test_stream_target_finds_the_layernorm_and_beats_no_refit():
     assert gaps[1] < 0.7 * gaps[0]
 
 
+class ParallelBlocks(nn.Module):
+    """GPT-J / GPT-NeoX / Phi: attention and MLP read one norm and both add to the stream, so both of a
+    block's output layers have the same reader (the next block's norm)."""
+
+    def __init__(self, width: int = 16, blocks: int = 2) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(blocks + 1))
+        self.mix = nn.ModuleList(nn.Sequential(nn.Linear(width, 32), nn.GELU(), nn.Linear(32, width))
+                                 for _ in range(blocks))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(width, 48), nn.GELU(), nn.Linear(48, width))
+                                 for _ in range(blocks))
+
+    def forward(self, x):
+        for norm, mix, mlp in zip(self.norms, self.mix, self.mlp):
+            h = norm(x)
+            x = x + mix(h) + mlp(h)
+        return self.norms[-1](x)
+
+
+def test_two_consumers_with_one_reader_are_both_refit_to_the_stream():
+    """obs crashed here with KeyError: 'mix.0.2' (one reader hook kept per reader, not per consumer)."""
+    torch.manual_seed(0)
+    net = ParallelBlocks().eval()
+    data = [torch.randn(16, 6, 16, generator=torch.Generator().manual_seed(s)) for s in range(4)]
+    held = torch.randn(16, 6, 16, generator=torch.Generator().manual_seed(99))
+    result = structprune.compress(net, data[0][:2], ratio=0.5, criterion="obs", data=data)
+    report = result.report.to_json()["calibration"]
+    assert result.report.verification["ok"] and report["reconstructed_layers"] == 4
+    plain = structprune.compress(net, data[0][:2], plan=result.plan).model
+    with torch.no_grad():
+        gaps = [float((m(held) - net(held)).norm()) for m in (plain, result.model)]
+    assert gaps[1] < 0.8 * gaps[0]
+
+
 def test_reader_is_none_where_a_batchnorm_reads_the_output():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4)).eval()
     assert find_reader(net, "3", torch.randn(2, 3, 8, 8)) is None

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from structprune.errors import UsageError
+
 LABEL_KEYS = ("labels", "label", "y")  # dict entries that hold labels, first found wins
 MASK_KEY = "attention_mask"  # the dict entry that marks real tokens (1) and padding (0), as in Hugging Face
 
@@ -106,7 +108,7 @@ def calibration_batches(loader: Iterable | None, max_samples: int | None, device
     [4, 2]
     """
     if loader is None:
-        raise ValueError(f"{who} needs calibration data: pass data=<DataLoader yielding (x, y)>")
+        raise UsageError(f"{who} needs calibration data: pass data=<DataLoader yielding (x, y)>")
     seen = 0
     for raw in loader:
         batch = _read_batch(raw, device, need_labels, who)
@@ -123,5 +125,6 @@ def calibration_batches(loader: Iterable | None, max_samples: int | None, device
 def _read_batch(raw: Any, device: torch.device | None, need_labels: bool, who: str) -> Batch:
     x, y = split_batch(raw)
     if need_labels and y is None:
-        raise ValueError(f"{who} needs labelled data: the loader must yield (x, y) pairs")
+        raise UsageError(f"{who} needs labelled data: batches of (x, y) pairs, or dicts with a 'labels' key; these "
+                         "batches carry no labels (label-free criteria: obs, dropnet, coreset, ispasp)")
     return Batch(x, y) if device is None else Batch(to_device(x, device), to_device(y, device))

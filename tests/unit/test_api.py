@@ -12,6 +12,7 @@ import models_zoo
 import structprune
 from helpers import BakedWidth, TiedEmbedding, assert_state_equal, outputs, snapshot_state
 from structprune import CaptureError, Plan, PlanError, VerificationError
+from structprune.errors import UsageError
 
 X = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
 
@@ -40,6 +41,15 @@ def test_select_validates_ratio_too() -> None:
 def test_unknown_criterion_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown criterion 'l3'; choose one of: .*bn_scale.*l1, l2.*random"):
         structprune.compress(mlp(), X, criterion="l3")
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "spectral"])
+def test_a_labelled_criterion_on_unlabelled_batches_is_a_usage_error(criterion: str) -> None:
+    """It was a PlanError calling itself 'a structprune bug ... please report it'."""
+    unlabelled = [{"x": torch.randn(8, 4)} for _ in range(2)]
+    with pytest.raises(UsageError, match=f"criterion '{criterion}' needs labelled data.*obs, dropnet") as info:
+        structprune.compress(mlp(), X, criterion=criterion, data=unlabelled)
+    assert "structprune bug" not in str(info.value)
 
 
 def test_bad_example_inputs_type_is_explained() -> None:

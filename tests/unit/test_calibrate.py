@@ -10,6 +10,7 @@ import structprune
 from structprune.calibrate import apply_channel_scales, recalibrate_batchnorm, reconstruct
 from structprune.data.batches import calibration_batches
 from structprune.data.running import forward_hooks, run_until
+from structprune.errors import UsageError
 from structprune.selection import Plan
 
 
@@ -36,7 +37,7 @@ def test_recalibration_reestimates_running_statistics_and_restores_modes():
 
 
 def test_recalibration_without_data_fails_clearly():
-    with pytest.raises(ValueError, match="needs calibration data"):
+    with pytest.raises(UsageError, match="needs calibration data"):
         recalibrate_batchnorm(nn.Sequential(nn.BatchNorm1d(3)), None)
 
 

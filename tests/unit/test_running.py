@@ -23,6 +23,7 @@ from structprune.data.running import (
     model_logits,
     normalize_inputs,
 )
+from structprune.errors import UsageError
 
 
 class TwoInputs(nn.Module):
@@ -148,7 +149,7 @@ def test_calibration_batches_stop_at_the_budget_move_to_the_device_and_check_lab
     batches = list(calibration_batches(loader, 6, torch.device("meta")))
     assert [b.size for b in batches] == [4, 2] and batches[1].x["x"].is_meta and len(batches[1].y) == 2
     assert [b.size for b in calibration_batches(loader, None)] == [4, 4]
-    with pytest.raises(ValueError, match="scoring needs labelled data"):
+    with pytest.raises(UsageError, match="scoring needs labelled data"):
         list(calibration_batches([torch.zeros(2, 3)], None, need_labels=True, who="scoring"))
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import structprune
+from benchmarks import encoder_onnx
 from benchmarks.encoder_onnx import BATCH, SEQUENCE, EncoderOnnxLatency, encoder_onnx_latency
 from helpers import import_transformers
 from structprune.onnx import check_parity, export_onnx
@@ -81,6 +82,7 @@ def test_tokens_at_repeats_ids_and_fills_the_mask() -> None:
     assert resized["attention_mask"].shape == (3, 5) and bool(resized["attention_mask"].all())
 
 
+@pytest.mark.slow  # five exports of ~9 s each on a 2-core CPU; the column's bookkeeping is tested below
 def test_encoder_onnx_latency_times_dense_and_pruned_at_32_by_64(encoders) -> None:
     dense, pruned, example = encoders
     result = encoder_onnx_latency(pruned, example, dense, runs=3, warmup=1)
@@ -90,6 +92,20 @@ def test_encoder_onnx_latency_times_dense_and_pruned_at_32_by_64(encoders) -> No
     column = EncoderOnnxLatency(runs=2, warmup=1)
     first, second = column(pruned, example, dense), column(pruned, example, dense)
     assert len(column._dense) == 1 and all(r["ort_ms_pruned"] > 0 for r in (first, second))
+
+
+def test_the_latency_column_exports_the_dense_model_once_and_times_at_32_by_64(encoders, monkeypatch) -> None:
+    """EncoderOnnxLatency's bookkeeping, with the export and the timing replaced by recorders."""
+    dense, pruned, example = encoders
+    exports, timings = [], []
+    monkeypatch.setattr(encoder_onnx, "exported", lambda model, ex, path, at: exports.append((model, at)) or str(path))
+    monkeypatch.setattr(encoder_onnx, "timed", lambda d, p, inputs, runs, warmup, threads: timings.append(
+        (d, p, inputs["input_ids"].shape, runs, warmup, threads)) or {"speedup": 1.0})
+    column = EncoderOnnxLatency(runs=4, warmup=2)
+    column(pruned, example, dense), column(pruned, example, dense)
+    assert [model for model, _ in exports] == [dense, pruned, pruned]
+    assert all(at["input_ids"].shape == (BATCH, SEQUENCE) for _, at in exports)
+    assert timings[0][0] == timings[1][0] and timings[0][2:] == ((BATCH, SEQUENCE), 4, 2, 1)
 
 
 def test_inputs_in_a_tokenizers_order_keep_their_names(encoders, tmp_path) -> None:

@@ -7,7 +7,7 @@ PIP = $(PY) -m pip
 PYTEST = $(PY) -m pytest
 
 
-.PHONY: setup demo lint test test-all golden bench
+.PHONY: setup demo lint test test-slow test-all golden bench
 
 setup:
 	$(PIP) install -q torch==2.13.0
@@ -21,7 +21,11 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: lint
-	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider --durations=15
+
+# the heavier tests alone (CI runs them after `make test`; without timm or the MiniLM package some skip)
+test-slow: setup
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider --durations=15 -m slow
 
 test-all: setup
 	OMP_NUM_THREADS=1 $(PYTEST) -q -n 2 -p no:cacheprovider -m "slow or not slow"

@@ -243,6 +243,7 @@ def run_kill_sequence(tmp_path: Path, points: list[tuple[str, float]]) -> Counte
     return landed
 
 
+@pytest.mark.slow  # about 80 s (six CLI jobs); CI runs it in `make test-slow`
 def test_sigkill_at_each_stage_leaves_a_complete_output_or_none(tmp_path: Path) -> None:
     points = [(stage, 0.2) for stage in ("load", "compress", "export", "final write", "recovery")]
     landed = run_kill_sequence(tmp_path, points)

@@ -78,7 +78,8 @@ LAZY_IMPORTS = {
     ("report/sensitivity_files.py", "structprune.report.plots"): "matplotlib",
     ("latency_target.py", "structprune.onnx"): "onnx, onnxruntime",
 }
-HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "safetensors", "torch_pruning")
+HEAVY = ("onnx", "onnxruntime", "matplotlib", "transformers", "safetensors", "torch_pruning",
+         "sklearn")  # scikit-learn: 2 s of every CLI start when imported at module level
 
 
 @dataclass(frozen=True)

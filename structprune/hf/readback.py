@@ -2,27 +2,33 @@
 copy of the weights (for models too large to load twice).
 
 `check_saved` does what `from_pretrained(folder)` does, step by step, and compares as it goes: it builds
-the architecture from the folder's config exactly as `from_pretrained` does (`built_for_folder`; the plain
-transformers path builds the same class from the same config), reads every stored tensor one at a time
-and compares it bit for bit with the model's tensor saved under that name (`checkpoint_state`: the names
-and pieces save_pretrained writes), checks every such tensor is stored (only tied copies may be absent)
-and that the model's tensors fit the built model strictly, then runs the built model on the model's own
-tensors (assigned, not copied) and compares its outputs with the model's. If all of that holds,
-`from_pretrained(folder)` gives the same model: the same architecture holding the same bytes.
+the architecture from the folder's config as `from_pretrained` does (`built_for_folder`: the class built
+from the config, resized to the recorded shapes, the recorded attributes set), reads every stored tensor
+one at a time and compares it bit for bit with the model's tensor saved under that name
+(`checkpoint_state`: the names and pieces save_pretrained writes), checks every such tensor is stored
+(only tied copies may be absent) and that the model's tensors fit the built model strictly, then runs the
+built model on the model's own tensors (assigned, not copied) and compares its outputs with the model's.
+If all of that holds, `from_pretrained(folder)` gives the same model: the same architecture holding the
+same bytes. One step is transformers' and taken on trust: for families whose stored names differ from
+their modules' (GPT-NeoX, Mixtral), the renames and merges its loader applies are the inverse of those
+its save applied; `from_pretrained` (which the CLI's read-back runs) exercises them.
 """
 from __future__ import annotations
 
+import importlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
 
 from structprune.data.running import eval_outputs
 from structprune.errors import UsageError
-from structprune.hf.load import architecture_class, built_for_folder, checkpoint_state, load_strictly, weight_files
+from structprune.hf.load import architecture_class, checkpoint_state, rebuild_shapes, weight_files
+from structprune.hf.rebuild import ATTRIBUTES_KEY, rebuild
 from structprune.hf.runtime import without_cache
 
 
@@ -126,3 +132,65 @@ def _worst_difference(built: nn.Module, model: nn.Module, example_inputs: Any) -
         return float("inf")
     return max((float((a.double() - b.double()).abs().max()) for a, b in zip(mine, theirs) if a.numel()),
                default=0.0)
+
+
+def built_for_folder(folder: Path, config: Any, cls: type) -> nn.Module:
+    """The architecture `from_pretrained` builds for the folder: the class built from `config` without
+    initialising weights, resized to the recorded shapes and given the recorded attributes."""
+    with _weights_not_initialised():
+        model = cls(config).to(_dtype(config))
+    if callable(getattr(model, "tie_weights", None)):
+        model.tie_weights()  # transformers ties input and output embeddings in the initialisation skipped above
+    return rebuild(model, rebuild_shapes(folder, config), getattr(config, ATTRIBUTES_KEY, None) or {})
+
+
+def _weights_not_initialised() -> ContextManager:
+    """transformers' context that builds a model without initialising its weights (they are all loaded
+    next); a plain build where this transformers has none."""
+    try:
+        skip = importlib.import_module("transformers.initialization").no_init_weights
+    except (ImportError, AttributeError):
+        return nullcontext()
+    return skip()
+
+
+def _dtype(config: Any) -> torch.dtype:
+    """The dtype the config was saved with (float32 where it names none), as transformers loads it."""
+    dtype = getattr(config, "dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def load_strictly(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """load_state_dict where the only keys allowed missing are tied copies of loaded tensors. The stored
+    tensors become the model's (no second copy); a name tied to a stored one is pointed at it too."""
+    ties = _tied_names(model)
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    named = _named_tensors(model)
+    for name in result.missing_keys:
+        stored = next((other for other in ties.get(name, ()) if other in tensors), None)
+        if stored is not None:
+            _point_at(model, name, named[stored])
+    named = _named_tensors(model)
+    loaded = {id(t) for k, t in named.items() if k in tensors}
+    untied = [k for k in result.missing_keys if id(named[k]) not in loaded]
+    if result.unexpected_keys or untied:
+        raise UsageError(f"{folder} does not fit the model its config describes (not in the model: "
+                         f"{result.unexpected_keys[:3]}, not stored: {untied[:3]}); save it again with save_pretrained")
+
+
+def _tied_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Name -> the other names of the same tensor (tied weights), before loading breaks the ties."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in _named_tensors(model).items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    return {name: tuple(n for n in names if n != name) for names in by_tensor.values() for name in names}
+
+
+def _point_at(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner), attr, tensor)
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}

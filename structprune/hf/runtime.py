@@ -78,7 +78,7 @@ def _flags_set(config: Any) -> Iterator[None]:
 
 def restore_runtime_flags(original: nn.Module, copy: nn.Module) -> None:
     """Give `copy` (made from `original` inside `without_cache`) the user's runtime flags back."""
-    for source, target in zip(model_configs(original), model_configs(copy)):
+    for source, target in zip(model_configs(original), model_configs(copy), strict=True):
         for name in RUNTIME_FLAGS:
             if hasattr(source, name):
                 setattr(target, name, getattr(source, name))

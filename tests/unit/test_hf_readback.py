@@ -63,7 +63,7 @@ def test_check_saved_catches_a_config_that_builds_another_architecture(saved, tm
 def _renamed_on_save(name: str) -> torch.nn.Module:
     """Families whose checkpoint names differ from their modules' in transformers 5: GPT-NeoX saves
     `lm_head` as `embed_out`; Mixtral stores each expert's weights apart from its fused expert tensors."""
-    t = pytest.importorskip("transformers")
+    t = pytest.importorskip("transformers", minversion="5")  # earlier ones save these names as they are
     decoder = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     torch.manual_seed(0)
     if name == "gpt_neox":
@@ -86,6 +86,32 @@ def test_a_folder_saved_under_the_familys_checkpoint_names_reloads_and_checks(na
     assert max_diff(again, result.model, tokens(3, 7)) == 0.0
     check = hf.check_saved(tmp_path, result.model, tokens(3, 7))
     assert check.ok and check.max_abs_difference == 0.0, check
+
+
+def test_keys_a_family_never_saves_are_not_required_in_the_folder(tmp_path) -> None:
+    """Marian leaves its sinusoidal position tables out of the folder (_keys_to_ignore_on_save)."""
+    t = pytest.importorskip("transformers", minversion="5")
+    torch.manual_seed(0)
+    model = t.MarianMTModel(t.MarianConfig(vocab_size=100, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                           encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                                           decoder_attention_heads=4, max_position_embeddings=32, pad_token_id=0,
+                                           decoder_start_token_id=0)).eval()
+    inputs = {**tokens(), "decoder_input_ids": tokens()["input_ids"][:, :4]}
+    result = structprune.compress(model, inputs, ratio=0.5)
+    result.model.save_pretrained(tmp_path)
+    ignored = set(model._keys_to_ignore_on_save)
+    assert ignored and not ignored & set(hf.load.stored_shapes(tmp_path))
+    check = hf.check_saved(tmp_path, result.model, inputs)
+    assert check.ok, check
+
+
+def test_loading_into_a_class_the_folder_does_not_fill_is_refused(tmp_path) -> None:
+    """transformers alone would warn and initialise the missing LM head at random."""
+    t = pytest.importorskip("transformers")
+    t.LlamaModel(t.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=4)).save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match=r"does not fit LlamaForCausalLM.*lm_head.weight"):
+        hf.from_pretrained(tmp_path, t.LlamaForCausalLM)
 
 
 def test_compress_with_a_plan_reuses_the_given_analysis(monkeypatch) -> None:

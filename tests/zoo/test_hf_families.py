@@ -6,7 +6,7 @@ hidden 64; nothing is downloaded): each compresses at ratio 0.5 with `l2` and wi
 This sweep found Falcon pruning nothing (`x @ weight.T`, a constant index into its fused projection), T5
 failing to capture (its decoder's own config kept the cache), GPT-NeoX and Mixtral folders that did not
 reload (names transformers renames on save) and `obs` crashing on parallel blocks (GPT-J, GPT-NeoX, Phi).
-Heavier than the default run (about 2 minutes): `make test-all`.
+Heavier than the default run (about 2 minutes): `make test-slow` (CI runs it) or `make test-all`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of the `structprune` command line, run as a subprocess.
+"""End-to-end tests of the `structprune` command line, run as a subprocess (refusals in process).
 
 Every test runs `python -m structprune ...` in its own folder and checks the exit code, what was
 printed, and what was (or was not) written. To stay within the default test budget on a 2-core
@@ -7,7 +7,9 @@ machine, independent CLI runs are started two at a time by module-scoped fixture
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -15,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +58,22 @@ def run_cli(args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> subpr
     """`python -m structprune ARGS` in `cwd`; never raises on a non-zero exit."""
     return subprocess.run([sys.executable, "-m", "structprune", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`structprune.cli.main(ARGS)` in this process, in `cwd`, with stdout and stderr captured: the CLI's
+    own handling of a user error without the 6 s of a fresh interpreter. An exception escaping main
+    comes back as exit 1 with its traceback on stderr, as a subprocess would show it."""
+    from structprune import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(args)
+        except BaseException:  # noqa: BLE001 - reported like an uncaught exception in a subprocess
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["structprune", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_many(jobs: dict[str, tuple[list[str], Path]]) -> dict[str, subprocess.CompletedProcess]:
@@ -327,13 +346,15 @@ class Refusal:
     files: tuple[str, ...] = ()
     existing_out: bool = False  # a non-empty ./out before the run
     code: int = 2
+    subprocess: bool = False  # run as `python -m structprune` (else in process: the same CLI code, no start-up)
 
 
 REFUSALS = {
     "pickle_without_trust": Refusal(("compress", "cnn_whole.pt", "--input-shape", "1,1,8,8"),
-                                    ("cnn_whole.pt", "pickled", "--trust-pickle"), ("cnn_whole.pt",)),
+                                    ("cnn_whole.pt", "pickled", "--trust-pickle"), ("cnn_whole.pt",),
+                                    subprocess=True),
     "torchscript": Refusal(("compress", "cnn_script.pt"), ("cnn_script.pt", "TorchScript"), ("cnn_script.pt",)),
-    "missing_file": Refusal(("compress", "nowhere.pt"), ("nowhere.pt", "does not exist")),
+    "missing_file": Refusal(("compress", "nowhere.pt"), ("nowhere.pt", "does not exist"), subprocess=True),
     "corrupt_file": Refusal(("compress", "random.pt"), ("random.pt", "not a PyTorch model file"), ("random.pt",)),
     "truncated_file": Refusal(("compress", "cnn_truncated.pt", "--arch", "zoo:cnn", "--arch-kwargs", CNN_KWARGS),
                               ("cnn_truncated.pt", "truncated"), ("cnn_truncated.pt",)),
@@ -349,7 +370,8 @@ REFUSALS = {
     "missing_npz": Refusal(("compress", "zoo:mlp", "--data", "nosuch.npz"), ("nosuch.npz", "does not exist")),
     "unknown_data_spec": Refusal(("compress", "zoo:mlp", "--data", "not a spec"),
                                  ("'not a spec'", "not understood")),
-    "non_empty_out": Refusal(("compress", "zoo:mlp"), ("out", "not empty", "--force"), existing_out=True),
+    "non_empty_out": Refusal(("compress", "zoo:mlp"), ("out", "not empty", "--force"), existing_out=True,
+                             subprocess=True),
     "plan_with_unknown_group": Refusal(("apply", "cnn_state.pt", "bad_plan.json", "--arch", "zoo:cnn",
                                         "--arch-kwargs", CNN_KWARGS),
                                        ("unknown group 'nosuch.weight:0'",), ("cnn_state.pt", "bad_plan.json")),
@@ -382,7 +404,8 @@ def refusal_runs(tmp_path_factory, model_files) -> Runs:
         out = [] if "--out" in case.args else ["--out", "out"]
         jobs[name] = ([*case.args, *out, "--no-onnx"], folder)
     runs.before = {name: snapshot(folder) for name, folder in runs.dirs.items()}
-    runs.procs = run_many(jobs)
+    runs.procs = run_many({name: job for name, job in jobs.items() if REFUSALS[name].subprocess})
+    runs.procs.update({name: run_in_process(*job) for name, job in jobs.items() if not REFUSALS[name].subprocess})
     return runs
 
 

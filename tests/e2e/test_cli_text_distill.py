@@ -111,6 +111,7 @@ def pooled_cosine(student, teacher, batch: dict) -> float:
     return float(torch.nn.functional.cosine_similarity(s, t, dim=-1).mean())
 
 
+@pytest.mark.slow  # three CLI jobs, 60 s on 2 cores; tests/unit/test_text_distillation.py covers it in process
 def test_distillation_without_labels_raises_held_out_fidelity(jobs) -> None:
     section = report(jobs["base"] / "whole")["recovery"]
     assert section["method"] == "distill" and section["metric"] == "fidelity" and section["epochs"] == EPOCHS
@@ -123,6 +124,7 @@ def test_distillation_without_labels_raises_held_out_fidelity(jobs) -> None:
     assert "one-shot cosine" in summary and f"{before:.4f}" in summary and f"{after:.4f}" in summary
 
 
+@pytest.mark.slow  # three CLI jobs, 60 s on 2 cores; tests/unit/test_text_distillation.py covers it in process
 def test_every_artifact_is_written_and_hf_reloads_to_the_distilled_model(jobs) -> None:
     base = jobs["base"]
     out = base / "whole"
@@ -143,6 +145,7 @@ def test_every_artifact_is_written_and_hf_reloads_to_the_distilled_model(jobs) -
     assert reloaded.encoder.layer[0].intermediate.dense.out_features < dense.config.intermediate_size
 
 
+@pytest.mark.slow  # three CLI jobs, 60 s on 2 cores; tests/unit/test_text_distillation.py covers it in process
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(jobs) -> None:
     base = jobs["base"]
     assert 1 <= jobs["killed_after"] < EPOCHS  # the kill landed inside recovery, not after it

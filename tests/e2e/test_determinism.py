@@ -66,6 +66,7 @@ def assert_all_equal(plans: dict[str, bytes]) -> None:
     assert differing == [], f"plan.json differs from {next(iter(plans))} in {differing}"
 
 
+@pytest.mark.slow  # three CLI processes, 36 s
 def test_taylor_plan_is_byte_identical_across_runs_and_thread_counts(tmp_path: Path) -> None:
     assert_all_equal(plans_by_threads(tmp_path, (1, 2, 4), ("--criterion", "taylor")))
 

@@ -200,6 +200,7 @@ def test_pinned_latency_reads_every_candidate_on_the_dense_clock_whatever_the_dr
             assert measure.drift_meta()["dense_ms_seen"] == [round(true[256], 4), round(2.0 * true[256], 4)]
 
 
+@pytest.mark.slow  # 45 s: a whole latency search; the injected clocks above test the search's logic
 def test_compress_latency_target_is_met_on_the_true_clock_while_the_machine_drifts(monkeypatch, tmp_path) -> None:
     """compress's own measurement (no latency_measure) alternates with dense: a machine that slows by 20% per
     call does not push the search to a deeper cut; the handed-over model's true figure is within the band."""

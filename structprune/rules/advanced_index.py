@@ -7,7 +7,9 @@ otherwise, as torch lays them out. Indexing along a channel dim picks fixed entr
 kept whole: its entries are tied to each other (a lookup table's position axis; the key and value
 slots of Falcon's fused grouped projection, `qkv.view(..., groups, heads + 2, head_dim)[..., [-2]]`),
 while the other axes stay prunable (Falcon's whole KV groups). Where every channel dim of an
-activation is indexed, nothing would stay prunable: that blocks, naming the op.
+activation is indexed, nothing would stay prunable: that blocks, naming the op. An index tensor
+that carries channels (its values computed from an activation) blocks those channels: the positions
+it holds would change meaning with the pruning, unseen by verification's masked model.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ def rule_index(ctx: RuleContext, node: fx.Node) -> None:
     if src is None or out_shape is None:
         ctx.set(node, None)
         return
+    for index in node.args[1]:
+        ctx.block_index_values(index, "advanced indexing")
     indexed = [d for d, index in enumerate(node.args[1]) if index is not None]
     channels = [d for d in range(src.ndim) if src.chan[d]]
     if ctx.fqn(node.args[0]) is None and channels and set(channels) <= set(indexed):

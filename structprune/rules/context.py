@@ -181,6 +181,13 @@ class RuleContext:
     def block(self, ids: np.ndarray, kind: ReasonKind, detail: str = "") -> None:
         self.space.block(ids, self.reason(kind, detail))
 
+    def block_index_values(self, arg, op: str) -> None:
+        """Block the channels of `arg` where an op reads its values as positions (an index tensor): pruning
+        would change what they point at, and the masked model, which keeps every position, cannot show it."""
+        index = self.value(arg)
+        if index is not None and any(index.chan):
+            self.block(index.ids, ReasonKind.DATA_DIMENSION, f"{op} reads indices computed from channel values")
+
     def flag_inexact(self, ids: np.ndarray, op: str) -> None:
         self.space.flag_inexact(ids, op)
 

@@ -64,6 +64,7 @@ def rule_index_select(ctx: RuleContext, node: fx.Node) -> None:
     if src is None or out_shape is None:
         ctx.set(node, None)
         return
+    ctx.block_index_values(node.args[2], "index_select")
     dim = node.args[1] % src.ndim if src.ndim else 0
     if src.ndim and src.chan[dim]:
         _blocked(ctx, node, src, ReasonKind.FIXED_SIZE, "index_select along a channel dim picks fixed indices")

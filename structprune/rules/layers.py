@@ -132,8 +132,10 @@ def contract_last(ctx: RuleContext, x: Abstract, out_ids: np.ndarray, out_shape,
 
 
 def rule_embedding(ctx: RuleContext, node: fx.Node) -> None:
-    """embedding(W, indices): the output's last dim is W's embedding axis; indices are data."""
+    """embedding(W, indices): the output's last dim is W's embedding axis; indices are data (indices
+    computed from channel values block those channels)."""
     weight = node.args[0]
+    ctx.block_index_values(node.args[1], "embedding")
     out_ids = ctx.state_axis(weight, 1, ROLE_OUT)
     if out_ids is None:
         return rule_unsupported(ctx, node, "embedding whose table is not a parameter")

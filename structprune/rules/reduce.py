@@ -9,6 +9,7 @@ spatial dims carry channels, the op would mix them: blocked.
 """
 from __future__ import annotations
 
+import operator
 import re
 
 import numpy as np
@@ -51,7 +52,9 @@ def rule_reduction(ctx: RuleContext, node: fx.Node, op: str) -> None:
     dims = _dims_for(node, x.ndim, op)
     chan_reduced = [d for d in dims if x.chan[d]]
     keeps_channels = any(c for d, c in enumerate(x.chan) if d not in dims)
-    if chan_reduced:
+    if chan_reduced and _returns_positions(node, op, is_tuple):
+        _keep_positions(ctx, node, x, chan_reduced, keeps_channels, op)
+    elif chan_reduced:
         _flag_inexact_unless_whole_fibres(ctx, x, chan_reduced, op)
         if keeps_channels:  # the output's remaining channel ids must stand for whole fibres
             ctx.union_fibres(x, chan_reduced)
@@ -109,6 +112,27 @@ def rule_spatial(ctx: RuleContext, node: fx.Node, op: str) -> None:
     else:
         out = make_with_chan(x.ids, x.chan, tuple(first.shape))
     ctx.set(node, (out, ctx.fresh_data(tuple(val[1].shape))) if is_tuple else out)
+
+
+POSITION_OPS = ("argmax", "argmin")  # reductions whose output is a position along the reduced dims
+
+
+def _returns_positions(node: fx.Node, op: str, is_tuple: bool) -> bool:
+    """True if the reduction's result read downstream holds positions along the reduced dims: argmax /
+    argmin, or max / min(x, dim) whose indices (second output) are used."""
+    if op in POSITION_OPS:
+        return True
+    return is_tuple and any(user.target is operator.getitem and user.args[1] == 1 and user.users for user in node.users)
+
+
+def _keep_positions(ctx: RuleContext, node: fx.Node, x, dims: list[int], keeps_channels: bool, op: str) -> None:
+    """Positions along pruned channel dims would point elsewhere after the rewrite, unseen by verification's
+    masked model: each fibre along the reduced dims is kept whole (the other channel dims stay prunable),
+    and where no other dim carries channels the op blocks them, naming itself."""
+    if keeps_channels:
+        ctx.union_fibres(x, dims)
+    else:
+        ctx.block(x.ids, ReasonKind.DATA_DIMENSION, f"{op} over a channel dim returns channel positions")
 
 
 REDUCTION_OPS = (

@@ -222,6 +222,49 @@ def test_a_constant_index_along_the_only_channel_dim_blocks_naming_it() -> None:
     assert "advanced indexing along a channel dim" in group.reasons[0].detail
 
 
+class ChannelPositions(nn.Module):
+    """Linear(6 -> 8) whose activation's values or positions along its channels select rows of a table."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 4)
+        self.table = nn.Parameter(torch.randn(10, 4, generator=torch.Generator().manual_seed(3)))
+        self.emb = nn.Embedding(10, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        codes = (h * 3).long().clamp(max=9)  # indices computed from each channel's value
+        picked = {"argmax": lambda: self.table[h.argmax(-1)],
+                  "max_indices": lambda: self.table[torch.max(h, -1).indices],
+                  "max_values": lambda: torch.max(h, -1).values.unsqueeze(-1),
+                  "index_from_values": lambda: self.table[codes].sum(-2),
+                  "embedding_from_values": lambda: self.emb(codes).sum(-2),
+                  "index_select_from_values": lambda: self.table.index_select(0, codes[0, 0]).sum(0)}[self.how]()
+        return self.b(h) + picked
+
+
+@pytest.mark.parametrize("how, detail", [
+    ("argmax", "argmax over a channel dim returns channel positions"),
+    ("max_indices", "max over a channel dim returns channel positions"),
+    ("index_from_values", "advanced indexing reads indices computed from channel values"),
+    ("embedding_from_values", "embedding reads indices computed from channel values"),
+    ("index_select_from_values", "index_select reads indices computed from channel values"),
+])
+def test_channel_positions_or_values_used_as_indices_block_naming_the_op(how: str, detail: str) -> None:
+    """Pruning would change what these indices point at, and verification's masked model (which keeps
+    every position) could not see it: before this rule each of these compressed and verified silently."""
+    group = group_with(structprune.analyze(ChannelPositions(how).eval(), SEQ), "a.weight:0")
+    assert not group.prunable and reason_kinds(group) == {ReasonKind.DATA_DIMENSION}
+    assert detail in group.reasons[0].detail
+
+
+def test_max_over_channels_read_for_its_values_only_stays_prunable() -> None:
+    group = group_with(structprune.analyze(ChannelPositions("max_values").eval(), SEQ), "a.weight:0")
+    assert group.prunable and not group.exact and group.inexact_ops == ("max",)
+    assert compress(ChannelPositions("max_values"), SEQ).model.a.out_features == 4
+
+
 # ---- pixel shuffle, index_select, interpolate, unbind ---------------------------------------------
 
 class PixelShuffles(nn.Module):

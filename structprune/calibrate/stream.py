@@ -7,9 +7,7 @@ the stream target is  O* = Z_dense - R_pruned = O_pruned + (Z_dense - Z_pruned).
 output is read directly (a BatchNorm, an activation) there is no such reader and the target is the
 dense output, as before.
 
-The reader is found by probing, not by module type: on one batch, the first module called after the
-consumer whose input moves by exactly delta when delta is added to the consumer's output, and which
-reads more than the output itself (so a dropout in between is skipped). In a pre-norm transformer that
+The reader is found by probing (`structprune.criteria.readers`). In a pre-norm transformer that
 is the next block, not its norm: the stream itself goes on unnormalised, so its rows are not weighted
 (measured on a random Llama: weighting by the next norm lowered the output cosine). A reader that
 normalises each position (reader(2 Z) == reader(Z), as LayerNorm) makes the error of a position
@@ -17,25 +15,18 @@ count in units of that position's spread, so rows are weighted by 1 / var(Z_dens
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from structprune.calibrate.layers import channel_last
+from structprune.criteria.readers import Reader, find_reader
 from structprune.data.running import StopForward, call_model, first_tensor, forward_hooks
 
-PROBE_MODULES = 16  # modules after the consumer that may be its reader
+__all__ = ["OUTPUT", "Reader", "find_reader", "output_rows", "reads_output_of", "run_to_reader", "stream_inputs"]
+
 OUTPUT = ""  # a reader name: whatever reads the output of the module that is run (its first tensor)
-
-
-@dataclass(frozen=True)
-class Reader:
-    """Module `name` reads the stream the consumer's output is added to; `normalises` per position."""
-
-    name: str
-    normalises: bool
 
 
 def output_rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
@@ -43,23 +34,6 @@ def output_rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
     if channel_last(module):
         return t.reshape(-1, t.shape[-1])
     return t.movedim(1, -1).reshape(-1, t.shape[1])
-
-
-def find_reader(model: nn.Module, name: str, x: Any) -> Reader | None:
-    """The module reading `name`'s output plus a residual, probed on input `x` (None: no such module)."""
-    names = [n for n, _ in model.named_modules() if n and n != name and not n.startswith(name + ".")]
-    plain, out = _inputs_after(model, name, names, x, None)
-    if out is None:
-        return None
-    delta = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out) * (out.std() + 1e-6)
-    moved, _ = _inputs_after(model, name, names, x, delta)
-    for (reader, z), (again, z_moved) in zip(plain, moved):
-        if reader != again or z.shape != out.shape:
-            continue
-        tol = 1e-4 * float(delta.abs().max())
-        if float((z_moved - z - delta).abs().max()) <= tol and float((z - out).abs().max()) > tol:
-            return Reader(reader, _normalises(model.get_submodule(reader), z))
-    return None
 
 
 def run_to_reader(model: nn.Module, name: str, reader: str, x: Any, also: str | None = None) -> tuple:
@@ -137,40 +111,3 @@ def stream_inputs(model: nn.Module, readers: dict[str, Reader], x: Any) -> tuple
     with forward_hooks(model, pre=pre), torch.no_grad():
         out = call_model(model, x)
     return seen, out
-
-
-def _inputs_after(model, name, names, x, delta):
-    """[(module, first tensor input)] of the modules called after `name`'s output (at most
-    PROBE_MODULES), with `delta` added to that output; and the output itself."""
-    state: dict[str, Any] = {"out": None, "after": []}
-
-    def output(module, args, out):
-        if state["out"] is None and isinstance(out, torch.Tensor):
-            state["out"] = out.detach()
-            return out + delta if delta is not None else out
-        return None
-
-    def watch(module_name):
-        def hook(module, args):
-            if state["out"] is not None and args and isinstance(args[0], torch.Tensor):
-                state["after"].append((module_name, args[0].detach()))
-                if len(state["after"]) >= PROBE_MODULES:
-                    raise StopForward
-        return hook
-
-    with forward_hooks(model, pre={n: watch(n) for n in names}, post={name: output}), torch.no_grad():
-        try:
-            call_model(model, x)
-        except StopForward:
-            pass
-    return state["after"], state["out"]
-
-
-def _normalises(module: nn.Module, z: torch.Tensor) -> bool:
-    """True if module(2 z) == module(z): the module divides each position by its own spread."""
-    try:
-        with torch.no_grad():
-            one, two = module(z), module(2.0 * z)
-    except (RuntimeError, TypeError, ValueError, IndexError):
-        return False
-    return isinstance(one, torch.Tensor) and bool(torch.allclose(one, two, rtol=1e-3, atol=1e-4))

@@ -6,20 +6,25 @@ with H = sum over calibration rows of [row, 1]^T [row, 1] -- the Hessian of OBS 
 as SparseGPT/ZipLM use it, with a constant column when the layer has a bias (its intercept). Rows
 are positions: samples x tokens (padded tokens of an `attention_mask` left out) or samples x patches.
 That the consumer computes exactly this is checked on real input, not assumed from its type.
+Where the consumer's output is added to a stream that a module normalises per position (a post-norm
+transformer's LayerNorm; see `readers.py`), a row counts in units of that position's spread: it is
+weighted by 1 / var(stream) over the channels, as the refits of `calibrate.reconstruct` weight it, so
+the channels chosen are those the refit can best do without.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structprune.criteria.readers import Reader
 from structprune.criteria.taps import Padding, Tap, as_samples, observe_inputs
 from structprune.data.batches import Batch
-from structprune.data.running import eval_mode
+from structprune.data.running import eval_mode, forward_hooks
 
 
 @dataclass(eq=False)
@@ -87,12 +92,16 @@ def column_channels(matrix: torch.Tensor, tap: Tap) -> np.ndarray:
     return np.repeat(np.asarray(tap.positions), matrix.shape[1] // len(tap.positions))
 
 
-def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch],
-                   max_features: int = 8192) -> dict[int, ConsumerGram]:
-    """H per usable tap (keyed by id(tap)), accumulated over the batches in one forward pass each."""
+def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], max_features: int = 8192,
+                   readers: Mapping[str, Reader] | None = None) -> dict[int, ConsumerGram]:
+    """H per usable tap (keyed by id(tap)), accumulated over the batches in one forward pass each;
+    `readers` (by consumer module): the rows of a consumer whose reader normalises are weighted by
+    1 / var of the reader's input at their position."""
     grams: dict[int, ConsumerGram | None] = {}
     padding = Padding()
     checking: list[Tap] = []  # the check calls the consumer, whose hook must not observe that call
+    normalising = {name: r.name for name, r in (readers or {}).items() if r.normalises}
+    waiting: dict[str, list] = {}  # reader -> (gram, consumer, input) seen since its last call
 
     def see(tap: Tap, x: torch.Tensor) -> None:
         if checking:
@@ -104,13 +113,37 @@ def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch],
             finally:
                 checking.pop()
         state = grams[id(tap)]
-        if state is not None:
-            _add_rows(state, model.get_submodule(tap.module), x.detach(), padding)
+        if state is None:
+            return
+        module = model.get_submodule(tap.module)
+        if tap.module in normalising:
+            waiting.setdefault(normalising[tap.module], []).append((state, module, x.detach()))
+        else:
+            _add_rows(state, module, x.detach(), padding)
 
-    with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad():
+    def at_reader(name: str):
+        def hook(_, args):
+            for state, module, x in waiting.pop(name, []):
+                _add_rows(state, module, x, padding, _spread_weights(x, args[0] if args else None))
+        return hook
+
+    with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad(), \
+            forward_hooks(model, pre={name: at_reader(name) for name in set(normalising.values())}):
         for batch in batches:
             padding.run(model, batch.x)
+            for pending in waiting.values():  # a reader not reached on this batch: rows unweighted
+                for state, module, x in pending:
+                    _add_rows(state, module, x, padding)
+            waiting.clear()
     return {key: g for key, g in grams.items() if g is not None and g.rows > 0}
+
+
+def _spread_weights(x: torch.Tensor, z) -> torch.Tensor | None:
+    """1 / var over the channels of the stream `z` per position of the (channel-last) input `x`, or None
+    where they do not line up."""
+    if not isinstance(z, torch.Tensor) or z.ndim != x.ndim or z.shape[:-1] != x.shape[:-1]:
+        return None
+    return 1.0 / z.detach().float().var(dim=-1).reshape(-1).clamp(min=1e-12)
 
 
 def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> ConsumerGram | None:
@@ -131,18 +164,24 @@ def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> Co
                                                                    device=weight.device))
 
 
-def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: Padding) -> None:
+def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: Padding,
+              row_weights: torch.Tensor | None = None) -> None:
+    """Add x's rows (real tokens only) to H, each weighted by `row_weights` (per position of x) if given."""
     weight = module.get_parameter(state.tap.weight.rsplit(".", 1)[1])
     rows = matrix_rows(module, weight, x, state.tap)
+    if row_weights is not None and (weight.ndim != 2 or row_weights.shape[0] != rows.shape[0]):
+        row_weights = None
     valid = row_mask(weight, x, state.tap, padding)
     if valid is not None:
         rows = rows[valid.to(rows.device)]
+        row_weights = None if row_weights is None else row_weights[valid.to(row_weights.device)]
     rows = rows.float()  # products in float32 (as SparseGPT's H), summed over batches in float64
+    scaled = rows if row_weights is None else rows * row_weights.sqrt().to(rows.device).unsqueeze(1)
     data = rows.shape[1]
-    state.gram[:data, :data] += (rows.T @ rows).double()
+    state.gram[:data, :data] += (scaled.T @ scaled).double()
     if state.has_bias:
-        total = rows.sum(dim=0).double()
+        total = (rows if row_weights is None else rows * row_weights.to(rows.device).unsqueeze(1)).sum(dim=0).double()
         state.gram[:data, data] += total
         state.gram[data, :data] += total
-        state.gram[data, data] += rows.shape[0]
+        state.gram[data, data] += rows.shape[0] if row_weights is None else float(row_weights.sum())
     state.rows += rows.shape[0]

@@ -18,10 +18,11 @@ pruning): each round removes the ceil(to_remove / rounds) cheapest channels at o
 block update, so a layer costs `rounds` matrix products instead of a Python step per channel.
 
 Our adaptation: the criterion only chooses channels (H is measured on the dense network in one
-forward pass, padded tokens left out); the weight update is done after the rewrite by
-`structprune.calibrate.reconstruct`, layer by layer on the already-pruned network, which the plan
-asks for (`plan.meta["reconstruction"]`: target "stream", ridge = `damp`, the same `max_samples`, and
-`tune_epochs` / `tune_lr` of tuning by gradient after the refits, off by default: see
+forward pass, padded tokens left out, rows weighted by 1 / var of the stream where a LayerNorm reads the
+consumer's output plus a residual, as the refit weights them: see `hessian.py`); the weight update is
+done after the rewrite by `structprune.calibrate.reconstruct`, layer by layer on the already-pruned
+network, which the plan asks for (`plan.meta["reconstruction"]`: target "stream", ridge = `damp`, the
+same `max_samples`, and `tune_epochs` / `tune_lr` of tuning by gradient after the refits, off by default: see
 `calibrate.unit_tuning` (a feed-forward network tuned on token rows) and `calibrate.block_tuning` (the
 whole block, where no such unit is found); on all-MiniLM-L6-v2 at FFN -50 % two epochs lift the mean
 cosine 0.966 -> 0.970 for about 40 % more compress time).
@@ -41,8 +42,12 @@ import torch
 from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.hessian import ConsumerGram, consumer_grams
+from structprune.criteria.readers import Reader, find_reader
 from structprune.criteria.taps import consumer_taps, taps_by_group
+from structprune.data.batches import Batch, take_first
+from structprune.data.running import eval_mode
 
+PROBE_SAMPLES = 2  # samples of the first batch a stream reader is probed on
 RECONSTRUCTION_KEY = "reconstruction"  # plan meta: how calibrate.reconstruct refits after this criterion
 
 
@@ -110,6 +115,14 @@ def removal_order(surgeons: list[Surgeon], size: int, to_remove: int, rounds: in
         alive[chosen] = False
         order += chosen.tolist()
     return order
+
+
+def stream_readers(model: torch.nn.Module, taps, batch: Batch) -> dict[str, Reader]:
+    """The stream reader of each tap's consumer (see `readers.py`), probed on two samples of `batch`."""
+    probe = take_first(batch.x, PROBE_SAMPLES)
+    with eval_mode(model):
+        found = {name: find_reader(model, name, probe) for name in dict.fromkeys(t.module for t in taps)}
+    return {name: reader for name, reader in found.items() if reader is not None}
 
 
 def _damped_inverse(state: ConsumerGram, damp: float) -> torch.Tensor:
@@ -191,8 +204,9 @@ class StructuredOBS:
         todo = [g for g in groups if g.group_id not in cached]
         if todo:
             taps = consumer_taps(todo, ctx.model)
-            grams = consumer_grams(ctx.model, taps, load_batches(ctx, self.max_samples, self.name),
-                                   self.max_features) if taps else {}
+            batches = load_batches(ctx, self.max_samples, self.name)
+            grams = consumer_grams(ctx.model, taps, batches, self.max_features,
+                                   stream_readers(ctx.model, taps, batches[0])) if taps else {}
             by_group = taps_by_group(taps)
             cached.update({g.group_id: [grams[id(t)] for t in by_group.get(g.group_id, []) if id(t) in grams]
                            for g in todo})

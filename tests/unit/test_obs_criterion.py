@@ -16,10 +16,10 @@ from structprune.calibrate import reconstruct
 from structprune.calibrate.stream import find_reader
 from structprune.criteria import CRITERIA, ScoringContext, StructuredOBS
 from structprune.criteria.hessian import consumer_grams
-from structprune.criteria.obs import RECONSTRUCTION_KEY, Surgeon, removal_order
+from structprune.criteria.obs import RECONSTRUCTION_KEY, Surgeon, removal_order, stream_readers
 from structprune.criteria.taps import consumer_taps
 from structprune.criteria.views import group_views
-from structprune.data.batches import calibration_batches
+from structprune.data.batches import Batch, calibration_batches
 from structprune.selection import Plan
 
 
@@ -52,6 +52,38 @@ def test_obs_is_registered_and_asks_for_the_stream_reconstruction():
     assert len(selection.keep["0.weight:0"]) == 20
     assert selection.meta[RECONSTRUCTION_KEY] == {"target": "stream", "ridge": 0.01, "max_samples": 2048,
                                                   "tune_epochs": 0.0, "tune_lr": 1e-3}
+
+
+class PostNormBlock(nn.Module):
+    """x -> LayerNorm(x + fc2(relu(fc1(x)))): a post-norm feed-forward block (BERT's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.norm = nn.Linear(8, 24), nn.Linear(24, 8), nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(x + self.fc2(torch.relu(self.fc1(x))))
+
+
+def test_h_rows_are_weighted_by_the_spread_of_the_stream_a_layernorm_reads():
+    """Where a LayerNorm reads the consumer's output plus the residual, each row of H counts by
+    1 / var of that stream at its position (as the stream refit weights it); elsewhere rows count once."""
+    net, x = PostNormBlock().eval(), torch.randn(4, 5, 8) * torch.linspace(0.2, 5.0, 5).reshape(1, 5, 1)
+    views = group_views(structprune.analyze(net, x[:2]), net)
+    taps = consumer_taps(views, net)
+    readers = stream_readers(net, taps, Batch(x, None))
+    assert {name: (r.name, r.normalises) for name, r in readers.items()} == {"fc2": ("norm", True)}
+    weighted = next(iter(consumer_grams(net, taps, [Batch(x, None)], readers=readers).values())).gram
+    plain = next(iter(consumer_grams(net, taps, [Batch(x, None)]).values())).gram
+    with torch.no_grad():
+        rows = torch.relu(net.fc1(x)).reshape(-1, 24).double()
+        weights = 1.0 / (x + net.fc2(torch.relu(net.fc1(x)))).var(dim=-1).reshape(-1).double()
+    ones = torch.ones(len(rows), 1, dtype=torch.float64)
+    augmented = torch.cat([rows, ones], dim=1)
+    assert torch.allclose(plain, augmented.T @ augmented, rtol=1e-5)
+    assert torch.allclose(weighted, (augmented * weights.unsqueeze(1)).T @ augmented, rtol=1e-5)
+    assert not torch.allclose(weighted / weighted[-1, -1], plain / plain[-1, -1], rtol=1e-2)
 
 
 def test_obs_update_is_the_ridge_least_squares_refit_of_the_kept_columns():

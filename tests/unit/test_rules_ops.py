@@ -2,6 +2,8 @@
 Each op: which axes the rule ties (or blocks, and why), and a small model using it pruned and verified."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,6 +259,33 @@ def test_channel_positions_or_values_used_as_indices_block_naming_the_op(how: st
     group = group_with(structprune.analyze(ChannelPositions(how).eval(), SEQ), "a.weight:0")
     assert not group.prunable and reason_kinds(group) == {ReasonKind.DATA_DIMENSION}
     assert detail in group.reasons[0].detail
+
+
+class HeadwiseArgmax(nn.Module):
+    """Per head of a Linear(6 -> 8) viewed as 2 heads x 4 dims, the position of its largest dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        top = h.view(*h.shape[:-1], -1, 4).argmax(-1).float()  # (batch, tokens, heads)
+        return self.b(h) + top.sum(-1, keepdim=True)
+
+
+def test_argmax_within_each_head_keeps_the_heads_prunable_as_whole_units() -> None:
+    group = group_with(structprune.analyze(HeadwiseArgmax().eval(), SEQ), "a.weight:0")
+    assert group.prunable and group.size == 2  # each head's 4 dims one unit: positions within it stay valid
+    model = HeadwiseArgmax().eval()
+    pruned = structprune.apply_plan(model, SEQ, Plan({group.id: (1,)}, {group.id: 2}))
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # head 0 silenced: its argmax is 0, as if it were gone
+        masked.a.weight[:4] = 0.0
+        masked.a.bias[:4] = 0.0
+        masked.b.weight[:, :4] = 0.0
+    assert pruned.a.out_features == 4
+    assert torch.allclose(outputs(pruned, SEQ), outputs(masked, SEQ), atol=1e-6)
 
 
 def test_max_over_channels_read_for_its_values_only_stays_prunable() -> None:

@@ -54,6 +54,7 @@ from structprune.calibrate.stream import (
 )
 from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
 from structprune.criteria.obs import RECONSTRUCTION_KEY
+from structprune.criteria.readers import spread_weights
 from structprune.criteria.taps import token_places
 from structprune.data.batches import Batch, calibration_batches, token_mask
 from structprune.data.running import (
@@ -450,7 +451,7 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
         o_p = _real_rows(output_rows(module, out), out, module, batch).double()
         z_p = _real_rows(output_rows(module, z), z, module, batch).double()
         y = (o_p + (z_d.double() - z_p) - bias).float()  # products in float32, sums in float64
-        weight = 1.0 / z_d.float().var(dim=1).clamp(min=1e-12) if reader.normalises else None
+        weight = spread_weights(z_d) if reader.normalises else None
         pick = take_rows(rows, settings.max_rows, settings.generator)
         sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
         if unit_rows is not None:

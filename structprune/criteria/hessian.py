@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structprune.criteria.readers import Reader
+from structprune.criteria.readers import Reader, spread_weights
 from structprune.criteria.taps import Padding, Tap, as_samples, observe_inputs
 from structprune.data.batches import Batch
 from structprune.data.running import eval_mode, forward_hooks
@@ -143,7 +143,7 @@ def _spread_weights(x: torch.Tensor, z) -> torch.Tensor | None:
     where they do not line up."""
     if not isinstance(z, torch.Tensor) or z.ndim != x.ndim or z.shape[:-1] != x.shape[:-1]:
         return None
-    return 1.0 / z.detach().float().var(dim=-1).reshape(-1).clamp(min=1e-12)
+    return spread_weights(z).reshape(-1)
 
 
 def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> ConsumerGram | None:
@@ -176,12 +176,13 @@ def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: 
         rows = rows[valid.to(rows.device)]
         row_weights = None if row_weights is None else row_weights[valid.to(row_weights.device)]
     rows = rows.float()  # products in float32 (as SparseGPT's H), summed over batches in float64
-    scaled = rows if row_weights is None else rows * row_weights.sqrt().to(rows.device).unsqueeze(1)
+    w = torch.ones(rows.shape[0], 1, device=rows.device) if row_weights is None else \
+        row_weights.to(rows.device).unsqueeze(1)
     data = rows.shape[1]
-    state.gram[:data, :data] += (scaled.T @ scaled).double()
+    state.gram[:data, :data] += ((rows * w).T @ rows).double()
     if state.has_bias:
-        total = (rows if row_weights is None else rows * row_weights.to(rows.device).unsqueeze(1)).sum(dim=0).double()
+        total = (rows * w).sum(dim=0).double()
         state.gram[:data, data] += total
         state.gram[data, :data] += total
-        state.gram[data, data] += rows.shape[0] if row_weights is None else float(row_weights.sum())
+        state.gram[data, data] += float(w.sum())
     state.rows += rows.shape[0]

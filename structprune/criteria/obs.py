@@ -42,7 +42,7 @@ import torch
 from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.hessian import ConsumerGram, consumer_grams
-from structprune.criteria.readers import Reader, find_reader
+from structprune.criteria.readers import Reader, find_readers
 from structprune.criteria.taps import consumer_taps, taps_by_group
 from structprune.data.batches import Batch, take_first
 from structprune.data.running import eval_mode
@@ -119,10 +119,8 @@ def removal_order(surgeons: list[Surgeon], size: int, to_remove: int, rounds: in
 
 def stream_readers(model: torch.nn.Module, taps, batch: Batch) -> dict[str, Reader]:
     """The stream reader of each tap's consumer (see `readers.py`), probed on two samples of `batch`."""
-    probe = take_first(batch.x, PROBE_SAMPLES)
     with eval_mode(model):
-        found = {name: find_reader(model, name, probe) for name in dict.fromkeys(t.module for t in taps)}
-    return {name: reader for name, reader in found.items() if reader is not None}
+        return find_readers(model, (t.module for t in taps), take_first(batch.x, PROBE_SAMPLES))
 
 
 def _damped_inverse(state: ConsumerGram, damp: float) -> torch.Tensor:

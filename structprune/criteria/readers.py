@@ -46,6 +46,18 @@ def find_reader(model: nn.Module, name: str, x: Any) -> Reader | None:
     return None
 
 
+def find_readers(model: nn.Module, names, x: Any) -> dict[str, Reader]:
+    """The reader of each of the modules `names` that has one, probed on input `x`."""
+    found = {name: find_reader(model, name, x) for name in dict.fromkeys(names)}
+    return {name: reader for name, reader in found.items() if reader is not None}
+
+
+def spread_weights(z: torch.Tensor) -> torch.Tensor:
+    """1 / var over the channels (last dim) of the stream `z`, per position: how much an error at each
+    position counts once a reader that normalises has divided by its spread."""
+    return 1.0 / z.detach().float().var(dim=-1).clamp(min=1e-12)
+
+
 def _inputs_after(model, name, names, x, delta):
     """[(module, first tensor input)] of the modules called after `name`'s output (at most
     PROBE_MODULES), with `delta` added to that output; and the output itself."""

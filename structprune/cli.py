@@ -19,6 +19,7 @@ from structprune import __version__
 from structprune.arguments import HelpFormatter, batch_shape, json_object, number
 from structprune.compress_config import DEFAULT_RATIO, DEFAULT_ROUND_TO, CompressConfig
 from structprune.criteria import CRITERIA, get_criterion
+from structprune.criteria.taps import WEIGHINGS
 from structprune.demo import run_demo
 from structprune.errors import CaptureError, PlanError, StructpruneError, UsageError
 from structprune.group_lasso import GroupLassoConfig
@@ -215,6 +216,10 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                    help="after the least-squares refit (--criterion obs, with --data), tune each refit layer with the "
                         "layers feeding it (a transformer's FFN, on token rows) or its whole block by gradient for E "
                         "epochs towards the dense model's outputs; no labels")
+    p.add_argument("--weigh", choices=WEIGHINGS,
+                   help="how calibration rows count in --criterion obs's choice, refit and tuning: tokens (default: "
+                        "every real token once, as a language model's loss counts them) or samples (each sample's "
+                        "tokens share one weight, as a mean-pooled sentence embedding counts them)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=DEFAULT_ROUND_TO, metavar="N",
                    help="keep channel counts a multiple of N (default 1; 8 with --target-latency-ms)")
@@ -360,20 +365,24 @@ def _compress_config(args: argparse.Namespace):
     """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
     fields = {k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__}
     try:
-        if getattr(args, "tune_epochs", None):
-            fields["criterion"] = _tuned_criterion(args.criterion, args.tune_epochs)
+        options = {"tune_epochs": getattr(args, "tune_epochs", None), "weigh": getattr(args, "weigh", None)}
+        if any(options.values()):
+            fields["criterion"] = _criterion_with(args.criterion, {k: v for k, v in options.items() if v})
         return CompressConfig(**fields)
     except ValueError as exc:  # PlanError and UsageError are ValueErrors too: all are bad flags
         raise UsageError(getattr(exc, "message", str(exc))) from exc
 
 
-def _tuned_criterion(name: str, epochs: float):
-    """Criterion `name` asking for `epochs` of tuning after its refit (a UsageError where it has none)."""
+def _criterion_with(name: str, options: dict):
+    """Criterion `name` with the refit options given (`tune_epochs`, `weigh`); a UsageError where it refits nothing."""
     criterion = get_criterion(name)
-    if "tune_epochs" not in getattr(criterion, "__dataclass_fields__", {}):
-        raise UsageError(f"--tune-epochs tunes the layers a criterion refits; --criterion {name} refits none: "
-                         "use --criterion obs, or drop --tune-epochs")
-    return dataclasses.replace(criterion, tune_epochs=epochs)
+    fields = getattr(criterion, "__dataclass_fields__", {})
+    for option in options:
+        if option not in fields:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} applies to the layers a criterion refits; --criterion {name} refits none: "
+                             f"use --criterion obs, or drop {flag}")
+    return dataclasses.replace(criterion, **options)
 
 
 def _recovery_config(args: argparse.Namespace):

@@ -7,8 +7,9 @@ labels and no end-to-end training: each block sees only its own inputs and the d
 
 Error: the mean over real positions (padded tokens left out) of the squared output difference over
 the channels, divided by that position's variance in the dense output, so a position counts in units
-of its own spread (the stream weighting of `reconstruct`). Tuning is kept only where it lowers this
-error on the calibration data; otherwise the block is restored as it was.
+of its own spread (the stream weighting of `reconstruct`); with `weigh="samples"` each sample's
+positions share one weight (`taps.token_shares`). Tuning is kept only where it lowers this error on
+the calibration data; otherwise the block is restored as it was.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from structprune.criteria.taps import token_places
+from structprune.criteria.taps import token_places, token_shares
 from structprune.data.batches import Batch, token_mask
 from structprune.data.running import Call, call_model, first_tensor
 
@@ -35,11 +36,15 @@ class BlockTune:
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """Adam with learning rate `lr` for `epochs` passes over the calibration batches, seeded."""
+    """Adam with learning rate `lr` for `epochs` passes over the calibration batches, seeded; rows
+    weighted as `weigh` says (`taps.WEIGHINGS`); `ridge`: of the least-squares refit that follows a
+    unit's tuning (`unit_tuning`)."""
 
     epochs: float
     lr: float
     seed: int = 0
+    weigh: str = "tokens"
+    ridge: float = 1e-3
 
 
 def owns_parameters(model: nn.Module, block: str) -> bool:
@@ -55,35 +60,42 @@ def tune_block(name: str, block: nn.Module, calls: list[Call], targets: list[tor
     """Tune `block` in place on (`calls`, `targets`); its outputs on `calls` afterwards, and the record."""
     with torch.no_grad():
         before = [first_tensor(call_model(block, c)) for c in calls]
-    error_before = relative_error(before, targets, batches)
+    error_before = relative_error(before, targets, batches, settings.weigh)
     saved = {k: v.detach().clone() for k, v in block.state_dict().items()}
     steps = _train(block, calls, targets, batches, settings)
     with torch.no_grad():
         after = [first_tensor(call_model(block, c)) for c in calls]
-    error_after = relative_error(after, targets, batches)
+    error_after = relative_error(after, targets, batches, settings.weigh)
     if not error_after < error_before:
         block.load_state_dict(saved)
         return BlockTune(name, steps, error_before, error_before), before
     return BlockTune(name, steps, error_before, error_after), after
 
 
-def relative_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], batches: list[Batch]) -> float:
-    """Mean over real positions of the squared difference per channel over the target's variance."""
-    total, count = 0.0, 0
+def relative_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], batches: list[Batch],
+                   weigh: str = "tokens") -> float:
+    """Weighted mean over real positions of the squared difference per channel over the target's variance."""
+    total, weights = 0.0, 0.0
     for out, target, batch in zip(outputs, targets, batches):
-        per_row = _row_errors(out, target, batch)
-        total, count = total + float(per_row.sum()), count + per_row.numel()
-    return total / max(count, 1)
+        errors, shares = _row_errors(out, target, batch, weigh)
+        total, weights = total + float((errors * shares).sum()), weights + float(shares.sum())
+    return total / max(weights, 1e-30)
 
 
-def _row_errors(out: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
+def _row_errors(out: torch.Tensor, target: torch.Tensor, batch: Batch,
+                weigh: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per real position: the squared difference over the target's variance, and the position's weight."""
     rows_out, rows_target = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
-    valid = token_places(target, -1, token_mask(batch.x))
+    mask = token_mask(batch.x)
+    valid = token_places(target, -1, mask)
+    shares = token_shares(target, -1, mask) if weigh == "samples" else None
+    weights = torch.ones(rows_out.shape[0], device=rows_out.device) if shares is None else \
+        shares.reshape(-1).to(rows_out.device)
     if valid is not None:
         keep = valid.reshape(-1).to(rows_out.device)
-        rows_out, rows_target = rows_out[keep], rows_target[keep]
+        rows_out, rows_target, weights = rows_out[keep], rows_target[keep], weights[keep]
     scale = rows_target.var(dim=1).clamp(min=1e-12)
-    return ((rows_out - rows_target) ** 2).mean(dim=1) / scale
+    return ((rows_out - rows_target) ** 2).mean(dim=1) / scale, weights
 
 
 def _train(block: nn.Module, calls: list[Call], targets: list[torch.Tensor], batches: list[Batch],
@@ -97,7 +109,8 @@ def _train(block: nn.Module, calls: list[Call], targets: list[torch.Tensor], bat
         if not order:
             order.extend(torch.randperm(len(calls), generator=generator).tolist())
         i = order.pop()
-        return _row_errors(first_tensor(call_model(block, calls[i])), targets[i], batches[i]).mean()
+        errors, weights = _row_errors(first_tensor(call_model(block, calls[i])), targets[i], batches[i], settings.weigh)
+        return (errors * weights).sum() / weights.sum().clamp(min=1e-30)
 
     adam_steps(params, loss, steps, settings.lr)
     return steps

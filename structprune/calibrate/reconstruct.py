@@ -3,7 +3,8 @@ removed so that, on calibration data, the pruned layer reproduces the dense laye
 
 For a consumer with dense weight W (outputs kept by the plan) and pruned input rows X_p (from the
 pruned network, so upstream errors are corrected too), the target is the dense pre-bias output
-Y = X_d W^T of the dense network. We solve, by running sums over batches (bounded memory),
+Y = X_d W^T of the dense network. We solve, by running sums over batches (bounded memory; see
+`least_squares.py`),
 
     min_{W', c}  ||Y - X_p W'^T - 1 c^T||^2 + lam ||W' - W_0||^2,
 
@@ -35,14 +36,8 @@ from torch import nn
 
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
 from structprune.calibrate.chain import Chain, find_chain, replays, with_stream
-from structprune.calibrate.layers import (
-    channel_last,
-    form_of,
-    input_rows,
-    set_weight_matrix,
-    take_rows,
-    weight_matrix,
-)
+from structprune.calibrate.layers import channel_last, form_of, input_rows, take_rows, weight_matrix
+from structprune.calibrate.least_squares import Sums, empty_sums, refit_layer, with_ones
 from structprune.calibrate.stream import (
     OUTPUT,
     Reader,
@@ -55,7 +50,7 @@ from structprune.calibrate.stream import (
 from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.readers import spread_weights
-from structprune.criteria.taps import token_places
+from structprune.criteria.taps import WEIGHINGS, multiply, token_places, token_shares
 from structprune.data.batches import Batch, calibration_batches, token_mask
 from structprune.data.running import (
     Call,
@@ -97,24 +92,6 @@ class ReconstructionReport:
                 "blocks": [vars(b) for b in self.blocks], "passes": self.passes, "untuned": self.untuned}
 
 
-@dataclass
-class _Sums:
-    """Running sums of the normal equations (float64)."""
-
-    xx: torch.Tensor
-    xy: torch.Tensor
-    yy: float = 0.0
-    rows: int = 0
-
-    def add(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> None:
-        if weight is not None:
-            x, y = x * weight.sqrt().unsqueeze(1), y * weight.sqrt().unsqueeze(1)
-        self.xx += x.T @ x
-        self.xy += x.T @ y
-        self.yy += float((y.double() ** 2).sum())
-        self.rows += x.shape[0]
-
-
 MAX_UNIT_ROWS = 65536  # rows kept per unit for tuning (inputs and targets: rows x width floats each)
 NO_CHAIN = ("the refit layers do not lie in one chain of blocks (a ModuleList or Sequential whose blocks each read "
             "the previous one's output), and tuning runs block by block")
@@ -123,13 +100,15 @@ FROM_PLAN = "plan"  # reconstruct(max_samples=...): as plan.meta["reconstruction
 
 @dataclass(frozen=True)
 class _Settings:
-    """How each layer is refit: the target ("dense" or "stream"), ridge, row sampling, block tuning."""
+    """How each layer is refit: the target ("dense" or "stream"), ridge, row sampling, block tuning,
+    and how rows count (`taps.WEIGHINGS`)."""
 
     target: str
     ridge: float
     max_rows: int
     generator: torch.Generator
     tune: TuneSettings | None = None
+    weigh: str = "tokens"
 
 
 @dataclass(frozen=True)
@@ -148,13 +127,14 @@ class _Job:
 
 def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan, loader: Iterable,
                 *, ridge: float | None = None, target: str | None = None, max_samples: int | None | str = FROM_PLAN,
-                tune_epochs: float | None = None, tune_lr: float | None = None,
+                tune_epochs: float | None = None, tune_lr: float | None = None, weigh: str | None = None,
                 max_rows_per_batch: int = 8192, max_features: int = 8192, seed: int = 0) -> ReconstructionReport:
     """Refit, in place, the weights (and biases) of `pruned`'s consumer layers of every pruned group.
     `ridge` (default 1e-3), `target` ("dense", default, or "stream"), `max_samples` (default 1024,
     None: all) and `tune_epochs` / `tune_lr` (tuning by gradient after the refits, where the layers lie
     in a chain of blocks: each consumer with its unit on rows, see `unit_tuning`, else the whole block,
-    see `block_tuning`; default 0: none, lr 1e-3): as given, else as the plan asks.
+    see `block_tuning`; default 0: none, lr 1e-3) and `weigh` (how rows count, `taps.WEIGHINGS`: "tokens",
+    the default, or "samples", each sample's real tokens sharing one weight): as given, else as the plan asks.
 
     >>> import torch, structprune
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -173,14 +153,17 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     ridge = float(asked.get("ridge", 1e-3) if ridge is None else ridge)
     max_samples = asked.get("max_samples", 1024) if max_samples == FROM_PLAN else max_samples
     epochs = float(asked.get("tune_epochs", 0) if tune_epochs is None else tune_epochs)
-    tune = TuneSettings(epochs, float(asked.get("tune_lr", 1e-3) if tune_lr is None else tune_lr), seed) \
-        if epochs > 0 else None
+    weigh = str(asked.get("weigh", "tokens") if weigh is None else weigh)
+    if weigh not in WEIGHINGS:
+        raise ValueError(f"reconstruction weigh must be one of {', '.join(WEIGHINGS)}, got {weigh!r}")
+    tune = TuneSettings(epochs, float(asked.get("tune_lr", 1e-3) if tune_lr is None else tune_lr), seed, weigh,
+                        ridge) if epochs > 0 else None
     kept = kept_indices(graph, component_keep(graph, plan))
     names, skipped = _consumers(pruned, graph, plan, max_features)
     batches = list(calibration_batches(loader, max_samples, model_device(pruned), who="reconstruction"))
     if not names or not batches:
         return ReconstructionReport((), tuple(skipped))
-    settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed), tune)
+    settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed), tune, weigh)
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
         order = call_order(pruned, batches[0].x, names)
         readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
@@ -348,6 +331,16 @@ def _real_rows(rows: torch.Tensor, like: torch.Tensor, module: nn.Module, batch:
     return rows if valid is None else rows[valid.reshape(-1).to(rows.device)]
 
 
+def _real_shares(like: torch.Tensor, module: nn.Module, batch: Batch, settings: _Settings) -> torch.Tensor | None:
+    """Per real row of `like` (as `_real_rows` keeps them): its sample's share when rows are weighed by
+    samples (`taps.token_shares`); None where every row counts once."""
+    if settings.weigh != "samples" or not channel_last(module):
+        return None
+    mask = token_mask(batch.x)
+    shares, valid = token_shares(like, -1, mask), token_places(like, -1, mask)
+    return None if shares is None else shares.reshape(-1)[valid.reshape(-1)]
+
+
 def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features: int):
     """Names of the layers that read a pruned group on their input axis, and (name, why) of those
     that cannot be refit."""
@@ -397,13 +390,8 @@ def _why_not(module: nn.Module, axis: int, max_features: int) -> str:
     return f"{features} input features exceed max_features={max_features}" if features > max_features else ""
 
 
-def _refit(module: nn.Module, name: str, sums: _Sums, settings: _Settings) -> LayerFit:
-    prior = weight_matrix(module).double()
-    solution = _solve(sums, prior, settings.ridge, module.bias is not None)
-    before, after = _error(sums, _augment(prior, module)), _error(sums, solution)
-    if after < before:
-        _assign(module, solution)
-    return LayerFit(name, before, min(before, after))
+def _refit(module: nn.Module, name: str, sums: Sums, settings: _Settings) -> LayerFit:
+    return LayerFit(name, *refit_layer(module, sums, settings.ridge))
 
 
 def _dense_weight(layer: nn.Module, axes: dict) -> torch.Tensor:
@@ -414,46 +402,34 @@ def _dense_weight(layer: nn.Module, axes: dict) -> torch.Tensor:
     return weight
 
 
-def _empty_sums(module: nn.Module, outputs: int) -> _Sums:
-    width = weight_matrix(module).shape[1] + (module.bias is not None)
-    device = module.weight.device
-    return _Sums(torch.zeros(width, width, dtype=torch.float64, device=device),
-                 torch.zeros(width, outputs, dtype=torch.float64, device=device))
-
-
-def _with_ones(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    if module.bias is None:
-        return x
-    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-
-
-def _dense_sums(module, target_w, pairs, batches, settings: _Settings) -> _Sums:
+def _dense_sums(module, target_w, pairs, batches, settings: _Settings) -> Sums:
     """Sums for the dense target from (dense input, pruned input) of the consumer per batch."""
-    sums = _empty_sums(module, target_w.shape[0])
+    sums = empty_sums(module, target_w.shape[0])
     for (x_d, x_p), batch in zip(pairs, batches):
         rows_d = _real_rows(input_rows(module, x_d), x_d, module, batch).double()
         rows_p = _real_rows(input_rows(module, x_p), x_p, module, batch).double()
+        shares = _real_shares(x_p, module, batch, settings)
         pick = take_rows(rows_p, settings.max_rows, settings.generator)
-        sums.add(_with_ones(rows_p[pick], module), rows_d[pick] @ target_w.T)
+        sums.add(with_ones(rows_p[pick], module), rows_d[pick] @ target_w.T, None if shares is None else shares[pick])
     return sums
 
 
 def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _Settings,
-                 unit_rows: list | None = None) -> _Sums:
+                 unit_rows: list | None = None) -> Sums:
     """Sums for the stream target from (consumer input, its output, reader input, unit input) per batch:
     Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises. `unit_rows`: a list that
     receives (unit input rows, Y + bias, weights) of the rows used."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
-    sums = _empty_sums(module, weight_matrix(module).shape[0])
+    sums = empty_sums(module, weight_matrix(module).shape[0])
     caps = _unit_caps(batches) if unit_rows is not None else []
     for (x, out, z, u), z_d, batch in zip(seen, dense_rows, batches):
         rows = _real_rows(input_rows(module, x), x, module, batch)
         o_p = _real_rows(output_rows(module, out), out, module, batch).double()
         z_p = _real_rows(output_rows(module, z), z, module, batch).double()
         y = (o_p + (z_d.double() - z_p) - bias).float()  # products in float32, sums in float64
-        weight = spread_weights(z_d) if reader.normalises else None
+        weight = multiply(spread_weights(z_d) if reader.normalises else None, _real_shares(x, module, batch, settings))
         pick = take_rows(rows, settings.max_rows, settings.generator)
-        sums.add(_with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
+        sums.add(with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
         if unit_rows is not None:
             unit_rows.append(_unit_part(u, y + bias, weight, pick, module, batch, settings, caps[len(unit_rows)]))
     return sums
@@ -478,38 +454,3 @@ def _unit_part(u, target, weight, pick, module, batch, settings: _Settings, cap:
     rows = _real_rows(u.reshape(-1, u.shape[-1]), u, module, batch)[pick].detach().float()
     weights = torch.ones(len(pick), device=rows.device) if weight is None else weight[pick]
     return rows, target.float()[pick], weights
-
-
-def _augment(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    if module.bias is None:
-        return weight
-    return torch.cat([weight, torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)], 1)
-
-
-def _solve(sums: _Sums, prior: torch.Tensor, ridge: float, has_bias: bool) -> torch.Tensor:
-    """argmin ||Y - X w^T||^2 + lam ||w - prior||^2 (intercept column, if any, unpenalised)."""
-    d = prior.shape[1]
-    gram = sums.xx.clone()
-    lam = ridge * float(torch.diagonal(gram)[:d].sum()) / max(d, 1)
-    penalty = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    penalty[:d] = lam
-    rhs = sums.xy.clone()
-    rhs[:d] += lam * prior.T
-    gram += torch.diag(penalty)
-    try:
-        return torch.linalg.solve(gram, rhs).T
-    except RuntimeError:  # singular even with the ridge: least-norm solution
-        return torch.linalg.lstsq(gram, rhs).solution.T
-
-
-def _error(sums: _Sums, weight: torch.Tensor) -> float:
-    """Relative squared error ||Y - X w^T||^2 / ||Y||^2 from the running sums."""
-    quad = float((weight @ sums.xx * weight).sum()) - 2 * float((weight * sums.xy.T).sum()) + sums.yy
-    return max(quad, 0.0) / max(sums.yy, 1e-300)
-
-
-def _assign(module: nn.Module, solution: torch.Tensor) -> None:
-    d = weight_matrix(module).shape[1]
-    set_weight_matrix(module, solution[:, :d])
-    if module.bias is not None:
-        module.bias.data.add_(solution[:, d].to(module.bias.dtype))

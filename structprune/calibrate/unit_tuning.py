@@ -11,7 +11,12 @@ On rows X of the unit's input in the pruned network and the consumer's least-squ
 "stream" target of `reconstruct`, row weights included), the unit's and the consumer's parameters are
 tuned by Adam on random minibatches of rows -- BRECQ's block reconstruction (Li et al., ICLR 2021)
 restricted to the layers that were pruned, so no attention is re-run and rows of all sentences mix in
-each step. The tuned weights are kept only if the weighted error over all rows goes down.
+each step. Adam leaves the consumer near, not at, its optimum for the tuned unit, so the consumer is
+then refit exactly (ridge least squares on its new input rows, `least_squares.py`): on all-MiniLM-L6-v2
+at FFN -50 % that lifts the mean cosine after one epoch from 0.969 to 0.970, after two from 0.971 to
+0.972 (on only 16,384 of the rows it gave 0.970: all of them are used). The tuned weights are kept
+only if the weighted error goes down, measured on the same evenly spaced CHECK_ROWS of the rows before
+and after.
 """
 from __future__ import annotations
 
@@ -22,10 +27,12 @@ import torch
 from torch import nn
 
 from structprune.calibrate.block_tuning import BlockTune, TuneSettings, adam_steps
-from structprune.calibrate.layers import channel_last
-from structprune.data.running import call_model
+from structprune.calibrate.layers import channel_last, weight_matrix
+from structprune.calibrate.least_squares import empty_sums, refit_layer, with_ones
+from structprune.data.running import StopForward, call_model, forward_hooks
 
 ROWS_PER_STEP = 1024
+CHECK_ROWS = 16384  # rows the error before and after tuning is measured on (evenly spaced)
 _CHUNK = 8192  # rows per forward when measuring the error
 
 
@@ -65,9 +72,11 @@ def tune_unit(label: str, module: nn.Module, unit: Unit, consumer: str, rows: Un
     forward = _row_function(module, unit, consumer)
     params = _parameters(module, unit, consumer)
     saved = [p.detach().clone() for p in params]
-    before = _error(forward, rows)
+    check = _evenly_spaced(rows, CHECK_ROWS)
+    before = _error(forward, check)
     steps = _train(forward, params, rows, settings)
-    after = _error(forward, rows)
+    _refit_consumer(module, forward, consumer, rows, settings.ridge)
+    after = _error(forward, check)
     if not after < before:
         with torch.no_grad():
             for p, old in zip(params, saved):
@@ -145,6 +154,38 @@ def _parameters(module: nn.Module, unit: Unit, consumer: str) -> list[torch.nn.P
 def _weighted_loss(forward, rows: UnitRows, index) -> torch.Tensor:
     diff = forward(rows.inputs[index]) - rows.targets[index]
     return (diff.pow(2).mean(dim=1) * rows.weights[index]).sum()
+
+
+def _refit_consumer(module: nn.Module, forward, consumer: str, rows: UnitRows, ridge: float) -> None:
+    """Refit the consumer (ridge least squares, in place where it lowers the error) to the rows' targets
+    on the inputs it receives from the tuned unit (each pass stopped at the consumer)."""
+    layer = module.get_submodule(consumer)
+    bias = layer.bias.detach() if layer.bias is not None else 0.0
+    sums = empty_sums(layer, rows.targets.shape[1])
+    seen: list[torch.Tensor] = []
+
+    def take(_, args):
+        seen.append(args[0])
+        raise StopForward
+
+    with forward_hooks(module, pre={consumer: take}), torch.no_grad():
+        for start in range(0, rows.inputs.shape[0], _CHUNK):
+            part = slice(start, start + _CHUNK)
+            try:
+                forward(rows.inputs[part])
+            except StopForward:
+                pass
+            sums.add(with_ones(seen.pop().reshape(-1, weight_matrix(layer).shape[1]), layer),
+                     rows.targets[part] - bias, rows.weights[part])
+    refit_layer(layer, sums, ridge)
+
+
+def _evenly_spaced(rows: UnitRows, count: int) -> UnitRows:
+    """At most `count` of the rows, evenly spaced (all of them if there are no more)."""
+    if rows.inputs.shape[0] <= count:
+        return rows
+    index = torch.linspace(0, rows.inputs.shape[0] - 1, count).round().long().to(rows.inputs.device)
+    return UnitRows(rows.inputs[index], rows.targets[index], rows.weights[index])
 
 
 def _error(forward, rows: UnitRows) -> float:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structprune.criteria.readers import Reader, spread_weights
-from structprune.criteria.taps import Padding, Tap, as_samples, observe_inputs
+from structprune.criteria.taps import Padding, Tap, as_samples, multiply, observe_inputs
 from structprune.data.batches import Batch
 from structprune.data.running import eval_mode, forward_hooks
 
@@ -93,15 +93,16 @@ def column_channels(matrix: torch.Tensor, tap: Tap) -> np.ndarray:
 
 
 def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], max_features: int = 8192,
-                   readers: Mapping[str, Reader] | None = None) -> dict[int, ConsumerGram]:
+                   readers: Mapping[str, Reader] | None = None, weigh: str = "tokens") -> dict[int, ConsumerGram]:
     """H per usable tap (keyed by id(tap)), accumulated over the batches in one forward pass each;
     `readers` (by consumer module): the rows of a consumer whose reader normalises are weighted by
-    1 / var of the reader's input at their position."""
+    1 / var of the reader's input at their position; `weigh="samples"`: each sample's real tokens
+    share a weight of 1 (see `taps.token_shares`)."""
     grams: dict[int, ConsumerGram | None] = {}
     padding = Padding()
     checking: list[Tap] = []  # the check calls the consumer, whose hook must not observe that call
     normalising = {name: r.name for name, r in (readers or {}).items() if r.normalises}
-    waiting: dict[str, list] = {}  # reader -> (gram, consumer, input) seen since its last call
+    waiting: dict[str, list] = {}  # reader -> (gram, consumer, input, real rows, shares) seen since its last call
 
     def see(tap: Tap, x: torch.Tensor) -> None:
         if checking:
@@ -116,24 +117,27 @@ def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], 
         if state is None:
             return
         module = model.get_submodule(tap.module)
+        weight = module.get_parameter(tap.weight.rsplit(".", 1)[1])
+        shares = padding.shares(tap, x) if weigh == "samples" and weight.ndim == 2 else None
+        seen = (state, module, x.detach(), row_mask(weight, x, tap, padding), shares)
         if tap.module in normalising:
-            waiting.setdefault(normalising[tap.module], []).append((state, module, x.detach()))
+            waiting.setdefault(normalising[tap.module], []).append(seen)
         else:
-            _add_rows(state, module, x.detach(), padding)
+            _add_rows(*seen)
 
     def at_reader(name: str):
         def hook(_, args):
-            for state, module, x in waiting.pop(name, []):
-                _add_rows(state, module, x, padding, _spread_weights(x, args[0] if args else None))
+            for state, module, x, valid, shares in waiting.pop(name, []):
+                _add_rows(state, module, x, valid, shares, _spread_weights(x, args[0] if args else None))
         return hook
 
     with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad(), \
             forward_hooks(model, pre={name: at_reader(name) for name in set(normalising.values())}):
         for batch in batches:
             padding.run(model, batch.x)
-            for pending in waiting.values():  # a reader not reached on this batch: rows unweighted
-                for state, module, x in pending:
-                    _add_rows(state, module, x, padding)
+            for pending in waiting.values():  # a reader not reached on this batch: rows not spread-weighted
+                for seen in pending:
+                    _add_rows(*seen)
             waiting.clear()
     return {key: g for key, g in grams.items() if g is not None and g.rows > 0}
 
@@ -164,14 +168,15 @@ def _start(model: nn.Module, tap: Tap, x: torch.Tensor, max_features: int) -> Co
                                                                    device=weight.device))
 
 
-def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: Padding,
-              row_weights: torch.Tensor | None = None) -> None:
-    """Add x's rows (real tokens only) to H, each weighted by `row_weights` (per position of x) if given."""
+def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, valid: torch.Tensor | None,
+              shares: torch.Tensor | None = None, spread: torch.Tensor | None = None) -> None:
+    """Add x's rows to H: only the `valid` ones (real tokens; None: all), each weighted by its sample
+    `shares` and its `spread` weight (per position of x) where given."""
     weight = module.get_parameter(state.tap.weight.rsplit(".", 1)[1])
     rows = matrix_rows(module, weight, x, state.tap)
+    row_weights = multiply(spread, None if shares is None else shares.reshape(-1))
     if row_weights is not None and (weight.ndim != 2 or row_weights.shape[0] != rows.shape[0]):
         row_weights = None
-    valid = row_mask(weight, x, state.tap, padding)
     if valid is not None:
         rows = rows[valid.to(rows.device)]
         row_weights = None if row_weights is None else row_weights[valid.to(row_weights.device)]
@@ -186,3 +191,4 @@ def _add_rows(state: ConsumerGram, module: nn.Module, x: torch.Tensor, padding: 
         state.gram[data, :data] += total
         state.gram[data, data] += float(w.sum())
     state.rows += rows.shape[0]
+

@@ -10,7 +10,8 @@ context managers below.
 Padding: a batch of keyword inputs with an `attention_mask` (samples, tokens) marks padded tokens;
 `Padding` runs the model on a batch and tells an observer which places of a tap's input are real
 tokens, so statistics leave the padding out (inputs without a mask, or taps whose places do not line
-up with the tokens, count every place, as before)."""
+up with the tokens, count every place, as before), and how much each place weighs where every sample
+should count once (`WEIGHINGS`: "tokens", every real token once, or "samples")."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from torch import nn
 from structprune.criteria.base import GroupView
 from structprune.data.batches import token_mask
 from structprune.data.running import call_model, forward_hooks
+
+WEIGHINGS = ("tokens", "samples")  # how rows count in least-squares statistics: see `token_shares`
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,14 +97,43 @@ def token_places(x: torch.Tensor, channel_dim: int, mask: torch.Tensor | None) -
     """
     if mask is None:
         return None
+    return _per_place(x, channel_dim, mask.to(device=x.device, dtype=torch.bool))
+
+
+def token_shares(x: torch.Tensor, channel_dim: int, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(samples, places) float laid out like `token_places`: each sample's real tokens share a weight
+    of 1 (1 / its real token count; 0 on padding), so every sample counts once whatever its length;
+    None where `token_places` is None.
+
+    >>> token_shares(torch.zeros(2, 3, 4), -1, torch.tensor([[True, True, False], [True, True, True]]))[0]
+    tensor([0.5000, 0.5000, 0.0000])
+    """
+    if mask is None:
+        return None
+    real = mask.to(device=x.device, dtype=torch.float32)
+    return _per_place(x, channel_dim, real / real.sum(dim=1, keepdim=True).clamp(min=1.0))
+
+
+def multiply(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """The product of two row weightings, where either may be None (every row once).
+
+    >>> multiply(None, torch.tensor([2.0])), multiply(torch.tensor([3.0]), torch.tensor([2.0]))
+    (tensor([2.]), tensor([6.]))
+    """
+    if a is None or b is None:
+        return b if a is None else a
+    return a.to(b.device) * b
+
+
+def _per_place(x: torch.Tensor, channel_dim: int, per_token: torch.Tensor) -> torch.Tensor | None:
+    """`per_token` (samples, tokens) laid out like `as_samples(x, channel_dim)`'s places (see `token_places`)."""
     moved = x.movedim(channel_dim, -1)
-    samples, tokens = mask.shape
-    mask = mask.to(device=x.device, dtype=torch.bool)
+    samples, tokens = per_token.shape
     if moved.ndim >= 3 and moved.shape[0] == samples and moved.shape[-2] == tokens:
-        lead = mask.reshape(samples, *([1] * (moved.ndim - 3)), tokens)
+        lead = per_token.reshape(samples, *([1] * (moved.ndim - 3)), tokens)
         return lead.expand(moved.shape[:-1]).reshape(samples, -1)
     if moved.ndim == 2 and moved.shape[0] == samples * tokens:
-        return mask.reshape(-1, 1)
+        return per_token.reshape(-1, 1)
     return None
 
 
@@ -122,6 +154,10 @@ class Padding:
     def places(self, tap: Tap, x: torch.Tensor) -> torch.Tensor | None:
         """(samples, places) bool of the real tokens in `x` (as `as_samples` lays it out), or None."""
         return token_places(x, tap.channel_dim, self.mask)
+
+    def shares(self, tap: Tap, x: torch.Tensor) -> torch.Tensor | None:
+        """(samples, places) weights of `x`'s places when each sample counts once (`token_shares`), or None."""
+        return token_shares(x, tap.channel_dim, self.mask)
 
     def zeroed(self, tap: Tap, x: torch.Tensor) -> torch.Tensor:
         """`x` with its padded places set to zero (`x` itself where no padding applies)."""

@@ -367,6 +367,8 @@ REFUSALS = {
     "ratio_above_one": Refusal(("compress", "zoo:mlp", "--ratio", "1.5"), ("ratio", "1.5")),
     "ratio_negative": Refusal(("compress", "zoo:mlp", "--ratio", "-0.1"), ("ratio", "-0.1")),
     "unknown_criterion": Refusal(("compress", "zoo:mlp", "--criterion", "nope"), ("unknown criterion 'nope'",)),
+    "weigh_without_refit": Refusal(("compress", "zoo:mlp", "--data", "digits", "--weigh", "samples"),
+                                   ("--weigh", "--criterion l2 refits none", "use --criterion obs")),
     "missing_npz": Refusal(("compress", "zoo:mlp", "--data", "nosuch.npz"), ("nosuch.npz", "does not exist")),
     "unknown_data_spec": Refusal(("compress", "zoo:mlp", "--data", "not a spec"),
                                  ("'not a spec'", "not understood")),

@@ -210,3 +210,25 @@ def test_tuning_asked_for_where_there_is_no_chain_of_blocks_is_reported_and_warn
     calibration = result.report.extra["calibration"]
     assert calibration["reconstructed_layers"] == 1 and "tuned" not in calibration
     assert calibration["tuning_skipped"].startswith("the refit layers do not lie in one chain of blocks")
+
+
+@pytest.mark.parametrize("holds_consumer", [False, True])
+def test_after_tuning_the_consumer_is_refit_exactly_on_its_new_inputs(holds_consumer):
+    """Targets that are an exact linear map (plus bias) of the unit's output: the refit recovers that map."""
+    unit_tuning = importlib.import_module("structprune.calibrate.unit_tuning")
+    torch.manual_seed(0)
+    block = nn.Module()
+    block.up, block.down = Ffn(6, 10), nn.Linear(10, 4)
+    if holds_consumer:  # a LlamaMLP-like unit that holds the consumer: the row function is the unit itself
+        block.mlp = nn.Sequential(block.up, block.down)
+        forward, consumer = block.mlp, "mlp.1"
+    else:
+        forward, consumer = (lambda x: block.down(block.up(x))), "down"
+    rows = torch.randn(300, 6)
+    truth = nn.Linear(10, 4)
+    with torch.no_grad():
+        targets = truth(block.up(rows))
+    data = unit_tuning.UnitRows(rows, targets, torch.rand(300) + 0.5)
+    unit_tuning._refit_consumer(block, forward, consumer, data, ridge=1e-9)
+    torch.testing.assert_close(block.down.weight, truth.weight, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(block.down.bias, truth.bias, rtol=1e-3, atol=1e-4)

@@ -51,7 +51,16 @@ def test_obs_is_registered_and_asks_for_the_stream_reconstruction():
     selection = CRITERIA["obs"].select(views, ScoringContext(net, x[:2], [x]), {"0.weight:0": 20})
     assert len(selection.keep["0.weight:0"]) == 20
     assert selection.meta[RECONSTRUCTION_KEY] == {"target": "stream", "ridge": 0.01, "max_samples": 2048,
-                                                  "tune_epochs": 0.0, "tune_lr": 1e-3}
+                                                  "tune_epochs": 0.0, "tune_lr": 1e-3, "weigh": "tokens"}
+
+
+@pytest.mark.parametrize(("hessian_samples", "max_samples", "rows"), [(32, 100, 32), (None, 100, 100), (64, 16, 16)])
+def test_h_is_measured_on_the_first_hessian_samples_at_most_max_samples(hessian_samples, max_samples, rows):
+    net, x = mlp(), torch.randn(128, 8)
+    views = group_views(structprune.analyze(net, x[:2]), net)
+    criterion = StructuredOBS(hessian_samples=hessian_samples, max_samples=max_samples)
+    grams = criterion._grams_of(views, ScoringContext(net, x[:2], [x]))
+    assert [g.rows for g in grams["0.weight:0"]] == [rows]
 
 
 class PostNormBlock(nn.Module):

@@ -5,9 +5,11 @@ Grid: criterion x FFN ratio (of every layer's intermediate neurons) x head ratio
 attention heads); the hidden width is kept. Criteria: ours (l2, random, dropnet, coreset, ispasp,
 obs; `compress` with its defaults, so data-driven criteria are followed by the least-squares
 reconstruction and data-free ones are not; `obs_tuned`: obs with two epochs of tuning by gradient
-after the refits, see structprune/calibrate/unit_tuning.py) and Torch-Pruning's magnitude (L2) and random importance
-(`tp_l2`, `tp_random`: its MetaPruner restricted to the intermediate Linear layers, and the query/key/value
-layers with whole-head pruning when heads are pruned), all on the same weights in the same run.
+after the refits, see structprune/calibrate/unit_tuning.py, and `weigh="samples"`: the embedding
+measured here is mean-pooled, so each calibration sentence counts once whatever its length) and
+Torch-Pruning's magnitude (L2) and random importance (`tp_l2`, `tp_random`: its MetaPruner
+restricted to the intermediate Linear layers, and the query/key/value layers with whole-head pruning
+when heads are pruned), all on the same weights in the same run.
 
 Data: first sentences of the Python standard library's docstrings (module, class and function
 docstrings of the stdlib .py files outside test folders, sorted paths, deduplicated, shuffled with a
@@ -48,7 +50,7 @@ import structprune
 from structprune.criteria import Selection, get_criterion
 
 OURS = ("l2", "random", "dropnet", "coreset", "ispasp", "obs", "obs_tuned")
-TUNED = {"obs_tuned": ("obs", {"tune_epochs": 2.0, "tune_lr": 1e-3})}  # obs + tuning by gradient
+TUNED = {"obs_tuned": ("obs", {"tune_epochs": 2.0, "tune_lr": 1e-3, "weigh": "samples"})}  # obs + tuning by gradient
 THEIRS = ("tp_l2", "tp_random")
 FFN_GROUPS, HEAD_GROUPS = "*.intermediate.*", "*.attention.*"
 HIDDEN = ["embeddings*", "pooler*"]  # the hidden width: a model output, blocked anyway; ignored explicitly

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from structprune.criteria.taps import token_places, token_shares
+from structprune.criteria.taps import real_shares, token_places
 from structprune.data.batches import Batch, token_mask
 from structprune.data.running import Call, call_model, first_tensor
 
@@ -88,12 +88,11 @@ def _row_errors(out: torch.Tensor, target: torch.Tensor, batch: Batch,
     rows_out, rows_target = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
     mask = token_mask(batch.x)
     valid = token_places(target, -1, mask)
-    shares = token_shares(target, -1, mask) if weigh == "samples" else None
-    weights = torch.ones(rows_out.shape[0], device=rows_out.device) if shares is None else \
-        shares.reshape(-1).to(rows_out.device)
     if valid is not None:
         keep = valid.reshape(-1).to(rows_out.device)
-        rows_out, rows_target, weights = rows_out[keep], rows_target[keep], weights[keep]
+        rows_out, rows_target = rows_out[keep], rows_target[keep]
+    shares = real_shares(target, -1, mask) if weigh == "samples" else None
+    weights = torch.ones(rows_out.shape[0], device=rows_out.device) if shares is None else shares.to(rows_out.device)
     scale = rows_target.var(dim=1).clamp(min=1e-12)
     return ((rows_out - rows_target) ** 2).mean(dim=1) / scale, weights
 

@@ -50,7 +50,7 @@ from structprune.calibrate.stream import (
 from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.readers import spread_weights
-from structprune.criteria.taps import WEIGHINGS, multiply, token_places, token_shares
+from structprune.criteria.taps import checked_weighing, multiply, real_shares, token_places
 from structprune.data.batches import Batch, calibration_batches, token_mask
 from structprune.data.running import (
     Call,
@@ -153,9 +153,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     ridge = float(asked.get("ridge", 1e-3) if ridge is None else ridge)
     max_samples = asked.get("max_samples", 1024) if max_samples == FROM_PLAN else max_samples
     epochs = float(asked.get("tune_epochs", 0) if tune_epochs is None else tune_epochs)
-    weigh = str(asked.get("weigh", "tokens") if weigh is None else weigh)
-    if weigh not in WEIGHINGS:
-        raise ValueError(f"reconstruction weigh must be one of {', '.join(WEIGHINGS)}, got {weigh!r}")
+    weigh = checked_weighing(str(asked.get("weigh", "tokens") if weigh is None else weigh), "reconstruction")
     tune = TuneSettings(epochs, float(asked.get("tune_lr", 1e-3) if tune_lr is None else tune_lr), seed, weigh,
                         ridge) if epochs > 0 else None
     kept = kept_indices(graph, component_keep(graph, plan))
@@ -336,9 +334,7 @@ def _real_shares(like: torch.Tensor, module: nn.Module, batch: Batch, settings: 
     samples (`taps.token_shares`); None where every row counts once."""
     if settings.weigh != "samples" or not channel_last(module):
         return None
-    mask = token_mask(batch.x)
-    shares, valid = token_shares(like, -1, mask), token_places(like, -1, mask)
-    return None if shares is None else shares.reshape(-1)[valid.reshape(-1)]
+    return real_shares(like, -1, token_mask(batch.x))
 
 
 def _consumers(pruned: nn.Module, graph: ChannelGraph, plan: Plan, max_features: int):

@@ -161,6 +161,7 @@ def _refit_consumer(module: nn.Module, forward, consumer: str, rows: UnitRows, r
     on the inputs it receives from the tuned unit (each pass stopped at the consumer)."""
     layer = module.get_submodule(consumer)
     bias = layer.bias.detach() if layer.bias is not None else 0.0
+    width = weight_matrix(layer).shape[1]
     sums = empty_sums(layer, rows.targets.shape[1])
     seen: list[torch.Tensor] = []
 
@@ -175,7 +176,7 @@ def _refit_consumer(module: nn.Module, forward, consumer: str, rows: UnitRows, r
                 forward(rows.inputs[part])
             except StopForward:
                 pass
-            sums.add(with_ones(seen.pop().reshape(-1, weight_matrix(layer).shape[1]), layer),
+            sums.add(with_ones(seen.pop().reshape(-1, width), layer),
                      rows.targets[part] - bias, rows.weights[part])
     refit_layer(layer, sums, ridge)
 

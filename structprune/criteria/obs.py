@@ -48,7 +48,7 @@ from structprune.criteria.activations import load_batches, with_fallback
 from structprune.criteria.base import GroupView, ScoringContext, Selection
 from structprune.criteria.hessian import ConsumerGram, consumer_grams
 from structprune.criteria.readers import Reader, find_readers
-from structprune.criteria.taps import WEIGHINGS, consumer_taps, taps_by_group
+from structprune.criteria.taps import checked_weighing, consumer_taps, taps_by_group
 from structprune.data.batches import Batch, take_first
 from structprune.data.running import eval_mode
 
@@ -172,8 +172,7 @@ class StructuredOBS:
                                               repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.weigh not in WEIGHINGS:
-            raise ValueError(f"obs weigh must be one of {', '.join(WEIGHINGS)}, got {self.weigh!r}")
+        checked_weighing(self.weigh, "obs")
 
     def score(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, np.ndarray]:
         """The OBS cost rho of removing each channel alone (the saliency before any update); `select`
@@ -205,9 +204,11 @@ class StructuredOBS:
 
     def _hessian_budget(self) -> int | None:
         """Samples H is measured on: `hessian_samples` where it is fewer than `max_samples` (None: all)."""
-        if self.hessian_samples is None or (self.max_samples is not None and self.max_samples < self.hessian_samples):
+        if self.hessian_samples is None:
             return self.max_samples
-        return self.hessian_samples
+        if self.max_samples is None:
+            return self.hessian_samples
+        return min(self.hessian_samples, self.max_samples)
 
     def _surgeons(self, group: GroupView, grams: Mapping[str, list[ConsumerGram]]) -> list[Surgeon]:
         made = (Surgeon.of(g, group.size, self.damp) for g in grams.get(group.group_id, []))

@@ -114,6 +114,24 @@ def token_shares(x: torch.Tensor, channel_dim: int, mask: torch.Tensor | None) -
     return _per_place(x, channel_dim, real / real.sum(dim=1, keepdim=True).clamp(min=1.0))
 
 
+def real_shares(x: torch.Tensor, channel_dim: int, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`token_shares` of the real places only, flattened in `token_places` order (the rows a statistic
+    keeps), or None where `token_places` is None.
+
+    >>> real_shares(torch.zeros(2, 3, 4), -1, torch.tensor([[True, True, False], [True, True, True]])).tolist()
+    [0.5, 0.5, 0.3333333432674408, 0.3333333432674408, 0.3333333432674408]
+    """
+    shares, valid = token_shares(x, channel_dim, mask), token_places(x, channel_dim, mask)
+    return None if shares is None else shares.reshape(-1)[valid.reshape(-1)]
+
+
+def checked_weighing(weigh: str, who: str) -> str:
+    """`weigh` if it is one of WEIGHINGS, else a ValueError naming `who` (the setting's owner)."""
+    if weigh not in WEIGHINGS:
+        raise ValueError(f"{who} weigh must be one of {', '.join(WEIGHINGS)}, got {weigh!r}")
+    return weigh
+
+
 def multiply(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     """The product of two row weightings, where either may be None (every row once).
 

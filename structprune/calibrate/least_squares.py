@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from structprune.calibrate.layers import set_weight_matrix, weight_matrix
+from structprune.criteria.hessian import row_gram
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Sums:
         """Add rows `x` with targets `y`, each weighted by `weight` (per row) if given."""
         if weight is not None:
             x, y = x * weight.sqrt().unsqueeze(1), y * weight.sqrt().unsqueeze(1)
-        self.xx += x.T @ x
+        self.xx += row_gram(x)
         self.xy += x.T @ y
         self.yy += float((y.double() ** 2).sum())
         self.rows += x.shape[0]

@@ -47,6 +47,7 @@ from structprune.calibrate.stream import (
     run_to_reader,
     stream_inputs,
 )
+from structprune.calibrate.tail import TailRows, block_outputs
 from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
 from structprune.criteria.obs import RECONSTRUCTION_KEY
 from structprune.criteria.readers import spread_weights
@@ -54,7 +55,6 @@ from structprune.criteria.taps import checked_weighing, multiply, real_shares, t
 from structprune.data.batches import Batch, calibration_batches, token_mask
 from structprune.data.running import (
     Call,
-    call_model,
     call_order,
     eval_mode,
     first_call,
@@ -226,10 +226,11 @@ def _refit_by_blocks(job: _Job, chain: Chain,
         dense_block, pruned_block = job.dense.get_submodule(block), job.pruned.get_submodule(block)
         streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches)
         units = _units(job, block, inside, readers, calls_p[0])
+        tail = _tail(units, local, readers)
         for name in inside:
             unit = units.get(name)
             fit, rows = _refit_one(job, name, local[name], readers, (dense_block, pruned_block),
-                                   (calls_d, calls_p), streams, unit)
+                                   (calls_d, calls_p), streams, unit, tail)
             fits.append(fit)
             if unit is not None:
                 tuned.append(tune_unit(f"{block}.{unit.name}", pruned_block, unit, local[name], rows,
@@ -238,7 +239,7 @@ def _refit_by_blocks(job: _Job, chain: Chain,
             record, outs_p = tune_block(block, pruned_block, calls_p, outs_d, job.batches, job.settings.tune)
             tuned.append(record)
         else:
-            outs_p = [first_tensor(call_model(pruned_block, c)) for c in calls_p]
+            outs_p = block_outputs(pruned_block, tail, calls_p)
         calls_d = [with_stream(c, o) for c, o in zip(calls_d, outs_d)]
         calls_p = [with_stream(c, o) for c, o in zip(calls_p, outs_p)]
     return fits, tuned
@@ -261,10 +262,21 @@ def _units(job: _Job, block: str, inside: list[str], readers: dict[str, Reader],
     return units
 
 
+def _tail(units: dict[str, Unit], local: dict[str, str], readers: dict[str, Reader]) -> TailRows | None:
+    """Where a block's only consumer belongs to a unit: what to keep so that the block's new output can be
+    computed from the unit alone (`tail.py`)."""
+    if len(units) != 1 or len(local) != 1:
+        return None
+    (name, unit), = units.items()
+    return TailRows(unit.name, unit.holds_consumer, local[name], readers[local[name]].name)
+
+
 def _refit_one(job: _Job, name: str, local: str, readers: dict[str, Reader], parts: tuple[nn.Module, nn.Module],
-               calls: tuple[list, list], streams: dict, unit: Unit | None = None) -> tuple[LayerFit, UnitRows | None]:
+               calls: tuple[list, list], streams: dict, unit: Unit | None = None,
+               tail: TailRows | None = None) -> tuple[LayerFit, UnitRows | None]:
     """Consumer `name` (`local` within `parts`: the dense and pruned networks, or one block of each)
-    refit from passes of the parts on `calls`; with a `unit`, also the rows it is tuned on."""
+    refit from passes of the parts on `calls`; with a `unit`, also the rows it is tuned on (and, with a
+    `tail`, what the block's output is computed from afterwards)."""
     (dense_part, pruned_part), (calls_d, calls_p) = parts, calls
     module = pruned_part.get_submodule(local)
     rows = None
@@ -273,7 +285,7 @@ def _refit_one(job: _Job, name: str, local: str, readers: dict[str, Reader], par
         seen = (run_to_reader(pruned_part, local, readers[local].name, c, also) for c in calls_p)
         rows = [] if unit is not None else None
         dense_rows = _kept_stream(streams[local], module, job.kept.get(f"{name}.weight", {}))
-        sums = _stream_sums(module, seen, dense_rows, readers[local], job.batches, job.settings, rows)
+        sums = _stream_sums(module, seen, dense_rows, readers[local], job.batches, job.settings, rows, tail)
     else:
         pairs = ((run_until(dense_part, cd, local), run_until(pruned_part, cp, local))
                  for cd, cp in zip(calls_d, calls_p))
@@ -411,10 +423,11 @@ def _dense_sums(module, target_w, pairs, batches, settings: _Settings) -> Sums:
 
 
 def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _Settings,
-                 unit_rows: list | None = None) -> Sums:
+                 unit_rows: list | None = None, tail: TailRows | None = None) -> Sums:
     """Sums for the stream target from (consumer input, its output, reader input, unit input) per batch:
     Y = O_p + (Z_d - Z_p) - bias, rows weighted where the reader normalises. `unit_rows`: a list that
-    receives (unit input rows, Y + bias, weights) of the rows used."""
+    receives (unit input rows, Y + bias, weights) of the rows used; `tail`: keeps each batch's unit input
+    and stream rest."""
     bias = module.bias.detach().double() if module.bias is not None else 0.0
     sums = empty_sums(module, weight_matrix(module).shape[0])
     caps = _unit_caps(batches) if unit_rows is not None else []
@@ -428,6 +441,8 @@ def _stream_sums(module, seen, dense_rows, reader: Reader, batches, settings: _S
         sums.add(with_ones(rows[pick].float(), module), y[pick], None if weight is None else weight[pick])
         if unit_rows is not None:
             unit_rows.append(_unit_part(u, y + bias, weight, pick, module, batch, settings, caps[len(unit_rows)]))
+        if tail is not None:
+            tail.keep(u, z, out)
     return sums
 
 

@@ -8,15 +8,15 @@ not by type: on a real batch the module must take one tensor, return exactly the
 output), and return the same values when its input positions are fed as a (rows, features) matrix.
 
 On rows X of the unit's input in the pruned network and the consumer's least-squares target Y (the
-"stream" target of `reconstruct`, row weights included), the unit's and the consumer's parameters are
-tuned by Adam on random minibatches of rows -- BRECQ's block reconstruction (Li et al., ICLR 2021)
-restricted to the layers that were pruned, so no attention is re-run and rows of all sentences mix in
-each step. Adam leaves the consumer near, not at, its optimum for the tuned unit, so the consumer is
-then refit exactly (ridge least squares on its new input rows, `least_squares.py`): on all-MiniLM-L6-v2
-at FFN -50 % that lifts the mean cosine after one epoch from 0.969 to 0.970, after two from 0.971 to
-0.972 (on only 16,384 of the rows it gave 0.970: all of them are used). The tuned weights are kept
-only if the weighted error goes down, measured on the same evenly spaced CHECK_ROWS of the rows before
-and after.
+"stream" target of `reconstruct`, row weights included), the unit's own parameters (those of the
+producers: not the consumer's) are tuned by Adam on random minibatches of rows, the consumer held at its
+least-squares fit -- BRECQ's block reconstruction (Li et al., ICLR 2021) restricted to the layers that
+were pruned, so no attention is re-run and rows of all sentences mix in each step. Then the consumer is
+solved again, exactly, on the inputs the tuned unit now gives it (ridge least squares,
+`least_squares.py`). On all-MiniLM-L6-v2 at FFN -50 %, two epochs: Adam on the consumer too, then the
+solve, gave a mean cosine of 0.9719 and nearest-neighbour agreement of 0.809; the consumer held, 0.9714
+and 0.812, with a sixth less arithmetic per step. The tuned weights are kept only if the weighted error
+goes down, measured on the same evenly spaced CHECK_ROWS of the rows before and after.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from structprune.calibrate.least_squares import empty_sums, refit_layer, with_on
 from structprune.data.running import StopForward, call_model, forward_hooks
 
 ROWS_PER_STEP = 1024
-CHECK_ROWS = 16384  # rows the error before and after tuning is measured on (evenly spaced)
+CHECK_ROWS = 8192  # rows the error before and after tuning is measured on (evenly spaced)
 _CHUNK = 8192  # rows per forward when measuring the error
 
 
@@ -74,7 +74,7 @@ def tune_unit(label: str, module: nn.Module, unit: Unit, consumer: str, rows: Un
     saved = [p.detach().clone() for p in params]
     check = _evenly_spaced(rows, CHECK_ROWS)
     before = _error(forward, check)
-    steps = _train(forward, params, rows, settings)
+    steps = _train(forward, _producer_parameters(module, unit, consumer), rows, settings)
     _refit_consumer(module, forward, consumer, rows, settings.ridge)
     after = _error(forward, check)
     if not after < before:
@@ -149,6 +149,12 @@ def _parameters(module: nn.Module, unit: Unit, consumer: str) -> list[torch.nn.P
     found = {id(p): p for p in module.get_submodule(unit.name).parameters()}
     found.update({id(p): p for p in module.get_submodule(consumer).parameters()})
     return [p for p in found.values() if p.is_floating_point()]
+
+
+def _producer_parameters(module: nn.Module, unit: Unit, consumer: str) -> list[torch.nn.Parameter]:
+    """The unit's parameters that are not the consumer's: those Adam tunes (the consumer is solved after)."""
+    held = {id(p) for p in module.get_submodule(consumer).parameters()}
+    return [p for p in module.get_submodule(unit.name).parameters() if p.is_floating_point() and id(p) not in held]
 
 
 def _weighted_loss(forward, rows: UnitRows, index) -> torch.Tensor:

@@ -232,3 +232,24 @@ def test_after_tuning_the_consumer_is_refit_exactly_on_its_new_inputs(holds_cons
     unit_tuning._refit_consumer(block, forward, consumer, data, ridge=1e-9)
     torch.testing.assert_close(block.down.weight, truth.weight, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(block.down.bias, truth.bias, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", [Ffn, Gated])
+def test_adam_tunes_the_producers_and_leaves_the_consumer_to_the_least_squares_solve(data, kind, monkeypatch):
+    unit_tuning = importlib.import_module("structprune.calibrate.unit_tuning")
+    reconstruct_module = importlib.import_module("structprune.calibrate.reconstruct")
+    solved, changed = [], []
+    monkeypatch.setattr(unit_tuning, "_refit_consumer", lambda module, forward, consumer, *_: solved.append(consumer))
+    tune_unit = reconstruct_module.tune_unit
+
+    def watched(label, block, *args):
+        before = {n: p.detach().clone() for n, p in block.named_parameters()}
+        record = tune_unit(label, block, *args)
+        changed.append({n for n, p in block.named_parameters() if not torch.equal(p, before[n])})
+        return record
+
+    monkeypatch.setattr(reconstruct_module, "tune_unit", watched)
+    report = _refit_and_tuned(kind, data, tune_epochs=30, tune_lr=1e-2)[-1]
+    assert solved == [_consumer(kind)] * 3 and all(b.error_after < b.error_before for b in report.blocks)
+    producers = ("ffn.gate", "ffn.up") if kind is Gated else ("ffn.dense",)
+    assert changed == [{f"{p}.{t}" for p in producers for t in ("weight", "bias")}] * 3

@@ -235,8 +235,9 @@ def _compress_once(loaded: LoadedModel, options: JobOptions, plan: Plan | None, 
             return compress(loaded.model, loaded.example_inputs, config=options.compress, plan=plan)
         except PlanError as exc:  # a plan that does not fit the model is bad input
             raise UsageError(exc.message) from exc
+    samples = criterion_samples(options.compress.criterion)
     return compress(loaded.model, loaded.example_inputs, config=options.compress, criterion=_criterion(options),
-                    data=calibration_loader(bundle) if bundle else None)
+                    data=calibration_loader(bundle, samples) if bundle else None)
 
 
 def recover_result(result: CompressResult, loaded, options, bundle) -> CompressResult:
@@ -282,11 +283,28 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
                           None)
 
 
-def calibration_loader(bundle: DataBundle, samples: int = 1024):
+CALIBRATION_SAMPLES = 1024  # training samples handed to compress, unless the criterion reads more
+
+
+def criterion_samples(criterion) -> int:
+    """Training samples to hand `criterion` for scoring and calibration: its own `max_samples` where that is
+    more than CALIBRATION_SAMPLES (obs reads 2048), else CALIBRATION_SAMPLES (the reconstruction that
+    follows a data-driven criterion reads 1024 by default).
+
+    >>> criterion_samples("obs"), criterion_samples("dropnet"), criterion_samples("l1")
+    (2048, 1024, 1024)
+    """
+    asked = getattr(get_criterion(criterion), "max_samples", None)
+    return max(CALIBRATION_SAMPLES, asked) if isinstance(asked, int) and not isinstance(asked, bool) \
+        else CALIBRATION_SAMPLES
+
+
+def calibration_loader(bundle: DataBundle, samples: int = CALIBRATION_SAMPLES):
     """A fixed, unshuffled loader over the first `samples` training samples (with labels), so scoring
     and calibration see the same data on every call (the training split is already in seeded order)."""
     dataset = bundle.train.dataset
-    return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False)
+    return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False,
+                      collate_fn=bundle.train.collate_fn)
 
 
 def _write_hf(stage: Path, loaded: LoadedModel, result: CompressResult) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ results repeat with a seed; on a tiny BERT the stream target finds the LayerNorm
 from __future__ import annotations
 
 import copy
+import importlib
 
 import numpy as np
 import pytest
@@ -222,3 +223,19 @@ def test_obs_falls_back_to_magnitude_without_a_linear_consumer():
     selection = StructuredOBS().select(views, ScoringContext(net, x[:1], [x]), {views[0].group_id: 3})
     assert len(selection.keep[views[0].group_id]) == 3
     assert np.all(np.diff(selection.keep[views[0].group_id]) > 0)
+
+
+@pytest.mark.parametrize("criterion, handed", [("obs", 2048), ("dropnet", 1024),
+                                               (StructuredOBS(max_samples=3000), 3000)])
+def test_a_job_hands_the_criterion_as_many_training_samples_as_it_reads(criterion, handed, monkeypatch):
+    pipeline = importlib.import_module("structprune.pipeline")
+    from structprune.compress_config import CompressConfig
+    from structprune.data.bundle import DataBundle
+    from structprune.io.load import LoadedModel
+    seen = []
+    monkeypatch.setattr(pipeline, "compress", lambda *a, data=None, **k: seen.append(len(data.dataset)))
+    samples = torch.utils.data.TensorDataset(torch.randn(4000, 4), torch.zeros(4000, dtype=torch.long))
+    bundle = DataBundle("many", torch.utils.data.DataLoader(samples, batch_size=64), None, 2, (4,))
+    options = pipeline.JobOptions("zoo:mlp", CompressConfig(criterion=criterion), data="many")
+    pipeline._compress_once(LoadedModel(torch.nn.Linear(4, 2), torch.randn(1, 4), "m", "zoo"), options, None, bundle)
+    assert seen == [handed]

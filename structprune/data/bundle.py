@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -99,14 +100,16 @@ def make_bundle(
     num_classes: int | None,
     input_shape: tuple[int, ...],
     options: DataOptions,
+    collate: Callable[[list], Any] | None = None,
 ) -> DataBundle:
-    """Wrap the split parts of `dataset` in loaders: train seeded-shuffled, val in order."""
+    """Wrap the split parts of `dataset` in loaders: train seeded-shuffled, val in order; `collate` makes a
+    batch of samples (None: torch's default)."""
     generator = torch.Generator().manual_seed(options.seed)
     train = DataLoader(Subset(dataset, split.train.tolist()), batch_size=options.batch_size,
-                       shuffle=True, generator=generator)
+                       shuffle=True, generator=generator, collate_fn=collate)
     val = None
     if len(split.val):
-        val = DataLoader(Subset(dataset, split.val.tolist()), batch_size=options.batch_size)
+        val = DataLoader(Subset(dataset, split.val.tolist()), batch_size=options.batch_size, collate_fn=collate)
     return DataBundle(name, train, val, num_classes, tuple(input_shape))
 
 

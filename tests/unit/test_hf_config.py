@@ -192,20 +192,27 @@ def test_load_model_reads_a_saved_folder_and_refuses_one_only_structprune_can_bu
         load_model(tmp_path / "bert")
 
 
-def test_text_lines_are_tokenised_to_a_fixed_length_with_the_mask_kept(tmp_path) -> None:
+def test_text_lines_are_tokenised_padded_on_the_right_and_each_batch_cut_to_its_longest_line(tmp_path) -> None:
     from structprune.data import load_data
     from structprune.data.load import DATA_SOURCES, text_source
+    from structprune.pipeline import calibration_loader
 
     t = import_transformers()
-    t.BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])}
-                    ).save_pretrained(tmp_path)
+    t.BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])},
+                    padding_side="left").save_pretrained(tmp_path)  # the folder asks for left padding
     (tmp_path / "data.txt").write_text("a b\n\na a a a a a a a a a\nb\n", encoding="utf-8")
     bundle = load_data(str(tmp_path / "data.txt"), sources=(text_source(tmp_path, 6), *DATA_SOURCES), batch_size=8)
     train, val = next(iter(bundle.train)), next(iter(bundle.val))  # a seeded 20% (here one line) held out
     assert set(train) == set(val) == {"input_ids", "attention_mask"}
-    assert train["input_ids"].shape == (2, 6) and val["input_ids"].shape == (1, 6)
     lengths = [*train["attention_mask"].sum(1).tolist(), *val["attention_mask"].sum(1).tolist()]
-    assert sorted(lengths) == [3, 4, 6] and bundle.num_classes is None
+    assert sorted(lengths) == [3, 4, 6] and bundle.num_classes is None  # truncated to 6 tokens
+    for batch in (train, val):  # padding on the right, the batch as long as its longest line
+        mask = batch["attention_mask"]
+        assert batch["input_ids"].shape == mask.shape == (len(mask), int(mask.sum(1).max()))
+        assert all(row.tolist() == [1] * int(row.sum()) + [0] * (len(row) - int(row.sum())) for row in mask)
+        assert ((batch["input_ids"] == 0) == (mask == 0)).all()  # [PAD] exactly where the mask is 0
+    calibration = next(iter(calibration_loader(bundle)))
+    assert calibration["input_ids"].shape == train["input_ids"].shape
 
 
 def test_a_vit_round_trips_and_an_ffn_pruned_distilbert_loads_with_plain_transformers(tmp_path) -> None:

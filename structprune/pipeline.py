@@ -23,7 +23,7 @@ from structprune.compress_config import CompressConfig
 from structprune.criteria import get_criterion
 from structprune.data import DATA_SOURCES, DataBundle, load_data
 from structprune.data.load import text_source
-from structprune.data.text import TEXT_MAX_LENGTH
+from structprune.data.text import TEXT_MAX_LENGTH, length_batched
 from structprune.errors import PlanError, UsageError
 from structprune.graph.cost import count_macs, count_params
 from structprune.group_lasso import GroupLassoConfig, prune_sparse, sparsify
@@ -299,12 +299,13 @@ def criterion_samples(criterion) -> int:
         else CALIBRATION_SAMPLES
 
 
-def calibration_loader(bundle: DataBundle, samples: int = CALIBRATION_SAMPLES):
+def calibration_loader(bundle: DataBundle, samples: int = CALIBRATION_SAMPLES, batch_size: int = 128):
     """A fixed, unshuffled loader over the first `samples` training samples (with labels), so scoring
-    and calibration see the same data on every call (the training split is already in seeded order)."""
+    and calibration see the same data on every call (the training split is already in seeded order);
+    texts are batched with texts of similar length (`length_batched`), so little of a pass is padding."""
     dataset = bundle.train.dataset
-    return DataLoader(Subset(dataset, range(min(samples, len(dataset)))), batch_size=128, shuffle=False,
-                      collate_fn=bundle.train.collate_fn)
+    chosen = length_batched(dataset, list(range(min(samples, len(dataset)))), batch_size)
+    return DataLoader(Subset(dataset, chosen), batch_size=batch_size, shuffle=False, collate_fn=bundle.train.collate_fn)
 
 
 def _write_hf(stage: Path, loaded: LoadedModel, result: CompressResult) -> tuple[str, ...]:

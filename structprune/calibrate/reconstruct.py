@@ -49,10 +49,10 @@ from structprune.calibrate.stream import (
 )
 from structprune.calibrate.tail import TailRows, block_outputs
 from structprune.calibrate.unit_tuning import Unit, UnitRows, find_unit, tune_unit
-from structprune.criteria.obs import RECONSTRUCTION_KEY
+from structprune.criteria.obs import PROBE_SAMPLES, RECONSTRUCTION_KEY
 from structprune.criteria.readers import spread_weights
 from structprune.criteria.taps import checked_weighing, multiply, real_shares, token_places
-from structprune.data.batches import Batch, calibration_batches, token_mask
+from structprune.data.batches import Batch, calibration_batches, take_first, token_mask
 from structprune.data.running import (
     Call,
     call_order,
@@ -164,7 +164,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     settings = _Settings(target, ridge, max_rows_per_batch, torch.Generator().manual_seed(seed), tune, weigh)
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
         order = call_order(pruned, batches[0].x, names)
-        readers = _readers(pruned, order, batches[0].x) if target == "stream" else {}
+        readers = _readers(pruned, order, take_first(batches[0].x, PROBE_SAMPLES)) if target == "stream" else {}
         job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings)
         found = _chain(job)
         if found is None:

@@ -55,6 +55,29 @@ class TokenSamples(Dataset):
         return {k: v[:, :longest] for k, v in batch.items()}
 
 
+def length_batched(dataset: Dataset, indices: list[int], batch_size: int, seed: int = 0) -> list[int]:
+    """`indices` reordered so that each run of `batch_size` holds texts of similar length (fewer padded
+    tokens once `TokenSamples.collate` cuts the batch), the runs in a seeded order; unchanged unless every
+    sample is a dict with an `attention_mask`.
+
+    >>> texts = [{"attention_mask": torch.ones(n)} for n in (5, 1, 4, 2)]
+    >>> sorted(tuple(sorted(run)) for run in zip(*[iter(length_batched(texts, [0, 1, 2, 3], 2))] * 2))
+    [(0, 2), (1, 3)]
+    """
+    lengths = [_real_length(dataset[i]) for i in indices]
+    if not indices or any(n is None for n in lengths):
+        return list(indices)
+    ranked = [i for _, i in sorted(zip(lengths, indices), key=lambda pair: pair[0])]
+    runs = [ranked[k:k + batch_size] for k in range(0, len(ranked), batch_size)]
+    order = torch.randperm(len(runs), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [i for run in order for i in runs[run]]
+
+
+def _real_length(sample: Any) -> int | None:
+    mask = sample.get("attention_mask") if isinstance(sample, dict) else None
+    return int(mask.sum()) if isinstance(mask, torch.Tensor) else None
+
+
 def is_text_spec(spec: str) -> bool:
     """Is `spec` a text file (by its `.txt` extension)?
 

@@ -215,6 +215,30 @@ def test_text_lines_are_tokenised_padded_on_the_right_and_each_batch_cut_to_its_
     assert calibration["input_ids"].shape == train["input_ids"].shape
 
 
+def test_calibration_batches_texts_of_similar_length_together_in_a_seeded_order(tmp_path) -> None:
+    from structprune.data import load_data
+    from structprune.data.load import DATA_SOURCES, text_source
+    from structprune.pipeline import calibration_loader
+
+    t = import_transformers()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])}
+    t.BertTokenizer(vocab=vocab).save_pretrained(tmp_path)
+    (tmp_path / "data.txt").write_text("".join("a " * n + "\n" for n in range(1, 21)), encoding="utf-8")
+    bundle = load_data(str(tmp_path / "data.txt"), sources=(text_source(tmp_path, 32), *DATA_SOURCES), val_fraction=0)
+    runs = [[int(n) for n in b["attention_mask"].sum(1)] for b in calibration_loader(bundle, 16, batch_size=4)]
+    ranked = sorted(_first_lengths(bundle, 16))  # the first 16 training lines, each batch four of similar length
+    assert sorted(sorted(run) for run in runs) == [ranked[i:i + 4] for i in range(0, 16, 4)]
+    assert runs != sorted(runs)  # the batches in a seeded order, not shortest first
+    again = calibration_loader(bundle, 16, batch_size=4)
+    assert [b["input_ids"].shape[1] for b in again] == [max(run) for run in runs]
+    assert runs == [[int(n) for n in b["attention_mask"].sum(1)] for b in again]
+
+
+def _first_lengths(bundle, count: int) -> list[int]:
+    dataset = bundle.train.dataset
+    return [int(dataset[i]["attention_mask"].sum()) for i in range(count)]
+
+
 def test_a_vit_round_trips_and_an_ffn_pruned_distilbert_loads_with_plain_transformers(tmp_path) -> None:
     t = import_transformers()
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ pytestmark = [
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 MEASURED = {"cos_mean": 0.9667, "nn_agree": 0.793}  # FFN 50%, heads 0%, 2048 calibration sentences (H on 1024)
-MEASURED_TUNED = 0.9719  # cos_mean of obs_tuned: two epochs of tuning by units (the FFNs), rows weighed by sentence
+MEASURED_TUNED = 0.9714  # cos_mean of obs_tuned: two epochs of tuning by units (FFNs), rows weighed by sentence
 TOLERANCE = {"cos_mean": 0.005, "nn_agree": 0.04}   # NN agreement moves by 1/256 per sentence
 
 

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 import torch
-from test_calibrate_units import Block, Ffn, Gated
+from test_calibrate_units import Block, Ffn, Gated, Stack
 from torch import nn
 
 import structprune
@@ -34,24 +34,11 @@ class Scaled(Block):
         return 2.0 * super().forward(x)
 
 
-class Stack(nn.Module):
-    def __init__(self, block: type, kind: type = Ffn, depth: int = 3):
-        super().__init__()
-        self.inp, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
-        self.blocks = nn.ModuleList(block(kind) for _ in range(depth))
-
-    def forward(self, x):
-        h = self.inp(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h)
-
-
 def _tuned(block: type, kind: type, monkeypatch):
     """The network pruned, refit and tuned; the batches that took the shortcut; per block, the outputs the
     next block was given and those of running the block again."""
     torch.manual_seed(0)
-    net = Stack(block, kind).eval()
+    net = Stack(kind, block=block).eval()
     x = torch.randn(96, 5, 4)
     graph = structprune.analyze(net, x[:2])
     producer = "ffn.gate.weight:0" if kind is Gated else "ffn.dense.weight:0"

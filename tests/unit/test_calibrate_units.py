@@ -63,10 +63,10 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    def __init__(self, kind: type, depth: int = 3):
+    def __init__(self, kind: type, depth: int = 3, block: type = Block):
         super().__init__()
         self.inp, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
-        self.blocks = nn.ModuleList(Block(kind) for _ in range(depth))
+        self.blocks = nn.ModuleList(block(kind) for _ in range(depth))
 
     def forward(self, x):
         h = self.inp(x)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from structprune.calibrate.stream import OUTPUT
+from structprune.calibrate.unit_tuning import agrees_on_replay
 from structprune.data.running import Call, call_model, first_tensor
 
 MAX_TAIL_BYTES = 1 << 30  # unit inputs and stream rests kept per block at most (else the block is run again)
@@ -65,7 +66,7 @@ def block_outputs(block: nn.Module, tail: TailRows | None, calls: list[Call]) ->
     if tail is None or not tail.complete or len(tail.inputs) != len(calls):
         return [full] + [first_tensor(call_model(block, c)) for c in calls[1:]]
     first = _shortcut(block, tail, 0)
-    if first is None or first.shape != full.shape or not _close(first, full):
+    if first is None or first.shape != full.shape or not agrees_on_replay(first, full):
         return [full] + [first_tensor(call_model(block, c)) for c in calls[1:]]
     return [full] + [_shortcut(block, tail, i) for i in range(1, len(calls))]
 
@@ -83,6 +84,3 @@ def _shortcut(block: nn.Module, tail: TailRows, index: int) -> torch.Tensor | No
     found = block.get_submodule(tail.reader)(z)
     return found if isinstance(found, torch.Tensor) else None
 
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max().clamp(min=1.0))))

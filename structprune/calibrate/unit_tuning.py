@@ -126,17 +126,19 @@ def _maps_rows(unit: nn.Module, seen: dict, holds: bool) -> bool:
     """True if the unit's output is the consumer's output (input) and it maps rows position-wise."""
     expected = seen["consumer_out"] if holds else seen["consumer_in"]
     out, x = seen["out"], seen["x"]
-    if out.shape != expected.shape or not _close(out, expected):
+    if out.shape != expected.shape or not agrees_on_replay(out, expected):
         return False
     try:
         with torch.no_grad():
             flat = unit(x.reshape(-1, x.shape[-1]))
     except (RuntimeError, TypeError, ValueError, IndexError):
         return False
-    return isinstance(flat, torch.Tensor) and flat.numel() == out.numel() and _close(flat.reshape(out.shape), out)
+    return isinstance(flat, torch.Tensor) and flat.numel() == out.numel() \
+        and agrees_on_replay(flat.reshape(out.shape), out)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def agrees_on_replay(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a replayed tensor `a` matches the real one `b` (rtol 1e-4, atol 1e-5 of b's scale)."""
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max().clamp(min=1.0))))
 
 

@@ -115,12 +115,17 @@ def _train(block: nn.Module, calls: list[Call], targets: list[torch.Tensor], bat
     return steps
 
 
-def adam_steps(params: list[torch.nn.Parameter], loss: Callable[[int], torch.Tensor], steps: int, lr: float) -> None:
+def adam_steps(params: list[torch.nn.Parameter], loss: Callable[[int], torch.Tensor], steps: int, lr: float,
+               held: list[torch.nn.Parameter] = ()) -> None:
     """`steps` Adam steps on `params`, the loss of step i being `loss(i)`; the parameters are trainable
-    only meanwhile and keep no gradient afterwards."""
+    only meanwhile and keep no gradient afterwards. `held`: parameters the loss also uses that stay as
+    they are; no gradient is computed for them (nor left on them)."""
     flags = [p.requires_grad for p in params]
+    held_flags = [p.requires_grad for p in held]
     try:
         with torch.enable_grad():
+            for p in held:
+                p.requires_grad_(False)
             for p in params:
                 p.requires_grad_(True)
             optimizer = torch.optim.Adam(params, lr=lr)
@@ -133,3 +138,5 @@ def adam_steps(params: list[torch.nn.Parameter], loss: Callable[[int], torch.Ten
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
             p.grad = None
+        for p, flag in zip(held, held_flags):
+            p.requires_grad_(flag)

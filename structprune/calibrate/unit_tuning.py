@@ -74,7 +74,9 @@ def tune_unit(label: str, module: nn.Module, unit: Unit, consumer: str, rows: Un
     saved = [p.detach().clone() for p in params]
     check = _evenly_spaced(rows, CHECK_ROWS)
     before = _error(forward, check)
-    steps = _train(forward, _producer_parameters(module, unit, consumer), rows, settings)
+    producers = _producer_parameters(module, unit, consumer)
+    held = [p for p in params if all(p is not q for q in producers)]
+    steps = _train(forward, producers, held, rows, settings)
     _refit_consumer(module, forward, consumer, rows, settings.ridge)
     after = _error(forward, check)
     if not after < before:
@@ -206,7 +208,8 @@ def _error(forward, rows: UnitRows) -> float:
     return total / max(scale, 1e-30)
 
 
-def _train(forward, params: list[torch.nn.Parameter], rows: UnitRows, settings: TuneSettings) -> int:
+def _train(forward, params: list[torch.nn.Parameter], held: list[torch.nn.Parameter], rows: UnitRows,
+           settings: TuneSettings) -> int:
     count = rows.inputs.shape[0]
     per_step = min(ROWS_PER_STEP, count)
     steps = max(1, round(settings.epochs * count / per_step))
@@ -221,5 +224,5 @@ def _train(forward, params: list[torch.nn.Parameter], rows: UnitRows, settings: 
         index, order = order[:per_step].to(rows.inputs.device), order[per_step:]
         return _weighted_loss(forward, rows, index) / norm
 
-    adam_steps(params, loss, steps, settings.lr)
+    adam_steps(params, loss, steps, settings.lr, held)
     return steps

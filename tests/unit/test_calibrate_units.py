@@ -135,6 +135,17 @@ def test_units_are_tuned_on_rows_and_lower_the_networks_output_error(data, kind)
     assert not any("norm" in n or n.startswith(("inp", "head")) for n in changed)
 
 
+@pytest.mark.parametrize("kind, tuned", [(Ffn, "ffn"), (Mixing, "")])
+def test_tuning_leaves_no_gradient_on_the_model_and_every_requires_grad_flag_as_it_was(data, kind, tuned):
+    net, _, _, pruned, report = _refit_and_tuned(kind, data, tune_epochs=3, tune_lr=1e-2)
+    assert [b.name for b in report.blocks] == [f"blocks.{i}{'.' if tuned else ''}{tuned}" for i in range(3)]
+    assert all(p.requires_grad for p in pruned.parameters())  # as nn.Module made them; a frozen copy:
+    assert [n for n, p in pruned.named_parameters() if p.grad is not None] == []
+    frozen = copy.deepcopy(pruned).requires_grad_(False)
+    reconstruct(net, frozen, *_pruned(net, data[0], kind)[:2], data[1], target="stream", tune_epochs=1)
+    assert not any(p.requires_grad or p.grad is not None for p in frozen.parameters())
+
+
 def test_unit_tuning_that_does_not_help_leaves_the_layers_as_they_were(data):
     _, _, refit_only, pruned, report = _refit_and_tuned(Ffn, data, tune_epochs=1, tune_lr=1e3)
     assert [b.name for b in report.blocks] == [f"blocks.{i}.ffn" for i in range(3)]

@@ -21,6 +21,7 @@ from structprune.calibrate import reconstruct as refit_layers  # `recalibrate` h
 from structprune.capture import capture
 from structprune.compress_config import CompressConfig, compress_config
 from structprune.criteria import get_criterion
+from structprune.data.recording import RecordedData, recording_of
 from structprune.data.running import eval_outputs
 from structprune.errors import AnalysisError, UsageError, VerificationError, stage_errors
 from structprune.graph.channel_graph import ChannelGraph
@@ -126,6 +127,17 @@ def _model_config(model: nn.Module, config: CompressConfig | None, options: Mapp
 
 def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None,
               graph: ChannelGraph | None):
+    if data is None or recording_of(data) is not None:
+        return _compress_on(model, example_inputs, config, data, plan, graph)
+    recorded = RecordedData(data)  # what scoring computes on the dense model and the refit needs again
+    try:
+        return _compress_on(model, example_inputs, config, recorded, plan, graph)
+    finally:
+        recorded.recording.clear()
+
+
+def _compress_on(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None,
+                 graph: ChannelGraph | None):
     if plan is None:
         if graph is not None:
             raise UsageError("compress(graph=...) is the analysis a given plan was made on; pass plan= with it")

@@ -53,6 +53,7 @@ from structprune.criteria.obs import PROBE_SAMPLES, RECONSTRUCTION_KEY
 from structprune.criteria.readers import spread_weights
 from structprune.criteria.taps import checked_weighing, multiply, real_shares, token_places
 from structprune.data.batches import Batch, calibration_batches, take_first, token_mask
+from structprune.data.recording import recording_of
 from structprune.data.running import (
     Call,
     call_order,
@@ -123,6 +124,7 @@ class _Job:
     kept: dict
     batches: list[Batch]
     settings: _Settings
+    recorded: tuple = ()  # per batch: the dense readers' inputs an earlier pass recorded (`_recorded`), or None
 
 
 def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Plan, loader: Iterable,
@@ -165,7 +167,8 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
     with eval_mode(dense), eval_mode(pruned), torch.no_grad():
         order = call_order(pruned, batches[0].x, names)
         readers = _readers(pruned, order, take_first(batches[0].x, PROBE_SAMPLES)) if target == "stream" else {}
-        job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings)
+        job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings,
+                   _recorded(loader, dense, readers, order, batches))
         found = _chain(job)
         if found is None:
             why = NO_CHAIN if tune is not None else ""
@@ -178,6 +181,16 @@ def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
     """The stream reader of each consumer that has one (see `stream.find_reader`)."""
     found = {name: find_reader(pruned, name, x) for name in names}
     return {name: reader for name, reader in found.items() if reader is not None}
+
+
+def _recorded(loader, dense: nn.Module, readers: dict[str, Reader], order: list[str], batches: list[Batch]) -> tuple:
+    """Per batch: the input of every consumer's reader in the dense network as an earlier pass of this job
+    recorded it (obs's Hessian pass; `data.recording`), or None where the dense network has to run."""
+    recording = recording_of(loader)
+    if recording is None or not readers or any(name not in readers for name in order):
+        return (None,) * len(batches)
+    names = {readers[name].name for name in order}
+    return tuple(recording.inputs_of(dense, batch.x, names) for batch in batches)
 
 
 def _chain(job: _Job) -> tuple[Chain, dict[str, Reader]] | None:
@@ -215,7 +228,8 @@ def _refit_by_blocks(job: _Job, chain: Chain,
     """Each block in order on the streams the block before it returned (dense and pruned): its
     consumers refit in call order, each tuned with its unit or (if asked) the block tuned after them;
     blocks after the last consumer are not run."""
-    calls_d = [first_call(job.dense, chain.blocks[0], b.x) for b in job.batches]
+    calls_d = [None if r is not None else first_call(job.dense, chain.blocks[0], b.x)  # None: recorded
+               for r, b in zip(job.recorded, job.batches)]
     calls_p = [first_call(job.pruned, chain.blocks[0], b.x) for b in job.batches]
     fits, tuned = [], []
     last = max(chain.blocks.index(chain.block_of(n)) for n in job.order)
@@ -224,8 +238,13 @@ def _refit_by_blocks(job: _Job, chain: Chain,
         local = {n: n[len(block) + 1:] for n in inside}
         readers = {local[n]: local_readers[n] for n in inside if n in local_readers}
         dense_block, pruned_block = job.dense.get_submodule(block), job.pruned.get_submodule(block)
-        streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches)
         units = _units(job, block, inside, readers, calls_p[0])
+        tunes_block = bool(inside and not units) and job.settings.tune is not None \
+            and owns_parameters(job.pruned, block)
+        if tunes_block:  # its targets are the dense block's outputs on every batch
+            calls_d = _every_call(job, block, calls_d)
+        streams, outs_d = _dense_streams_and_outputs(dense_block, readers, calls_d, job.batches,
+                                                     _recorded_in(job, inside, local, readers))
         tail = _tail(units, local, readers)
         for name in inside:
             unit = units.get(name)
@@ -235,14 +254,25 @@ def _refit_by_blocks(job: _Job, chain: Chain,
             if unit is not None:
                 tuned.append(tune_unit(f"{block}.{unit.name}", pruned_block, unit, local[name], rows,
                                        job.settings.tune))
-        if inside and not units and job.settings.tune is not None and owns_parameters(job.pruned, block):
+        if tunes_block:
             record, outs_p = tune_block(block, pruned_block, calls_p, outs_d, job.batches, job.settings.tune)
             tuned.append(record)
         else:
             outs_p = block_outputs(pruned_block, tail, calls_p)
-        calls_d = [with_stream(c, o) for c, o in zip(calls_d, outs_d)]
+        calls_d = [None if o is None else with_stream(c, o) for c, o in zip(calls_d, outs_d)]
         calls_p = [with_stream(c, o) for c, o in zip(calls_p, outs_p)]
     return fits, tuned
+
+
+def _every_call(job: _Job, block: str, calls: list) -> list[Call]:
+    """`calls` of the dense `block`, with those of recorded batches (None) found by a pass of the network."""
+    return [c if c is not None else first_call(job.dense, block, b.x) for c, b in zip(calls, job.batches)]
+
+
+def _recorded_in(job: _Job, inside: list[str], local: dict[str, str], readers: dict[str, Reader]) -> list:
+    """Per batch, the recorded dense streams of the block's consumers (by local name), or None."""
+    return [None if r is None else {local[n]: r[job.readers[n].name] for n in inside if local[n] in readers}
+            for r in job.recorded]
 
 
 def _units(job: _Job, block: str, inside: list[str], readers: dict[str, Reader], call: Call) -> dict[str, Unit]:
@@ -316,19 +346,20 @@ def _dense_streams(dense: nn.Module, readers: dict[str, Reader], inputs: list, b
     return _dense_streams_and_outputs(dense, readers, inputs, batches)[0] if readers else {}
 
 
-def _dense_streams_and_outputs(dense: nn.Module, readers: dict[str, Reader], inputs: list,
-                               batches: list[Batch]) -> tuple[dict[str, list], list[torch.Tensor]]:
+def _dense_streams_and_outputs(dense: nn.Module, readers: dict[str, Reader], inputs: list, batches: list[Batch],
+                               recorded: list | None = None) -> tuple[dict[str, list], list[torch.Tensor | None]]:
     """`_dense_streams`, and the first output tensor of each pass (also the stream of the consumers
-    whose reader is `OUTPUT`)."""
+    whose reader is `OUTPUT`). Where an input is None the pass is not run: the streams are the batch's
+    `recorded` ones (by consumer) and its output is None."""
     out: dict[str, list] = {name: [] for name in readers}
     inner = {name: r for name, r in readers.items() if r.name != OUTPUT}
     outputs = []
-    for x, batch in zip(inputs, batches):
-        seen, result = stream_inputs(dense, inner, x)
-        outputs.append(first_tensor(result))
+    for i, (x, batch) in enumerate(zip(inputs, batches)):
+        seen, result = (recorded[i], None) if x is None else stream_inputs(dense, inner, x)
+        outputs.append(None if x is None else first_tensor(result))
         for name in readers:
             module = dense.get_submodule(name)
-            z = seen[name] if name in inner else outputs[-1]
+            z = seen[name] if name in inner or x is None else outputs[-1]
             out[name].append(_real_rows(output_rows(module, z), z, module, batch).float())
     return out, outputs
 

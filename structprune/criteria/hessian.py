@@ -24,6 +24,7 @@ from torch import nn
 from structprune.criteria.readers import Reader, spread_weights
 from structprune.criteria.taps import Padding, Tap, as_samples, multiply, observe_inputs
 from structprune.data.batches import Batch
+from structprune.data.recording import Recording
 from structprune.data.running import eval_mode, forward_hooks
 
 
@@ -117,11 +118,13 @@ def column_channels(matrix: torch.Tensor, tap: Tap) -> np.ndarray:
 
 
 def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], max_features: int = 8192,
-                   readers: Mapping[str, Reader] | None = None, weigh: str = "tokens") -> dict[int, ConsumerGram]:
+                   readers: Mapping[str, Reader] | None = None, weigh: str = "tokens",
+                   recording: Recording | None = None) -> dict[int, ConsumerGram]:
     """H per usable tap (keyed by id(tap)), accumulated over the batches in one forward pass each;
     `readers` (by consumer module): the rows of a consumer whose reader normalises are weighted by
     1 / var of the reader's input at their position; `weigh="samples"`: each sample's real tokens
-    share a weight of 1 (see `taps.token_shares`)."""
+    share a weight of 1 (see `taps.token_shares`). A `recording` keeps the readers' inputs (the dense
+    stream a later refit reads; `data.recording`)."""
     grams: dict[int, ConsumerGram | None] = {}
     padding = Padding()
     checking: list[Tap] = []  # the check calls the consumer, whose hook must not observe that call
@@ -149,16 +152,24 @@ def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], 
         else:
             _add_rows(*seen)
 
+    batch_index: list[int | None] = [None]  # the recording's index of the batch being run
+
     def at_reader(name: str):
         def hook(_, args):
+            if recording is not None and args and isinstance(args[0], torch.Tensor):
+                recording.keep(batch_index[0], name, args[0])
             for state, module, x, valid, shares in waiting.pop(name, []):
                 _add_rows(state, module, x, valid, shares, _spread_weights(x, args[0] if args else None))
         return hook
 
+    watched = set(normalising.values()) | ({r.name for r in readers.values()} if recording and readers else set())
     with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad(), \
-            forward_hooks(model, pre={name: at_reader(name) for name in set(normalising.values())}):
+            forward_hooks(model, pre={name: at_reader(name) for name in watched}):
         for batch in batches:
+            batch_index[0] = recording.start(model, batch.x) if recording is not None else None
             padding.run(model, batch.x)
+            if recording is not None:
+                recording.finish(batch_index[0])
             for pending in waiting.values():  # a reader not reached on this batch: rows not spread-weighted
                 for seen in pending:
                     _add_rows(*seen)

@@ -50,6 +50,7 @@ from structprune.criteria.hessian import ConsumerGram, consumer_grams
 from structprune.criteria.readers import Reader, find_readers
 from structprune.criteria.taps import checked_weighing, consumer_taps, taps_by_group
 from structprune.data.batches import Batch, take_first
+from structprune.data.recording import recording_of
 from structprune.data.running import eval_mode
 
 PROBE_SAMPLES = 2  # samples of the first batch a stream reader is probed on
@@ -222,8 +223,9 @@ class StructuredOBS:
         if todo:
             taps = consumer_taps(todo, ctx.model)
             batches = load_batches(ctx, self._hessian_budget(), self.name)
-            grams = consumer_grams(ctx.model, taps, batches, self.max_features,
-                                   stream_readers(ctx.model, taps, batches[0]), self.weigh) if taps else {}
+            readers = stream_readers(ctx.model, taps, batches[0]) if taps else {}
+            grams = consumer_grams(ctx.model, taps, batches, self.max_features, readers, self.weigh,
+                                   recording_of(ctx.data)) if taps else {}
             by_group = taps_by_group(taps)
             cached.update({g.group_id: [grams[id(t)] for t in by_group.get(g.group_id, []) if id(t) in grams]
                            for g in todo})

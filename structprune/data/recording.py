@@ -1,0 +1,135 @@
+"""What one stage saw a model compute on calibration batches, kept for a later stage of the same job.
+
+`compress` runs the dense model on its calibration data twice: obs measures its Hessians on a forward
+pass over the first batches, and the least-squares refit after the rewrite needs the dense network's
+residual stream (the input of each stream reader) on the same batches. Calibration data wrapped in
+`RecordedData` carries a `Recording`: the first pass keeps the inputs of the modules it is asked to,
+batch by batch, and the refit reads them instead of running the dense network again on those batches.
+
+A recording is only read back for the model it was made on, unchanged (the same parameter and buffer
+tensors at the same versions), and for a batch equal to the one recorded, tensor for tensor; it holds
+at most `max_bytes` (a batch that does not fit is not kept, and nothing after it).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+MAX_RECORD_BYTES = 1 << 30  # what a recording may hold, at most
+
+
+def model_state(model: nn.Module) -> tuple:
+    """What changes when any parameter or buffer of `model` is replaced or changed in place."""
+    return tuple((id(t), t._version, t.data_ptr()) for t in (*model.parameters(), *model.buffers()))
+
+
+@dataclass(eq=False)
+class Recording:
+    """Inputs of named modules on whole batches: `inputs[i][name]` on the batch with inputs `xs[i]`.
+
+    >>> net, x = nn.Sequential(nn.Linear(2, 3), nn.ReLU()), torch.randn(4, 2)
+    >>> recording = Recording()
+    >>> i = recording.start(net, x)
+    >>> recording.keep(i, "1", torch.ones(4, 3))
+    >>> recording.finish(i)
+    >>> recording.inputs_of(net, x.clone(), ["1"])["1"].shape, recording.inputs_of(net, x + 1, ["1"])
+    (torch.Size([4, 3]), None)
+    """
+
+    max_bytes: int = MAX_RECORD_BYTES
+    xs: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    complete: list = field(default_factory=list)
+    size: int = 0
+    _state: tuple | None = None
+    _full: bool = False
+
+    def start(self, model: nn.Module, x: Any) -> int | None:
+        """Begin recording the pass of `model` on inputs `x`; its index, or None when nothing more is kept."""
+        state = model_state(model)
+        if self._state is not None and state != self._state:
+            self.clear()
+        if self._full or self._find(x) is not None:
+            return None
+        self._state = state
+        self.xs.append(x)
+        self.inputs.append({})
+        self.complete.append(False)
+        return len(self.xs) - 1
+
+    def keep(self, index: int | None, name: str, tensor: torch.Tensor) -> None:
+        """Keep (a copy of) module `name`'s input on batch `index` (its first call only)."""
+        if index is None or self.inputs[index] is None or name in self.inputs[index]:
+            return
+        size = tensor.numel() * tensor.element_size()
+        if self.size + size > self.max_bytes:
+            self._drop(index)
+            self._full = True
+            return
+        self.inputs[index][name] = tensor.detach().clone()
+        self.size += size
+
+    def finish(self, index: int | None) -> None:
+        """Batch `index` was recorded whole (a batch never finished is never read back)."""
+        if index is not None and self.inputs[index] is not None:
+            self.complete[index] = True
+
+    def inputs_of(self, model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, torch.Tensor] | None:
+        """The recorded inputs of the modules `names` on inputs equal to `x` of `model` as recorded, or None
+        unless every one of them was recorded."""
+        if self._state is None or model_state(model) != self._state:
+            return None
+        index = self._find(x)
+        if index is None or not self.complete[index]:
+            return None
+        found = self.inputs[index]
+        names = list(names)
+        return {name: found[name] for name in names} if all(name in found for name in names) else None
+
+    def clear(self) -> None:
+        """Forget everything recorded."""
+        self.xs, self.inputs, self.complete, self.size, self._state, self._full = [], [], [], 0, None, False
+
+    def _find(self, x: Any) -> int | None:
+        return next((i for i, seen in enumerate(self.xs) if _same_inputs(seen, x)), None)
+
+    def _drop(self, index: int) -> None:
+        self.size -= sum(t.numel() * t.element_size() for t in self.inputs[index].values())
+        self.inputs[index] = None
+
+
+def _same_inputs(a: Any, b: Any) -> bool:
+    leaves_a, spec_a = pytree.tree_flatten(a)
+    leaves_b, spec_b = pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    for u, v in zip(leaves_a, leaves_b):
+        if isinstance(u, torch.Tensor) != isinstance(v, torch.Tensor):
+            return False
+        if isinstance(u, torch.Tensor):
+            if u.shape != v.shape or u.dtype != v.dtype or u.device != v.device or not torch.equal(u, v):
+                return False
+        elif u != v:
+            return False
+    return True
+
+
+@dataclass(frozen=True, eq=False)
+class RecordedData:
+    """Calibration data (any iterable of batches) that carries a `Recording` for the stages of one job."""
+
+    data: Iterable
+    recording: Recording = field(default_factory=Recording)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.data)
+
+
+def recording_of(data: Any) -> Recording | None:
+    """The recording that calibration `data` carries (None: plain data)."""
+    return data.recording if isinstance(data, RecordedData) else None

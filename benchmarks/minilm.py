@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--criteria", nargs="+", default=list(OURS + THEIRS), choices=OURS + THEIRS)
     parser.add_argument("--ffn", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     parser.add_argument("--heads", nargs="+", type=float, default=[0.0, 0.25])
+    parser.add_argument("--head-allocation", default="uniform", choices=("uniform", "global"),
+                        help="heads: the same share of every layer's, or as many in all spread by our criterion's "
+                             "scores (Torch-Pruning's rows stay uniform)")
     parser.add_argument("--calib", type=int, default=2048, help="calibration sentences (each criterion reads up "
                         "to its own max_samples of them)")
     parser.add_argument("--eval", type=int, default=256, help="held-out evaluation sentences")
@@ -168,11 +171,15 @@ def _neighbours(unit: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class GroupRatios:
     """A criterion pruning FFN and head groups by their own ratios: the planner's counts are replaced
-    by size - floor(size * ratio) per group (matched by group id); the inner criterion chooses."""
+    by size - floor(size * ratio) per group (matched by group id); the inner criterion chooses. With
+    `head_allocation="global"` the same number of heads goes in all, spread over the layers by the inner
+    criterion's scores of each head alone (obs: the stream error its removal adds, in the same units in
+    every layer), at least one head kept per layer."""
 
     inner: Any
     ffn: float
     heads: float
+    head_allocation: str = "uniform"
 
     @property
     def name(self) -> str:
@@ -187,6 +194,8 @@ class GroupRatios:
 
     def select(self, groups, ctx, keep_counts) -> Selection:
         counts = {g.group_id: g.size - min(int(g.size * self._ratio(g.group_id)), g.size - 1) for g in groups}
+        if self.head_allocation == "global":
+            counts.update(self._global_head_counts([g for g in groups if fnmatch(g.group_id, HEAD_GROUPS)], ctx))
         active = [g for g in groups if counts[g.group_id] < g.size]
         keep = {g.group_id: tuple(range(g.size)) for g in groups}
         if not active:
@@ -200,16 +209,28 @@ class GroupRatios:
         return Selection({**keep, **chosen.keep}, {**dict(chosen.meta), "ffn_ratio": self.ffn,
                                                    "head_ratio": self.heads})
 
+    def _global_head_counts(self, heads: list, ctx) -> dict[str, int]:
+        """Heads kept per layer when the lowest-scored heads of all layers go (as many as uniform removes)."""
+        scores = self.inner.score(heads, ctx)
+        ranked = sorted((float(s), g.group_id) for g in heads for s in scores[g.group_id])
+        gone, left = {g.group_id: 0 for g in heads}, sum(int(g.size * self.heads) for g in heads)
+        size = {g.group_id: g.size for g in heads}
+        for _, group_id in ranked:
+            if left and gone[group_id] < size[group_id] - 1:
+                gone[group_id], left = gone[group_id] + 1, left - 1
+        return {group_id: size[group_id] - removed for group_id, removed in gone.items()}
+
     def _ratio(self, group_id: str) -> float:
         if fnmatch(group_id, FFN_GROUPS):
             return self.ffn
         return self.heads if fnmatch(group_id, HEAD_GROUPS) else 0.0
 
 
-def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[dict]):
+def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[dict],
+               head_allocation: str = "uniform"):
     base, options = TUNED.get(name, (name, {}))
     inner = get_criterion(base)
-    criterion = GroupRatios(dataclasses.replace(inner, **options) if options else inner, ffn, heads)
+    criterion = GroupRatios(dataclasses.replace(inner, **options) if options else inner, ffn, heads, head_allocation)
     ignore = HIDDEN + ([] if heads else [HEAD_GROUPS]) + ([] if ffn else [FFN_GROUPS])
     result = structprune.compress(model, example, ratio=0.5, criterion=criterion, ignore=ignore,
                                   data=calib if criterion.needs_data else None)
@@ -217,8 +238,9 @@ def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[
     return result.model
 
 
-def prune_tp(model, example, name: str, ffn: float, heads: float, calib: list[dict]):
-    """Torch-Pruning's MetaPruner on the intermediate Linear layers (and q/k/v, whole heads)."""
+def prune_tp(model, example, name: str, ffn: float, heads: float, calib: list[dict], head_allocation: str = "uniform"):
+    """Torch-Pruning's MetaPruner on the intermediate Linear layers (and q/k/v, whole heads), per layer;
+    `head_allocation` is ours only."""
     import copy
 
     import torch_pruning as tp
@@ -250,12 +272,13 @@ def onnx_latency() -> Callable:
     return EncoderOnnxLatency()
 
 
-def run_one(dense, example, name, ffn, heads, calib, evals, reference, latency: Callable | None = None) -> dict:
+def run_one(dense, example, name, ffn, heads, calib, evals, reference, latency: Callable | None = None,
+            head_allocation: str = "uniform") -> dict:
     prune = prune_tp if name in THEIRS else prune_ours
     if name == "random" or name == "tp_random":
         torch.manual_seed(0)
     start = time.perf_counter()
-    pruned = prune(dense, example, name, ffn, heads, calib)
+    pruned = prune(dense, example, name, ffn, heads, calib, head_allocation)
     seconds = time.perf_counter() - start
     row = {"criterion": name, "ffn": ffn, "heads": heads, "params": sum(p.numel() for p in pruned.parameters()),
            **fidelity(embed(pruned.eval(), evals), reference), "compress_s": seconds}
@@ -305,7 +328,8 @@ def main(argv=None) -> list[dict]:
     for ffn in args.ffn:
         for heads in args.heads:
             for name in args.criteria:
-                rows.append(run_one(dense, example, name, ffn, heads, calib, evals, reference, latency))
+                rows.append(run_one(dense, example, name, ffn, heads, calib, evals, reference, latency,
+                                    args.head_allocation))
                 r = rows[-1]
                 speed = f"  speedup {r['speedup']:.2f}x" if "speedup" in r else ""
                 print(f"{name:10s} ffn {ffn:.0%} heads {heads:.0%}: cos {r['cos_mean']:.4f} (min {r['cos_min']:.3f}) "

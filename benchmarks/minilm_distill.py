@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loss", nargs="+", default=["cosine+tokens"], choices=list(LOSSES))
     parser.add_argument("--dropout", nargs="+", default=["off"], choices=("on", "off"),
                         help="the student's dropout while distilling (RecoveryConfig.dropout)")
+    parser.add_argument("--head-allocation", default="uniform", choices=("uniform", "global"),
+                        help="25%% of every layer's heads, or as many heads in all spread by the criterion's scores "
+                             "(minilm.GroupRatios)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     parser.add_argument("--model", help="the model folder (default: the installed package's)")
     return parser.parse_args(argv)
@@ -138,7 +141,7 @@ def row(criterion: str, stage: str, params: int, scores: dict, seconds: float | 
 def run_criterion(name: str, dense, tokenizer, data: Data, args: argparse.Namespace) -> list[dict]:
     """One-shot pruning by `name`, then one distillation per (loss, lr, dropout)."""
     start = time.perf_counter()
-    pruned = prune_ours(dense, data.example, name, FFN_RATIO, HEAD_RATIO, data.calib)
+    pruned = prune_ours(dense, data.example, name, FFN_RATIO, HEAD_RATIO, data.calib, args.head_allocation)
     params = sum(p.numel() for p in pruned.parameters())
     rows = [row(name, "one-shot", params, measured(pruned, data), time.perf_counter() - start)]
     for loss, lr, dropout in [(loss, lr, d) for loss in args.loss for lr in args.lr for d in args.dropout]:

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
+from structprune.data.batches import same_values
 from structprune.data.running import Call, call_model, first_tensor
 
 CONTAINERS = (nn.ModuleList, nn.Sequential)
@@ -86,9 +86,9 @@ def replays(model: nn.Module, chain: Chain, x: Any) -> bool:
         return False
     first = calls[0][1]
     for (_, _, before_out), (_, call, _) in zip(calls, calls[1:]):
-        if not isinstance(before_out, torch.Tensor) or not call.args or not _same(call.args[0], before_out):
+        if not isinstance(before_out, torch.Tensor) or not call.args or not same_values(call.args[0], before_out):
             return False
-        if not _same((call.args[1:], call.kwargs), (first.args[1:], first.kwargs)):
+        if not same_values((call.args[1:], call.kwargs), (first.args[1:], first.kwargs)):
             return False
     return _same_outputs(model, calls)
 
@@ -99,22 +99,6 @@ def _same_outputs(model: nn.Module, calls: list[tuple[str, Call, Any]]) -> bool:
     with torch.no_grad():
         for name, call, out in calls:
             stream = first_tensor(model.get_submodule(name)(*with_stream(call, stream).args, **call.kwargs))
-            if not isinstance(stream, torch.Tensor) or not _same(stream, out):
+            if not isinstance(stream, torch.Tensor) or not same_values(stream, out):
                 return False
-    return True
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal structure and leaves (tensors by value)."""
-    leaves_a, spec_a = pytree.tree_flatten(a)
-    leaves_b, spec_b = pytree.tree_flatten(b)
-    if spec_a != spec_b:
-        return False
-    for u, v in zip(leaves_a, leaves_b):
-        if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
-            if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.shape == v.shape
-                    and bool(torch.equal(u, v))):
-                return False
-        elif u is not v and u != v:
-            return False
     return True

@@ -97,6 +97,26 @@ def take_first(value: Any, count: int) -> Any:
     return pytree.tree_map_only(torch.Tensor, lambda t: t[:count], value)
 
 
+def same_values(a: Any, b: Any) -> bool:
+    """Equal structure and leaves: tensors of the same shape, dtype and device, equal by value.
+
+    >>> same_values({"ids": torch.arange(3)}, {"ids": torch.arange(3)}), same_values(torch.zeros(2), torch.ones(2))
+    (True, False)
+    """
+    leaves_a, spec_a = pytree.tree_flatten(a)
+    leaves_b, spec_b = pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    return all(_same_leaf(u, v) for u, v in zip(leaves_a, leaves_b))
+
+
+def _same_leaf(u: Any, v: Any) -> bool:
+    if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+        return isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.shape == v.shape \
+            and u.dtype == v.dtype and u.device == v.device and bool(torch.equal(u, v))
+    return u is v or u == v
+
+
 def calibration_batches(loader: Iterable | None, max_samples: int | None, device: torch.device | None = None,
                         *, need_labels: bool = False, who: str = "calibration") -> Iterator[Batch]:
     """Batches of `loader` in its order, moved to `device` (None: left where they are), until

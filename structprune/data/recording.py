@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
+
+from structprune.data.batches import same_values
 
 MAX_RECORD_BYTES = 1 << 30  # what a recording may hold, at most
 
@@ -96,27 +97,11 @@ class Recording:
         self.xs, self.inputs, self.complete, self.size, self._state, self._full = [], [], [], 0, None, False
 
     def _find(self, x: Any) -> int | None:
-        return next((i for i, seen in enumerate(self.xs) if _same_inputs(seen, x)), None)
+        return next((i for i, seen in enumerate(self.xs) if same_values(seen, x)), None)
 
     def _drop(self, index: int) -> None:
         self.size -= sum(t.numel() * t.element_size() for t in self.inputs[index].values())
         self.inputs[index] = None
-
-
-def _same_inputs(a: Any, b: Any) -> bool:
-    leaves_a, spec_a = pytree.tree_flatten(a)
-    leaves_b, spec_b = pytree.tree_flatten(b)
-    if spec_a != spec_b:
-        return False
-    for u, v in zip(leaves_a, leaves_b):
-        if isinstance(u, torch.Tensor) != isinstance(v, torch.Tensor):
-            return False
-        if isinstance(u, torch.Tensor):
-            if u.shape != v.shape or u.dtype != v.dtype or u.device != v.device or not torch.equal(u, v):
-                return False
-        elif u != v:
-            return False
-    return True
 
 
 @dataclass(frozen=True, eq=False)

@@ -127,7 +127,7 @@ def _model_config(model: nn.Module, config: CompressConfig | None, options: Mapp
 
 def _compress(model: nn.Module, example_inputs: Any, config: CompressConfig, data: Any, plan: Plan | None,
               graph: ChannelGraph | None):
-    if data is None or recording_of(data) is not None:
+    if data is None or recording_of(data) is not None or plan is not None or not _refits(config):
         return _compress_on(model, example_inputs, config, data, plan, graph)
     recorded = RecordedData(data)  # what scoring computes on the dense model and the refit needs again
     try:
@@ -147,10 +147,15 @@ def _compress_on(model: nn.Module, example_inputs: Any, config: CompressConfig, 
         result = verified_rewrite(model, example_inputs, plan, graph, config)
     if data is None:
         return result
-    crit = get_criterion(config.criterion)
-    refit = bool(getattr(crit, "needs_data", False)) if config.reconstruct is None else config.reconstruct
     return recalibrate(model, result, example_inputs, data, recalibrate_bn=config.recalibrate_bn,
-                       reconstruct=refit, seed=config.seed)
+                       reconstruct=_refits(config), seed=config.seed)
+
+
+def _refits(config: CompressConfig) -> bool:
+    """Whether compress with data refits layers: as `config.reconstruct` says, else for data-driven criteria."""
+    if config.reconstruct is not None:
+        return bool(config.reconstruct)
+    return bool(getattr(get_criterion(config.criterion), "needs_data", False))
 
 
 def _hf_config(model: nn.Module, pruned: nn.Module, example_inputs: Any) -> dict | None:

@@ -62,6 +62,16 @@ def test_compress_hands_its_data_wrapped_to_the_stages_and_clears_the_recording_
     assert recording_of(seen[0]).size == 0 and recording_of(loader) is None
 
 
+def test_compress_records_nothing_when_no_layer_is_refit(monkeypatch):
+    api = importlib.import_module("structprune.api")
+    seen, recalibrate = [], api.recalibrate
+    monkeypatch.setattr(api, "recalibrate", lambda *a, **k: seen.append(a[3]) or recalibrate(*a, **k))
+    net, (x, loader) = Stack(Ffn).eval(), _data()
+    structprune.compress(net, x[:2], ratio=0.5, criterion=StructuredOBS(), data=loader, reconstruct=False,
+                         ignore=["inp*", "head*"])
+    assert seen == [loader]
+
+
 def _data():
     torch.manual_seed(0)
     x = torch.randn(96, 5, 4)

@@ -74,9 +74,8 @@ def tune_unit(label: str, module: nn.Module, unit: Unit, consumer: str, rows: Un
     saved = [p.detach().clone() for p in params]
     check = _evenly_spaced(rows, CHECK_ROWS)
     before = _error(forward, check)
-    producers = _producer_parameters(module, unit, consumer)
-    held = [p for p in params if all(p is not q for q in producers)]
-    steps = _train(forward, producers, held, rows, settings)
+    held = list(module.get_submodule(consumer).parameters())
+    steps = _train(forward, _producer_parameters(module, unit, consumer), held, rows, settings)
     _refit_consumer(module, forward, consumer, rows, settings.ridge)
     after = _error(forward, check)
     if not after < before:

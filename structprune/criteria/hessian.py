@@ -152,24 +152,24 @@ def consumer_grams(model: nn.Module, taps: list[Tap], batches: Iterable[Batch], 
         else:
             _add_rows(*seen)
 
-    batch_index: list[int | None] = [None]  # the recording's index of the batch being run
-
     def at_reader(name: str):
         def hook(_, args):
             if recording is not None and args and isinstance(args[0], torch.Tensor):
-                recording.keep(batch_index[0], name, args[0])
+                recording.keep(name, args[0])
             for state, module, x, valid, shares in waiting.pop(name, []):
                 _add_rows(state, module, x, valid, shares, _spread_weights(x, args[0] if args else None))
         return hook
 
-    watched = set(normalising.values()) | ({r.name for r in readers.values()} if recording and readers else set())
+    recorded = {r.name for r in (readers or {}).values()} if recording is not None else set()
+    watched = set(normalising.values()) | recorded
     with eval_mode(model), observe_inputs(model, taps, see), torch.no_grad(), \
             forward_hooks(model, pre={name: at_reader(name) for name in watched}):
         for batch in batches:
-            batch_index[0] = recording.start(model, batch.x) if recording is not None else None
+            if recording is not None:
+                recording.start(model, batch.x)
             padding.run(model, batch.x)
             if recording is not None:
-                recording.finish(batch_index[0])
+                recording.finish()
             for pending in waiting.values():  # a reader not reached on this batch: rows not spread-weighted
                 for seen in pending:
                     _add_rows(*seen)

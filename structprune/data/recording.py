@@ -31,77 +31,75 @@ def model_state(model: nn.Module) -> tuple:
 
 @dataclass(eq=False)
 class Recording:
-    """Inputs of named modules on whole batches: `inputs[i][name]` on the batch with inputs `xs[i]`.
+    """Inputs of named modules on whole batches: `batches` holds (batch inputs, {module: its input}).
 
     >>> net, x = nn.Sequential(nn.Linear(2, 3), nn.ReLU()), torch.randn(4, 2)
     >>> recording = Recording()
-    >>> i = recording.start(net, x)
-    >>> recording.keep(i, "1", torch.ones(4, 3))
-    >>> recording.finish(i)
+    >>> recording.start(net, x)
+    True
+    >>> recording.keep("1", torch.ones(4, 3))
+    >>> recording.finish()
     >>> recording.inputs_of(net, x.clone(), ["1"])["1"].shape, recording.inputs_of(net, x + 1, ["1"])
     (torch.Size([4, 3]), None)
     """
 
     max_bytes: int = MAX_RECORD_BYTES
-    xs: list = field(default_factory=list)
-    inputs: list = field(default_factory=list)
-    complete: list = field(default_factory=list)
+    batches: list = field(default_factory=list)
     size: int = 0
     _state: tuple | None = None
+    _pending: tuple | None = None  # (inputs, {module: its input}) of the batch being recorded
     _full: bool = False
 
-    def start(self, model: nn.Module, x: Any) -> int | None:
-        """Begin recording the pass of `model` on inputs `x`; its index, or None when nothing more is kept."""
+    def start(self, model: nn.Module, x: Any) -> bool:
+        """Begin recording the pass of `model` on inputs `x`; False when nothing of it will be kept."""
+        self._discard_pending()
         state = model_state(model)
         if self._state is not None and state != self._state:
             self.clear()
-        if self._full or self._find(x) is not None:
-            return None
         self._state = state
-        self.xs.append(x)
-        self.inputs.append({})
-        self.complete.append(False)
-        return len(self.xs) - 1
+        if not self._full and self._find(x) is None:
+            self._pending = (x, {})
+        return self._pending is not None
 
-    def keep(self, index: int | None, name: str, tensor: torch.Tensor) -> None:
-        """Keep (a copy of) module `name`'s input on batch `index` (its first call only)."""
-        if index is None or self.inputs[index] is None or name in self.inputs[index]:
+    def keep(self, name: str, tensor: torch.Tensor) -> None:
+        """Keep (a copy of) module `name`'s input on the batch being recorded (its first call only)."""
+        if self._pending is None or name in self._pending[1]:
             return
         size = tensor.numel() * tensor.element_size()
         if self.size + size > self.max_bytes:
-            self._drop(index)
+            self._discard_pending()
             self._full = True
             return
-        self.inputs[index][name] = tensor.detach().clone()
+        self._pending[1][name] = tensor.detach().clone()
         self.size += size
 
-    def finish(self, index: int | None) -> None:
-        """Batch `index` was recorded whole (a batch never finished is never read back)."""
-        if index is not None and self.inputs[index] is not None:
-            self.complete[index] = True
+    def finish(self) -> None:
+        """The batch being recorded was run whole (a batch never finished is never read back)."""
+        if self._pending is not None:
+            self.batches.append(self._pending)
+        self._pending = None
 
     def inputs_of(self, model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, torch.Tensor] | None:
         """The recorded inputs of the modules `names` on inputs equal to `x` of `model` as recorded, or None
         unless every one of them was recorded."""
         if self._state is None or model_state(model) != self._state:
             return None
-        index = self._find(x)
-        if index is None or not self.complete[index]:
+        found, names = self._find(x), list(names)
+        if found is None or not all(name in found for name in names):
             return None
-        found = self.inputs[index]
-        names = list(names)
-        return {name: found[name] for name in names} if all(name in found for name in names) else None
+        return {name: found[name] for name in names}
 
     def clear(self) -> None:
         """Forget everything recorded."""
-        self.xs, self.inputs, self.complete, self.size, self._state, self._full = [], [], [], 0, None, False
+        self.batches, self.size, self._state, self._pending, self._full = [], 0, None, None, False
 
-    def _find(self, x: Any) -> int | None:
-        return next((i for i, seen in enumerate(self.xs) if same_values(seen, x)), None)
+    def _find(self, x: Any) -> dict[str, torch.Tensor] | None:
+        return next((found for seen, found in self.batches if same_values(seen, x)), None)
 
-    def _drop(self, index: int) -> None:
-        self.size -= sum(t.numel() * t.element_size() for t in self.inputs[index].values())
-        self.inputs[index] = None
+    def _discard_pending(self) -> None:
+        if self._pending is not None:
+            self.size -= sum(t.numel() * t.element_size() for t in self._pending[1].values())
+        self._pending = None
 
 
 @dataclass(frozen=True, eq=False)

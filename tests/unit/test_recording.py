@@ -17,10 +17,10 @@ from structprune.data.recording import RecordedData, Recording, recording_of
 
 def _recorded(model, x, size=10, **options):
     recording = Recording(**options)
-    i = recording.start(model, x)
-    recording.keep(i, "a", torch.ones(size))
-    recording.keep(i, "b", torch.zeros(size))
-    recording.finish(i)
+    recording.start(model, x)
+    recording.keep("a", torch.ones(size))
+    recording.keep("b", torch.zeros(size))
+    recording.finish()
     return recording
 
 
@@ -41,14 +41,15 @@ def test_a_recording_is_read_back_for_equal_inputs_of_the_same_unchanged_model_o
 def test_a_batch_not_finished_or_past_the_budget_is_not_kept_nor_anything_after_it():
     net, x, y = nn.Linear(3, 2), torch.randn(2, 3), torch.randn(2, 3)
     recording = Recording()
-    recording.keep(recording.start(net, x), "a", torch.ones(4))  # a pass that stopped early: never finished
+    recording.start(net, x)
+    recording.keep("a", torch.ones(4))  # a pass that stopped early: never finished
     assert recording.inputs_of(net, x, ["a"]) is None
     small = _recorded(net, x, size=10, max_bytes=60)  # 40 bytes fit, the second 40 do not
     assert small.inputs_of(net, x, ["a"]) is None and small.size == 0
-    i = small.start(net, y)
-    small.keep(i, "a", torch.ones(1))
-    small.finish(i)
-    assert i is None and small.inputs_of(net, y, ["a"]) is None
+    started = small.start(net, y)
+    small.keep("a", torch.ones(1))
+    small.finish()
+    assert not started and small.inputs_of(net, y, ["a"]) is None
 
 
 def test_compress_hands_its_data_wrapped_to_the_stages_and_clears_the_recording_after(monkeypatch):

@@ -37,17 +37,14 @@ import random
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import structprune
-from structprune.criteria import Selection, get_criterion
+from structprune.criteria import get_criterion
 
 OURS = ("l2", "random", "dropnet", "coreset", "ispasp", "obs", "obs_tuned")
 TUNED = {"obs_tuned": ("obs", {"tune_epochs": 2.0, "tune_lr": 1e-3, "weigh": "samples"})}  # obs + tuning by gradient
@@ -168,72 +165,18 @@ def _neighbours(unit: torch.Tensor) -> torch.Tensor:
     return similarity.argmax(dim=-1)
 
 
-@dataclass(frozen=True)
-class GroupRatios:
-    """A criterion pruning FFN and head groups by their own ratios: the planner's counts are replaced
-    by size - floor(size * ratio) per group (matched by group id); the inner criterion chooses. With
-    `head_allocation="global"` the same number of heads goes in all, spread over the layers by the inner
-    criterion's scores of each head alone (obs: the stream error its removal adds, in the same units in
-    every layer), at least one head kept per layer."""
-
-    inner: Any
-    ffn: float
-    heads: float
-    head_allocation: str = "uniform"
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def needs_data(self) -> bool:
-        return bool(getattr(self.inner, "needs_data", False))
-
-    def score(self, groups, ctx):
-        return self.inner.score(groups, ctx)
-
-    def select(self, groups, ctx, keep_counts) -> Selection:
-        counts = {g.group_id: g.size - min(int(g.size * self._ratio(g.group_id)), g.size - 1) for g in groups}
-        if self.head_allocation == "global":
-            counts.update(self._global_head_counts([g for g in groups if fnmatch(g.group_id, HEAD_GROUPS)], ctx))
-        active = [g for g in groups if counts[g.group_id] < g.size]
-        keep = {g.group_id: tuple(range(g.size)) for g in groups}
-        if not active:
-            return Selection(keep, {})
-        if callable(getattr(self.inner, "select", None)):
-            chosen = self.inner.select(active, ctx, {g.group_id: counts[g.group_id] for g in active})
-        else:
-            scores = self.inner.score(active, ctx)
-            chosen = Selection({g.group_id: tuple(sorted(np.argsort(-scores[g.group_id], kind="stable")
-                                                         [:counts[g.group_id]].tolist())) for g in active})
-        return Selection({**keep, **chosen.keep}, {**dict(chosen.meta), "ffn_ratio": self.ffn,
-                                                   "head_ratio": self.heads})
-
-    def _global_head_counts(self, heads: list, ctx) -> dict[str, int]:
-        """Heads kept per layer when the lowest-scored heads of all layers go (as many as uniform removes)."""
-        scores = self.inner.score(heads, ctx)
-        ranked = sorted((float(s), g.group_id) for g in heads for s in scores[g.group_id])
-        gone, left = {g.group_id: 0 for g in heads}, sum(int(g.size * self.heads) for g in heads)
-        size = {g.group_id: g.size for g in heads}
-        for _, group_id in ranked:
-            if left and gone[group_id] < size[group_id] - 1:
-                gone[group_id], left = gone[group_id] + 1, left - 1
-        return {group_id: size[group_id] - removed for group_id, removed in gone.items()}
-
-    def _ratio(self, group_id: str) -> float:
-        if fnmatch(group_id, FFN_GROUPS):
-            return self.ffn
-        return self.heads if fnmatch(group_id, HEAD_GROUPS) else 0.0
-
-
 def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[dict],
                head_allocation: str = "uniform"):
+    """`compress` with a ratio of their own for the FFN and the head groups (`group_ratios`), the hidden width
+    whole. `head_allocation="global"` removes as many heads in all, where the criterion scores them lowest
+    (obs: the stream error each head's removal adds, in the same units in every layer)."""
     base, options = TUNED.get(name, (name, {}))
     inner = get_criterion(base)
-    criterion = GroupRatios(dataclasses.replace(inner, **options) if options else inner, ffn, heads, head_allocation)
+    criterion = dataclasses.replace(inner, **options) if options else inner
+    ratios = {**({FFN_GROUPS: ffn} if ffn else {}), **({HEAD_GROUPS: (heads, head_allocation)} if heads else {})}
     ignore = HIDDEN + ([] if heads else [HEAD_GROUPS]) + ([] if ffn else [FFN_GROUPS])
-    result = structprune.compress(model, example, ratio=0.5, criterion=criterion, ignore=ignore,
-                                  data=calib if criterion.needs_data else None)
+    result = structprune.compress(model, example, criterion=criterion, group_ratios=ratios, ignore=ignore,
+                                  data=calib if getattr(criterion, "needs_data", False) else None)
     assert result.report.verification["ok"]
     return result.model
 

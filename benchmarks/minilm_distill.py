@@ -105,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the student's dropout while distilling (RecoveryConfig.dropout)")
     parser.add_argument("--head-allocation", default="uniform", choices=("uniform", "global"),
                         help="25%% of every layer's heads, or as many heads in all spread by the criterion's scores "
-                             "(minilm.GroupRatios)")
+                             "(group_ratios with allocation 'global', minilm.prune_ours)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     parser.add_argument("--model", help="the model folder (default: the installed package's)")
     return parser.parse_args(argv)

@@ -221,6 +221,10 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                         "every real token once, as a language model's loss counts them) or samples (each sample's "
                         "tokens share one weight, as a mean-pooled sentence embedding counts them)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
+    p.add_argument("--group-ratio", dest="group_ratios", nargs="+", action="extend", default=[],
+                   metavar="GLOB=R[:global]",
+                   help="a ratio of its own for the groups whose outputs match GLOB (e.g. '*.intermediate.*=0.5' "
+                        "'*.attention.*=0.25:global'); other groups are pruned by --ratio, or stay whole without it")
     p.add_argument("--round-to", type=_POSITIVE_INT, default=DEFAULT_ROUND_TO, metavar="N",
                    help="keep channel counts a multiple of N (default 1; 8 with --target-latency-ms)")
     p.add_argument("--attention", choices=("heads", "head_dims"), default="heads",

@@ -9,13 +9,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from structprune.criteria import get_criterion
+from structprune.errors import PlanError
 from structprune.rewrite.shrink import DEFAULT_SHRINK_RULES
 from structprune.rules import DEFAULT_RULES, check_attention_mode
 from structprune.rules.modules import DEFAULT_MODULE_RULES
 from structprune.selection import (
+    GroupRatio,
     LatencyTarget,
     SensitivityTable,
     Target,
+    as_group_ratios,
     check_max_group_ratio,
     check_ratio,
     check_round_to,
@@ -66,6 +69,10 @@ class CompressConfig:
       data; also with a plain ratio) or "coreset" (by the coreset bound's global epsilon over the groups'
       empirical sensitivities on compress's data, `selection.coreset_allocation`). See
       `structprune.selection.targets` and `structprune.sensitivity`.
+    - group_ratios: ratios of their own for the groups whose outputs match globs, {glob: ratio} or
+      {glob: (ratio, "uniform" | "global")} or ['GLOB=R[:global]', ...] (`selection.group_ratios`); with a
+      plain ratio only (not a budget target or an allocation), by which the groups no glob matches are
+      pruned; without an explicit ratio those stay whole.
     - criterion: a registered name (`structprune.criteria.CRITERIA`) or a Criterion object; `seed` seeds it.
     - ignore: module FQN globs whose own outputs stay whole; round_to: every layer a group touches keeps a
       multiple of it (`selection.channel_multiple`); a latency target defaults it to 8 (`latency_target`).
@@ -104,6 +111,7 @@ class CompressConfig:
     target_latency_ms: float | None = None
     latency_measure: Callable[[Any, Any], float] | None = field(default=None, repr=False)
     sensitivity: SensitivityTable | None = field(default=None, repr=False)
+    group_ratios: tuple[GroupRatio, ...] = ()
 
     def __post_init__(self) -> None:
         given = self.ratio is not None and not isinstance(self.ratio, _DefaultRatio)
@@ -120,6 +128,12 @@ class CompressConfig:
         check_attention_mode(self.attention)
         ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
         object.__setattr__(self, "ignore", ignore)
+        object.__setattr__(self, "group_ratios", as_group_ratios(self.group_ratios))
+        if self.group_ratios and (target is not None or self.allocation is not None):
+            raise PlanError("group_ratios set ratios per glob: they take a plain ratio, not a budget target or an "
+                            "allocation; drop one or the other")
+        if self.group_ratios and isinstance(self.ratio, _DefaultRatio):  # only the groups asked for are pruned
+            object.__setattr__(self, "ratio", 0.0)
 
     @property
     def target(self) -> Target | LatencyTarget | None:

@@ -268,6 +268,9 @@ def iterative_result(loaded, options, bundle) -> CompressResult:
     rebuild the final architecture from the original one."""
     if bundle is None or not options.recovery.epochs:
         raise UsageError("--iterative needs --data and --finetune-epochs (recovery runs after every cycle)")
+    if options.compress.group_ratios:
+        raise UsageError("--iterative prunes one ratio per cycle, spread over the cycles; drop --group-ratio, or "
+                         "prune once with it")
     fraction = 1.0 - (1.0 - options.compress.ratio) ** (1.0 / options.iterative)
     dense = loaded.model if options.recovery.method in ("auto", "distill") else None
     outcome = iterative_prune(loaded.model, loaded.example_inputs, bundle.train, bundle.val,

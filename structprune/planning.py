@@ -110,7 +110,8 @@ def _by_ratio(scored: Scored, graph, config: CompressConfig, keep_whole, meta) -
                                    max_group_ratio=config.max_group_ratio, meta=meta)
     return select_plan(graph.groups, scored.scores, ratio=config.ratio, global_pruning=config.global_pruning,
                        round_to=config.round_to, ignore=config.ignore, max_group_ratio=config.max_group_ratio,
-                       meta=meta)
+                       meta=meta, group_ratios=config.group_ratios,
+                       comparable_scores=bool(getattr(scored.criterion, "comparable_scores", False)))
 
 
 def _by_fraction(scored: Scored, graph, config: CompressConfig, keep_whole, meta) -> Plan:

@@ -80,7 +80,9 @@ class ScoringContext:
 
 
 class Criterion(Protocol):
-    """score(groups, ctx) -> {group_id: importance per channel (higher = keep)}."""
+    """score(groups, ctx) -> {group_id: importance per channel (higher = keep)}. Optional attributes:
+    `select` (the criterion chooses channels itself at given counts) and `comparable_scores` (True: scores
+    are in one unit across groups, so global allocation ranks them without normalising by group means)."""
 
     name: str
     needs_data: bool

@@ -168,6 +168,7 @@ class StructuredOBS:
     max_features: int = 8192
     needs_data: bool = True
     needs_labels: bool = False
+    comparable_scores: bool = True  # rho is output error in the same units in every group: global compares it as is
     description: str = "structured OBS: inverse-Hessian channel removal with bias compensation (ZipLM, SlimGPT)"
     _grams: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
                                               repr=False, compare=False)

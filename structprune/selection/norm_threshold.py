@@ -88,6 +88,9 @@ def plan_for_norm_budget(graph, norms: Mapping[str, np.ndarray], config, *,
     if target is not None and (not isinstance(target, Target) or target.allocation != "global"):
         raise PlanError("threshold pruning of group norms takes a ratio, target_macs or target_params with global "
                         "allocation; drop target_latency_ms / allocation")
+    if config.group_ratios:
+        raise PlanError("threshold pruning of group norms removes channels below one threshold over all groups; "
+                        "drop group_ratios (--group-ratio)")
     whole = dict(keep_whole or {})
     active = active_groups(graph, config, whole)
     ranking = norm_ranking(active, norms, config.max_group_ratio)

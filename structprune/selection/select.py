@@ -1,5 +1,6 @@
 """select_plan: scores per group -> Plan. Uniform ratio per group, or one global ratio over
-per-group-normalised scores with a cap per group; round_to; at least one channel kept; ignore globs."""
+per-group-normalised scores with a cap per group; round_to; at least one channel kept; ignore globs;
+ratios of their own for the groups that match globs (`group_ratios`)."""
 from __future__ import annotations
 
 import fnmatch
@@ -11,6 +12,7 @@ import numpy as np
 
 from structprune.errors import PlanError
 from structprune.selection.channel_multiple import unit_multiple
+from structprune.selection.group_ratios import GroupRatio, pools
 from structprune.selection.plan import Plan
 
 
@@ -49,20 +51,32 @@ def output_fqns(group) -> list[str]:
 
 def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, global_pruning: bool = False,
                 round_to: int = 1, ignore: Iterable[str] = (), max_group_ratio: float = 0.9,
-                meta: Mapping | None = None) -> Plan:
-    """Choose kept channels for every prunable group (others keep everything)."""
+                meta: Mapping | None = None, group_ratios: tuple[GroupRatio, ...] = (),
+                comparable_scores: bool = False) -> Plan:
+    """Choose kept channels for every prunable group (others keep everything). `group_ratios`: the groups
+    each glob matches pruned by its own ratio (`selection.group_ratios`); `comparable_scores`: global
+    allocation compares the criterion's scores as they are instead of normalising each group's by its mean
+    (for criteria whose scores are costs in one unit across groups, such as obs's output error)."""
     ratio = check_ratio(ratio)
     check_round_to(round_to)
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     check_max_group_ratio(max_group_ratio)
     active = [g for g in groups if g.prunable and not is_ignored(output_fqns(g), ignore)]
-    counts = (_global_counts if global_pruning else _uniform_counts)(active, scores, ratio, max_group_ratio)
+    matched, rest = pools(active, tuple(group_ratios), output_fqns)
+    spread = [(rest, ratio, global_pruning)] + [(matched[i], r.ratio, global_pruning if r.allocation is None
+                                                 else r.allocation == "global") for i, r in enumerate(group_ratios)]
+    counts = {}
+    for pool, pool_ratio, pool_global in spread:
+        counts.update(global_counts(pool, scores, pool_ratio, max_group_ratio, normalise=not comparable_scores)
+                      if pool_global else _uniform_counts(pool, scores, pool_ratio, max_group_ratio))
     keep = {g.id: tuple(range(g.size)) for g in groups}
     for g in active:
         n_keep = _rounded(counts[g.id], g.size, unit_multiple(g, round_to))
         keep[g.id] = tuple(sorted(np.argsort(-scores[g.id], kind="stable")[:n_keep].tolist()))
     info = {"ratio": ratio, "global": global_pruning, "round_to": round_to, "ignore": list(ignore),
-            "ignored_groups": [g.id for g in groups if g.prunable and g not in active]}
+            "ignored_groups": [g.id for g in groups if g.prunable and g not in active],
+            **({"group_ratios": [{**r.to_json(), "groups": len(matched[i])} for i, r in enumerate(group_ratios)]}
+               if group_ratios else {})}
     return Plan(keep, {g.id: g.size for g in groups}, {**info, **(meta or {})})
 
 
@@ -81,13 +95,14 @@ def _uniform_counts(groups, scores, ratio, cap) -> dict[str, int]:
     return {g.id: g.size - removed_at(g.size, ratio) for g in groups}
 
 
-def _global_counts(groups, scores, ratio, cap) -> dict[str, int]:
-    """Prune the globally lowest normalised scores (score / group mean) until `ratio` of all prunable
-    channels are gone, never more than `cap` of one group and never its last channel."""
+def global_counts(groups, scores, ratio, cap, *, normalise: bool = True) -> dict[str, int]:
+    """Prune the globally lowest normalised scores (score / group mean; the scores as they are without
+    `normalise`) until `ratio` of all prunable channels are gone, never more than `cap` of one group and
+    never its last channel."""
     entries = []
     for g in groups:
         s = np.asarray(scores[g.id], dtype=np.float64)
-        norm = s / (s.mean() + 1e-12) if s.size else s
+        norm = s / (s.mean() + 1e-12) if s.size and normalise else s
         entries += [(v, g.id) for v in norm.tolist()]
     limit = {g.id: min(int(math.floor(g.size * cap)), g.size - 1) for g in groups}
     pruned = {g.id: 0 for g in groups}

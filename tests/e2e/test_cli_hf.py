@@ -75,6 +75,10 @@ def runs(tmp_path_factory) -> dict:
                   "--weigh", "samples", "--ignore", "*attention*", "--no-onnx", "--out", "out_tuned"],
         "tune_without_refit": ["compress", "bert", "--data", "calib.txt", "--tune-epochs", "2", "--no-onnx",
                                "--out", "out_tune_l2"],
+        "group_ratios": ["compress", "bert", "--data", "calib.txt", "--criterion", "obs", "--group-ratio",
+                         "*.intermediate.*=0.5", "*.attention.*=0.25:global", "--no-onnx", "--out", "out_groups"],
+        "group_ratio_typo": ["compress", "bert", "--group-ratio", "*.intermediat.*=0.5", "--no-onnx",
+                             "--out", "out_typo"],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run_cli, args, base) for name, args in jobs.items()}
@@ -163,3 +167,30 @@ def test_tune_epochs_without_a_refitting_criterion_is_a_one_line_usage_error(run
     assert len(lines) == 1 and "--criterion l2 refits none" in lines[0], describe(proc)
     assert "use --criterion obs" in lines[0]
     assert not (runs["base"] / "out_tune_l2").exists()
+
+
+def test_group_ratios_prune_ffn_and_heads_by_their_own_ratios_and_the_folder_reloads(runs) -> None:
+    from structprune import hf
+
+    proc = runs["procs"]["group_ratios"]
+    assert proc.returncode == 0, describe(proc)
+    out = runs["base"] / "out_groups"
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["ok"] and report["artifacts"]["hf/"]["ok"]
+    meta = json.loads((out / "plan.json").read_text())["meta"]
+    assert meta["group_ratios"] == [
+        {"pattern": "*.intermediate.*", "ratio": 0.5, "allocation": None, "groups": 2},
+        {"pattern": "*.attention.*", "ratio": 0.25, "allocation": "global", "groups": 2}]
+    model = hf.from_pretrained(out / "hf")
+    assert [layer.intermediate.dense.out_features for layer in model.encoder.layer] == [32, 32]
+    heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
+    assert sum(heads) == 6 and min(heads) >= 1  # 2 of the 8 heads, wherever obs's costs are lowest
+    assert model.config.hidden_size == 32  # no glob names the hidden width, and no --ratio was given
+
+
+def test_a_group_ratio_glob_that_matches_nothing_is_a_one_line_usage_error(runs) -> None:
+    proc = runs["procs"]["group_ratio_typo"]
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "glob '*.intermediat.*' matches no group left to prune" in lines[0], describe(proc)
+    assert not (runs["base"] / "out_typo").exists()

@@ -165,17 +165,22 @@ def _neighbours(unit: torch.Tensor) -> torch.Tensor:
     return similarity.argmax(dim=-1)
 
 
-def prune_ours(model, example, name: str, ffn: float, heads: float, calib: list[dict],
+def prune_ours(model, example, name: str, ffn: float | tuple[float, ...], heads: float, calib: list[dict],
                head_allocation: str = "uniform"):
-    """`compress` with a ratio of their own for the FFN and the head groups (`group_ratios`), the hidden width
-    whole. `head_allocation="global"` removes as many heads in all, where the criterion scores them lowest
-    (obs: the stream error each head's removal adds, in the same units in every layer)."""
+    """`compress` with a ratio of their own for the FFN and the head groups (`group_ratios`; `ffn` may give one
+    ratio per layer), the hidden width whole. `head_allocation="global"` removes as many heads in all, where
+    the criterion scores them lowest (obs: the stream error each head's removal adds, in the same units in
+    every layer)."""
     base, options = TUNED.get(name, (name, {}))
     inner = get_criterion(base)
     criterion = dataclasses.replace(inner, **options) if options else inner
-    ratios = {**({FFN_GROUPS: ffn} if ffn else {}), **({HEAD_GROUPS: (heads, head_allocation)} if heads else {})}
-    ignore = HIDDEN + ([] if heads else [HEAD_GROUPS]) + ([] if ffn else [FFN_GROUPS])
-    result = structprune.compress(model, example, criterion=criterion, group_ratios=ratios, ignore=ignore,
+    ffn_ratios = {FFN_GROUPS: ffn} if isinstance(ffn, (int, float)) else \
+        {f"encoder.layer.{i}.intermediate.*": r for i, r in enumerate(ffn)}  # one ratio per layer
+    prunes_ffn = any(ffn_ratios.values())
+    ratios = {**(ffn_ratios if prunes_ffn else {}),
+              **({HEAD_GROUPS: (heads, head_allocation)} if heads else {})}
+    ignore = HIDDEN + ([] if heads else [HEAD_GROUPS]) + ([] if prunes_ffn else [FFN_GROUPS])
+    result = structprune.compress(model, example, ratio=0.0, criterion=criterion, group_ratios=ratios, ignore=ignore,
                                   data=calib if getattr(criterion, "needs_data", False) else None)
     assert result.report.verification["ok"]
     return result.model

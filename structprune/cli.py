@@ -360,6 +360,8 @@ def _sparsity_conflicts(args: argparse.Namespace, lam, threshold) -> list[str]:
          "--target-params, not --target-latency-ms or --allocation"),
         (args.iterative > 0 or args.ap is not None, "--sparsity-train prunes once after group-lasso training; drop "
                                                     "--iterative and --ap"),
+        (bool(args.group_ratios), "--sparsity-train prunes below one threshold on the group norms of all groups; "
+                                  "drop --group-ratio"),
         (args.criterion not in ("l2", "group_norm"), f"--sparsity-train ranks channels by their group norm "
                                                      f"(criterion group_norm); drop --criterion {args.criterion}"),
     ) if bad]

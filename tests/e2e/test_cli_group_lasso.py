@@ -45,6 +45,8 @@ def test_bad_values_are_one_line_exit_2(capsys, flags, expected) -> None:
      "drop --iterative and --ap"),
     (["--sparsity-train", "2", "--group-lasso", "1e-3", "--data", "digits", "--criterion", "taylor"],
      "drop --criterion taylor"),
+    (["--sparsity-train", "2", "--group-lasso", "1e-3", "--data", "digits", "--group-ratio", "0=0.5"],
+     "drop --group-ratio"),
 ])
 def test_contradicting_or_missing_flags_are_one_line_exit_2(capsys, flags, expected) -> None:
     code, out, err = run_main(capsys, "compress", "zoo:mlp", *flags)

@@ -145,6 +145,9 @@ def test_a_published_file_that_does_not_match_fails_the_job(in_user_dir: Path, c
     (["--out", " "], "--out is empty"),
     (["--data", "digits", "--recover", "scratch-b", "--finetune-epochs", "1", "--iterative", "2"],
      "--iterative recovers the kept weights after every cycle and --recover scratch-b re-initialises them"),
+    (["--data", "digits", "--finetune-epochs", "1", "--iterative", "2", "--group-ratio", "0=0.5"],
+     "--iterative prunes one ratio per cycle, spread over the cycles; drop --group-ratio"),
+    (["--group-ratio", "0=0.5", "--target-macs", "0.5"], "group_ratios set ratios per glob: they take a plain ratio"),
 ])
 def test_options_that_would_be_silently_ignored_are_refused(flags, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

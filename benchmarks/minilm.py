@@ -166,13 +166,15 @@ def _neighbours(unit: torch.Tensor) -> torch.Tensor:
 
 
 def prune_ours(model, example, name: str, ffn: float | tuple[float, ...], heads: float, calib: list[dict],
-               head_allocation: str = "uniform"):
+               head_allocation: str = "uniform", overrides: dict | None = None):
     """`compress` with a ratio of their own for the FFN and the head groups (`group_ratios`; `ffn` may give one
     ratio per layer), the hidden width whole. `head_allocation="global"` removes as many heads in all, where
     the criterion scores them lowest (obs: the stream error each head's removal adds, in the same units in
-    every layer)."""
+    every layer). `overrides`: criterion fields to set, where the criterion has them (obs's `max_samples`)."""
     base, options = TUNED.get(name, (name, {}))
     inner = get_criterion(base)
+    fields = getattr(inner, "__dataclass_fields__", {})
+    options = {**options, **{k: v for k, v in (overrides or {}).items() if k in fields}}
     criterion = dataclasses.replace(inner, **options) if options else inner
     ffn_ratios = {FFN_GROUPS: ffn} if isinstance(ffn, (int, float)) else \
         {f"encoder.layer.{i}.intermediate.*": r for i, r in enumerate(ffn)}  # one ratio per layer

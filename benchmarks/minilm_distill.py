@@ -117,6 +117,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ffn-by-layer", type=float, nargs=6, metavar="R",
                         help="one FFN ratio per layer instead of 0.5 in each (e.g. 0.6 0.6 0.6 0.4 0.4 0.4: as many "
                              "neurons in all)")
+    parser.add_argument("--criterion-samples", type=int, metavar="N",
+                        help="calibration sentences obs's refit and tuning read (its max_samples, default 2048)")
+    parser.add_argument("--hessian-samples", type=int, metavar="N",
+                        help="calibration sentences obs's Hessians read (its hessian_samples, default 1024)")
+    parser.add_argument("--tune-epochs", type=float, metavar="E", help="obs_tuned's epochs of tuning (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     parser.add_argument("--model", help="the model folder (default: the installed package's)")
     return parser.parse_args(argv)
@@ -163,7 +168,9 @@ def run_criterion(name: str, dense, tokenizer, data: Data, args: argparse.Namesp
     """One-shot pruning by `name`, then one distillation per (loss, lr, dropout)."""
     start = time.perf_counter()
     ffn = tuple(args.ffn_by_layer) if args.ffn_by_layer else FFN_RATIO
-    pruned = prune_ours(dense, data.example, name, ffn, HEAD_RATIO, data.calib, args.head_allocation)
+    overrides = {k: v for k, v in (("max_samples", args.criterion_samples), ("hessian_samples", args.hessian_samples),
+                                   ("tune_epochs", args.tune_epochs)) if v is not None}
+    pruned = prune_ours(dense, data.example, name, ffn, HEAD_RATIO, data.calib, args.head_allocation, overrides)
     params = sum(p.numel() for p in pruned.parameters())
     rows = [row(name, "one-shot", params, measured(pruned, data), time.perf_counter() - start)]
     for loss, lr, dropout in [(loss, lr, d) for loss in args.loss for lr in args.lr for d in args.dropout]:

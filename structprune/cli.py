@@ -220,6 +220,10 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                    help="how calibration rows count in --criterion obs's choice, refit and tuning: tokens (default: "
                         "every real token once, as a language model's loss counts them) or samples (each sample's "
                         "tokens share one weight, as a mean-pooled sentence embedding counts them)")
+    p.add_argument("--calib-samples", type=_POSITIVE_INT, metavar="N",
+                   help="calibration samples a data-driven criterion reads from --data (obs: its choice's Hessians "
+                        "read the first 1024, its refit and tuning all N; default 2048): more is slower, and closer "
+                        "to the dense model")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="one ratio over all groups")
     p.add_argument("--group-ratio", dest="group_ratios", nargs="+", action="extend", default=[],
                    metavar="GLOB=R[:global]",
@@ -371,7 +375,8 @@ def _compress_config(args: argparse.Namespace):
     """The CompressConfig of the flags that name its fields (--ratio, --criterion, --seed, ...)."""
     fields = {k: v for k, v in vars(args).items() if k in CompressConfig.__dataclass_fields__}
     try:
-        options = {"tune_epochs": getattr(args, "tune_epochs", None), "weigh": getattr(args, "weigh", None)}
+        options = {"tune_epochs": getattr(args, "tune_epochs", None), "weigh": getattr(args, "weigh", None),
+                   "max_samples": getattr(args, "calib_samples", None)}
         if any(options.values()):
             fields["criterion"] = _criterion_with(args.criterion, {k: v for k, v in options.items() if v})
         return CompressConfig(**fields)
@@ -380,10 +385,14 @@ def _compress_config(args: argparse.Namespace):
 
 
 def _criterion_with(name: str, options: dict):
-    """Criterion `name` with the refit options given (`tune_epochs`, `weigh`); a UsageError where it refits nothing."""
+    """Criterion `name` with the options given (`tune_epochs`, `weigh`, `max_samples`); a UsageError where it has
+    no such field."""
     criterion = get_criterion(name)
     fields = getattr(criterion, "__dataclass_fields__", {})
     for option in options:
+        if option == "max_samples" and option not in fields:
+            raise UsageError(f"--calib-samples sets how many calibration samples a data-driven criterion reads; "
+                             f"--criterion {name} reads none: use --criterion obs, or drop --calib-samples")
         if option not in fields:
             flag = "--" + option.replace("_", "-")
             raise UsageError(f"{flag} applies to the layers a criterion refits; --criterion {name} refits none: "

@@ -72,7 +72,8 @@ def runs(tmp_path_factory) -> dict:
         "sensitivity": ["sensitivity", "bert", "--data", "calib.txt", "--metric", "fidelity", "--ratios", "0.25,0.5",
                         "--out", "out_sens"],
         "tuned": ["compress", "bert", "--data", "calib.txt", "--criterion", "obs", "--tune-epochs", "2",
-                  "--weigh", "samples", "--ignore", "*attention*", "--no-onnx", "--out", "out_tuned"],
+                  "--weigh", "samples", "--calib-samples", "3", "--ignore", "*attention*", "--no-onnx",
+                  "--out", "out_tuned"],
         "tune_without_refit": ["compress", "bert", "--data", "calib.txt", "--tune-epochs", "2", "--no-onnx",
                                "--out", "out_tune_l2"],
         "group_ratios": ["compress", "bert", "--data", "calib.txt", "--criterion", "obs", "--group-ratio",
@@ -157,7 +158,8 @@ def test_tune_epochs_tunes_each_ffn_after_the_refit_and_reports_it(runs) -> None
     assert report["calibration"]["reconstructed_layers"] == 2
     assert report["calibration"]["tuned"] == ["encoder.layer.0.intermediate", "encoder.layer.1.intermediate"]
     assert "| units or blocks tuned by gradient after the refit | 2 |" in (out / "report.md").read_text()
-    assert json.loads((out / "plan.json").read_text())["meta"]["reconstruction"]["weigh"] == "samples"
+    reconstruction = json.loads((out / "plan.json").read_text())["meta"]["reconstruction"]
+    assert (reconstruction["weigh"], reconstruction["max_samples"]) == ("samples", 3)
 
 
 def test_tune_epochs_without_a_refitting_criterion_is_a_one_line_usage_error(runs) -> None:

@@ -148,6 +148,8 @@ def test_a_published_file_that_does_not_match_fails_the_job(in_user_dir: Path, c
     (["--data", "digits", "--finetune-epochs", "1", "--iterative", "2", "--group-ratio", "0=0.5"],
      "--iterative prunes one ratio per cycle, spread over the cycles; drop --group-ratio"),
     (["--group-ratio", "0=0.5", "--target-macs", "0.5"], "group_ratios set ratios per glob: they take a plain ratio"),
+    (["--calib-samples", "100"], "--calib-samples sets how many calibration samples a data-driven criterion reads; "
+                                 "--criterion l2 reads none: use --criterion obs, or drop --calib-samples"),
 ])
 def test_options_that_would_be_silently_ignored_are_refused(flags, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -384,19 +384,22 @@ def _compress_config(args: argparse.Namespace):
         raise UsageError(getattr(exc, "message", str(exc))) from exc
 
 
+_CRITERION_OPTIONS = {  # criterion field: (flag, what it does, what a criterion without it lacks); default: a refit
+    "max_samples": ("--calib-samples", "sets how many calibration samples a data-driven criterion reads", "reads none"),
+}
+
+
 def _criterion_with(name: str, options: dict):
     """Criterion `name` with the options given (`tune_epochs`, `weigh`, `max_samples`); a UsageError where it has
     no such field."""
     criterion = get_criterion(name)
     fields = getattr(criterion, "__dataclass_fields__", {})
     for option in options:
-        if option == "max_samples" and option not in fields:
-            raise UsageError(f"--calib-samples sets how many calibration samples a data-driven criterion reads; "
-                             f"--criterion {name} reads none: use --criterion obs, or drop --calib-samples")
         if option not in fields:
-            flag = "--" + option.replace("_", "-")
-            raise UsageError(f"{flag} applies to the layers a criterion refits; --criterion {name} refits none: "
-                             f"use --criterion obs, or drop {flag}")
+            flag, use, lacks = _CRITERION_OPTIONS.get(option, (None, "applies to the layers a criterion refits",
+                                                              "refits none"))
+            flag = flag or "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} {use}; --criterion {name} {lacks}: use --criterion obs, or drop {flag}")
     return dataclasses.replace(criterion, **options)
 
 

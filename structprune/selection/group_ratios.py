@@ -6,13 +6,13 @@ neurons and its heads at different depths, as Torch-Pruning's `pruning_ratio_dic
 A glob matches a group as `ignore` does: against the FQNs of the tensors whose output channels the group
 removes (`select.output_fqns`), 'x' also matching 'x.*'; the first glob that matches wins. The groups of one
 glob form a pool: "uniform" removes the ratio from each of them, "global" removes the ratio of the pool's
-channels where the criterion scores them lowest (`select.global_counts`); without an allocation the pool
+channels where the criterion scores them lowest (`select._global_counts`); without an allocation the pool
 follows `global_pruning`. Groups no glob matches are pruned by `ratio` as before. A glob that matches no
-group left to prune is an error: a misspelt name must not silently prune at the default ratio.
+group left to prune is an error: a misspelt name must not silently prune at the default ratio. The pools
+are formed in `select.select_plan`.
 """
 from __future__ import annotations
 
-import fnmatch
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -61,8 +61,9 @@ class GroupRatio:
             raise PlanError(f"group ratio '{text}': '{ratio}' is not a number in [0, 1)") from None
         return cls(pattern, number, allocation or None)
 
-    def matches(self, fqns: Iterable[str]) -> bool:
-        return any(fnmatch.fnmatchcase(f, p) for f in fqns for p in (self.pattern, f"{self.pattern}.*"))
+    def spreads_globally(self, global_pruning: bool) -> bool:
+        """Whether this pool is cut by one global ranking: its allocation, else `global_pruning`."""
+        return global_pruning if self.allocation is None else self.allocation == "global"
 
     def to_json(self) -> dict:
         return {"pattern": self.pattern, "ratio": self.ratio, "allocation": self.allocation}
@@ -89,19 +90,3 @@ def as_group_ratios(value: Any) -> tuple[GroupRatio, ...]:
     if twice:
         raise PlanError(f"group ratio glob given twice: {', '.join(twice)}; give each glob one ratio")
     return tuple(items)
-
-
-def pools(groups: list, ratios: tuple[GroupRatio, ...], fqns_of) -> tuple[dict[int, list], list]:
-    """{index into `ratios`: its groups} (first match wins) and the groups no glob matches; PlanError for a
-    glob that matches none of `groups`."""
-    matched: dict[int, list] = {i: [] for i in range(len(ratios))}
-    rest = []
-    for g in groups:
-        index = next((i for i, r in enumerate(ratios) if r.matches(fqns_of(g))), None)
-        (rest if index is None else matched[index]).append(g)
-    empty = [ratios[i].pattern for i, found in matched.items() if not found]
-    if empty:
-        raise PlanError(f"group ratio glob {', '.join(repr(p) for p in empty)} matches no group left to prune "
-                        "(none prunable, not ignored and not taken by an earlier glob): check the module names "
-                        "with `structprune inspect MODEL`")
-    return matched, rest

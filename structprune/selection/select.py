@@ -12,7 +12,7 @@ import numpy as np
 
 from structprune.errors import PlanError
 from structprune.selection.channel_multiple import unit_multiple
-from structprune.selection.group_ratios import GroupRatio, pools
+from structprune.selection.group_ratios import GroupRatio
 from structprune.selection.plan import Plan
 
 
@@ -62,12 +62,12 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     check_max_group_ratio(max_group_ratio)
     active = [g for g in groups if g.prunable and not is_ignored(output_fqns(g), ignore)]
-    matched, rest = pools(active, tuple(group_ratios), output_fqns)
-    spread = [(rest, ratio, global_pruning)] + [(matched[i], r.ratio, global_pruning if r.allocation is None
-                                                 else r.allocation == "global") for i, r in enumerate(group_ratios)]
+    matched, rest = _pools(active, tuple(group_ratios))
+    spread = [(rest, ratio, global_pruning)] + [(matched[i], r.ratio, r.spreads_globally(global_pruning))
+                                                for i, r in enumerate(group_ratios)]
     counts = {}
     for pool, pool_ratio, pool_global in spread:
-        counts.update(global_counts(pool, scores, pool_ratio, max_group_ratio, normalise=not comparable_scores)
+        counts.update(_global_counts(pool, scores, pool_ratio, max_group_ratio, normalise=not comparable_scores)
                       if pool_global else _uniform_counts(pool, scores, pool_ratio, max_group_ratio))
     keep = {g.id: tuple(range(g.size)) for g in groups}
     for g in active:
@@ -78,6 +78,22 @@ def select_plan(groups, scores: Mapping[str, np.ndarray], *, ratio: float, globa
             **({"group_ratios": [{**r.to_json(), "groups": len(matched[i])} for i, r in enumerate(group_ratios)]}
                if group_ratios else {})}
     return Plan(keep, {g.id: g.size for g in groups}, {**info, **(meta or {})})
+
+
+def _pools(active: list, group_ratios: tuple[GroupRatio, ...]) -> tuple[dict[int, list], list]:
+    """{index into `group_ratios`: the groups its glob matches first, as `ignore` matches} and the groups no
+    glob matches; PlanError for a glob that matches none of `active`."""
+    matched: dict[int, list] = {i: [] for i in range(len(group_ratios))}
+    rest = []
+    for g in active:
+        index = next((i for i, r in enumerate(group_ratios) if is_ignored(output_fqns(g), [r.pattern])), None)
+        (rest if index is None else matched[index]).append(g)
+    empty = [group_ratios[i].pattern for i, found in matched.items() if not found]
+    if empty:
+        raise PlanError(f"group ratio glob {', '.join(repr(p) for p in empty)} matches no group left to prune "
+                        "(none prunable, not ignored and not taken by an earlier glob): check the module names "
+                        "with `structprune inspect MODEL`")
+    return matched, rest
 
 
 def removed_at(size: int, ratio: float) -> int:
@@ -95,7 +111,7 @@ def _uniform_counts(groups, scores, ratio, cap) -> dict[str, int]:
     return {g.id: g.size - removed_at(g.size, ratio) for g in groups}
 
 
-def global_counts(groups, scores, ratio, cap, *, normalise: bool = True) -> dict[str, int]:
+def _global_counts(groups, scores, ratio, cap, *, normalise: bool = True) -> dict[str, int]:
     """Prune the globally lowest normalised scores (score / group mean; the scores as they are without
     `normalise`) until `ratio` of all prunable channels are gone, never more than `cap` of one group and
     never its last channel."""

@@ -180,7 +180,7 @@ class TargetSearch:
 
 
 def _normalised(scores) -> np.ndarray:
-    """A group's scores divided by their mean: what global pruning ranks (selection.select.global_counts)."""
+    """A group's scores divided by their mean: what global pruning ranks (selection.select._global_counts)."""
     s = np.asarray(scores, dtype=np.float64)
     return s / (s.mean() + 1e-12) if s.size else s
 

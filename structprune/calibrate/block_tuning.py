@@ -55,6 +55,21 @@ def owns_parameters(model: nn.Module, block: str) -> bool:
     return bool(inside) and not inside & outside
 
 
+def stream_channels(dense: nn.Module, kept: dict, block: str, dense_width: int, width: int) -> torch.Tensor | None:
+    """Which of a block's `dense_width` output channels the pruned block's `width` keep, read from the
+    norms inside it (one-dimensional weights of the stream's width, as a pre-norm block's input norm or
+    a post-norm block's output norm): their kept positions, if they all agree; else None."""
+    found = []
+    for fqn, axes in kept.items():
+        if fqn.startswith(block + ".") and 0 in axes and len(axes[0]) == width:
+            tensor = dense.get_parameter(fqn) if fqn.endswith(("weight", "bias")) else None
+            if tensor is not None and tensor.dim() == 1 and tensor.shape[0] == dense_width:
+                found.append(torch.as_tensor(axes[0], dtype=torch.long))
+    if not found or any(not torch.equal(found[0], f) for f in found[1:]):
+        return None
+    return found[0]
+
+
 def tune_block(name: str, block: nn.Module, calls: list[Call], targets: list[torch.Tensor], batches: list[Batch],
                settings: TuneSettings) -> tuple[BlockTune, list[torch.Tensor]]:
     """Tune `block` in place on (`calls`, `targets`); its outputs on `calls` afterwards, and the record."""

@@ -24,18 +24,28 @@ batch's `attention_mask`) are not rows.
 Where the consumers lie in a chain of blocks (`chain.py`; for the stream target each consumer's reader
 lies in its block or reads the block's output, as in pre-norm transformers) the layers are refit block
 by block, and optional tuning by gradient follows each refit (`unit_tuning.py`) or each block
-(`block_tuning.py`); otherwise each consumer is reached by a pass from the network's input.
+(`block_tuning.py`); otherwise each consumer is reached by a pass from the network's input. Consumers
+called after the chain that lie in no container (a decoder's untied LM head reading a pruned hidden
+width) do not break it: they are refit after the blocks, by passes from the input. Where a block's
+output width was pruned, its tuning targets are the dense outputs on the channels the stream kept.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from structprune.calibrate.block_tuning import BlockTune, TuneSettings, owns_parameters, tune_block
-from structprune.calibrate.chain import Chain, find_chain, replays, with_stream
+from structprune.calibrate.block_tuning import (
+    BlockTune,
+    TuneSettings,
+    owns_parameters,
+    stream_channels,
+    tune_block,
+)
+from structprune.calibrate.chain import CONTAINERS, Chain, find_chain, replays, with_stream
 from structprune.calibrate.layers import channel_last, form_of, input_rows, take_rows, weight_matrix
 from structprune.calibrate.least_squares import Sums, empty_sums, refit_layer, with_ones
 from structprune.calibrate.stream import (
@@ -56,6 +66,7 @@ from structprune.data.batches import Batch, calibration_batches, take_first, tok
 from structprune.data.recording import recording_of
 from structprune.data.running import (
     Call,
+    call_model,
     call_order,
     eval_mode,
     first_call,
@@ -173,8 +184,12 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         if found is None:
             why = NO_CHAIN if tune is not None else ""
             return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped), untuned=why)
-        fits, tuned = _refit_by_blocks(job, *found)
-    return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks")
+        chain, local_readers, trailing = found
+        inside = dataclasses.replace(job, order=[n for n in job.order if n not in trailing])
+        fits, tuned, untuned = _refit_by_blocks(inside, chain, local_readers)
+        fits += _refit_by_prefixes(dataclasses.replace(job, order=trailing))
+    why = f"not tuned: {', '.join(untuned)}" if untuned else ""
+    return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks", why)
 
 
 def _readers(pruned: nn.Module, names: list[str], x) -> dict[str, Reader]:
@@ -193,16 +208,31 @@ def _recorded(loader, dense: nn.Module, readers: dict[str, Reader], order: list[
     return tuple(recording.inputs_of(dense, batch.x, names) for batch in batches)
 
 
-def _chain(job: _Job) -> tuple[Chain, dict[str, Reader]] | None:
-    """The chain of blocks holding every consumer, if both networks replay it and each consumer's
-    reader lies in the consumer's block or reads that block's output (a pre-norm transformer: the
-    next block or the final norm); with each consumer's reader named within its block."""
+def _chain(job: _Job) -> tuple[Chain, dict[str, Reader], list[str]] | None:
+    """The chain of blocks holding every consumer but the trailing ones (`_trailing`), if both networks
+    replay it and each consumer's reader lies in the consumer's block or reads that block's output (a
+    pre-norm transformer: the next block or the final norm); with each consumer's reader named within its
+    block, and the trailing consumers (refit after the chain by passes from the input)."""
     x = job.batches[0].x
-    chain = find_chain(job.pruned, x, job.order)
+    trailing = _trailing(job.pruned, job.order)
+    inside = job.order[:len(job.order) - len(trailing)]
+    chain = find_chain(job.pruned, x, inside) if inside else None
     if chain is None or not replays(job.dense, chain, x):
         return None
-    local = {name: _local_reader(job, chain, name) for name in job.readers}
-    return (chain, local) if all(r is not None for r in local.values()) else None
+    local = {name: _local_reader(job, chain, name) for name in job.readers if name in inside}
+    return (chain, local, trailing) if all(r is not None for r in local.values()) else None
+
+
+def _trailing(model: nn.Module, order: list[str]) -> list[str]:
+    """The consumers called last that lie in no ModuleList or Sequential: a language model's untied
+    `lm_head` reading a pruned hidden width, after the blocks (the whole suffix of the call order)."""
+    containers = [name for name, module in model.named_modules() if name and isinstance(module, CONTAINERS)]
+    count = 0
+    for name in reversed(order):
+        if any(name.startswith(c + ".") for c in containers):
+            break
+        count += 1
+    return order[len(order) - count:]
 
 
 def _local_reader(job: _Job, chain: Chain, name: str) -> Reader | None:
@@ -224,14 +254,14 @@ def _refit_by_prefixes(job: _Job) -> list[LayerFit]:
 
 
 def _refit_by_blocks(job: _Job, chain: Chain,
-                     local_readers: dict[str, Reader]) -> tuple[list[LayerFit], list[BlockTune]]:
+                     local_readers: dict[str, Reader]) -> tuple[list[LayerFit], list[BlockTune], list[str]]:
     """Each block in order on the streams the block before it returned (dense and pruned): its
     consumers refit in call order, each tuned with its unit or (if asked) the block tuned after them;
-    blocks after the last consumer are not run."""
+    blocks after the last consumer are not run. Also the blocks whose tuning could not run, with why."""
     calls_d = [None if r is not None else first_call(job.dense, chain.blocks[0], b.x)  # None: recorded
                for r, b in zip(job.recorded, job.batches)]
     calls_p = [first_call(job.pruned, chain.blocks[0], b.x) for b in job.batches]
-    fits, tuned = [], []
+    fits, tuned, untuned = [], [], []
     last = max(chain.blocks.index(chain.block_of(n)) for n in job.order)
     for block in chain.blocks[:last + 1]:
         inside = [n for n in job.order if chain.block_of(n) == block]
@@ -254,14 +284,29 @@ def _refit_by_blocks(job: _Job, chain: Chain,
             if unit is not None:
                 tuned.append(tune_unit(f"{block}.{unit.name}", pruned_block, unit, local[name], rows,
                                        job.settings.tune))
-        if tunes_block:
-            record, outs_p = tune_block(block, pruned_block, calls_p, outs_d, job.batches, job.settings.tune)
+        targets = _kept_targets(job, block, outs_d, calls_p) if tunes_block else None
+        if targets is None and tunes_block:
+            untuned.append(f"{block} (its output width was pruned and no norm inside it says which channels stay)")
+        if targets is not None:
+            record, outs_p = tune_block(block, pruned_block, calls_p, targets, job.batches, job.settings.tune)
             tuned.append(record)
         else:
             outs_p = block_outputs(pruned_block, tail, calls_p)
         calls_d = [None if o is None else with_stream(c, o) for c, o in zip(calls_d, outs_d)]
         calls_p = [with_stream(c, o) for c, o in zip(calls_p, outs_p)]
-    return fits, tuned
+    return fits, tuned, untuned
+
+
+def _kept_targets(job: _Job, block: str, outs_d: list[torch.Tensor], calls_p: list) -> list[torch.Tensor] | None:
+    """The dense block's outputs as targets of the pruned block: as they are, or where the block's output
+    width was pruned (a decoder's hidden size), on the channels the pruned stream kept; None where that
+    cannot be told."""
+    with torch.no_grad():
+        width = first_tensor(call_model(job.pruned.get_submodule(block), calls_p[0])).shape[-1]
+    if width == outs_d[0].shape[-1]:
+        return outs_d
+    keep = stream_channels(job.dense, job.kept, block, outs_d[0].shape[-1], width)
+    return None if keep is None else [o.index_select(-1, keep.to(o.device)) for o in outs_d]
 
 
 def _every_call(job: _Job, block: str, calls: list) -> list[Call]:

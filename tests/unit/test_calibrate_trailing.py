@@ -1,4 +1,4 @@
-"""A decoder whose hidden width is pruned and whose LM head is not tied: the head reads the pruned stream
+"""Decoders whose hidden width is pruned. With an LM head that is not tied, the head reads the pruned stream
 from outside the chain of blocks. The blocks are still refit and tuned one by one (their targets the
 dense outputs on the channels the stream kept, told by the norms inside each block), and the head is
 refit after them by passes from the input."""
@@ -88,3 +88,21 @@ def test_a_consumer_outside_every_container_but_not_last_leaves_no_chain():
     report = reconstruct(net, small, graph, plan, [(x, None)], tune_epochs=1)
     assert [f.name for f in report.layers] == ["mid", "blocks.1.0"]
     assert report.passes == "prefixes" and report.untuned == NO_CHAIN
+
+
+def test_a_tied_gpt2_with_its_hidden_width_pruned_is_tuned_toward_the_kept_channels():
+    """The LM head tied to the embedding is not refit, so the blocks form the chain; their outputs are
+    narrower than the dense ones, and tuning compares them on the kept channels (it used to fail on the
+    shapes)."""
+    transformers = import_transformers()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=128, n_embd=64, n_layer=2, n_head=4, use_cache=False)).eval()
+    ids = torch.randint(0, 128, (32, 16), generator=torch.Generator().manual_seed(1))
+    batches = [{"input_ids": ids[i:i + 8], "attention_mask": torch.ones(8, 16, dtype=torch.long)} for i in (0, 8, 16)]
+    result = structprune.compress(model, batches[0], ratio=0.25, criterion=StructuredOBS(), data=batches)
+    assert result.model.config.n_embd < 64
+    pruned = structprune.apply_plan(model, batches[0], result.plan, graph=result.graph)
+    report = reconstruct(model, pruned, result.graph, result.plan, batches, tune_epochs=8, tune_lr=1e-4)
+    assert report.untuned == "" and [b.name for b in report.blocks] == ["transformer.h.0", "transformer.h.1"]
+    assert all(b.error_after < b.error_before for b in report.blocks)

@@ -26,6 +26,9 @@ RecoveryConfig fields only (`--optimizer/--lr/--schedule/--warmup/--weight-decay
     python benchmarks/minilm_distill.py --criteria obs_tuned --head-allocation global --lr 1e-4 5e-5 --threads 2 \
         --ffn-by-layer 0.65 0.6 0.55 0.45 0.4 0.35 --calib 5000 --criterion-samples 5000 --hessian-samples 2048 \
         --tune-epochs 16
+    python benchmarks/minilm_distill.py --criteria obs_tuned --head-allocation global --lr 5e-5 --threads 2 \
+        --ffn-by-layer 0.7 0.65 0.55 0.45 0.35 0.3 --calib 5000 --criterion-samples 5000 --hessian-samples 2048 \
+        --tune-epochs 16 --batch-size 16
 
 Measured on the shared 2-core machine (load 7-9 from other jobs, so seconds are inflated, 1 torch thread),
 5,000 training / 256 held-out sentences, batch 32, AdamW, weight decay 0, `llr` (10% linear warm-up, then
@@ -58,6 +61,10 @@ linear decay), one epoch; each row one `--criteria C --lr L --loss X --dropout D
 | same, FFN 0.65 0.6 0.55 0.45 0.4 0.35 by layer | distilled, lr 5e-5, batch 16 | **0.9794** | 0.931 | 0.812 | - |
 | same, 32 tuning epochs | one-shot (`--tune-epochs 32`; beside other runs) | 0.9786 | 0.931 | 0.809 | 2829 |
 | same, 32 tuning epochs | distilled, lr 1e-4 | **0.9794** | 0.932 | 0.781 | 180 |
+| FFN 0.7 0.65 0.55 0.45 0.35 0.3 by layer, 16 tuning epochs | one-shot (2 threads) | 0.9787 | 0.910 | 0.805 | 1045 |
+| same | distilled, lr 5e-5, batch 16 | **0.9798** | 0.914 | 0.805 | 209 |
+| same | distilled, lr 5e-5, batch 8 | **0.9798** | 0.915 | 0.801 | 363 |
+| same | distilled, lr 1e-4 / 3e-5 / 2e-5, batch 16 | 0.9796 / 0.9796 / 0.9795 | 0.916 | 0.793 | 198 |
 
 Params 22,713,216 -> 18,283,200. The issue's target (cosine >= 0.98 after one epoch) is not reached: one
 epoch of final-state distillation moves obs's 0.948 to 0.958 at best; dropout off is the largest single
@@ -86,6 +93,19 @@ held 0.9667 (2e-3: 0.9644), held at 3e-3 0.9632 (cosine 0.9628), at 5e-4 0.9678 
 the held 1e-3 stays, and only the graded profile was carried to the 5,000-sentence, 16-epoch setting (rows
 above): 0.9783 one-shot, 0.9793 distilled (batch 16, lr 5e-5: 0.9794); 32 tuning epochs 0.9786 and 0.9794.
 The distilled cosine has levelled off at 0.979, 0.0006 short of the target.
+Session of 2026-11-29: a steeper FFN profile (0.7 0.65 0.55 0.45 0.35 0.3; one-shot probe 0.9695 against the
+graded 0.9691) carried to 5,000 sentences and 16 epochs gives 0.9787 one-shot and 0.9798 distilled (rows
+above), 0.0002 short. Why everything levels off: the one-shot model fits the sentences it was calibrated on
+much better than held-out ones. With FFN -50 % only (graded profile, 2,048 calibration sentences), its mean
+cosine on 256 of its calibration sentences against the 256 held-out ones is 0.9803 vs 0.9692 without
+tuning and 0.9858 vs 0.9739 with 2 epochs; l2, which reads no data, gives 0.7193 vs 0.7188, so the gap is
+not in the sentences. Calibrating on 5,000 sentences narrows it (0.9767 vs 0.9726, no tuning), and the
+best combined model still shows 0.9883 vs 0.9787. It is not the refit's ridge (0.1: 0.9776 vs 0.9690;
+1.0: 0.9651 vs 0.9602, against 0.9803 vs 0.9692 at 0.01) and not too few sentences' worth of rows: 2,048 more
+calibration texts made from the same sentences (pairs joined, or 15 % of words masked) give 0.9688 and
+0.9687. Tuning on 4x as many smaller batches (16 sentences; same epochs) gives 0.9692 against 0.9691.
+The error left is what 5,000 distinct sentences can teach; the one epoch of distillation reads the same
+sentences and adds 0.001. Reaching 0.98 needs more distinct text than the target allows, or more epochs.
 benchmarks/minilm_distill_grid.py runs 28 recipes on a GPU (frozen embeddings, layer-wise hidden-state
 loss, batch sizes, schedules, optimiser settings, more epochs): every one-epoch recipe lands at
 0.957-0.959, and ten epochs reach 0.972.

@@ -187,7 +187,9 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         chain, local_readers, trailing = found
         inside = dataclasses.replace(job, order=[n for n in job.order if n not in trailing])
         fits, tuned, untuned = _refit_by_blocks(inside, chain, local_readers)
-        fits += _refit_by_prefixes(dataclasses.replace(job, order=trailing))
+        if trailing:
+            readers = {n: r for n, r in job.readers.items() if n in trailing}
+            fits += _refit_by_prefixes(dataclasses.replace(job, order=trailing, readers=readers))
     why = f"not tuned: {', '.join(untuned)}" if untuned else ""
     return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks", why)
 

@@ -190,7 +190,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         if trailing:
             readers = {n: r for n, r in job.readers.items() if n in trailing}
             fits += _refit_by_prefixes(dataclasses.replace(job, order=trailing, readers=readers))
-    why = f"not tuned: {', '.join(untuned)}" if untuned else ""
+    why = f"blocks {', '.join(untuned)}" if untuned else ""
     return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks", why)
 
 

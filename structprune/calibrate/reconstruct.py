@@ -180,16 +180,14 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: 
         readers = _readers(pruned, order, take_first(batches[0].x, PROBE_SAMPLES)) if target == "stream" else {}
         job = _Job(dense, pruned, order, readers, _producers(graph, plan, order), kept, batches, settings,
                    _recorded(loader, dense, readers, order, batches))
-        found = _chain(job)
+        inside, trailing = _split_trailing(job)
+        found = _chain(inside) if inside.order else None
         if found is None:
             why = NO_CHAIN if tune is not None else ""
             return ReconstructionReport(tuple(_refit_by_prefixes(job)), tuple(skipped), untuned=why)
-        chain, local_readers, trailing = found
-        inside = dataclasses.replace(job, order=[n for n in job.order if n not in trailing])
-        fits, tuned, untuned = _refit_by_blocks(inside, chain, local_readers)
-        if trailing:
-            readers = {n: r for n, r in job.readers.items() if n in trailing}
-            fits += _refit_by_prefixes(dataclasses.replace(job, order=trailing, readers=readers))
+        fits, tuned, untuned = _refit_by_blocks(inside, *found)
+        if trailing.order:
+            fits += _refit_by_prefixes(trailing)
     why = f"blocks {', '.join(untuned)}" if untuned else ""
     return ReconstructionReport(tuple(fits), tuple(skipped), tuple(tuned), "blocks", why)
 
@@ -210,31 +208,28 @@ def _recorded(loader, dense: nn.Module, readers: dict[str, Reader], order: list[
     return tuple(recording.inputs_of(dense, batch.x, names) for batch in batches)
 
 
-def _chain(job: _Job) -> tuple[Chain, dict[str, Reader], list[str]] | None:
-    """The chain of blocks holding every consumer but the trailing ones (`_trailing`), if both networks
-    replay it and each consumer's reader lies in the consumer's block or reads that block's output (a
-    pre-norm transformer: the next block or the final norm); with each consumer's reader named within its
-    block, and the trailing consumers (refit after the chain by passes from the input)."""
+def _chain(job: _Job) -> tuple[Chain, dict[str, Reader]] | None:
+    """The chain of blocks holding every consumer, if both networks replay it and each consumer's
+    reader lies in the consumer's block or reads that block's output (a pre-norm transformer: the
+    next block or the final norm); with each consumer's reader named within its block."""
     x = job.batches[0].x
-    trailing = _trailing(job.pruned, job.order)
-    inside = job.order[:len(job.order) - len(trailing)]
-    chain = find_chain(job.pruned, x, inside) if inside else None
+    chain = find_chain(job.pruned, x, job.order)
     if chain is None or not replays(job.dense, chain, x):
         return None
-    local = {name: _local_reader(job, chain, name) for name in job.readers if name in inside}
-    return (chain, local, trailing) if all(r is not None for r in local.values()) else None
+    local = {name: _local_reader(job, chain, name) for name in job.readers}
+    return (chain, local) if all(r is not None for r in local.values()) else None
 
 
-def _trailing(model: nn.Module, order: list[str]) -> list[str]:
-    """The consumers called last that lie in no ModuleList or Sequential: a language model's untied
-    `lm_head` reading a pruned hidden width, after the blocks (the whole suffix of the call order)."""
-    containers = [name for name, module in model.named_modules() if name and isinstance(module, CONTAINERS)]
-    count = 0
-    for name in reversed(order):
-        if any(name.startswith(c + ".") for c in containers):
-            break
-        count += 1
-    return order[len(order) - count:]
+def _split_trailing(job: _Job) -> tuple[_Job, _Job]:
+    """The job on the consumers a chain of blocks may hold, and the job on the trailing ones: those called
+    last that lie in no ModuleList or Sequential (a language model's untied `lm_head` reading a pruned
+    hidden width), refit after the blocks by passes from the input."""
+    containers = [name for name, module in job.pruned.named_modules() if name and isinstance(module, CONTAINERS)]
+    split = len(job.order)
+    while split and not any(job.order[split - 1].startswith(c + ".") for c in containers):
+        split -= 1
+    return tuple(dataclasses.replace(job, order=names, readers={n: r for n, r in job.readers.items() if n in names})
+                 for names in (job.order[:split], job.order[split:]))
 
 
 def _local_reader(job: _Job, chain: Chain, name: str) -> Reader | None:

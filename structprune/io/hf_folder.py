@@ -5,7 +5,8 @@ Refused with a one-line UsageError: pickled weights (`pytorch_model.bin`: unpick
 file) unless trust_pickle; an architecture transformers does not ship (structprune never runs code
 from a model folder, `trust_remote_code` stays off); a folder structprune wrote with per-block widths
 (`structprune_layers` in config.json), which only `structprune.hf.from_pretrained` builds; a folder
-without weights, a config.json that is not a JSON object, and a missing or broken transformers.
+without weights, a config.json that is not a JSON object, and a missing or broken transformers (a
+package transformers imports for the model that fails to import is named, with its own error).
 """
 from __future__ import annotations
 
@@ -49,10 +50,23 @@ def load_hf_model(folder: Path, trust_pickle: bool) -> tuple[nn.Module, dict[str
             model = cls.from_pretrained(folder, use_safetensors=safetensors)
     except UsageError:
         raise
+    except ImportError as exc:  # transformers imports a model's code on first use: the environment is at fault
+        raise UsageError(import_failure(folder, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - transformers raises assorted errors for a folder it cannot load
         raise UsageError(f"transformers could not load {folder} ({type(exc).__name__}: {first_line(exc)}); "
                          "save it again with save_pretrained") from exc
     return model.eval(), example_inputs(model.config)
+
+
+def import_failure(folder: Path, exc: ImportError) -> str:
+    """The one-line message for transformers failing to import a model's code: the root cause (transformers
+    hides it behind 'Could not import module'), and that the Python environment, not the folder, needs fixing."""
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return (f"transformers could not import the code of the model in {folder}: {type(root).__name__}: "
+            f"{first_line(root)}. The Python environment is broken, not the folder: reinstall the package that "
+            "fails (often torchvision, or another package built for a different torch) to match this torch")
 
 
 @contextmanager

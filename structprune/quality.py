@@ -16,7 +16,9 @@ from structprune.data import DataBundle, accuracy_unmeasurable, evaluate_accurac
 from structprune.data.running import call_model, eval_mode, find_logits
 from structprune.errors import QualityError, UsageError
 from structprune.io.load import LoadedModel
+from structprune.recover.embeddings import EmbeddingLoss
 from structprune.recover.gate import check_quality_gate
+from structprune.recover.objectives import EmbeddingObjective, output_kind
 
 
 def check_gate_can_run(options, loaded: LoadedModel, bundle: DataBundle | None) -> None:
@@ -65,7 +67,7 @@ def with_accuracy(result, loaded: LoadedModel, bundle: DataBundle | None):
         return result.report
     reason = accuracy_unmeasurable(loaded.model, bundle.val)
     if reason:
-        return result.report.with_extra(accuracy_skipped=reason)
+        return result.report.with_extra(accuracy_skipped=reason, **_fidelity(result, loaded, bundle))
     before = evaluate_accuracy(loaded.model, bundle.val)
     after = evaluate_accuracy(result.model, bundle.val)
     section = {"before": round(before, 3), "after": round(after, 3), "data": bundle.name}
@@ -73,6 +75,19 @@ def with_accuracy(result, loaded: LoadedModel, bundle: DataBundle | None):
     if recovery is not None and recovery.get("val_accuracy_before") is not None:
         section["one_shot"] = round(recovery["val_accuracy_before"], 3)
     return result.report.with_extra(accuracy=section)
+
+
+def _fidelity(result, loaded: LoadedModel, bundle: DataBundle) -> dict:
+    """For an encoder (it returns hidden states or embeddings) on data without labels: the pruned model's
+    fidelity, the mean cosine of its mean-pooled outputs to the dense model's over the validation samples
+    (padding excluded; see recover.embeddings), as {"fidelity": {...}}; {} for other models."""
+    if bundle.val is None or output_kind(loaded.model, bundle.val) != "embeddings":
+        return {}
+    measured = EmbeddingObjective(loaded.model, EmbeddingLoss()).evaluate(result.model, bundle.val)
+    if measured["val_fidelity"] is None:
+        return {}
+    return {"fidelity": {"after": round(measured["val_fidelity"], 5), "data": bundle.name,
+                         "metric": "mean cosine of mean-pooled outputs to the dense model's"}}
 
 
 def with_published_accuracy(report, stage: Path, saved: SavedPt2, bundle: DataBundle | None, pruned):

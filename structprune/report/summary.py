@@ -19,9 +19,10 @@ def job_summary(report: dict, out_dir: Path) -> str:
     if latency:
         rows.append(["onnxruntime ms", f"{latency['dense_ms']:.3f}", f"{latency['pruned_ms']:.3f}",
                      f"{latency['speedup']:.2f}x"])
-    rows += _accuracy_rows(report.get("accuracy")) + _fidelity_rows(report.get("recovery"))
+    fidelity = _fidelity_rows(report.get("recovery")) or _one_shot_fidelity_rows(report.get("fidelity"))
+    rows += _accuracy_rows(report.get("accuracy")) + fidelity
     lines = [format_table(["", "before", "after", "change"], rows)] + _target_line(report.get("target"))
-    if report.get("accuracy_skipped") and not _fidelity_rows(report.get("recovery")):  # text: fidelity instead
+    if report.get("accuracy_skipped") and not fidelity:  # text: fidelity instead
         lines.append(f"accuracy: not measured ({report['accuracy_skipped']})")
     lines += group_lines(report.get("groups", []), report.get("prunable"))
     lines += nothing_pruned_warning(report)
@@ -70,6 +71,13 @@ def _fidelity_rows(recovery: dict | None) -> list[list[str]]:
     return [[name, "1.0000", f"{recovery[key]:.4f}", f"{recovery[key] - 1.0:+.4f}"]
             for name, key in (("cosine to dense", "val_fidelity_after"), ("one-shot cosine", "val_fidelity_before"))
             if recovery.get(key) is not None]
+
+
+def _one_shot_fidelity_rows(fidelity: dict | None) -> list[list[str]]:
+    """Without recovery, on data without labels: the pruned model's mean cosine to the dense model's outputs."""
+    if not fidelity or fidelity.get("after") is None:
+        return []
+    return [["cosine to dense", "1.0000", f"{fidelity['after']:.4f}", f"{fidelity['after'] - 1.0:+.4f}"]]
 
 
 def _accuracy_row(name: str, before: float | None, after: float | None) -> list[str]:
@@ -145,8 +153,10 @@ def artifacts_section(report: dict) -> list[str]:
 def _accuracy_section(report: dict) -> list[str]:
     accuracy = report.get("accuracy")
     if not accuracy:
-        skipped = report.get("accuracy_skipped")
-        return ["## Accuracy", f"Not measured: {skipped}."] if skipped else []
+        skipped, fidelity = report.get("accuracy_skipped"), report.get("fidelity")
+        measured = [f"Fidelity instead (no labels): the pruned model's {fidelity['metric']}, "
+                    f"{fidelity['after']:.4f} on {fidelity['data']}."] if fidelity else []
+        return ["## Accuracy", f"Not measured: {skipped}.", *measured] if skipped else []
     recovered = "one_shot" in accuracy
     models = (("one_shot", "pruned, one-shot (before recovery)"),
               ("after", "pruned, after recovery" if recovered else "pruned"), ("published", "model.pt2 as loaded"))

@@ -112,6 +112,20 @@ def test_compress_writes_hf_folder_that_reloads_to_the_pruned_model(runs) -> Non
     assert tokenizer("the model prunes heads")["input_ids"] == [2, 5, 7, 8, 10, 3]
 
 
+def test_one_shot_on_text_reports_fidelity_to_the_dense_model_instead_of_accuracy(runs) -> None:
+    proc = runs["procs"]["text"]
+    report = json.loads((runs["base"] / "out_text" / "report.json").read_text())
+    assert "no labels" in report["accuracy_skipped"]
+    fidelity = report["fidelity"]
+    assert fidelity["data"] and "cosine" in fidelity["metric"]
+    assert 0.0 < fidelity["after"] < 1.0  # channels gone: not quite the dense model's outputs
+    row = next((line.split() for line in proc.stdout.splitlines() if line.startswith("cosine to dense")), None)
+    assert row is not None and row[3:5] == ["1.0000", f"{fidelity['after']:.4f}"], describe(proc)
+    assert "accuracy: not measured" not in proc.stdout
+    report_md = (runs["base"] / "out_text" / "report.md").read_text()
+    assert f"{fidelity['after']:.4f} on {fidelity['data']}" in report_md
+
+
 def test_the_input_folders_are_not_changed(runs) -> None:
     base = runs["base"]
     assert {name: hashes(base / name) for name in ("bert", "pickled")} == runs["before"]

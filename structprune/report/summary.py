@@ -68,7 +68,7 @@ def _fidelity_rows(recovery: dict | None) -> list[list[str]]:
     split (the dense model's own is 1), after recovery and one-shot."""
     if not recovery or recovery.get("metric") != "fidelity" or recovery.get("val_fidelity_after") is None:
         return []
-    return [[name, "1.0000", f"{recovery[key]:.4f}", f"{recovery[key] - 1.0:+.4f}"]
+    return [_cosine_row(name, recovery[key])
             for name, key in (("cosine to dense", "val_fidelity_after"), ("one-shot cosine", "val_fidelity_before"))
             if recovery.get(key) is not None]
 
@@ -77,7 +77,12 @@ def _one_shot_fidelity_rows(fidelity: dict | None) -> list[list[str]]:
     """Without recovery, on data without labels: the pruned model's mean cosine to the dense model's outputs."""
     if not fidelity or fidelity.get("after") is None:
         return []
-    return [["cosine to dense", "1.0000", f"{fidelity['after']:.4f}", f"{fidelity['after'] - 1.0:+.4f}"]]
+    return [_cosine_row("cosine to dense", fidelity["after"])]
+
+
+def _cosine_row(name: str, cosine: float) -> list[str]:
+    """A row of a cosine to the dense model's outputs (the dense model's own is 1)."""
+    return [name, "1.0000", f"{cosine:.4f}", f"{cosine - 1.0:+.4f}"]
 
 
 def _accuracy_row(name: str, before: float | None, after: float | None) -> list[str]:
